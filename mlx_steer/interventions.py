@@ -1,0 +1,197 @@
+"""Interventions: what to do to the activation at a site. Backend-neutral value objects.
+
+Each constructor validates its arguments (finite vectors, sane scalars) and returns a frozen
+dataclass holding numpy arrays; a backend compiles it into an array op at install time, after
+checking the vector size against the site. Several interventions on one site apply in order.
+
+    from mlx_steer import interventions as iv
+    {"layers.4": iv.add_vector(v, scale=4.0, positions="last"),
+     "layers.6.self_attn.o_proj:input": iv.ablate_heads([0, 3])}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .positions import Positions, as_positions
+
+
+def as_vector(value: object, *, what: str, ndim: tuple[int, ...] = (1,)) -> np.ndarray:
+    """A finite float32 numpy copy of ``value`` (numpy, mlx, torch or list)."""
+    if hasattr(value, "detach"):  # torch tensor, without importing torch
+        value = value.detach().float().cpu().numpy()
+    try:
+        arr = np.array(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be a numeric array, got {type(value).__name__}") from exc
+    if arr.ndim not in ndim:
+        raise ValueError(f"{what} must have {' or '.join(map(str, ndim))} dims, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{what} is empty (shape {arr.shape})")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{what} has {bad} non-finite values (NaN or inf); steering needs finite values")
+    arr.setflags(write=False)
+    return arr
+
+
+def _finite_scalar(value: object, what: str) -> float:
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be a number, got {value!r}") from exc
+    if not np.isfinite(x):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return x
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Base: every intervention acts on the selected ``positions`` only."""
+
+    positions: Positions = field(default_factory=Positions)
+
+    @property
+    def is_noop(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class AddVector(Intervention):
+    """h += scale * vector, or, for a front-aligned (n, D) tensor, h[p] += scale * vector[p] for p < n."""
+
+    vector: np.ndarray = field(default=None)  # type: ignore[assignment]
+    scale: float = 1.0
+
+    @property
+    def front_aligned(self) -> bool:
+        return self.vector.ndim == 2
+
+    @property
+    def is_noop(self) -> bool:
+        return self.scale == 0.0
+
+
+@dataclass(frozen=True)
+class Scale(Intervention):
+    factor: float = 1.0
+
+    @property
+    def is_noop(self) -> bool:
+        return self.factor == 1.0
+
+
+@dataclass(frozen=True)
+class Set(Intervention):
+    """Replace the activation by ``value`` (a (D,) vector or a scalar broadcast to all dims)."""
+
+    value: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class AblateHeads(Intervention):
+    """Zero the given heads' slices of an attention output projection's input (B, L, H*hd)."""
+
+    heads: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProjectOut(Intervention):
+    """Directional ablation: h -= (h . u) u for the unit direction u."""
+
+    direction: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Custom(Intervention):
+    """``fn(h) -> h`` on the backend's array type; same shape and dtype required."""
+
+    fn: Callable = field(default=None)  # type: ignore[assignment]
+
+
+def add_vector(vector: object, *, scale: float = 1.0, positions: object = "all") -> AddVector:
+    """Add ``scale * vector`` at the selected positions.
+
+    Args:
+        vector: (D,) direction, or a front-aligned (n, D) tensor added at absolute positions 0..n-1
+            (ActAdd); a tensor ignores ``positions``.
+        scale: Multiplier; 0 makes the intervention a no-op.
+        positions: Position selector (see :func:`mlx_steer.positions.as_positions`).
+    """
+    vec = as_vector(vector, what="steering vector", ndim=(1, 2))
+    pos = as_positions(positions)
+    if vec.ndim == 2 and pos.kind != "all":
+        raise ValueError(
+            f"a front-aligned (n, D) tensor sets its own positions 0..{vec.shape[0] - 1}; "
+            f"leave positions='all' (got {positions!r})"
+        )
+    return AddVector(positions=pos, vector=vec, scale=_finite_scalar(scale, "scale"))
+
+
+def scale(factor: float, *, positions: object = "all") -> Scale:
+    """Multiply the activation by ``factor``."""
+    return Scale(positions=as_positions(positions), factor=_finite_scalar(factor, "scale factor"))
+
+
+def set(value: object, *, positions: object = "all") -> Set:  # noqa: A001 - the verb users expect
+    """Replace the activation by ``value`` (scalar or (D,) vector)."""
+    arr = as_vector(np.atleast_1d(np.asarray(value, dtype=np.float32)) if np.isscalar(value) else value,
+                    what="set value")
+    return Set(positions=as_positions(positions), value=arr)
+
+
+def zero(*, positions: object = "all") -> Set:
+    """Zero the activation."""
+    return set(0.0, positions=positions)
+
+
+def mean_ablate(mean: object, *, positions: object = "all") -> Set:
+    """Replace the activation by a (D,) mean, e.g. over calibration prompts."""
+    return Set(positions=as_positions(positions), value=as_vector(mean, what="mean"))
+
+
+def ablate_heads(heads: int | list[int] | tuple[int, ...], *, positions: object = "all") -> AblateHeads:
+    """Zero attention heads; install on an output projection's input (``...o_proj:input``)."""
+    hs = [heads] if isinstance(heads, (int, np.integer)) else list(heads)
+    if not hs or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 0 for h in hs):
+        raise ValueError(f"heads must be non-negative ints, got {heads!r}")
+    return AblateHeads(positions=as_positions(positions), heads=tuple(sorted({int(h) for h in hs})))
+
+
+def project_out(direction: object, *, positions: object = "all") -> ProjectOut:
+    """Remove the component along ``direction`` (normalized here)."""
+    d = as_vector(direction, what="direction").astype(np.float64)
+    norm = float(np.linalg.norm(d))
+    if norm == 0.0:
+        raise ValueError("direction has zero norm; project_out needs a non-zero direction")
+    unit = (d / norm).astype(np.float32)
+    unit.setflags(write=False)
+    return ProjectOut(positions=as_positions(positions), direction=unit)
+
+
+def custom(fn: Callable, *, positions: object = "all") -> Custom:
+    """Apply ``fn(h) -> h`` (backend arrays, shape (B, L, D)) at the selected positions."""
+    if not callable(fn):
+        raise ValueError(f"custom intervention needs a callable, got {fn!r}")
+    return Custom(positions=as_positions(positions), fn=fn)
+
+
+def as_intervention_list(value: object, *, site: str) -> list[Intervention]:
+    """Normalize one dict value: an intervention, a callable, or a list of them."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    out: list[Intervention] = []
+    for item in items:
+        if isinstance(item, Intervention):
+            out.append(item)
+        elif callable(item):
+            out.append(custom(item))
+        else:
+            raise ValueError(
+                f"intervention for site {site!r} must be made by mlx_steer.interventions "
+                f"(add_vector, scale, set, zero, mean_ablate, ablate_heads, project_out, custom) "
+                f"or be a callable, got {type(item).__name__}"
+            )
+    return out

@@ -1,0 +1,377 @@
+"""SteerableModel: an mlx-lm model plus recording and interventions keyed by site path."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from . import mlx_hooks as hk
+from .activations import Activations
+from .mlx_ops import FrontAlignedAddOp, compile_op
+from .paths import PathResolver, Site
+from .positions import check_reachable
+from .prompts import PromptEncoder
+from .site_plan import SitePlan, plan_sites
+
+
+class Hooks:
+    """Installed interventions and recorders; undone by :meth:`remove` (or leaving ``with``).
+
+    ``activations`` holds what the recorders collected so far (concatenated over forwards).
+    """
+
+    def __init__(self, owner: SteerableModel, plans: dict[str, SitePlan], reduce: str | None):
+        self._owner = owner
+        self._installed: list[tuple[nn.Module, hk.Entry]] = []
+        self._recorders: dict[str, hk.Recorder] = {}
+        self.ops: list = []
+        entries = [(owner.model, hk.position_tracker(owner.state))]
+        for plan in plans.values():  # compile every op first: errors leave the model untouched
+            entries.append(owner._entry(plan, reduce, self._recorders, self.ops))
+        try:
+            for module, entry in entries:
+                hk.attach(module, entry)
+                self._installed.append((module, entry))
+        except BaseException:
+            self.remove()
+            raise
+        self.activations = Activations(
+            {k: r.result for k, r in self._recorders.items()}, owner.resolve_key
+        )
+
+    def remove(self) -> None:
+        """Undo every patch this object made (idempotent)."""
+        while self._installed:
+            hk.detach(*self._installed.pop())
+
+    @property
+    def active(self) -> bool:
+        return bool(self._installed)
+
+    def flush(self) -> None:
+        """Evaluate pending recordings (call at loop boundaries)."""
+        pending = [a for r in self._recorders.values() for a in r.pending()]
+        if pending:
+            mx.eval(pending)
+
+    def __enter__(self) -> Hooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class Trace:
+    """Result of :meth:`SteerableModel.trace`: activations, logits and the token layout."""
+
+    def __init__(self, hooks: Hooks, logits: mx.array | None, tokens: list[list[int]]):
+        self._hooks = hooks
+        self.logits = logits
+        self.tokens = tokens
+        self.lengths = [len(t) for t in tokens]
+        self.padding = [max(self.lengths) - n for n in self.lengths]
+
+    @property
+    def activations(self) -> Activations:
+        return self._hooks.activations
+
+
+class SteerableModel:
+    """An mlx-lm model and tokenizer with site-keyed recording and steering.
+
+    Args:
+        model: An mlx-lm ``Model`` (anything with a ``layers`` property).
+        tokenizer: Its mlx-lm ``TokenizerWrapper`` (or HF tokenizer).
+        model_id: Name stored in vector files.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, model_id: str | None = None):
+        self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
+        self.modules = dict(model.named_modules())
+        by_id = {id(m): n for n, m in self.modules.items()}
+        missing = [i for i, layer in enumerate(model.layers) if id(layer) not in by_id]
+        if missing:
+            raise ValueError(f"decoder layers {missing} are not in the model tree")
+        self.layer_paths = [by_id[id(layer)] for layer in model.layers]
+        self.resolver = PathResolver(list(self.modules), self.layer_paths)
+        args = getattr(model, "args", None)
+        self.hidden_size = int(_first_attr(args, "hidden_size", "n_embd", "d_model"))
+        self.n_heads = _first_attr(args, "num_attention_heads", "n_head", "n_heads", default=None)
+        self.dtype = _activation_dtype(model)
+        self.state = hk.ForwardState()
+        self.prompts = PromptEncoder(tokenizer)
+
+    # -- paths -----------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_paths)
+
+    def resolve(self, site: str | Site) -> Site:
+        """Resolve ``layers.4``, ``layers.-1.mlp``, ``model.layers.4:input`` to a :class:`Site`."""
+        return self.resolver.resolve(site)
+
+    def resolve_path(self, path: str) -> str:
+        return self.resolver.resolve_path(path)
+
+    def resolve_key(self, site: str) -> str:
+        return self.resolver.resolve(site).key
+
+    # -- patching --------------------------------------------------------------------------
+    def hooks(
+        self,
+        *,
+        interventions: Mapping | None = None,
+        record: object = None,
+        record_positions: object = "all",
+        reduce: str | None = None,
+    ) -> Hooks:
+        """Install interventions and recorders until ``remove()`` / the end of a ``with`` block.
+
+        Recorders keep the activation after this site's interventions (what flows on).
+        """
+        plans = plan_sites(
+            self.resolver, interventions=_as_interventions(interventions),
+            record=record, record_positions=record_positions, reduce=reduce,
+        )
+        return Hooks(self, plans, reduce)
+
+    def steer(self, interventions: Mapping | Any, *, scale: float = 1.0, positions: object = "all") -> Hooks:
+        """A persistent edit: stays installed across calls until ``handle.remove()``.
+
+        Args:
+            interventions: ``{site: intervention}`` or a SteeringVector (added with ``scale``).
+        """
+        return self.hooks(interventions=_as_interventions(interventions, scale=scale, positions=positions))
+
+    def record(self, sites: object, *, positions: object = "all", reduce: str | None = None) -> Hooks:
+        """Record ``sites`` over whatever runs inside the ``with`` block (e.g. generation)."""
+        return self.hooks(record=sites, record_positions=positions, reduce=reduce)
+
+    def _entry(self, plan: SitePlan, reduce: str | None, recorders: dict, all_ops: list) -> tuple[nn.Module, hk.Entry]:
+        site = plan.site
+        module = self.modules[site.path]
+        dim = _site_dim(module, site.point, self.hidden_size)
+        ops = [compile_op(i, site=site.key, dim=dim, n_heads=self.n_heads, dtype=self.dtype)
+               for i in plan.interventions]
+        all_ops.extend(ops)
+        rec = None
+        if plan.record is not None:
+            rec = recorders[site.key] = hk.Recorder(self.state, plan.record, reduce)
+        state = self.state
+
+        def fn(h: mx.array) -> mx.array:
+            for op in ops:
+                h = op(h, state)
+            return rec(h) if rec is not None else h
+
+        if site.point == "input":
+            return module, hk.Entry(before=hk.on_first_arg(fn))
+        return module, hk.Entry(after=hk.on_output(fn))
+
+    @contextlib.contextmanager
+    def _prompt_len(self, lengths: Sequence[int]) -> Iterator[None]:
+        self.state.prompt_len_stack.append(np.asarray(lengths, dtype=np.int64))
+        try:
+            yield
+        finally:
+            self.state.prompt_len_stack.pop()
+
+    # -- forward ---------------------------------------------------------------------------
+    def encode(self, prompt: str | Sequence[int], *, chat: bool = False, system: str | None = None) -> list[int]:
+        """Token ids of ``prompt`` (a chat user turn with the template when ``chat``)."""
+        return self.prompts.encode(prompt, chat=chat, system=system)
+
+    def run(
+        self,
+        prompts: str | Sequence[str] | Sequence[Sequence[int]],
+        *,
+        record: object = None,
+        interventions: Mapping | None = None,
+        record_positions: object = "all",
+        reduce: str | None = None,
+        logits: bool = True,
+        chat: bool = False,
+    ) -> Trace:
+        """One forward over a batch (left-padded with a batch KV cache when lengths differ)."""
+        tokens = self.prompts.encode_batch(prompts, chat=chat)
+        hooks = self.hooks(interventions=interventions, record=record,
+                           record_positions=record_positions, reduce=reduce)
+        try:
+            out = self._forward(tokens, hooks, keep_logits=logits)
+        finally:
+            hooks.remove()
+        return out
+
+    @contextlib.contextmanager
+    def trace(self, prompts: str | Sequence[str] | Sequence[Sequence[int]], **kwargs: Any) -> Iterator[Trace]:
+        """``with model.trace(prompts, record=[..], interventions={..}) as tr:`` — runs one forward.
+
+        Results stay readable after the block; patches are removed when it ends (or raises).
+        Options are those of :meth:`run`.
+        """
+        yield self.run(prompts, **kwargs)
+
+    def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> Trace:
+        lengths = [len(t) for t in tokens]
+        L = max(lengths)
+        for rec in hooks._recorders.values():
+            check_reachable(rec.positions, L, what="a prompt")
+        for op in hooks.ops:
+            check_reachable(op.sel, L, what="a prompt")
+        self._check_front_aligned(hooks, L)
+        pad = [L - n for n in lengths]
+        pad_id = self.prompts.pad_id
+        x = mx.array([[pad_id] * p + t for p, t in zip(pad, tokens)])
+        cache = self._batch_cache(pad) if any(pad) else None
+        with self._prompt_len(lengths):
+            logits = self.model(x, cache=cache)
+        results = [a for a in (r.result() for r in hooks._recorders.values()) if a is not None]
+        mx.eval(results + ([logits] if keep_logits else []))
+        return Trace(hooks, logits if keep_logits else None, tokens)
+
+    @staticmethod
+    def _check_front_aligned(hooks: Hooks, prompt_len: int) -> None:
+        for op in hooks.ops:
+            if isinstance(op, FrontAlignedAddOp) and op.n > prompt_len:
+                raise ValueError(
+                    f"front-aligned tensor at {op.site!r} has {op.n} positions but the prompt has "
+                    f"{prompt_len} tokens; it must not be longer than the prompt"
+                )
+
+    def _batch_cache(self, pad: list[int]) -> list:
+        from mlx_lm.models import cache as C
+
+        base = self.model.make_cache() if hasattr(self.model, "make_cache") else [C.KVCache() for _ in self.layer_paths]
+        out = []
+        for c in base:
+            if type(c) is C.KVCache:
+                out.append(C.BatchKVCache(left_padding=pad))
+            elif type(c) is C.RotatingKVCache:
+                out.append(C.BatchRotatingKVCache(max_size=c.max_size, left_padding=pad))
+            else:
+                raise ValueError(
+                    f"prompts of different lengths need a batch KV cache; {type(c).__name__} has none. "
+                    "Pass prompts of equal length or one at a time."
+                )
+        return out
+
+    # -- generation --------------------------------------------------------------------------
+    def stream_generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int = 256,
+        interventions: Mapping | Any = None,
+        record: object = None,
+        record_positions: object = "last",
+        hooks_out: list | None = None,
+        chat: bool = False,
+        system: str | None = None,
+        temp: float = 0.0,
+        top_p: float = 0.0,
+        min_p: float = 0.0,
+        top_k: int = 0,
+        repetition_penalty: float | None = None,
+        repetition_context_size: int = 20,
+        logits_processors: list | None = None,
+        sampler: Any = None,
+        seed: int | None = None,
+        prefill_step_size: int = 2048,
+        **kwargs: Any,
+    ) -> Iterator[Any]:
+        """Stream mlx-lm ``GenerationResponse`` objects with interventions applied at every step.
+
+        Positions are exact: the prompt length is known, ``last`` steers the last prompt token
+        and each new token, and chunked prefill (``prefill_step_size``) gives the same result.
+        Extra ``kwargs`` go to ``mlx_lm.stream_generate`` (e.g. ``max_kv_size``).
+        ``hooks_out``, if a list, receives the :class:`Hooks` (read its ``activations``).
+        """
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        tokens = self.encode(prompt, chat=chat, system=system)
+        sampler = sampler or make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
+        processors = make_logits_processors(
+            repetition_penalty=repetition_penalty, repetition_context_size=repetition_context_size
+        ) + list(logits_processors or [])
+        hooks = self.hooks(interventions=_as_interventions(interventions), record=record,
+                           record_positions=record_positions)
+        try:
+            for op in hooks.ops:
+                check_reachable(op.sel, len(tokens) + max_tokens, what="prompt + max_tokens")
+            self._check_front_aligned(hooks, len(tokens))
+            if hooks_out is not None:
+                hooks_out.append(hooks)
+            if seed is not None:
+                mx.random.seed(seed)
+            with self._prompt_len([len(tokens)]):
+                for response in stream_generate(
+                    self.model, self.tokenizer, mx.array(tokens), max_tokens=max_tokens,
+                    sampler=sampler, logits_processors=processors,
+                    prefill_step_size=prefill_step_size, **kwargs,
+                ):
+                    hooks.flush()
+                    yield response
+        finally:
+            hooks.remove()
+
+    def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> str:
+        """Generated text (the continuation only). Options are those of :meth:`stream_generate`."""
+        return "".join(r.text for r in self.stream_generate(prompt, **kwargs))
+
+    def generate_tokens(self, prompt: str | Sequence[int], **kwargs: Any) -> list[int]:
+        """Generated token ids (EOS excluded). Options are those of :meth:`stream_generate`."""
+        out = []
+        for r in self.stream_generate(prompt, **kwargs):
+            if r.finish_reason != "stop":
+                out.append(int(r.token))
+        return out
+
+
+def _as_interventions(value: Any, *, scale: float = 1.0, positions: object = "all") -> Mapping | None:
+    """Accept a dict, or a SteeringVector (anything with ``to_interventions``)."""
+    if value is None or isinstance(value, Mapping):
+        return value
+    if hasattr(value, "to_interventions"):
+        return value.to_interventions(scale=scale, positions=positions)
+    raise ValueError(f"expected a dict {{site: intervention}} or a SteeringVector, got {type(value).__name__}")
+
+
+def _first_attr(obj: Any, *names: str, default: Any = ...) -> Any:
+    for n in names:
+        v = getattr(obj, n, None)
+        if v is not None:
+            return v
+    if default is ...:
+        raise ValueError(f"model args have none of {names}; cannot infer the model's sizes")
+    return default
+
+
+def _activation_dtype(model: nn.Module) -> mx.Dtype:
+    """The residual stream dtype: the embedding's (its scales' when quantized)."""
+    for _, m in model.named_modules():
+        if isinstance(m, nn.QuantizedEmbedding):
+            return m.scales.dtype
+        if isinstance(m, nn.Embedding):
+            return m.weight.dtype
+    return mx.float32
+
+
+def _site_dim(module: nn.Module, point: str, hidden: int) -> int | None:
+    """Activation size at a site when it can be known before running (None otherwise)."""
+    if isinstance(module, nn.QuantizedLinear):
+        out_dim, packed = module.weight.shape
+        return out_dim if point == "output" else packed * 32 // module.bits
+    if isinstance(module, nn.Linear):
+        out_dim, in_dim = module.weight.shape
+        return out_dim if point == "output" else in_dim
+    if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding)):
+        return hidden if point == "output" else None
+    return hidden

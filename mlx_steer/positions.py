@@ -1,0 +1,144 @@
+"""Position selectors: which absolute token positions an intervention or a recording touches.
+
+Positions are absolute token indices counted from the first real token of each sequence. Both
+backends compute, per forward, an integer array ``pos`` of shape (B, L) (negative for left
+padding) from the KV-cache offset, and the prompt length of each row; a selector turns them into
+a boolean mask. Everything here is numpy: the mask is computed on the host, so a decode step pays
+for a comparison of a (B, 1) array and never syncs the device.
+
+``last`` is the last prompt token and, during generation, every new token: each of those is "the
+last position" when it is computed, which makes cached generation equal a full recomputation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+KINDS = ("all", "last", "prompt", "generated", "first_generated", "indices", "window")
+NAMED = ("all", "last", "prompt", "generated")
+
+
+@dataclass(frozen=True)
+class Positions:
+    """A position selector. Build with :func:`as_positions` or the class methods.
+
+    Attributes:
+        kind: One of ``all, last, prompt, generated, first_generated, indices, window``.
+        indices: Absolute indices for ``indices``.
+        start: Window start (inclusive), or ``n`` for ``first_generated``.
+        stop: Window stop (exclusive).
+    """
+
+    kind: str = "all"
+    indices: tuple[int, ...] = ()
+    start: int = 0
+    stop: int = 0
+
+    @classmethod
+    def window(cls, start: int, stop: int) -> Positions:
+        """Absolute positions ``start <= p < stop``."""
+        start, stop = _nonneg(start, "window start"), _nonneg(stop, "window stop")
+        if stop <= start:
+            raise ValueError(f"empty window [{start}, {stop}); stop must be > start")
+        return cls("window", start=start, stop=stop)
+
+    @classmethod
+    def first_generated(cls, n: int) -> Positions:
+        """The first ``n`` generated tokens (absolute positions prompt_len .. prompt_len+n-1)."""
+        return cls("first_generated", start=_nonneg(n, "first_generated n"))
+
+    @property
+    def max_index(self) -> int | None:
+        """Largest absolute index this selector names explicitly (None when relative)."""
+        if self.kind == "indices":
+            return max(self.indices)
+        if self.kind == "window":
+            return self.stop - 1
+        return None
+
+    def mask(self, pos: np.ndarray, prompt_len: np.ndarray) -> np.ndarray:
+        """Boolean (B, L) mask for absolute positions ``pos`` (B, L) and prompt lengths (B,)."""
+        real = pos >= 0
+        plen = np.asarray(prompt_len).reshape(-1, 1)
+        k = self.kind
+        if k == "all":
+            return real
+        if k == "last":
+            return real & (pos >= plen - 1)
+        if k == "prompt":
+            return real & (pos < plen)
+        if k == "generated":
+            return pos >= plen
+        if k == "first_generated":
+            return (pos >= plen) & (pos < plen + self.start)
+        if k == "indices":
+            return real & np.isin(pos, self.indices)
+        return (pos >= self.start) & (pos < self.stop)
+
+    def __str__(self) -> str:
+        if self.kind == "indices":
+            return "indices(" + ",".join(map(str, self.indices)) + ")"
+        if self.kind == "window":
+            return f"window({self.start},{self.stop})"
+        if self.kind == "first_generated":
+            return f"first_generated({self.start})"
+        return self.kind
+
+
+def _nonneg(value: object, what: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{what} must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(
+            f"{what} {value} is negative; positions are absolute indices >= 0 "
+            "(use 'last' for the final token)"
+        )
+    return int(value)
+
+
+def as_positions(spec: object) -> Positions:
+    """Parse a user selector.
+
+    Args:
+        spec: ``"all" | "last" | "prompt" | "generated"``, an int, a list/tuple of ints, a
+            ``slice(start, stop)`` or ``range``, or a :class:`Positions`.
+
+    Raises:
+        ValueError: naming the bad selector and the valid forms.
+    """
+    if isinstance(spec, Positions):
+        return spec
+    if isinstance(spec, str):
+        if spec in NAMED:
+            return Positions(spec)
+        raise ValueError(
+            f"unknown position selector {spec!r}; valid: {', '.join(NAMED)}, an int, a list of "
+            "ints, slice(start, stop), Positions.window(a, b), Positions.first_generated(n)"
+        )
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        return Positions("indices", indices=(_nonneg(spec, "position index"),))
+    if isinstance(spec, slice):
+        if spec.step not in (None, 1):
+            raise ValueError(f"position slice step must be 1, got {spec.step}")
+        return Positions.window(0 if spec.start is None else spec.start, spec.stop)
+    if isinstance(spec, range):
+        if spec.step != 1:
+            raise ValueError(f"position range step must be 1, got {spec.step}")
+        return Positions.window(spec.start, spec.stop)
+    if isinstance(spec, (list, tuple, np.ndarray)):
+        values = [_nonneg(v, "position index") for v in np.asarray(spec).reshape(-1).tolist()]
+        if not values:
+            raise ValueError("empty list of position indices")
+        return Positions("indices", indices=tuple(sorted(set(values))))
+    raise ValueError(f"cannot use {spec!r} as positions; valid: {', '.join(NAMED)}, int, list, slice")
+
+
+def check_reachable(positions: Positions, limit: int, *, what: str) -> None:
+    """Reject explicit indices that can never be reached (``limit`` positions exist)."""
+    top = positions.max_index
+    if top is not None and top >= limit:
+        raise ValueError(
+            f"position index {top} out of range for {what} of {limit} tokens; valid: 0..{limit - 1}"
+        )

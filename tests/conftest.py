@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny seeded models saved once per session, loaded fresh per test when mutated."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_root):
+    """tiny_dir(arch) -> folder of a seeded random fp32 model of that architecture."""
+
+    def get(arch: str) -> Path:
+        return tiny_models.build(arch, tiny_root / arch)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def load_tiny(tiny_dir):
+    """load_tiny(arch) -> a fresh SteerableModel (safe to quantize or cast)."""
+    import mlx_steer as ms
+
+    def get(arch: str):
+        return ms.load(str(tiny_dir(arch)))
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def shared_models(load_tiny):
+    """Session cache of unmodified models: shared_models(arch). Tests must not mutate them."""
+    cache: dict = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            cache[arch] = load_tiny(arch)
+        return cache[arch]
+
+    return get
