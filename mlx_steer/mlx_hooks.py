@@ -11,6 +11,8 @@ absolute position of every token (:class:`ForwardState`), which every site hook 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import mlx.core as mx
@@ -21,6 +23,17 @@ from .positions import Positions
 
 _ATTR = "_mlx_steer_hooks"
 _SUBCLASSES: dict[type, type] = {}
+_BYPASS: list[bool] = [False]
+
+
+@contextlib.contextmanager
+def bypassed() -> Iterator[None]:
+    """Run patched modules as if unpatched (for internal probe forwards)."""
+    previous, _BYPASS[0] = _BYPASS[0], True
+    try:
+        yield
+    finally:
+        _BYPASS[0] = previous
 
 
 def _patched_class(cls: type) -> type:
@@ -29,6 +42,8 @@ def _patched_class(cls: type) -> type:
 
         class Patched(cls):  # type: ignore[misc, valid-type]
             def __call__(self, *args: Any, **kwargs: Any) -> Any:
+                if _BYPASS[0]:
+                    return super().__call__(*args, **kwargs)
                 return self.__dict__[_ATTR].call(super().__call__, args, kwargs)
 
         Patched.__name__, Patched.__qualname__ = cls.__name__, cls.__qualname__
@@ -205,6 +220,17 @@ class Recorder:
         s = (h.astype(mx.float32) * w).sum(axis=1)
         self.sum = s if self.sum is None else self.sum + s
         self.count = host.sum(axis=1) + (self.count if self.count.size else 0)
+
+    def reset(self) -> None:
+        self.chunks, self.sum, self.count = [], None, np.zeros(0)
+
+    def set_result(self, value: mx.array) -> None:
+        """Replace what was collected (used when a batch was run row by row)."""
+        self.reset()
+        if self.reduce == "mean":
+            self.sum, self.count = value, np.ones(value.shape[0])
+        else:
+            self.chunks = [value]
 
     def pending(self) -> list[mx.array]:
         return self.chunks[-1:] + ([self.sum] if self.sum is not None else [])

@@ -104,6 +104,7 @@ class SteerableModel:
         self.n_heads = _first_attr(args, "num_attention_heads", "n_head", "n_heads", default=None)
         self.dtype = _activation_dtype(model)
         self.state = hk.ForwardState()
+        self._padded_batches: bool | None = None
         self.prompts = PromptEncoder(tokenizer)
 
     # -- paths -----------------------------------------------------------------------------
@@ -225,11 +226,14 @@ class SteerableModel:
             check_reachable(op.sel, L, what="a prompt")
         self._check_front_aligned(hooks, L)
         pad = [L - n for n in lengths]
-        pad_id = self.prompts.pad_id
-        x = mx.array([[pad_id] * p + t for p, t in zip(pad, tokens)])
-        cache = self._batch_cache(pad) if any(pad) else None
-        with self._prompt_len(lengths):
-            logits = self.model(x, cache=cache)
+        if any(pad) and not self._batch_padding_works(pad):
+            logits = self._forward_rows(tokens, hooks)
+        else:
+            pad_id = self.prompts.pad_id
+            x = mx.array([[pad_id] * p + t for p, t in zip(pad, tokens)])
+            cache = self._batch_cache(pad) if any(pad) else None
+            with self._prompt_len(lengths):
+                logits = self.model(x, cache=cache)
         results = [a for a in (r.result() for r in hooks._recorders.values()) if a is not None]
         mx.eval(results + ([logits] if keep_logits else []))
         return Trace(hooks, logits if keep_logits else None, tokens)
@@ -242,6 +246,39 @@ class SteerableModel:
                     f"front-aligned tensor at {op.site!r} has {op.n} positions but the prompt has "
                     f"{prompt_len} tokens; it must not be longer than the prompt"
                 )
+
+    def _batch_padding_works(self, pad: list[int]) -> bool:
+        """Whether this architecture runs a left-padded batch cache (mlx-lm's gemma2 does not)."""
+        if self._padded_batches is None:
+            try:
+                x = mx.zeros((len(pad), max(pad) + 1), dtype=mx.int32)
+                with hk.bypassed():
+                    mx.eval(self.model(x, cache=self._batch_cache(pad)))
+                self._padded_batches = True
+            except ValueError as exc:
+                if "batch KV cache" in str(exc):
+                    raise
+                self._padded_batches = False
+        return self._padded_batches
+
+    def _forward_rows(self, tokens: list[list[int]], hooks: Hooks) -> mx.array:
+        """Run rows one at a time and left-pad the results as a padded batch would be."""
+        L = max(len(t) for t in tokens)
+        per_row: dict[str, list] = {k: [] for k in hooks._recorders}
+        logits = []
+        for t in tokens:
+            for r in hooks._recorders.values():
+                r.reset()
+            with self._prompt_len([len(t)]):
+                logits.append(_left_pad(self.model(mx.array([t])), L))
+            for k, r in hooks._recorders.items():
+                per_row[k].append(r.result())
+        for k, r in hooks._recorders.items():
+            rows = per_row[k]
+            if all(a is not None for a in rows):
+                n = max(a.shape[1] for a in rows)
+                r.set_result(mx.concatenate([_left_pad(a, n) if a.ndim == 3 else a for a in rows], axis=0))
+        return mx.concatenate(logits, axis=0)
 
     def _batch_cache(self, pad: list[int]) -> list:
         from mlx_lm.models import cache as C
@@ -342,6 +379,14 @@ def _as_interventions(value: Any, *, scale: float = 1.0, positions: object = "al
     if hasattr(value, "to_interventions"):
         return value.to_interventions(scale=scale, positions=positions)
     raise ValueError(f"expected a dict {{site: intervention}} or a SteeringVector, got {type(value).__name__}")
+
+
+def _left_pad(a: mx.array, length: int) -> mx.array:
+    """Zero-pad (1, n, ...) on the left to (1, length, ...)."""
+    n = a.shape[1]
+    if n == length:
+        return a
+    return mx.concatenate([mx.zeros((a.shape[0], length - n, *a.shape[2:]), dtype=a.dtype), a], axis=1)
 
 
 def _first_attr(obj: Any, *names: str, default: Any = ...) -> Any:

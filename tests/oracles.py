@@ -42,6 +42,15 @@ class _AddDelta(nn.Module):
         self.inner = inner
         self._delta = delta
 
+    def __getattr__(self, key):  # pass attributes (e.g. use_sliding) through to the block
+        try:
+            return super().__getattr__(key)
+        except AttributeError:
+            inner = dict.get(self, "inner")
+            if inner is None:
+                raise
+            return getattr(inner, key)
+
     def __call__(self, x, *args, **kwargs):
         out = self.inner(x, *args, **kwargs)
         L = out.shape[1]
@@ -51,7 +60,8 @@ class _AddDelta(nn.Module):
 @contextlib.contextmanager
 def layer_delta(model, index: int, delta: np.ndarray):
     """Temporarily replace block ``index`` in the layer list with an adding wrapper."""
-    layers = model.layers
+    inner = model.model  # the real container: `model.layers` may be a fresh slice (pipeline_layers)
+    layers = inner["layers"] if "layers" in inner else inner["h"]
     original = layers[index]
     layers[index] = _AddDelta(original, delta)
     try:
