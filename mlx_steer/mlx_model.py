@@ -157,7 +157,10 @@ class SteerableModel:
         site = plan.site
         module = self.modules[site.path]
         dim = _site_dim(module, site.point, self.hidden_size)
-        ops = [compile_op(i, site=site.key, dim=dim, n_heads=self.n_heads, dtype=self.dtype)
+        # head ablation only makes sense on a projection's input, where heads are concatenated
+        heads_site = site.point == "input" and isinstance(module, (nn.Linear, nn.QuantizedLinear))
+        n_heads = self.n_heads if heads_site else None
+        ops = [compile_op(i, site=site.key, dim=dim, n_heads=n_heads, dtype=self.dtype)
                for i in plan.interventions]
         all_ops.extend(ops)
         rec = None

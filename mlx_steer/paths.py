@@ -46,6 +46,7 @@ class PathResolver:
             raise ValueError(f"site path must be a non-empty string, got {name!r}")
         if name in self._set:
             return name
+        typed = name
         head, _, rest = name.partition(".")
         idx_str, _, tail = rest.partition(".")
         short_container = self.container.rsplit(".", 1)[-1]
@@ -63,7 +64,7 @@ class PathResolver:
         suffix = [n for n in self.names if n.endswith("." + name)]
         if len(suffix) == 1:
             return suffix[0]
-        raise ValueError(self._unknown(name, suffix))
+        raise ValueError(self._unknown(typed, name, suffix))
 
     def resolve(self, spec: str | Site) -> Site:
         """Parse ``path[:input|:output]`` (or a Site) into a resolved Site."""
@@ -78,15 +79,15 @@ class PathResolver:
             raise ValueError(f"unknown hook point {point!r} in {spec!r}; valid: {', '.join(HOOK_POINTS)}")
         return Site(self.resolve_path(path), point)
 
-    def _unknown(self, name: str, ambiguous: list[str]) -> str:
+    def _unknown(self, typed: str, name: str, ambiguous: list[str]) -> str:
         if ambiguous:
-            return f"site path {name!r} is ambiguous; matches: {', '.join(ambiguous[:8])}"
+            return f"site path {typed!r} is ambiguous; matches: {', '.join(ambiguous[:8])}"
         close = difflib.get_close_matches(name, self.names, n=5, cutoff=0.6)
         n = len(self.layer_paths)
         layers = f"{self.layer_paths[0]} .. {self.layer_paths[-1]}" if n else "none found"
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         return (
-            f"unknown site path {name!r}{hint} Decoder layers: {layers} "
+            f"unknown site path {typed!r}{hint} Decoder layers: {layers} "
             f"(short form 'layers.i', i in {-n}..{n - 1})"
         )
 
