@@ -200,6 +200,7 @@ class Recorder:
         self.chunks: list[mx.array] = []
         self.sum: mx.array | None = None
         self.count = np.zeros(0)
+        self._evaluated = 0  # chunks[:_evaluated] were evaluated by flush()
 
     def __call__(self, h: mx.array) -> mx.array:
         host = self.state.host_mask(self.positions)
@@ -222,7 +223,7 @@ class Recorder:
         self.count = host.sum(axis=1) + (self.count if self.count.size else 0)
 
     def reset(self) -> None:
-        self.chunks, self.sum, self.count = [], None, np.zeros(0)
+        self.chunks, self.sum, self.count, self._evaluated = [], None, np.zeros(0), 0
 
     def set_result(self, value: mx.array) -> None:
         """Replace what was collected (used when a batch was run row by row)."""
@@ -233,7 +234,11 @@ class Recorder:
             self.chunks = [value]
 
     def pending(self) -> list[mx.array]:
-        return self.chunks[-1:] + ([self.sum] if self.sum is not None else [])
+        """Recorded pieces to evaluate at a loop boundary. The newest piece is left alone: in
+        mlx-lm's loop it belongs to the step being computed asynchronously right now."""
+        out = self.chunks[self._evaluated : -1]
+        self._evaluated = max(self._evaluated, len(self.chunks) - 1)
+        return out
 
     def result(self) -> mx.array | None:
         if self.reduce == "mean":
@@ -243,7 +248,7 @@ class Recorder:
         if not self.chunks:
             return None
         if len(self.chunks) > 1:  # one array, so the per-forward pieces can be freed
-            self.chunks = [mx.concatenate(self.chunks, axis=1)]
+            self.chunks, self._evaluated = [mx.concatenate(self.chunks, axis=1)], 0
         return self.chunks[0]
 
 

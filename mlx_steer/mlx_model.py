@@ -186,9 +186,17 @@ class SteerableModel:
             self.state.prompt_len_stack.pop()
 
     # -- forward ---------------------------------------------------------------------------
-    def encode(self, prompt: str | Sequence[int], *, chat: bool = False, system: str | None = None) -> list[int]:
+    def encode(
+        self, prompt: str | Sequence[int], *, chat: bool = False, system: str | None = None,
+        assistant_prefix: str | None = None,
+    ) -> list[int]:
         """Token ids of ``prompt`` (a chat user turn with the template when ``chat``)."""
-        return self.prompts.encode(prompt, chat=chat, system=system)
+        return self.prompts.encode(prompt, chat=chat, system=system, assistant_prefix=assistant_prefix)
+
+    @staticmethod
+    def to_numpy(x: mx.array) -> np.ndarray:
+        """A float32 numpy copy of a backend array."""
+        return np.array(x.astype(mx.float32))
 
     def run(
         self,
