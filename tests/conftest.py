@@ -49,3 +49,22 @@ def shared_models(load_tiny):
         return cache[arch]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, prepared once per cache (CI sets MLX_STEER_CACHE)."""
+    import os
+
+    from mlx_steer.real_model import prepare_smollm2
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a model hub
+    return prepare_smollm2(cache_dir=os.environ.get("MLX_STEER_CACHE") or None, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_dir):
+    """A shared SteerableModel of SmolLM2 (tests must not mutate it)."""
+    import mlx_steer as ms
+
+    return ms.load(str(smollm2_dir))

@@ -26,12 +26,6 @@ LOGIT_RTOL = 1e-3
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir() -> Path:
-    # One preparation per cache: CI points MLX_STEER_CACHE at a cached directory.
-    return prepare_smollm2(cache_dir=os.environ.get("MLX_STEER_CACHE") or None)
-
-
-@pytest.fixture(scope="session")
 def prompt_ids(smollm2_dir) -> list[int]:
     from transformers import AutoTokenizer
 
