@@ -54,10 +54,11 @@ class Hooks:
         return bool(self._installed)
 
     def flush(self) -> None:
-        """Evaluate pending recordings (call at loop boundaries)."""
+        """Schedule pending recordings (call at loop boundaries). ``async_eval``: a blocking eval
+        would wait behind the step mlx-lm has in flight and lose its compute/graph overlap."""
         pending = [a for r in self._recorders.values() for a in r.pending()]
         if pending:
-            mx.eval(pending)
+            mx.async_eval(pending)
 
     def __enter__(self) -> Hooks:
         return self
