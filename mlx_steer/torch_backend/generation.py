@@ -1,0 +1,127 @@
+"""A KV-cached token loop over a Hugging Face causal LM, step for step like mlx-lm's ``generate_step``.
+
+The prompt except its last token is prefilled in chunks of ``prefill_step_size``, then the last
+prompt token runs alone, then one token per step; the next step is computed before the current
+token is yielded (as mlx-lm does), so both backends run the same forwards and recorders see the
+same positions. No ``torch.compile`` and no ``GenerationMixin.generate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .sampling import LogitsProcessor, Sampler
+
+
+@dataclass
+class GenerationResponse:
+    """One streamed step (the fields of mlx-lm's ``GenerationResponse`` that mean something here).
+
+    Attributes:
+        text: The next segment of decoded text (may be empty).
+        token: The token id.
+        logprobs: (V,) log-probabilities the token was sampled from.
+        prompt_tokens: Prompt length.
+        generation_tokens: Tokens generated so far.
+        finish_reason: ``None``, ``"length"`` or ``"stop"`` (``token`` is then the EOS).
+    """
+
+    text: str
+    token: int
+    logprobs: torch.Tensor
+    prompt_tokens: int
+    generation_tokens: int
+    finish_reason: str | None = None
+    from_draft: bool = False
+
+
+def generate_step(
+    model: Any, prompt: Sequence[int], *, max_tokens: int, sampler: Sampler,
+    logits_processors: list[LogitsProcessor], prefill_step_size: int = 2048,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(token, logprobs)`` pairs; each forward runs under ``torch.no_grad``."""
+    from transformers import DynamicCache
+
+    if not isinstance(prefill_step_size, int) or prefill_step_size < 1:
+        raise ValueError(f"prefill_step_size must be a positive int, got {prefill_step_size!r}")
+    device = next(model.parameters()).device
+    cache = DynamicCache(config=model.config)
+    rest = torch.tensor(list(prompt), dtype=torch.long, device=device)
+    seen: torch.Tensor | None = None
+
+    @torch.no_grad()  # per call, not around the loop: grad mode must not leak to the consumer
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        out = model(input_ids=ids[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+    @torch.no_grad()
+    def step(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal seen
+        logits = forward(ids)
+        if logits_processors:
+            seen = ids if seen is None else torch.cat([seen, ids])
+            for processor in logits_processors:
+                logits = processor(seen, logits)
+        logits = logits.float()
+        logprobs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+        return sampler(logprobs).reshape(1), logprobs.squeeze(0)
+
+    while rest.numel() > 1:
+        n = min(prefill_step_size, rest.numel() - 1)
+        forward(rest[:n])
+        if logits_processors:
+            seen = rest[:n] if seen is None else torch.cat([seen, rest[:n]])
+        rest = rest[n:]
+    y, logprobs = step(rest)
+    n = 0
+    while True:
+        if n != max_tokens:
+            next_y, next_logprobs = step(y)
+        if n == max_tokens:
+            break
+        yield int(y.item()), logprobs
+        y, logprobs = next_y, next_logprobs
+        n += 1
+
+
+class StreamingDetokenizer:
+    """Text of generated tokens, segment by segment (holds back incomplete UTF-8 characters).
+
+    Decodes the tokens since the last newline on each step, like mlx-lm's naive detokenizer.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self._done, self._current, self._emitted = "", [], 0
+
+    def add_token(self, token: int) -> None:
+        self._current.append(token)
+
+    def _text(self, final: bool) -> str:
+        cur = self.tokenizer.decode(self._current) if self._current else ""
+        if not final and cur.endswith("\ufffd"):
+            cur = cur.rstrip("\ufffd")
+        if cur.endswith("\n") or final:
+            self._done, self._current, cur = self._done + cur, [], ""
+        return self._done + cur
+
+    def segment(self, *, final: bool = False) -> str:
+        text = self._text(final)
+        seg, self._emitted = text[self._emitted :], max(self._emitted, len(text))
+        return seg
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """EOS ids from the tokenizer, the generation config and the model config."""
+    ids: set[int] = set()
+    for source in (tokenizer, getattr(model, "generation_config", None), getattr(model, "config", None)):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids

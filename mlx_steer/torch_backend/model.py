@@ -1,0 +1,404 @@
+"""TorchSteerableModel: a Hugging Face causal LM with the API of :class:`mlx_steer.SteerableModel`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..activations import Activations
+from ..paths import PathResolver, Site
+from ..positions import check_reachable
+from ..prompts import PromptEncoder
+from ..site_plan import SitePlan, plan_sites
+from . import hooks as hk
+from .generation import GenerationResponse, StreamingDetokenizer, eos_token_ids, generate_step
+from .layers import decoder_layer_container, final_norm_path, first_attr, is_projection, site_dim
+from .ops import FrontAlignedAddOp, compile_op
+from .sampling import make_logits_processors, make_sampler
+
+
+class Hooks:
+    """Installed interventions and recorders; undone by :meth:`remove` (or leaving ``with``).
+
+    ``activations`` holds what the recorders collected so far (concatenated over forwards).
+    """
+
+    def __init__(self, owner: TorchSteerableModel, plans: dict[str, SitePlan], reduce: str | None):
+        self._handles: list[Any] = []
+        self._recorders: dict[str, hk.Recorder] = {}
+        self.ops: list = []
+        entries = [owner._entry(p, reduce, self._recorders, self.ops) for p in plans.values()]
+        try:  # every op is compiled by now: a failure below is the registration itself
+            self._handles.append(hk.attach_tracker(owner.tracked, owner.state))
+            for module, point, fn in entries:
+                self._handles.append(hk.attach(module, point, fn))
+        except BaseException:
+            self.remove()
+            raise
+        self.activations = Activations({k: r.result for k, r in self._recorders.items()}, owner.resolve_key)
+
+    def remove(self) -> None:
+        """Remove every hook this object registered (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    def flush(self) -> None:
+        """Nothing to do: torch records eagerly. Kept for API parity with the MLX backend."""
+
+    def __enter__(self) -> Hooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class Trace:
+    """Result of :meth:`TorchSteerableModel.trace`: activations, logits and the token layout."""
+
+    def __init__(self, hooks: Hooks, logits: torch.Tensor | None, tokens: list[list[int]]):
+        self._hooks = hooks
+        self.logits = logits
+        self.tokens = tokens
+        self.lengths = [len(t) for t in tokens]
+        self.padding = [max(self.lengths) - n for n in self.lengths]
+
+    @property
+    def activations(self) -> Activations:
+        return self._hooks.activations
+
+
+class TorchSteerableModel:
+    """A transformers causal LM and tokenizer with site-keyed recording and steering.
+
+    Args:
+        hf_model: A ``PreTrainedModel`` for causal LM (``LlamaForCausalLM``, ``GPT2LMHeadModel``...).
+        tokenizer: Its Hugging Face tokenizer.
+        model_id: Name stored in vector files.
+    """
+
+    def __init__(self, hf_model: nn.Module, tokenizer: Any, *, model_id: str | None = None):
+        self.model, self.tokenizer, self.model_id = hf_model, tokenizer, model_id
+        self.modules = dict(hf_model.named_modules())
+        container = decoder_layer_container(hf_model)
+        self.layer_paths = [f"{container}.{i}" for i in range(len(self.modules[container]))]
+        # positions are computed where the blocks' inputs are made: the container's parent
+        self.tracked = self.modules[container.rpartition(".")[0]] if "." in container else hf_model
+        self.resolver = PathResolver(list(self.modules), self.layer_paths)
+        config = hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
+        self.hidden_size = int(first_attr(config, "hidden_size", "n_embd", "d_model"))
+        self.n_heads = first_attr(config, "num_attention_heads", "n_head", "n_heads", default=None)
+        self.state = hk.ForwardState()
+        self.prompts = PromptEncoder(tokenizer)
+        self.eos_token_ids = eos_token_ids(hf_model, tokenizer)
+
+    # -- paths -----------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_paths)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The residual stream dtype (the input embedding's)."""
+        emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        return emb.weight.dtype if emb is not None else next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def resolve(self, site: str | Site) -> Site:
+        """Resolve ``layers.4``, ``layers.-1.mlp``, ``model.layers.4:input`` to a :class:`Site`."""
+        return self.resolver.resolve(site)
+
+    def resolve_path(self, path: str) -> str:
+        return self.resolver.resolve_path(path)
+
+    def resolve_key(self, site: str) -> str:
+        return self.resolver.resolve(site).key
+
+    # -- patching --------------------------------------------------------------------------
+    def hooks(
+        self, *, interventions: Mapping | None = None, record: object = None,
+        record_positions: object = "all", reduce: str | None = None,
+    ) -> Hooks:
+        """Register interventions and recorders until ``remove()`` / the end of a ``with`` block.
+
+        Everything is validated and compiled before the first hook is registered. Recorders keep
+        the activation after this site's interventions (what flows on).
+        """
+        plans = plan_sites(self.resolver, interventions=_as_interventions(interventions), record=record,
+                           record_positions=record_positions, reduce=reduce)
+        return Hooks(self, plans, reduce)
+
+    def steer(self, interventions: Mapping | Any, *, scale: float = 1.0, positions: object = "all") -> Hooks:
+        """A persistent edit: stays installed across calls until ``handle.remove()``.
+
+        Args:
+            interventions: ``{site: intervention}`` or a SteeringVector (added with ``scale``).
+        """
+        return self.hooks(interventions=_as_interventions(interventions, scale=scale, positions=positions))
+
+    def record(self, sites: object, *, positions: object = "all", reduce: str | None = None) -> Hooks:
+        """Record ``sites`` over whatever runs inside the ``with`` block (e.g. generation)."""
+        return self.hooks(record=sites, record_positions=positions, reduce=reduce)
+
+    def _entry(self, plan: SitePlan, reduce: str | None, recorders: dict, all_ops: list) -> tuple:
+        site = plan.site
+        module = self.modules[site.path]
+        dim = site_dim(module, site.point, self.hidden_size)
+        # head ablation only makes sense on a projection's input, where heads are concatenated
+        n_heads = self.n_heads if site.point == "input" and is_projection(module) else None
+        ops = [compile_op(i, site=site.key, dim=dim, n_heads=n_heads, dtype=self.dtype, device=self.device)
+               for i in plan.interventions]
+        all_ops.extend(ops)
+        rec = None
+        if plan.record is not None:
+            rec = recorders[site.key] = hk.Recorder(self.state, plan.record, reduce)
+        state = self.state
+
+        def fn(h: torch.Tensor) -> torch.Tensor:
+            for op in ops:
+                h = op(h, state)
+            return rec(h) if rec is not None else h
+
+        return module, site.point, fn
+
+    @contextlib.contextmanager
+    def _layout(self, lengths: Sequence[int], padding: Sequence[int]) -> Iterator[None]:
+        """Tell the position tracker the prompt lengths and left padding of our own forwards."""
+        self.state.prompt_len_stack.append(np.asarray(lengths, dtype=np.int64))
+        self.state.padding_stack.append(np.asarray(padding, dtype=np.int64))
+        try:
+            yield
+        finally:
+            self.state.prompt_len_stack.pop()
+            self.state.padding_stack.pop()
+
+    # -- forward ---------------------------------------------------------------------------
+    def encode(
+        self, prompt: str | Sequence[int], *, chat: bool = False, system: str | None = None,
+        assistant_prefix: str | None = None,
+    ) -> list[int]:
+        """Token ids of ``prompt`` (a chat user turn with the template when ``chat``)."""
+        return self.prompts.encode(prompt, chat=chat, system=system, assistant_prefix=assistant_prefix)
+
+    @staticmethod
+    def to_numpy(x: torch.Tensor) -> np.ndarray:
+        """A float32 numpy copy of a backend tensor."""
+        return x.detach().float().cpu().numpy()
+
+    def run(
+        self,
+        prompts: str | Sequence[str] | Sequence[Sequence[int]],
+        *,
+        record: object = None,
+        interventions: Mapping | None = None,
+        record_positions: object = "all",
+        reduce: str | None = None,
+        logits: bool = True,
+        chat: bool = False,
+    ) -> Trace:
+        """One forward over a batch (left-padded, with an attention mask, when lengths differ)."""
+        tokens = self.prompts.encode_batch(prompts, chat=chat)
+        hooks = self.hooks(interventions=interventions, record=record,
+                           record_positions=record_positions, reduce=reduce)
+        try:
+            return self._forward(tokens, hooks, keep_logits=logits)
+        finally:
+            hooks.remove()
+
+    @contextlib.contextmanager
+    def trace(self, prompts: str | Sequence[str] | Sequence[Sequence[int]], **kwargs: Any) -> Iterator[Trace]:
+        """``with model.trace(prompts, record=[..], interventions={..}) as tr:`` — runs one forward.
+
+        Results stay readable after the block; hooks are removed when it ends (or raises).
+        Options are those of :meth:`run`.
+        """
+        yield self.run(prompts, **kwargs)
+
+    def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> Trace:
+        lengths = [len(t) for t in tokens]
+        L = max(lengths)
+        for rec in hooks._recorders.values():
+            check_reachable(rec.positions, L, what="a prompt")
+        for op in hooks.ops:
+            check_reachable(op.sel, L, what="a prompt")
+        self._check_front_aligned(hooks, L)
+        pad = np.array([L - n for n in lengths], dtype=np.int64)
+        device = self.device
+        x = torch.tensor([[self.prompts.pad_id] * int(p) + t for p, t in zip(pad, tokens)], device=device)
+        kwargs: dict[str, Any] = {}
+        if pad.any():  # rows must see exactly what a single run sees: mask the padding, shift positions
+            cols = np.arange(L)[None] - pad[:, None]
+            kwargs["attention_mask"] = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
+            kwargs["position_ids"] = torch.from_numpy(np.maximum(cols, 0)).to(device)
+        with torch.no_grad(), self._layout(lengths, pad):
+            out = self.model(input_ids=x, use_cache=False, logits_to_keep=0 if keep_logits else 1, **kwargs)
+        return Trace(hooks, out.logits if keep_logits else None, tokens)
+
+    @staticmethod
+    def _check_front_aligned(hooks: Hooks, prompt_len: int) -> None:
+        for op in hooks.ops:
+            if isinstance(op, FrontAlignedAddOp) and op.n > prompt_len:
+                raise ValueError(
+                    f"front-aligned tensor at {op.site!r} has {op.n} positions but the prompt has "
+                    f"{prompt_len} tokens; it must not be longer than the prompt"
+                )
+
+    # -- generation --------------------------------------------------------------------------
+    def stream_generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int = 256,
+        interventions: Mapping | Any = None,
+        record: object = None,
+        record_positions: object = "last",
+        hooks_out: list | None = None,
+        chat: bool = False,
+        system: str | None = None,
+        temp: float = 0.0,
+        top_p: float = 0.0,
+        min_p: float = 0.0,
+        top_k: int = 0,
+        repetition_penalty: float | None = None,
+        repetition_context_size: int = 20,
+        logits_processors: list | None = None,
+        sampler: Any = None,
+        seed: int | None = None,
+        prefill_step_size: int = 2048,
+        **kwargs: Any,
+    ) -> Iterator[GenerationResponse]:
+        """Stream :class:`GenerationResponse` objects with interventions applied at every step.
+
+        Same options and semantics as :meth:`mlx_steer.SteerableModel.stream_generate`; samplers
+        take (1, V) log-probabilities, logits processors ``(tokens 1-D, logits (1, V))`` tensors.
+        ``seed`` seeds a private ``torch.Generator`` (the global RNG is left alone).
+
+        Raises:
+            ValueError: on a bad option, or mlx-lm-only options (``max_kv_size``...) in ``kwargs``.
+        """
+        if kwargs:
+            raise ValueError(f"unsupported option(s) for the torch backend: {', '.join(sorted(kwargs))}")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        tokens = self.encode(prompt, chat=chat, system=system)
+        if sampler is None:
+            gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+            sampler = make_sampler(temp, top_p, min_p, top_k, generator=gen)
+        processors = make_logits_processors(repetition_penalty, repetition_context_size) + list(logits_processors or [])
+        hooks = self.hooks(interventions=_as_interventions(interventions), record=record,
+                           record_positions=record_positions)
+        try:
+            for op in hooks.ops:
+                check_reachable(op.sel, len(tokens) + max_tokens, what="prompt + max_tokens")
+            self._check_front_aligned(hooks, len(tokens))
+            if hooks_out is not None:
+                hooks_out.append(hooks)
+            with self._layout([len(tokens)], [0]):
+                yield from self._responses(tokens, max_tokens, sampler, processors, prefill_step_size)
+        finally:
+            hooks.remove()
+
+    def _responses(self, tokens: list[int], max_tokens: int, sampler: Any, processors: list,
+                   prefill_step_size: int) -> Iterator[GenerationResponse]:
+        """mlx-lm's ``stream_generate`` protocol: stop at EOS (reported, not added to the text)."""
+        detok, P = StreamingDetokenizer(self.tokenizer), len(tokens)
+        steps = generate_step(self.model, tokens, max_tokens=max_tokens, sampler=sampler,
+                              logits_processors=processors, prefill_step_size=prefill_step_size)
+        for n, (token, logprobs) in enumerate(steps):
+            if token in self.eos_token_ids:
+                break
+            detok.add_token(token)
+            if n + 1 == max_tokens:
+                break
+            yield GenerationResponse(detok.segment(), token, logprobs, P, n + 1)
+        steps.close()
+        reason = "stop" if token in self.eos_token_ids else "length"
+        yield GenerationResponse(detok.segment(final=True), token, logprobs, P, n + 1, reason)
+
+    def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> str:
+        """Generated text (the continuation only). Options are those of :meth:`stream_generate`."""
+        return "".join(r.text for r in self.stream_generate(prompt, **kwargs))
+
+    def generate_tokens(self, prompt: str | Sequence[int], **kwargs: Any) -> list[int]:
+        """Generated token ids (EOS excluded). Options are those of :meth:`stream_generate`."""
+        return [int(r.token) for r in self.stream_generate(prompt, **kwargs) if r.finish_reason != "stop"]
+
+
+    # -- unembedding and generation helpers (the backend contract of mlx_steer.analysis) -----
+    @property
+    def unembedding_path(self) -> str:
+        """Path of the module mapping the final residual to logits (``lm_head``; tied or not)."""
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        path = next((n for n, m in self.modules.items() if m is head and n), None)
+        if path is None:
+            raise ValueError(f"cannot find the unembedding: {type(self.model).__name__} has no output embeddings")
+        return path
+
+    @property
+    def final_norm_path(self) -> str | None:
+        """Path of the norm applied after the last decoder layer (None if there is none)."""
+        return final_norm_path(self.modules, self.resolver.container)
+
+    def unembed(self, vectors: np.ndarray, *, final_norm: bool = False) -> np.ndarray:
+        """Logits of residual-stream directions through the unembedding (no forward pass).
+
+        Args:
+            vectors: (K, D) or (D,) directions in the residual stream.
+            final_norm: Apply the model's final norm first (logit lens). Model-specific logit
+                transforms (gemma2 softcapping, logit scales) are not applied.
+
+        Returns:
+            float32 logits, (K, V) — or (V,) for a (D,) input.
+
+        Raises:
+            ValueError: wrong width, non-finite values, or no final norm to apply.
+        """
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"vectors must be (K, {self.hidden_size}) or ({self.hidden_size},), got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("vectors have non-finite values (NaN or inf)")
+        norm_path = self.final_norm_path if final_norm else None
+        if final_norm and norm_path is None:
+            raise ValueError("final_norm=True but no final norm was found after the decoder layers")
+        h = torch.from_numpy(np.atleast_2d(x).copy()).to(self.device, self.dtype)
+        with torch.no_grad():  # .forward, not __call__: user hooks on the norm or head must not run
+            if norm_path is not None:
+                h = self.modules[norm_path].forward(h)
+            logits = self.modules[self.unembedding_path].forward(h)
+        out = self.to_numpy(logits)
+        return out[0] if x.ndim == 1 else out
+
+    def ban_tokens_processor(self, token_ids: Sequence[int]) -> Any:
+        """A logits processor for :meth:`stream_generate` that makes ``token_ids`` impossible."""
+        ids = sorted({int(t) for t in token_ids})
+
+        def processor(tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            V = logits.shape[-1]
+            return logits.index_fill(-1, torch.tensor([i for i in ids if 0 <= i < V], dtype=torch.long,
+                                                      device=logits.device), float("-inf"))
+
+        return processor
+
+
+def _as_interventions(value: Any, *, scale: float = 1.0, positions: object = "all") -> Mapping | None:
+    """Accept a dict, or a SteeringVector (anything with ``to_interventions``).
+
+    Same as ``mlx_model._as_interventions``, which cannot be imported here without MLX.
+    """
+    if value is None or isinstance(value, Mapping):
+        return value
+    if hasattr(value, "to_interventions"):
+        return value.to_interventions(scale=scale, positions=positions)
+    raise ValueError(f"expected a dict {{site: intervention}} or a SteeringVector, got {type(value).__name__}")

@@ -1,0 +1,526 @@
+"""The reliability suite on the torch backend; most tests run on both backends with one body.
+
+Oracles: transformers' own ``hidden_states``, test-owned torch forward hooks (full recomputation
+without a cache), zeroed weight columns, hand-written position tables.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mlx_steer import interventions as iv
+from mlx_steer.positions import Positions
+from tiny_models import ARCHS
+from torch_fixtures import (  # noqa: F401 - fixtures
+    BACKENDS, FINAL_NORM, assert_untouched, backend_models, fresh_models, greedy_recompute, is_patched,
+    load_torch, np_, patch_attach, raw_logits, snapshot, torch_hook_ids, torch_models,
+)
+
+PROMPT = "I love this wonderful day"
+GEN_PROMPT = "Tell me a story about a cat who lives on"
+BATCH = ["I love", "The weather is great, happy people walk", "Tell me a story about a cat"]
+N_NEW = 10
+LAYER = 1
+
+
+def _vector(m, seed=3, norm=None):
+    v = np.random.default_rng(seed).normal(size=m.hidden_size).astype(np.float32)
+    return v * (norm / np.linalg.norm(v)) if norm else v
+
+
+# -- recording ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHS)
+def test_block_outputs_match_hf_hidden_states(load_torch, arch):
+    """hidden_states[i + 1] is block i's output, except the last entry, which has the final norm."""
+    m = load_torch(arch)  # fresh: output_hidden_states installs transformers' capture hooks for good
+    tokens = m.encode(PROMPT)
+    sites = [f"layers.{i}" for i in range(m.num_layers)]
+    tr = m.run(PROMPT, record=sites + ["layers.0:input"])
+    with torch.no_grad():
+        hs = m.model(input_ids=torch.tensor([tokens]), output_hidden_states=True).hidden_states
+    assert len(hs) == m.num_layers + 1
+    assert torch.equal(tr.activations["layers.0:input"], hs[0])
+    for i in range(m.num_layers - 1):
+        got = tr.activations[sites[i]]
+        assert got.shape == (1, len(tokens), m.hidden_size)
+        torch.testing.assert_close(got, hs[i + 1], rtol=0, atol=1e-6)
+    last = tr.activations[sites[-1]]
+    with torch.no_grad():
+        normed = m.modules[FINAL_NORM.get(arch, "model.norm")](last)
+    torch.testing.assert_close(normed, hs[-1], rtol=0, atol=1e-5)
+    assert not torch.allclose(last, hs[-1], atol=1e-3)  # the caveat is real
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_input_of_next_block_is_output_of_block(backend_models, backend, arch):
+    m = backend_models(backend, arch)
+    n = m.num_layers
+    sites = [f"layers.{i}" for i in range(n - 1)] + [f"layers.{i + 1}:input" for i in range(n - 1)]
+    tr = m.run(PROMPT, record=sites)
+    for i in range(n - 1):
+        assert np.array_equal(np_(m, tr.activations[f"layers.{i}"]), np_(m, tr.activations[f"layers.{i + 1}:input"]))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_add_vector_all_positions_is_exact(backend_models, backend, arch):
+    m = backend_models(backend, arch)
+    v = _vector(m, seed=1)
+    clean = np_(m, m.run(PROMPT, record=["layers.1"]).activations["layers.1"])
+    steered = m.run(PROMPT, record=["layers.2:input"], interventions={"layers.1": iv.add_vector(v)})
+    assert np.array_equal(np_(m, steered.activations["layers.2:input"]), clean + v)
+
+
+def test_record_positions_last_index_window_mean(torch_models):
+    m = torch_models("qwen2")
+    h = np_(m, m.run(PROMPT, record=["layers.2"]).activations["layers.2"])[0]
+    L = h.shape[0]
+    for positions, expected in [("last", h[L - 1 : L]), (2, h[2:3]), ([1, 3], h[[1, 3]]), (slice(1, 4), h[1:4])]:
+        got = m.run(PROMPT, record={"layers.2": positions}).activations["layers.2"]
+        assert got.is_contiguous() and got._base is None  # its own bytes, not a view
+        assert np.array_equal(np_(m, got)[0], expected), positions
+    mean = m.run(PROMPT, record=["layers.2"], record_positions=slice(1, 4), reduce="mean").activations["layers.2"]
+    np.testing.assert_allclose(np_(m, mean)[0], h[1:4].mean(0), atol=1e-6)
+
+
+def test_submodule_sites_and_short_keys(torch_models):
+    m = torch_models("gpt2")
+    assert m.layer_paths[0] == "transformer.h.0" and m.resolve_path("layers.3.attn") == "transformer.h.3.attn"
+    assert m.resolve_path("h.3") == "transformer.h.3" == m.resolve_path("layers.-1")
+    tr = m.run(PROMPT, record=["layers.1.mlp", "h.1.attn", "layers.1", "layers.1:input"])
+    out, x = np_(m, tr.activations["layers.1"]), np_(m, tr.activations["transformer.h.1:input"])
+    attn, mlp = np_(m, tr.activations["layers.1.attn"]), np_(m, tr.activations["transformer.h.1.mlp"])
+    np.testing.assert_allclose(out - mlp, x + attn, atol=1e-5)  # gpt2 block: h = x + attn; out = h + mlp
+
+
+# -- no-ops and lifetime ---------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_noops_are_bit_identical(backend_models, backend, arch):
+    m = backend_models(backend, arch)
+    base = raw_logits(m, m.encode(PROMPT))
+    v = np.ones(m.hidden_size, np.float32)
+    mlp_in = "layers.2.mlp:input"
+    for spec in (
+        {"layers.1": iv.add_vector(v, scale=0.0)},
+        {"layers.1": []},
+        {"layers.1": iv.scale(1.0)},
+        {"layers.1": iv.custom(lambda h: h)},
+        {mlp_in: iv.add_vector(v, scale=0.0, positions="last")},
+        {"layers.1": iv.add_vector(v, positions=Positions.first_generated(3))},  # selects nothing in a prompt
+    ):
+        assert np.array_equal(np_(m, m.run(PROMPT, interventions=spec).logits), base), spec
+    assert np.array_equal(np_(m, m.run(PROMPT, record=["layers.0", "layers.1:input", "layers.1.mlp"]).logits), base)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exit_paths_restore_model(fresh_models, backend):
+    m = fresh_models(backend, "llama")
+    before = snapshot(m)
+    base = np_(m, m.run(PROMPT).logits)
+    v = np.ones(m.hidden_size, np.float32) * 5
+    with m.steer({"layers.1": iv.add_vector(v)}):
+        assert not np.array_equal(np_(m, m.run(PROMPT).logits), base)
+    assert_untouched(m, before)
+    with pytest.raises(RuntimeError, match="boom"), m.steer({"layers.1": iv.add_vector(v)}):
+        raise RuntimeError("boom")
+    assert_untouched(m, before)
+    with pytest.raises(RuntimeError, match="boom"):
+        with m.trace(PROMPT, interventions={"layers.1": iv.add_vector(v)}, record=["layers.2"]):
+            raise RuntimeError("boom")
+    assert_untouched(m, before)
+    handle = m.steer({"layers.1": iv.add_vector(v), "layers.1.self_attn.o_proj:input": iv.ablate_heads(0)})
+    steered = np_(m, m.run(PROMPT).logits)
+    assert np.array_equal(np_(m, m.run(PROMPT).logits), steered)  # persists across calls
+    handle.remove()
+    handle.remove()  # idempotent
+    assert_untouched(m, before)
+    assert np.array_equal(np_(m, m.run(PROMPT).logits), base)
+    if backend == "torch":
+        assert torch_hook_ids(m.model) == {}  # not one hook left on any module
+
+
+def test_parameter_names_unchanged_while_hooked(torch_models):
+    m = torch_models("qwen2")
+    names = [k for k, _ in m.model.named_parameters()]
+    classes = [type(x) for x in m.model.modules()]
+    with m.steer({"layers.1": iv.add_vector(np.ones(m.hidden_size)), "layers.1.self_attn.o_proj:input": iv.ablate_heads(0)}):
+        assert [k for k, _ in m.model.named_parameters()] == names
+        assert [type(x) for x in m.model.modules()] == classes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generation_stopped_early_restores_model(fresh_models, backend):
+    m = fresh_models(backend, "llama")
+    before = snapshot(m)
+    stream = m.stream_generate(PROMPT, max_tokens=20, interventions={"layers.1": iv.add_vector(np.ones(m.hidden_size))})
+    next(stream)
+    assert is_patched(m, "model.layers.1")
+    stream.close()
+    assert_untouched(m, before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_failing_custom_intervention_restores_model(fresh_models, backend):
+    m = fresh_models(backend, "llama")
+    before = snapshot(m)
+
+    def bad(h):
+        raise ZeroDivisionError("inside the forward")
+
+    with pytest.raises(ZeroDivisionError):
+        m.run(PROMPT, interventions={"layers.2": bad})
+    with pytest.raises(ZeroDivisionError):
+        m.generate(PROMPT, max_tokens=3, interventions={"layers.2": bad})
+    assert_untouched(m, before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_install_failing_halfway_restores_model(fresh_models, backend, monkeypatch):
+    m = fresh_models(backend, "llama")
+    before = snapshot(m)
+    calls = []
+
+    def wrapper(real):
+        def flaky(*args):
+            calls.append(args[0])
+            if len(calls) == 3:
+                raise MemoryError("simulated failure on the third hook")
+            return real(*args)
+
+        return flaky
+
+    patch_attach(m, monkeypatch, wrapper)
+    with pytest.raises(MemoryError):
+        m.steer({f"layers.{i}": iv.add_vector(np.ones(m.hidden_size)) for i in range(4)})
+    assert len(calls) == 3
+    monkeypatch.undo()
+    assert_untouched(m, before)
+
+
+def test_nested_hooks_stack_and_unwind(fresh_models):
+    m = fresh_models("torch", "llama")
+    before = snapshot(m)
+    v = _vector(m, seed=0)
+    clean = np_(m, m.run(PROMPT, record=["layers.1"]).activations["layers.1"])
+    with m.steer({"layers.1": iv.add_vector(v)}):
+        with m.steer({"layers.1": iv.add_vector(v, scale=2.0)}):
+            inner = np_(m, m.run(PROMPT, record=["layers.1"]).activations["layers.1"])
+        outer = np_(m, m.run(PROMPT, record=["layers.1"]).activations["layers.1"])
+    np.testing.assert_allclose(inner, clean + 3 * v, atol=1e-5)
+    assert np.array_equal(outer, clean + v)
+    assert_untouched(m, before)
+
+
+def test_import_mlx_steer_does_not_import_torch():
+    code = "import mlx_steer, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- bad input: same messages on both backends ---------------------------------------------------
+ERRORS = [
+    (r"unknown site path 'layers\.1\.mpl'.*did you mean model\.layers\.1\.mlp", lambda m: m.run(PROMPT, record=["layers.1.mpl"])),
+    (r"unknown site path 'model\.layer\.2'.*Decoder layers: model\.layers\.0 \.\. model\.layers\.3",
+     lambda m: m.steer({"model.layer.2": iv.zero()})),
+    (r"layer 9 out of range for a 4-layer model; valid: -4\.\.3", lambda m: m.steer({"layers.9": iv.zero()})),
+    (r"unknown hook point 'inptu'", lambda m: m.run(PROMPT, record=["layers.1:inptu"])),
+    (r"steering vector has size 10 but site 'model\.layers\.1' has size 64", lambda m: m.steer({"layers.1": iv.add_vector(np.ones(10))})),
+    (r"size 64 but site 'model\.layers\.1\.mlp\.down_proj:input' has size 128",
+     lambda m: m.steer({"layers.1.mlp.down_proj:input": iv.add_vector(np.ones(64))})),
+    (r"position index 40 out of range for a prompt of \d+ tokens",
+     lambda m: m.run(PROMPT, interventions={"layers.1": iv.add_vector(np.ones(64), positions=40)})),
+    (r"position index 99 out of range for prompt \+ max_tokens",
+     lambda m: m.generate(PROMPT, max_tokens=5, interventions={"layers.1": iv.zero(positions=[1, 99])})),
+    (r"out of range for 4 heads; valid: 0\.\.3", lambda m: m.steer({"layers.1.self_attn.o_proj:input": iv.ablate_heads([4])})),
+    (r"ablate_heads needs an attention output projection's input", lambda m: m.steer({"layers.1": iv.ablate_heads([0])})),
+    (r"empty prompt list", lambda m: m.run([])),
+    (r"front-aligned tensor at 'model\.layers\.1' has 30 positions but the prompt has \d+ tokens",
+     lambda m: m.run(PROMPT, interventions={"layers.1": iv.add_vector(np.ones((30, 64)))})),
+    (r"front-aligned tensor .* has", lambda m: m.generate(PROMPT, max_tokens=4, interventions={"layers.1": iv.add_vector(np.ones((30, 64)))})),
+    (r"intervention for site 'layers\.1' must be made by mlx_steer\.interventions", lambda m: m.steer({"layers.1": 3.0})),
+    (r"expected a dict", lambda m: m.steer(["layers.1"])),
+    (r"must return an? (mx\.array|torch\.Tensor) of shape", lambda m: m.run(PROMPT, interventions={"layers.1": lambda h: h[:, :1]})),
+    (r"max_tokens must be a positive int", lambda m: m.generate(PROMPT, max_tokens=0)),
+    (r"unknown reduce 'sum'", lambda m: m.run(PROMPT, record=["layers.1"], reduce="sum")),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input_errors_leave_model_untouched(fresh_models, backend):
+    m = fresh_models(backend, "llama")
+    before = snapshot(m)
+    for match, call in ERRORS:
+        with pytest.raises(ValueError, match=match):
+            call(m)
+        assert_untouched(m, before)
+
+
+def test_torch_only_bad_options(torch_models):
+    m = torch_models("llama")
+    with pytest.raises(ValueError, match=r"unsupported option\(s\) for the torch backend: max_kv_size"):
+        m.generate(PROMPT, max_tokens=3, max_kv_size=10)
+    with pytest.raises(ValueError, match="prefill_step_size must be a positive int"):
+        m.generate(PROMPT, max_tokens=3, prefill_step_size=0)
+    with pytest.raises(ValueError, match=r"`top_k` has to be an integer in the \(0, 384\) interval"):
+        m.generate(PROMPT, max_tokens=3, temp=1.0, top_k=1000)
+
+
+# -- generation: cached steps equal full recomputation ------------------------------------------
+def _selected(name, P, T):
+    """Positions selected by each selector, written out independently of mlx_steer."""
+    p = np.arange(T)
+    return {
+        "all": p >= 0,
+        "last": p >= P - 1,
+        "index": p == 3,
+        "indices": np.isin(p, [0, P - 1, P + 2]),
+        "window": (p >= 2) & (p < P + 3),
+        "prompt": p < P,
+        "generated": p >= P,
+        "first_generated": (p >= P) & (p < P + 3),
+    }[name]
+
+
+SELECTORS = {
+    "all": lambda P: "all",
+    "last": lambda P: "last",
+    "index": lambda P: 3,
+    "indices": lambda P: [0, P - 1, P + 2],
+    "window": lambda P: Positions.window(2, P + 3),
+    "prompt": lambda P: "prompt",
+    "generated": lambda P: "generated",
+    "first_generated": lambda P: Positions.first_generated(3),
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("selector", list(SELECTORS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cached_generation_equals_recompute(backend_models, backend, arch, selector):
+    m = backend_models(backend, arch)
+    prompt = m.encode(GEN_PROMPT)
+    P = len(prompt)
+    v = _vector(m, norm=40.0)
+    spec = {f"layers.{LAYER}": iv.add_vector(v, positions=SELECTORS[selector](P))}
+
+    def delta_for(T):
+        return _selected(selector, P, T)[:, None] * v[None]
+
+    expected = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=delta_for)
+    for step in (2048, 3):  # one prefill chunk, and many small ones
+        got = m.generate_tokens(prompt, max_tokens=N_NEW, interventions=spec, prefill_step_size=step)
+        assert got == expected, (backend, arch, selector, step)
+    if selector in ("all", "last", "prompt"):  # the oracle must be able to tell steering apart
+        plain = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=lambda T: np.zeros((T, m.hidden_size), np.float32))
+        assert plain != expected
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_front_aligned_tensor_in_generation(torch_models, arch):
+    m = torch_models(arch)
+    prompt = m.encode(GEN_PROMPT)
+    delta = np.random.default_rng(5).normal(size=(4, m.hidden_size)).astype(np.float32) * 30
+
+    def delta_for(T):
+        d = np.zeros((T, m.hidden_size), np.float32)
+        d[:4] = delta
+        return d
+
+    expected = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=delta_for)
+    for step in (2048, 2):
+        got = m.generate_tokens(prompt, max_tokens=N_NEW, prefill_step_size=step,
+                                interventions={f"layers.{LAYER}": iv.add_vector(delta)})
+        assert got == expected
+
+
+def test_hf_generate_under_steer_equals_our_loop(torch_models):
+    """A raw transformers ``generate`` (DynamicCache, no compile) gets the same absolute positions."""
+    m = torch_models("llama")
+    prompt = m.encode(GEN_PROMPT)
+    v = _vector(m, norm=40.0)
+    for positions in ("all", "last", [0, 3]):
+        ours = m.generate_tokens(prompt, max_tokens=N_NEW, interventions={"layers.1": iv.add_vector(v, positions=positions)})
+        with m.steer({"layers.1": iv.add_vector(v, positions=positions)}), torch.no_grad():
+            out = m.model.generate(torch.tensor([prompt]), max_new_tokens=N_NEW, do_sample=False,
+                                   disable_compile=True, pad_token_id=0)
+        hf = out[0, len(prompt):].tolist()
+        assert hf[: len(ours)] == ours, positions
+
+
+def test_raw_padded_call_reads_padding_from_attention_mask(torch_models):
+    """Outside trace/generate, left padding comes from the attention mask: position 0 is each row's
+    first real token."""
+    m = torch_models("llama")
+    rows = [m.encode(p) for p in BATCH]
+    L = max(map(len, rows))
+    ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
+    mask = (torch.arange(L)[None] >= torch.tensor([L - len(r) for r in rows])[:, None]).long()
+    v = _vector(m, norm=10.0)
+    with m.record({"layers.1": "all"}) as clean, torch.no_grad():
+        m.model(input_ids=ids, attention_mask=mask)
+    with m.hooks(interventions={"layers.1": iv.add_vector(v, positions=0)}, record={"layers.1": "all"}) as rec, torch.no_grad():
+        m.model(input_ids=ids, attention_mask=mask)
+    diff = np_(m, rec.activations["layers.1"]) - np_(m, clean.activations["layers.1"])
+    for b, r in enumerate(rows):
+        first = L - len(r)
+        np.testing.assert_allclose(diff[b, first], v, atol=1e-5)
+        assert np.abs(np.delete(diff[b], first, axis=0)).max() == 0
+
+
+def test_samplers_seeded_and_processors(torch_models):
+    m = torch_models("llama")
+    prompt = m.encode(GEN_PROMPT)
+    opts = dict(temp=0.8, top_p=0.9, min_p=0.05, top_k=50, repetition_penalty=1.3, max_tokens=15)
+    a = m.generate_tokens(prompt, seed=11, **opts)
+    assert a == m.generate_tokens(prompt, seed=11, **opts)
+    noop = {"layers.1": iv.add_vector(_vector(m), scale=0.0)}
+    assert a == m.generate_tokens(prompt, seed=11, interventions=noop, **opts)
+    rng_state = torch.get_rng_state()
+    m.generate_tokens(prompt, seed=3, temp=1.0, max_tokens=3)
+    assert torch.equal(torch.get_rng_state(), rng_state)  # a private generator
+
+
+def test_eos_suppressing_processor_runs_to_max_tokens(torch_models):
+    m = torch_models("llama")
+    prompt = m.encode(GEN_PROMPT)
+    eos = sorted(m.eos_token_ids)
+    seen = []
+
+    def no_eos(tokens, logits):
+        assert tokens.ndim == 1 and logits.shape == (1, 384)
+        seen.append(tokens.numel())
+        logits = logits.clone()
+        logits[:, eos] = -torch.inf
+        return logits
+
+    out = m.generate_tokens(prompt, max_tokens=25, logits_processors=[no_eos], temp=1.0, seed=0)
+    assert len(out) == 25 and not set(out) & set(eos)
+    assert seen[0] == len(prompt) and seen[1] == len(prompt) + 1
+
+
+def test_stream_protocol(torch_models):
+    m = torch_models("gpt2")
+    steps = list(m.stream_generate(GEN_PROMPT, max_tokens=12))
+    assert all(s.finish_reason is None for s in steps[:-1]) and steps[-1].finish_reason in ("length", "stop")
+    tokens = m.generate_tokens(GEN_PROMPT, max_tokens=12)
+    assert "".join(s.text for s in steps) == m.tokenizer.decode(tokens)
+    assert steps[0].prompt_tokens == len(m.encode(GEN_PROMPT)) and steps[-1].logprobs.shape == (384,)
+
+
+def test_recording_while_generating_uses_absolute_positions(torch_models):
+    m = torch_models("llama")
+    prompt = m.encode(GEN_PROMPT)
+    hooks = []
+    toks = m.generate_tokens(prompt, max_tokens=6, record=["layers.2"], record_positions="last",
+                             prefill_step_size=3, hooks_out=hooks)
+    rec = np_(m, hooks[0].activations["layers.2"])[0]
+    full = np_(m, m.run([prompt + toks], record=["layers.2"]).activations["layers.2"])[0]
+    # the last prompt token, then every generated token fed back (the loop computes one step ahead)
+    assert rec.shape[0] == len(toks) + 1
+    np.testing.assert_allclose(rec, full[len(prompt) - 1 :], atol=1e-5)
+
+
+# -- batches -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_equals_single(backend_models, backend, arch):
+    m = backend_models(backend, arch)
+    v = _vector(m, seed=2) * 3
+    spec = {"layers.1": iv.add_vector(v, positions="last"), "layers.2": iv.add_vector(v, positions=[0, 1])}
+    record = {"layers.2": "last", "layers.3": "last", "layers.0": "all"}
+    batch = m.run(BATCH, record=record, interventions=spec)
+    assert len(set(batch.lengths)) == 3 and batch.padding[0] > 0
+    for b, prompt in enumerate(BATCH):
+        one = m.run(prompt, record=record, interventions=spec)
+        for site in ("layers.2", "layers.3"):
+            np.testing.assert_allclose(np_(m, batch.activations[site])[b], np_(m, one.activations[site])[0], atol=1e-5)
+        full = np_(m, batch.activations["layers.0"])[b, batch.padding[b]:]
+        np.testing.assert_allclose(full, np_(m, one.activations["layers.0"])[0], atol=1e-5)
+        np.testing.assert_allclose(np_(m, batch.logits)[b, -1], np_(m, one.logits)[0, -1], atol=1e-5)
+
+
+def test_batch_mean_over_prompt_ignores_padding(torch_models):
+    m = torch_models("llama")
+    batch = m.run(BATCH, record=["layers.1"], record_positions="prompt", reduce="mean")
+    for b, prompt in enumerate(BATCH):
+        full = np_(m, m.run(prompt, record=["layers.1"]).activations["layers.1"])[0]
+        np.testing.assert_allclose(np_(m, batch.activations["layers.1"])[b], full.mean(0), atol=1e-5)
+
+
+# -- ops -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch,o_proj", [("llama", "self_attn.o_proj"), ("gpt2", "attn.c_proj"), ("phi3", "self_attn.o_proj")])
+def test_head_ablation_equals_zeroed_columns(load_torch, arch, o_proj):
+    m = load_torch(arch)
+    heads = [1, 3]
+    site = f"layers.2.{o_proj}:input"
+    ablated = np_(m, m.run(PROMPT, interventions={site: iv.ablate_heads(heads)}).logits)
+    proj = m.modules[m.resolve(site).path]
+    hd = m.hidden_size // m.n_heads
+    with torch.no_grad():
+        for h in heads:  # nn.Linear weight is (out, in); gpt2's Conv1D weight is (in, out)
+            if isinstance(proj, torch.nn.Linear):
+                proj.weight[:, h * hd : (h + 1) * hd] = 0.0
+            else:
+                proj.weight[h * hd : (h + 1) * hd, :] = 0.0
+    expected = np_(m, m.run(PROMPT).logits)
+    np.testing.assert_allclose(ablated, expected, atol=1e-5)
+
+
+def test_project_out_set_scale_and_order(torch_models):
+    m = torch_models("gemma2")
+    d = _vector(m, seed=4)
+    u = d / np.linalg.norm(d)
+    clean = np_(m, m.run(PROMPT, record=["layers.1"]).activations["layers.1"])[0]
+    out = np_(m, m.run(PROMPT, record=["layers.1"], interventions={"layers.1": iv.project_out(d)}).activations["layers.1"])[0]
+    assert np.abs(clean @ u).max() > 0.1 and np.abs(out @ u).max() < 1e-4
+    mean = _vector(m, seed=6)
+    got = np_(m, m.run(PROMPT, record=["layers.1"], interventions={"layers.1": iv.mean_ablate(mean, positions=[0, 2])}).activations["layers.1"])[0]
+    assert np.array_equal(got[[0, 2]], np.stack([mean, mean]))
+    assert np.array_equal(np.delete(got, [0, 2], axis=0), np.delete(clean, [0, 2], axis=0))
+    zeroed = np_(m, m.run(PROMPT, record=["layers.1"], interventions={"layers.1": iv.zero(positions="last")}).activations["layers.1"])[0]
+    assert not zeroed[-1].any() and np.array_equal(zeroed[:-1], clean[:-1])
+    both = np_(m, m.run(PROMPT, record=["layers.1"], interventions={"layers.1": [iv.add_vector(d), iv.scale(0.5)]}).activations["layers.1"])[0]
+    np.testing.assert_allclose(both, (clean + d) * 0.5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_keeps_dtype_and_adds_exactly(load_torch, dtype):
+    m = load_torch("llama", dtype=dtype)
+    assert m.dtype == dtype
+    v = _vector(m, seed=0)
+    a = m.run(PROMPT, record=["layers.1"]).activations["layers.1"]
+    steered = m.run(PROMPT, record=["layers.2:input"], interventions={"layers.1": iv.add_vector(v)})
+    b = steered.activations["layers.2:input"]
+    assert a.dtype == dtype and b.dtype == dtype  # a float32 vector does not upcast the stream
+    assert torch.equal(b, a + torch.from_numpy(v).to(dtype))
+    assert m.generate_tokens(PROMPT, max_tokens=8) != m.generate_tokens(PROMPT, max_tokens=8, interventions={"layers.1": iv.add_vector(v * 40)})
+
+
+def test_steering_vector_like_objects_are_accepted(torch_models):
+    m = torch_models("llama")
+    v = _vector(m)
+
+    class Vec:  # the duck type SteerableModel accepts: anything with to_interventions(scale=, positions=)
+        def to_interventions(self, *, scale, positions):
+            return {"layers.1": iv.add_vector(v, scale=scale, positions=positions)}
+
+    with m.steer(Vec(), scale=2.0, positions="last"):
+        got = np_(m, m.run(PROMPT).logits)
+    expected = np_(m, m.run(PROMPT, interventions={"layers.1": iv.add_vector(2 * v, positions="last")}).logits)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert m.generate_tokens(PROMPT, max_tokens=4, interventions=Vec()) == m.generate_tokens(
+        PROMPT, max_tokens=4, interventions={"layers.1": iv.add_vector(v)})
+
+
+def test_unembed_ignores_hooks_on_norm_and_head(torch_models):
+    m = torch_models("llama")
+    x = np.random.default_rng(1).normal(size=(2, m.hidden_size)).astype(np.float32)
+    expected = m.unembed(x, final_norm=True)
+    with m.steer({"model.norm": iv.zero(), "lm_head": iv.scale(3.0)}):
+        assert np.array_equal(m.unembed(x, final_norm=True), expected)
+    with pytest.raises(ValueError, match=r"vectors must be \(K, 64\)"):
+        m.unembed(np.ones(3))
