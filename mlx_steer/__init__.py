@@ -1,4 +1,5 @@
-"""mlx_steer: activation steering and recording for mlx-lm models.
+"""mlx_steer: activation steering and recording for mlx-lm models (and HF transformers via
+``mlx_steer.torch_backend``).
 
     import mlx_steer as ms
     from mlx_steer import interventions as iv
@@ -8,27 +9,36 @@
                      interventions={"layers.4": iv.add_vector(v, scale=4.0)}) as tr:
         pass
     tr.activations["layers.4"]          # (B, L, D)
+
+The MLX names (``load``, ``SteerableModel``, ``Hooks``, ``Trace``) import MLX on first use, so the
+backend-neutral parts and the torch backend work where MLX is not installed.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import interventions
-from .mlx_model import Hooks, SteerableModel, Trace
 from .paths import Site
 from .positions import Positions
 
-__all__ = ["Hooks", "Positions", "Site", "SteerableModel", "Trace", "interventions", "load"]
+_MLX_NAMES = {"load", "SteerableModel", "Hooks", "Trace"}
+_NEUTRAL = {
+    "extract": ("extract", "extract"),
+    "SteeringVector": ("steering_vector", "SteeringVector"),
+    "save_vector": ("vector_file", "save_vector"),
+    "load_vector": ("vector_file", "load_vector"),
+}
+
+__all__ = sorted(["Positions", "Site", "interventions", *_MLX_NAMES, *_NEUTRAL])
 
 
-def load(path_or_hf_repo: str, *, lazy: bool = False, **kwargs: object) -> SteerableModel:
-    """Load an mlx-lm model (local folder or hub id) as a :class:`SteerableModel`.
+def __getattr__(name: str) -> Any:
+    import importlib
 
-    Args:
-        path_or_hf_repo: Folder or Hugging Face repo id (mlx-community quantized models work).
-        lazy: Passed to ``mlx_lm.load``.
-        kwargs: Other ``mlx_lm.load`` options (``tokenizer_config``, ``adapter_path``...).
-    """
-    from mlx_lm import load as mlx_load
-
-    model, tokenizer = mlx_load(str(path_or_hf_repo), lazy=lazy, **kwargs)
-    return SteerableModel(model, tokenizer, model_id=str(path_or_hf_repo))
+    if name in _MLX_NAMES:
+        return getattr(importlib.import_module(".mlx_model", __name__), name)
+    if name in _NEUTRAL:
+        module, attr = _NEUTRAL[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'mlx_steer' has no attribute {name!r}")

@@ -19,7 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .positions import Positions
+from .positions import Positions, PositionState
 
 _ATTR = "_mlx_steer_hooks"
 _SUBCLASSES: dict[type, type] = {}
@@ -122,38 +122,11 @@ def on_output(fn: Callable[[mx.array], mx.array]) -> Callable[[Any], Any]:
     return after
 
 
-class ForwardState:
-    """Absolute positions of the current forward and memoized masks.
+class ForwardState(PositionState):
+    """Positions of the current forward; masks as MLX arrays."""
 
-    ``pos`` is (B, L) int64, negative at left padding; ``prompt_len`` is (B,).
-    """
-
-    def __init__(self) -> None:
-        self.pos = np.zeros((1, 0), dtype=np.int64)
-        self.prompt_len = np.zeros(1, dtype=np.int64)
-        self._masks: dict[Positions, Any] = {}
-        self.prompt_len_stack: list[np.ndarray] = []
-
-    def begin(self, offsets: np.ndarray, length: int) -> None:
-        self.pos = offsets.reshape(-1, 1) + np.arange(length, dtype=np.int64)
-        if self.prompt_len_stack:
-            plen = self.prompt_len_stack[-1]
-            self.prompt_len = np.broadcast_to(plen, (self.pos.shape[0],)) if plen.size in (1, self.pos.shape[0]) else plen
-        else:  # a raw call outside trace/generate: each forward's tokens are "the prompt"
-            self.prompt_len = self.pos[:, -1] + 1 if length else offsets
-        self._masks = {}
-
-    def host_mask(self, sel: Positions) -> np.ndarray:
-        return sel.mask(self.pos, self.prompt_len)
-
-    def mask(self, sel: Positions) -> Any:
-        """True (all selected), False (none) or a (B, L, 1) mx bool array."""
-        m = self._masks.get(sel)
-        if m is None:
-            host = self.host_mask(sel)
-            m = True if host.all() else False if not host.any() else mx.array(host)[..., None]
-            self._masks[sel] = m
-        return m
+    def device_mask(self, host: np.ndarray) -> mx.array:
+        return mx.array(host)
 
 
 def cache_offsets(cache: Any, batch: int) -> np.ndarray:

@@ -16,7 +16,21 @@ from .mlx_ops import FrontAlignedAddOp, compile_op
 from .paths import PathResolver, Site
 from .positions import check_reachable
 from .prompts import PromptEncoder
-from .site_plan import SitePlan, plan_sites
+from .site_plan import SitePlan, as_interventions, plan_sites
+
+
+def load(path_or_hf_repo: str, *, lazy: bool = False, **kwargs: Any) -> SteerableModel:
+    """Load an mlx-lm model (local folder or hub id) as a :class:`SteerableModel`.
+
+    Args:
+        path_or_hf_repo: Folder or Hugging Face repo id (mlx-community quantized models work).
+        lazy: Passed to ``mlx_lm.load``.
+        kwargs: Other ``mlx_lm.load`` options (``tokenizer_config``, ``adapter_path``...).
+    """
+    from mlx_lm import load as mlx_load
+
+    model, tokenizer = mlx_load(str(path_or_hf_repo), lazy=lazy, **kwargs)
+    return SteerableModel(model, tokenizer, model_id=str(path_or_hf_repo))
 
 
 class Hooks:
@@ -137,7 +151,7 @@ class SteerableModel:
         Recorders keep the activation after this site's interventions (what flows on).
         """
         plans = plan_sites(
-            self.resolver, interventions=_as_interventions(interventions),
+            self.resolver, interventions=as_interventions(interventions),
             record=record, record_positions=record_positions, reduce=reduce,
         )
         return Hooks(self, plans, reduce)
@@ -148,7 +162,7 @@ class SteerableModel:
         Args:
             interventions: ``{site: intervention}`` or a SteeringVector (added with ``scale``).
         """
-        return self.hooks(interventions=_as_interventions(interventions, scale=scale, positions=positions))
+        return self.hooks(interventions=as_interventions(interventions, scale=scale, positions=positions))
 
     def record(self, sites: object, *, positions: object = "all", reduce: str | None = None) -> Hooks:
         """Record ``sites`` over whatever runs inside the ``with`` block (e.g. generation)."""
@@ -350,7 +364,7 @@ class SteerableModel:
         processors = make_logits_processors(
             repetition_penalty=repetition_penalty, repetition_context_size=repetition_context_size
         ) + list(logits_processors or [])
-        hooks = self.hooks(interventions=_as_interventions(interventions), record=record,
+        hooks = self.hooks(interventions=as_interventions(interventions), record=record,
                            record_positions=record_positions)
         try:
             for op in hooks.ops:
@@ -383,14 +397,96 @@ class SteerableModel:
                 out.append(int(r.token))
         return out
 
+    # -- unembedding and generation helpers (the backend contract of mlx_steer.analysis) -----
+    _HEAD_NAMES = ("lm_head", "output", "embed_out")
+    _EMBED_NAMES = ("embed_tokens", "wte", "word_embeddings", "tok_embeddings", "token_embeddings",
+                    "embedding", "embeddings")
+    _NORM_NAMES = ("norm", "ln_f", "norm_f", "final_layernorm", "final_norm", "final_layer_norm", "ln_out")
 
-def _as_interventions(value: Any, *, scale: float = 1.0, positions: object = "all") -> Mapping | None:
-    """Accept a dict, or a SteeringVector (anything with ``to_interventions``)."""
-    if value is None or isinstance(value, Mapping):
-        return value
-    if hasattr(value, "to_interventions"):
-        return value.to_interventions(scale=scale, positions=positions)
-    raise ValueError(f"expected a dict {{site: intervention}} or a SteeringVector, got {type(value).__name__}")
+    @property
+    def unembedding_path(self) -> str:
+        """Path of the module mapping the final residual to logits: the LM head, or (tied
+        weights) the token embedding, used through ``as_linear``."""
+        for name in self._HEAD_NAMES:
+            if isinstance(self.modules.get(name), (nn.Linear, nn.QuantizedLinear)):
+                return name
+        embeds = [n for n, m in self.modules.items() if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding))]
+        vocab = getattr(getattr(self.model, "args", None), "vocab_size", None)
+        sized = [n for n in embeds if vocab is None or self.modules[n].weight.shape[0] == vocab]
+        named = [n for n in sized if n.rsplit(".", 1)[-1] in self._EMBED_NAMES]
+        if not (named or sized):
+            raise ValueError(
+                f"cannot find the unembedding: no head named {', '.join(self._HEAD_NAMES)} and no "
+                f"token embedding with {vocab} rows among {embeds or 'no embeddings'}"
+            )
+        return (named or sized)[0]
+
+    @property
+    def final_norm_path(self) -> str | None:
+        """Path of the norm applied after the last decoder layer (None if there is none)."""
+        container = self.resolver.container
+        parent = container.rsplit(".", 1)[0] if "." in container else ""
+        for prefix in dict.fromkeys([parent, ""]):
+            for name in self._NORM_NAMES:
+                path = f"{prefix}.{name}" if prefix else name
+                if path in self.modules and "norm" in type(self.modules[path]).__name__.lower():
+                    return path
+        return None
+
+    def unembed(self, vectors: np.ndarray, *, final_norm: bool = False) -> np.ndarray:
+        """Logits of residual-stream directions through the unembedding (no forward pass).
+
+        Args:
+            vectors: (K, D) or (D,) directions in the residual stream.
+            final_norm: Apply the model's final norm first (logit lens). Model-specific logit
+                transforms (gemma2 softcapping, logit scales) are not applied.
+
+        Returns:
+            float32 logits, (K, V) — or (V,) for a (D,) input.
+
+        Raises:
+            ValueError: wrong width, non-finite values, or no final norm to apply.
+        """
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"vectors must be (K, {self.hidden_size}) or ({self.hidden_size},), got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("vectors have non-finite values (NaN or inf)")
+        h = mx.array(np.atleast_2d(x)).astype(self.dtype)
+        norm_path = self.final_norm_path if final_norm else None
+        if final_norm and norm_path is None:
+            raise ValueError(f"final_norm=True but no final norm ({', '.join(self._NORM_NAMES)}) was found")
+        head = self.modules[self.unembedding_path]
+        with hk.bypassed():  # user hooks on the norm or head must not touch this
+            if norm_path is not None:
+                h = self.modules[norm_path](h)
+            logits = head(h) if isinstance(head, (nn.Linear, nn.QuantizedLinear)) else head.as_linear(h)
+        out = self.to_numpy(logits)
+        return out[0] if x.ndim == 1 else out
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        """Token ids that end generation."""
+        ids = getattr(self.tokenizer, "eos_token_ids", None)
+        if ids is None:
+            eos = getattr(self.tokenizer, "eos_token_id", None)
+            ids = [] if eos is None else [eos]
+        return {int(i) for i in ids}
+
+    def ban_tokens_processor(self, token_ids: Sequence[int]) -> Any:
+        """A logits processor for :meth:`stream_generate` that makes ``token_ids`` impossible."""
+        ids = sorted({int(t) for t in token_ids})
+        bias_by_vocab: dict[int, mx.array] = {}
+
+        def processor(tokens: mx.array, logits: mx.array) -> mx.array:
+            V = logits.shape[-1]
+            if V not in bias_by_vocab:
+                bias = np.zeros(V, dtype=np.float32)
+                bias[[i for i in ids if 0 <= i < V]] = -np.inf
+                bias_by_vocab[V] = mx.array(bias)
+            return logits + bias_by_vocab[V].astype(logits.dtype)
+
+        return processor
 
 
 def _left_pad(a: mx.array, length: int) -> mx.array:

@@ -87,6 +87,45 @@ class Positions:
         return self.kind
 
 
+class PositionState:
+    """Absolute positions of the current forward and its memoized masks (host side).
+
+    ``pos`` is (B, L) int64, negative at left padding; ``prompt_len`` is (B,). Backends set it at
+    the start of every forward from the KV-cache offset and turn host masks into device masks in
+    :meth:`device_mask`. ``prompt_len_stack`` is pushed by the model's own trace/generate calls.
+    """
+
+    def __init__(self) -> None:
+        self.pos = np.zeros((1, 0), dtype=np.int64)
+        self.prompt_len = np.zeros(1, dtype=np.int64)
+        self.prompt_len_stack: list[np.ndarray] = []
+        self._masks: dict[Positions, object] = {}
+
+    def begin(self, offsets: np.ndarray, length: int) -> None:
+        self.pos = offsets.reshape(-1, 1) + np.arange(length, dtype=np.int64)
+        if self.prompt_len_stack:
+            plen = self.prompt_len_stack[-1]
+            self.prompt_len = np.broadcast_to(plen, (self.pos.shape[0],)) if plen.size in (1, self.pos.shape[0]) else plen
+        else:  # a raw call outside trace/generate: each forward's tokens are "the prompt"
+            self.prompt_len = self.pos[:, -1] + 1 if length else offsets
+        self._masks = {}
+
+    def host_mask(self, sel: Positions) -> np.ndarray:
+        return sel.mask(self.pos, self.prompt_len)
+
+    def mask(self, sel: Positions) -> object:
+        """True (all selected), False (none) or a (B, L, 1) boolean device array."""
+        m = self._masks.get(sel)
+        if m is None:
+            host = self.host_mask(sel)
+            m = True if host.all() else False if not host.any() else self.device_mask(host[..., None])
+            self._masks[sel] = m
+        return m
+
+    def device_mask(self, host: np.ndarray) -> object:
+        raise NotImplementedError
+
+
 def _nonneg(value: object, what: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{what} must be an int, got {value!r}")

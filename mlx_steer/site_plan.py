@@ -69,3 +69,12 @@ def plan_sites(
     for spec, positions in items:
         plan(spec).record = positions
     return plans
+
+
+def as_interventions(value: object, *, scale: float = 1.0, positions: object = "all") -> Mapping | None:
+    """Accept ``{site: intervention}`` or a SteeringVector (anything with ``to_interventions``)."""
+    if value is None or isinstance(value, Mapping):
+        return value
+    if hasattr(value, "to_interventions"):
+        return value.to_interventions(scale=scale, positions=positions)
+    raise ValueError(f"expected a dict {{site: intervention}} or a SteeringVector, got {type(value).__name__}")

@@ -16,51 +16,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..positions import Positions
+from ..positions import Positions, PositionState
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class ForwardState:
-    """Absolute positions of the current forward and its memoized device masks.
+class ForwardState(PositionState):
+    """Positions of the current forward; masks as torch bool tensors on the model's device.
 
-    ``pos`` is (B, L) int64, negative at left padding; ``prompt_len`` is (B,). The stacks are set by
-    the model's own forwards (trace, generate), which know the prompt lengths and the padding.
+    ``padding_stack`` holds the left padding of the model's own padded forwards.
     """
 
     def __init__(self) -> None:
-        self.pos = np.zeros((1, 0), dtype=np.int64)
-        self.prompt_len = np.zeros(1, dtype=np.int64)
+        super().__init__()
         self.device = torch.device("cpu")
-        self.prompt_len_stack: list[np.ndarray] = []
         self.padding_stack: list[np.ndarray] = []
-        self._masks: dict[Positions, Any] = {}
 
-    def begin(self, offsets: np.ndarray, length: int, device: torch.device) -> None:
-        self.pos = offsets.reshape(-1, 1) + np.arange(length, dtype=np.int64)
+    def begin(self, offsets: np.ndarray, length: int, device: torch.device) -> None:  # type: ignore[override]
+        super().begin(offsets, length)
         self.device = device
-        if self.prompt_len_stack:
-            self.prompt_len = np.broadcast_to(self.prompt_len_stack[-1], (self.pos.shape[0],))
-        else:  # a raw call outside trace/generate: each forward's tokens are "the prompt"
-            self.prompt_len = self.pos[:, -1] + 1 if length else offsets
-        self._masks = {}
 
-    def host_mask(self, sel: Positions) -> np.ndarray:
-        return sel.mask(self.pos, self.prompt_len)
-
-    def mask(self, sel: Positions) -> Any:
-        """True (all selected), False (none) or a (B, L, 1) torch bool tensor on the device."""
-        m = self._masks.get(sel)
-        if m is None:
-            host = self.host_mask(sel)
-            if host.all():
-                m = True
-            elif not host.any():
-                m = False
-            else:
-                m = torch.from_numpy(host[..., None].copy()).to(self.device)
-            self._masks[sel] = m
-        return m
+    def device_mask(self, host: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(host.copy()).to(self.device)
 
 
 def cache_length(past_key_values: Any, cache_position: Any) -> int:

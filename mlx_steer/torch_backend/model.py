@@ -14,7 +14,7 @@ from ..activations import Activations
 from ..paths import PathResolver, Site
 from ..positions import check_reachable
 from ..prompts import PromptEncoder
-from ..site_plan import SitePlan, plan_sites
+from ..site_plan import SitePlan, as_interventions, plan_sites
 from . import hooks as hk
 from .generation import GenerationResponse, StreamingDetokenizer, eos_token_ids, generate_step
 from .layers import decoder_layer_container, final_norm_path, first_attr, is_projection, site_dim
@@ -135,7 +135,7 @@ class TorchSteerableModel:
         Everything is validated and compiled before the first hook is registered. Recorders keep
         the activation after this site's interventions (what flows on).
         """
-        plans = plan_sites(self.resolver, interventions=_as_interventions(interventions), record=record,
+        plans = plan_sites(self.resolver, interventions=as_interventions(interventions), record=record,
                            record_positions=record_positions, reduce=reduce)
         return Hooks(self, plans, reduce)
 
@@ -145,7 +145,7 @@ class TorchSteerableModel:
         Args:
             interventions: ``{site: intervention}`` or a SteeringVector (added with ``scale``).
         """
-        return self.hooks(interventions=_as_interventions(interventions, scale=scale, positions=positions))
+        return self.hooks(interventions=as_interventions(interventions, scale=scale, positions=positions))
 
     def record(self, sites: object, *, positions: object = "all", reduce: str | None = None) -> Hooks:
         """Record ``sites`` over whatever runs inside the ``with`` block (e.g. generation)."""
@@ -296,7 +296,7 @@ class TorchSteerableModel:
             gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
             sampler = make_sampler(temp, top_p, min_p, top_k, generator=gen)
         processors = make_logits_processors(repetition_penalty, repetition_context_size) + list(logits_processors or [])
-        hooks = self.hooks(interventions=_as_interventions(interventions), record=record,
+        hooks = self.hooks(interventions=as_interventions(interventions), record=record,
                            record_positions=record_positions)
         try:
             for op in hooks.ops:
@@ -390,15 +390,3 @@ class TorchSteerableModel:
                                                       device=logits.device), float("-inf"))
 
         return processor
-
-
-def _as_interventions(value: Any, *, scale: float = 1.0, positions: object = "all") -> Mapping | None:
-    """Accept a dict, or a SteeringVector (anything with ``to_interventions``).
-
-    Same as ``mlx_model._as_interventions``, which cannot be imported here without MLX.
-    """
-    if value is None or isinstance(value, Mapping):
-        return value
-    if hasattr(value, "to_interventions"):
-        return value.to_interventions(scale=scale, positions=positions)
-    raise ValueError(f"expected a dict {{site: intervention}} or a SteeringVector, got {type(value).__name__}")
