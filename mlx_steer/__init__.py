@@ -24,7 +24,7 @@ from .positions import Positions
 
 _MLX_NAMES = {"load", "SteerableModel", "Hooks", "Trace"}
 _NEUTRAL = {
-    "extract": ("extract", "extract"),
+    "extract": ("extraction", "extract"),
     "SteeringVector": ("steering_vector", "SteeringVector"),
     "save_vector": ("vector_file", "save_vector"),
     "load_vector": ("vector_file", "load_vector"),

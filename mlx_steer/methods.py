@@ -1,7 +1,9 @@
-"""Direction finding from recorded activations (numpy only).
+"""Direction finding from recorded activations: mean difference (CAA), PCA of paired differences
+(repeng), a logistic-regression probe, and ActAdd's per-position difference.
 
-Inputs are ``pos`` (N, D) and ``neg`` (M, D) activations of contrast prompts. Math runs in
-float64; directions come back as float32.
+Numpy only. A backend records activations, turns them into ``pos`` (N, D) and ``neg`` (M, D)
+arrays (row i of each is one prompt of a contrast pair where pairs matter) and calls these.
+Inputs are validated and computed in float64; directions come back float32, the steering dtype.
 """
 
 from __future__ import annotations
@@ -9,63 +11,122 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "ProbeResult",
+    "actadd_difference",
+    "logistic_probe",
+    "mean_difference",
+    "pca_center_direction",
+    "pca_direction",
+]
 
 
-def _check(pos: object, neg: object, *, paired: bool = False, min_rows: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2:
-        raise ValueError(f"activations must be 2-D (N, D); got shapes {a.shape} and {b.shape}")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"positive and negative sizes differ: {a.shape} vs {b.shape}")
-    if paired and a.shape[0] != b.shape[0]:
-        raise ValueError(f"paired method needs as many positive as negative rows; got {a.shape[0]} and {b.shape[0]}")
-    if min(a.shape[0], b.shape[0]) < min_rows:
-        raise ValueError(f"need at least {min_rows} rows on each side; got {a.shape[0]} and {b.shape[0]}")
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        raise ValueError("activations contain NaN or inf")
-    return a, b
+# -- CAA -----------------------------------------------------------------------------------------
+def mean_difference(pos: ArrayLike, neg: ArrayLike) -> np.ndarray:
+    """``mean(pos) - mean(neg)``: the contrastive activation addition (CAA) vector.
 
+    Args:
+        pos: (N, D) activations of the positive prompts.
+        neg: (M, D) activations of the negative prompts (``M`` may differ from ``N``).
 
-def mean_difference(pos: object, neg: object) -> np.ndarray:
-    """mean(pos) - mean(neg): contrastive activation addition (CAA)."""
-    a, b = _check(pos, neg)
-    return (a.mean(0) - b.mean(0)).astype(np.float32)
+    Returns:
+        float32 (D,) difference of the means, computed in float64. Not normalized.
 
-
-def _oriented(direction: np.ndarray, diffs: np.ndarray) -> np.ndarray:
-    """Unit direction, sign chosen so the mean projection of the differences is positive."""
-    d = direction / np.linalg.norm(direction)
-    return (d if float((diffs @ d).mean()) >= 0 else -d).astype(np.float32)
-
-
-def pca_direction(pos: object, neg: object, *, center: bool = False) -> np.ndarray:
-    """First principal direction of the paired differences pos_i - neg_i (repeng's ``pca_diff``).
-
-    Uncentered by default: the differences share a sign (pos - neg), so their common shift is
-    the signal; centering would remove it. (repeng centers, but shuffles each pair's order first.)
-    Unit norm, pointing toward ``pos``.
+    Raises:
+        ValueError: not 2-D, empty, different hidden sizes, or non-finite values.
     """
-    a, b = _check(pos, neg, paired=True, min_rows=2)
-    diffs = a - b
-    x = diffs - diffs.mean(0) if center else diffs
-    if not np.any(x):
-        raise ValueError("all paired differences are identical; PCA has no direction (use mean_difference)")
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return _oriented(vt[0], diffs)
+    p, n = _two_matrices(pos, neg, "mean_difference")
+    return (p.mean(axis=0) - n.mean(axis=0)).astype(np.float32)
 
 
-def pca_center_direction(pos: object, neg: object) -> np.ndarray:
-    """repeng's ``pca_center``: center each pair on its midpoint, PCA of the stacked points."""
-    a, b = _check(pos, neg, paired=True, min_rows=2)
-    mid = (a + b) / 2
-    x = np.concatenate([a - mid, b - mid])
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return _oriented(vt[0], a - b)
+# -- PCA -----------------------------------------------------------------------------------------
+def pca_direction(pos: ArrayLike, neg: ArrayLike, *, center: bool = False) -> np.ndarray:
+    """First principal direction of the paired differences ``pos[i] - neg[i]`` (repeng "pca_diff").
+
+    Uncentered by default: every difference is taken the same way round (pos - neg), so their
+    common shift *is* the concept, and centering would remove it (pairs that all differ by about
+    the same vector leave only noise). ``center=True`` reproduces repeng, whose sklearn PCA
+    centers: the axis along which the differences vary most.
+
+    Args:
+        pos: (N, D) activations of the positive prompts.
+        neg: (N, D) activations of the negative prompts, row i paired with ``pos[i]``.
+        center: Subtract the mean difference before the decomposition.
+
+    Returns:
+        float32 (D,) unit vector, signed so the mean projection of ``pos - neg`` onto it is positive
+        (on an exact tie, so its largest-magnitude coordinate is positive).
+
+    Raises:
+        ValueError: unpaired or fewer than 2 pairs, bad shapes or values, all differences zero,
+            or (with ``center``) differences that do not vary.
+    """
+    p, n = _pairs(pos, neg, "pca_direction")
+    diffs = p - n
+    train = diffs - diffs.mean(axis=0) if center else diffs
+    return _first_component(train, diffs, "pca_direction", centered=center)
 
 
-@dataclass(frozen=True)
+def pca_center_direction(pos: ArrayLike, neg: ArrayLike) -> np.ndarray:
+    """repeng's "pca_center": center each pair on its midpoint, then PCA of the stacked points.
+
+    The stacked points are ``±(pos[i] - neg[i]) / 2``, so this is the dominant direction of the
+    uncentered differences, the mean difference included.
+
+    Args:
+        pos: (N, D) activations of the positive prompts.
+        neg: (N, D) activations of the negative prompts, row i paired with ``pos[i]``.
+
+    Returns:
+        float32 (D,) unit vector, signed like :func:`pca_direction`.
+
+    Raises:
+        ValueError: unpaired or fewer than 2 pairs, bad shapes or values, or all pairs identical.
+    """
+    p, n = _pairs(pos, neg, "pca_center_direction")
+    mid = (p + n) / 2
+    train = np.concatenate([p - mid, n - mid])
+    train -= train.mean(axis=0)  # sklearn's PCA centers; zero up to rounding here
+    return _first_component(train, p - n, "pca_center_direction", centered=False)
+
+
+def _first_component(train: np.ndarray, diffs: np.ndarray, fn: str, *, centered: bool) -> np.ndarray:
+    scale = float(np.linalg.norm(diffs))
+    if scale == 0.0:
+        raise ValueError(f"{fn}: every pos - neg difference is zero; there is no direction to find")
+    _, s, vt = np.linalg.svd(train, full_matrices=False)
+    if s[0] <= 1e-9 * scale:
+        hint = "; use center=False or mean_difference" if centered else ""
+        raise ValueError(
+            f"{fn}: the {'centered ' if centered else ''}differences of {diffs.shape[0]} pairs have no "
+            f"variance (largest singular value {s[0]:.3g} vs difference norm {scale:.3g}){hint}"
+        )
+    return _orient(vt[0], diffs.mean(axis=0)).astype(np.float32)
+
+
+def _orient(v: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Unit ``v`` signed so ``reference @ v > 0`` (on a tie: largest-magnitude coordinate > 0)."""
+    v = v / np.linalg.norm(v)
+    proj = float(reference @ v)
+    if proj == 0.0:
+        proj = float(v[np.argmax(np.abs(v))])
+    return -v if proj < 0 else v
+
+
+# -- logistic probe ------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
 class ProbeResult:
-    """A logistic-regression probe: ``sigmoid(x @ weight + bias)`` = P(positive)."""
+    """A fitted linear probe ``logit(x) = x @ weight + bias`` (positive class = ``pos``).
+
+    Attributes:
+        direction: float32 (D,) unit ``weight``, pointing toward the positive class.
+        weight: float64 (D,) weights in the original activation space.
+        bias: Intercept.
+        accuracy: Fraction of the training rows classified correctly (logit > 0 means pos).
+        n_iter: Newton iterations used.
+    """
 
     direction: np.ndarray
     weight: np.ndarray
@@ -73,69 +134,205 @@ class ProbeResult:
     accuracy: float
     n_iter: int
 
+    def logits(self, acts: ArrayLike) -> np.ndarray:
+        """float64 ``acts @ weight + bias`` for (..., D) activations."""
+        x = np.asarray(acts, dtype=np.float64)
+        if x.ndim == 0 or x.shape[-1] != self.weight.shape[0]:
+            raise ValueError(f"acts has shape {x.shape}; expected (..., {self.weight.shape[0]})")
+        return x @ self.weight + self.bias
 
-def logistic_probe(pos: object, neg: object, *, l2: float = 1.0, max_iter: int = 100, tol: float = 1e-8) -> ProbeResult:
-    """L2-regularized logistic regression (label 1 = positive), fitted by Newton's method.
 
-    Features are centered (not scaled: per-feature scaling would tilt the direction by each
-    feature's variance); the returned weight and bias are in the original space. With more than
-    4096 dimensions the Newton step is solved in the (N x N) Woodbury form.
+def logistic_probe(
+    pos: ArrayLike,
+    neg: ArrayLike,
+    *,
+    l2: float = 1e-2,
+    max_iter: int = 100,
+    tol: float = 1e-8,
+) -> ProbeResult:
+    """L2-regularized logistic regression separating ``pos`` (label 1) from ``neg`` (label 0).
+
+    Minimizes ``sum_i [log(1 + exp(z_i)) - y_i z_i] + l2/2 * |w|^2`` with ``z = x @ w + b``
+    (bias unpenalized, penalty in the original activation space) by Newton's method with a
+    backtracking line search, in float64. The optimal ``w`` lies in the span of the centered
+    rows, so when D > N + M the solve runs in that span (a QR of the rows): its size is at most
+    ``min(N + M, D)``, which keeps D > N cheap.
 
     Args:
-        l2: Penalty on the weights (the bias is not penalized).
+        pos: (N, D) activations of the positive prompts.
+        neg: (M, D) activations of the negative prompts.
+        l2: Penalty strength, > 0 (the optimum is unique and finite even when the data separate).
+        max_iter: Newton iterations allowed, >= 1.
+        tol: Stop once the Newton decrement ``g @ H^-1 @ g`` (about twice the objective's
+            distance from its minimum) is <= ``tol``; the step that certified it is applied.
+
+    Returns:
+        A :class:`ProbeResult`.
+
+    Raises:
+        ValueError: bad shapes or values, an empty class, a bad option, or classes the probe
+            cannot tell apart (identical activations).
+        RuntimeError: no convergence within ``max_iter`` iterations.
     """
-    a, b = _check(pos, neg)
-    if l2 <= 0:
-        raise ValueError(f"l2 must be > 0, got {l2}")
-    x = np.concatenate([a, b])
-    y = np.concatenate([np.ones(len(a)), np.zeros(len(b))])
-    mu = x.mean(0)
-    z = np.hstack([x - mu, np.ones((len(x), 1))])
-    n, k = z.shape
-    reg = np.full(k, l2)
-    reg[-1] = 0.0
-    w = np.zeros(k)
-    it = 0
-    for it in range(1, max_iter + 1):
-        p = 1 / (1 + np.exp(-(z @ w)))
-        grad = z.T @ (p - y) + reg * w
-        s = np.maximum(p * (1 - p), 1e-10)
-        step = _newton_step(z, s, reg, grad, l2)
-        w -= step
-        if np.linalg.norm(step) < tol * (1 + np.linalg.norm(w)):
-            break
-    weight = w[:-1]
-    bias = float(w[-1] - mu @ weight)
-    acc = float((((x @ weight + bias) > 0) == (y > 0.5)).mean())
-    if not np.any(weight):
-        raise ValueError("probe found no direction (the classes are indistinguishable)")
-    direction = (weight / np.linalg.norm(weight)).astype(np.float32)
-    return ProbeResult(direction, weight.astype(np.float32), bias, acc, it)
-
-
-def _newton_step(z: np.ndarray, s: np.ndarray, reg: np.ndarray, grad: np.ndarray, l2: float) -> np.ndarray:
-    """Solve (Z^T S Z + diag(reg)) step = grad: directly up to 4096 features, else in the
-    Woodbury (N x N) form, where the bias gets the same small penalty so R is invertible."""
-    n, k = z.shape
-    if k <= 4097 or k <= n:
-        return np.linalg.solve(z.T @ (z * s[:, None]) + np.diag(reg), grad)
-    # (R + Z^T S Z)^-1 = R^-1 - R^-1 Z^T (S^-1 + Z R^-1 Z^T)^-1 Z R^-1
-    rinv = 1 / np.where(reg > 0, reg, l2)
-    zr = z * rinv
-    inner = np.diag(1 / s) + zr @ z.T
-    g = rinv * grad
-    return g - zr.T @ np.linalg.solve(inner, z @ g)
-
-
-def actadd_difference(pos_seq: object, neg_seq: object) -> np.ndarray:
-    """Front-aligned per-position difference (n, D) of two equal-length activation sequences.
-
-    ActAdd pads the shorter *prompt* (with space tokens) before running the model, so the two
-    sequences arrive here with equal length.
-    """
-    a, b = _check(pos_seq, neg_seq)
-    if a.shape[0] != b.shape[0]:
+    p, n = _two_matrices(pos, neg, "logistic_probe")
+    l2 = _positive(l2, "l2")
+    tol = _positive(tol, "tol")
+    if not isinstance(max_iter, (int, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
+        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    x = np.concatenate([p, n])
+    y = np.concatenate([np.ones(len(p)), np.zeros(len(n))])
+    w, b, n_iter = _fit_logistic(x, y, l2, int(max_iter), tol)
+    logits = x @ w + b
+    spread = float(np.max(np.abs(logits - logits.mean())))
+    if not spread > 1e-9:
         raise ValueError(
-            f"ActAdd sequences must have equal length (pad the shorter prompt); got {a.shape[0]} and {b.shape[0]}"
+            f"logistic_probe: found no direction separating pos {p.shape} from neg {n.shape} "
+            "(the classes' activations are indistinguishable)"
         )
-    return (a - b).astype(np.float32)
+    w.setflags(write=False)
+    direction = (w / np.linalg.norm(w)).astype(np.float32)
+    direction.setflags(write=False)
+    accuracy = float(np.mean((logits > 0) == (y == 1)))
+    return ProbeResult(direction=direction, weight=w, bias=float(b), accuracy=accuracy, n_iter=n_iter)
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iter: int, tol: float) -> tuple[np.ndarray, float, int]:
+    """(w, b, iterations): Newton on coordinates in the row span of the centered data."""
+    mu = x.mean(axis=0)
+    xc = x - mu
+    basis = None
+    if xc.shape[1] > xc.shape[0]:  # D > N: the optimal w lies in span(xc rows) = span(q)
+        basis, r = np.linalg.qr(xc.T)  # xc = r.T @ basis.T, basis orthonormal: |w| = |beta|
+        xc = r.T
+    a = np.hstack([xc, np.ones((len(x), 1))])  # (N, k + 1): coordinates, bias
+    reg = np.append(np.full(xc.shape[1], l2), 0.0)
+    theta = np.zeros(a.shape[1])
+    f = _objective(a @ theta, y, reg, theta)
+    for it in range(1, max_iter + 1):
+        z = a @ theta
+        prob, rest = _sigmoid_pair(z)
+        grad = a.T @ np.where(y == 1, -rest, prob) + reg * theta
+        hess = (a.T * (prob * rest)) @ a + np.diag(reg)
+        step = -_solve(hess, grad)
+        decrement = float(-grad @ step)
+        t, slope = 1.0, float(grad @ step)
+        while True:  # backtracking (Armijo); the slack absorbs rounding next to the optimum
+            f_new = _objective(a @ (theta + t * step), y, reg, theta + t * step)
+            if f_new <= f + 1e-4 * t * slope + 1e-13 * abs(f) or t < 1e-10:
+                break
+            t /= 2
+        moved = t * step
+        theta, f = theta + moved, f_new
+        tiny = np.max(np.abs(moved)) <= 10 * np.finfo(np.float64).eps * (1 + np.max(np.abs(theta)))
+        if decrement <= tol or tiny:
+            break
+    else:
+        raise RuntimeError(
+            f"logistic_probe did not converge in max_iter={max_iter} Newton iterations "
+            f"(decrement {decrement:.3g} > tol={tol:g}); raise max_iter or l2"
+        )
+    w = theta[:-1] if basis is None else basis @ theta[:-1]
+    return w, float(theta[-1] - mu @ w), it
+
+
+def _sigmoid_pair(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sigma(z), 1 - sigma(z)), each accurate in its own tail."""
+    return np.exp(-np.logaddexp(0.0, -z)), np.exp(-np.logaddexp(0.0, z))
+
+
+def _objective(z: np.ndarray, y: np.ndarray, reg: np.ndarray, theta: np.ndarray) -> float:
+    return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * np.sum(reg * theta * theta))
+
+
+def _solve(h: np.ndarray, g: np.ndarray) -> np.ndarray:
+    try:
+        step = np.linalg.solve(h, g)
+        if np.all(np.isfinite(step)):
+            return step
+    except np.linalg.LinAlgError:
+        pass  # singular bias block (every weight underflowed): least squares instead
+    return np.linalg.lstsq(h, g, rcond=None)[0]
+
+
+# -- ActAdd --------------------------------------------------------------------------------------
+def actadd_difference(pos_seq: ArrayLike, neg_seq: ArrayLike) -> np.ndarray:
+    """Front-aligned per-position difference ``pos_seq[i] - neg_seq[i]`` (ActAdd, Turner et al.).
+
+    ActAdd pads the shorter *prompt* with space tokens before the forward pass, so the two
+    activation sequences arrive here with equal lengths; the backends pad with the tokenizer's
+    space token. The result is added at absolute positions ``0..n-1`` (see DESIGN.md, Positions).
+
+    Args:
+        pos_seq: (n, D) activations of the positive prompt, one row per token.
+        neg_seq: (n, D) activations of the negative prompt.
+
+    Returns:
+        float32 (n, D) differences.
+
+    Raises:
+        ValueError: different lengths or hidden sizes, not 2-D, empty, or non-finite values.
+    """
+    p = _matrix(pos_seq, "pos_seq")
+    n = _matrix(neg_seq, "neg_seq")
+    if p.shape[0] != n.shape[0]:
+        raise ValueError(
+            f"actadd_difference: pos_seq has {p.shape[0]} positions and neg_seq has {n.shape[0]}; "
+            "they must be equal (pad the shorter prompt with space tokens before the forward pass)"
+        )
+    _same_width(p, n, "pos_seq", "neg_seq")
+    return (p - n).astype(np.float32)
+
+
+# -- validation ----------------------------------------------------------------------------------
+def _matrix(value: ArrayLike, what: str) -> np.ndarray:
+    """A finite float64 (rows, D) copy of ``value`` with at least one row and column."""
+    if hasattr(value, "detach"):  # torch tensor, without importing torch
+        value = value.detach().float().cpu().numpy()
+    if np.iscomplexobj(value):
+        raise ValueError(f"{what} must be real, got a complex array")
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be a numeric array, got {type(value).__name__}") from exc
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise ValueError(f"{what} has shape {arr.shape}; expected a non-empty 2-D (rows, hidden) array")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1))
+        raise ValueError(
+            f"{what} {arr.shape} has {arr.size - int(finite.sum())} non-finite values (NaN or inf), "
+            f"in rows {rows[:5].tolist()}{'...' if rows.size > 5 else ''}"
+        )
+    return arr
+
+
+def _same_width(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{name_a} {a.shape} and {name_b} {b.shape} have different hidden sizes")
+
+
+def _two_matrices(pos: ArrayLike, neg: ArrayLike, fn: str) -> tuple[np.ndarray, np.ndarray]:
+    p, n = _matrix(pos, f"{fn}: pos"), _matrix(neg, f"{fn}: neg")
+    _same_width(p, n, f"{fn}: pos", "neg")
+    return p, n
+
+
+def _pairs(pos: ArrayLike, neg: ArrayLike, fn: str) -> tuple[np.ndarray, np.ndarray]:
+    p, n = _two_matrices(pos, neg, fn)
+    if p.shape[0] != n.shape[0]:
+        raise ValueError(f"{fn} needs paired rows; pos {p.shape} and neg {n.shape} differ in count")
+    if p.shape[0] < 2:
+        raise ValueError(f"{fn} needs at least 2 pairs, got {p.shape[0]} (pos {p.shape}, neg {n.shape})")
+    return p, n
+
+
+def _positive(value: object, what: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a positive finite number, got {value!r}")
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be a positive finite number, got {value!r}") from exc
+    if not (np.isfinite(x) and x > 0):
+        raise ValueError(f"{what} must be a positive finite number, got {value!r}")
+    return x

@@ -19,7 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .positions import Positions, PositionState
+from .positions import Positions, PositionState, Selection, plan_selection
 
 _ATTR = "_mlx_steer_hooks"
 _SUBCLASSES: dict[type, type] = {}
@@ -181,12 +181,10 @@ class Recorder:
             self._accumulate(h, host)
         elif self.positions.kind == "all":
             self.chunks.append(mx.contiguous(h))
-        elif host.any():
-            cols = np.flatnonzero(host.any(axis=0))
-            part = h[:, int(cols[0]) : int(cols[-1]) + 1] if _is_range(cols) else h[:, mx.array(cols)]
-            if not host[:, cols].all():  # rows select different columns: zero the others
-                part = mx.where(mx.array(host[:, cols])[..., None], part, mx.zeros_like(part))
-            self.chunks.append(_copy(part))
+        else:
+            part = _gather(h, plan_selection(host))
+            if part is not None:
+                self.chunks.append(_copy(part))
         return h
 
     def _accumulate(self, h: mx.array, host: np.ndarray) -> None:
@@ -225,8 +223,17 @@ class Recorder:
         return self.chunks[0]
 
 
-def _is_range(cols: np.ndarray) -> bool:
-    return bool(cols[-1] - cols[0] + 1 == cols.size)
+def _gather(h: mx.array, sel: Selection) -> mx.array | None:
+    if sel.kind == "none":
+        return None
+    if sel.kind == "range":
+        return h[:, sel.start : sel.stop]
+    if sel.kind == "columns":
+        return h[:, mx.array(sel.cols)]
+    if sel.kind == "per_row":
+        return mx.take_along_axis(h, mx.array(sel.idx)[..., None], axis=1)
+    part = h[:, mx.array(sel.cols)]
+    return mx.where(mx.array(sel.keep)[..., None], part, mx.zeros_like(part))
 
 
 def _copy(x: mx.array) -> mx.array:

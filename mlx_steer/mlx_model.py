@@ -119,7 +119,7 @@ class SteerableModel:
         self.n_heads = _first_attr(args, "num_attention_heads", "n_head", "n_heads", default=None)
         self.dtype = _activation_dtype(model)
         self.state = hk.ForwardState()
-        self._padded_batches: bool | None = None
+        self._padded_batches: dict[int, bool] = {}  # batch size -> padded batches are right
         self.prompts = PromptEncoder(tokenizer)
 
     # -- paths -----------------------------------------------------------------------------
@@ -274,18 +274,29 @@ class SteerableModel:
                 )
 
     def _batch_padding_works(self, pad: list[int]) -> bool:
-        """Whether this architecture runs a left-padded batch cache (mlx-lm's gemma2 does not)."""
-        if self._padded_batches is None:
-            try:
-                x = mx.zeros((len(pad), max(pad) + 1), dtype=mx.int32)
-                with hk.bypassed():
-                    mx.eval(self.model(x, cache=self._batch_cache(pad)))
-                self._padded_batches = True
-            except ValueError as exc:
-                if "batch KV cache" in str(exc):
-                    raise
-                self._padded_batches = False
-        return self._padded_batches
+        """Whether a left-padded batch of this size gives the rows' own results.
+
+        Checked by value, once per batch size, on a 3-token probe: mlx-lm's gemma2 raises for some
+        batch sizes and silently misaligns its mask when the batch size equals its KV-head count.
+        """
+        B = len(pad)
+        ok = self._padded_batches.get(B)
+        if ok is None:
+            probe_pad = [1 if p else 0 for p in pad]
+            rows = [[3 + (b % 5)] * (3 - p) for b, p in enumerate(probe_pad)]
+            x = mx.array([[0] * p + r for p, r in zip(probe_pad, rows)])
+            with hk.bypassed():
+                try:
+                    batch = self.model(x, cache=self._batch_cache(probe_pad))[:, -1]
+                    single = mx.concatenate([self.model(mx.array([r]))[:, -1] for r in rows])
+                    diff = mx.abs(batch - single).max().item()
+                    ok = diff <= 2e-2 * max(mx.abs(single).max().item(), 1.0)
+                except ValueError as exc:
+                    if "batch KV cache" in str(exc):
+                        raise
+                    ok = False
+            self._padded_batches[B] = ok
+        return ok
 
     def _forward_rows(self, tokens: list[list[int]], hooks: Hooks) -> mx.array:
         """Run rows one at a time and left-pad the results as a padded batch would be."""

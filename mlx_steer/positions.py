@@ -87,6 +87,39 @@ class Positions:
         return self.kind
 
 
+@dataclass(frozen=True)
+class Selection:
+    """How to gather the selected positions of a (B, L, D) activation, planned on the host.
+
+    kind: ``none``; ``range`` (h[:, start:stop]); ``columns`` (h[:, cols], same for every row);
+    ``per_row`` (row b takes columns idx[b], k per row); ``masked`` (h[:, cols] with unselected
+    entries zeroed by ``keep``, when rows select different numbers of positions).
+    """
+
+    kind: str
+    start: int = 0
+    stop: int = 0
+    cols: np.ndarray | None = None
+    idx: np.ndarray | None = None
+    keep: np.ndarray | None = None
+
+
+def plan_selection(host: np.ndarray) -> Selection:
+    """Plan the gather for a boolean (B, L) host mask."""
+    if not host.any():
+        return Selection("none")
+    if (host == host[:1]).all():
+        cols = np.flatnonzero(host[0])
+        if cols[-1] - cols[0] + 1 == cols.size:
+            return Selection("range", start=int(cols[0]), stop=int(cols[-1]) + 1)
+        return Selection("columns", cols=cols)
+    counts = host.sum(axis=1)
+    if (counts == counts[0]).all():
+        return Selection("per_row", idx=np.stack([np.flatnonzero(r) for r in host]))
+    cols = np.flatnonzero(host.any(axis=0))
+    return Selection("masked", cols=cols, keep=host[:, cols])
+
+
 class PositionState:
     """Absolute positions of the current forward and its memoized masks (host side).
 

@@ -38,3 +38,14 @@ def test_batch_full_recording_aligns_real_tokens(shared_models):
     for b, prompt in enumerate(PROMPTS):
         one = np.array(m.run(prompt, record=["layers.0"]).activations["layers.0"])[0]
         np.testing.assert_allclose(acts[b, batch.padding[b]:], one, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_gemma2_batches_of_every_size_equal_single(load_tiny, n):
+    """mlx-lm's gemma2 misaligns its mask when the batch size equals its KV-head count (2 here)."""
+    m = load_tiny("gemma2")
+    prompts = (PROMPTS * 2)[:n]
+    batch = m.run(prompts)
+    for b, prompt in enumerate(prompts):
+        one = m.run(prompt)
+        np.testing.assert_allclose(np.array(batch.logits)[b, -1], np.array(one.logits)[0, -1], atol=1e-5)

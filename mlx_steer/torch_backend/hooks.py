@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..positions import Positions, PositionState
+from ..positions import Positions, PositionState, Selection, plan_selection
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -151,16 +151,10 @@ class Recorder:
             self._accumulate(h, host)
         elif self.positions.kind == "all":
             self.chunks.append(_copy(h))
-        elif host.any():
-            cols = np.flatnonzero(host.any(axis=0))
-            if cols[-1] - cols[0] + 1 == cols.size:
-                part = h[:, int(cols[0]) : int(cols[-1]) + 1]
-            else:
-                part = h[:, torch.from_numpy(cols).to(h.device)]
-            if not host[:, cols].all():  # rows select different columns: zero the others
-                keep = torch.from_numpy(host[:, cols][..., None].copy()).to(h.device)
-                part = torch.where(keep, part, torch.zeros((), dtype=part.dtype, device=part.device))
-            self.chunks.append(_copy(part))
+        else:
+            part = _gather(h, plan_selection(host))
+            if part is not None:
+                self.chunks.append(_copy(part))
         return h
 
     def _accumulate(self, h: torch.Tensor, host: np.ndarray) -> None:
@@ -183,6 +177,23 @@ class Recorder:
         if len(self.chunks) > 1:  # one tensor, so the per-forward pieces can be freed
             self.chunks = [torch.cat(self.chunks, dim=1)]
         return self.chunks[0]
+
+
+def _gather(h: torch.Tensor, sel: Selection) -> torch.Tensor | None:
+    def dev(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(h.device)
+
+    if sel.kind == "none":
+        return None
+    if sel.kind == "range":
+        return h[:, sel.start : sel.stop]
+    if sel.kind == "columns":
+        return h[:, dev(sel.cols)]
+    if sel.kind == "per_row":
+        idx = dev(sel.idx)[..., None].expand(-1, -1, h.shape[-1])
+        return torch.gather(h, 1, idx)
+    part = h[:, dev(sel.cols)]
+    return torch.where(dev(sel.keep)[..., None], part, torch.zeros((), dtype=part.dtype, device=part.device))
 
 
 def _copy(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,165 @@
+"""Steering-vector extraction from contrast prompts, for either backend.
+
+Activations are read in padded batches (each backend makes batches equal one-at-a-time runs),
+turned into numpy, and handed to the direction-finding math in :mod:`mlx_steer.methods`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import methods
+from .steering_vector import SteeringVector
+
+METHODS = ("mean_diff", "pca", "probe", "actadd")
+READS = ("last", "mean", "assistant_start")
+
+
+def extract(
+    model: Any,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    *,
+    sites: Sequence[str] | str,
+    method: str = "mean_diff",
+    read: str | int = "last",
+    batch_size: int = 16,
+    chat: bool = False,
+    system: str | None = None,
+    assistant_prefix: str | None = None,
+    progress: bool | None = None,
+) -> SteeringVector:
+    """Find a steering direction per site from contrast prompts.
+
+    Args:
+        model: A SteerableModel (MLX) or TorchSteerableModel.
+        positive, negative: Contrast prompts (paired for ``pca``; one each for ``actadd``).
+        sites: Sites to read, e.g. ``["layers.8"]`` or ``"layers.8:input"`` (one hook point).
+        method: ``mean_diff`` (CAA), ``pca`` (first PC of paired differences, sign toward
+            positive), ``probe`` (logistic regression, unit direction), ``actadd`` (front-aligned
+            per-position difference of one prompt pair; the shorter is padded with spaces).
+        read: ``last`` token, ``mean`` over the prompt, an absolute index, or
+            ``assistant_start`` (with ``chat``: the first position of the assistant turn).
+        batch_size: Prompts per forward (rows of different lengths are left-padded).
+        chat: Wrap each prompt as a user turn with the tokenizer's chat template.
+        assistant_prefix: Text appended after the generation prompt (with ``chat``).
+        progress: Show a progress bar (default: when there are more than 4 batches).
+
+    Returns:
+        A SteeringVector holding one direction per resolved site, with metadata.
+
+    Raises:
+        ValueError: unknown method/read, empty or mismatched prompt lists, mixed hook points.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if not (read in READS or (isinstance(read, int) and not isinstance(read, bool) and read >= 0)):
+        raise ValueError(f"unknown read {read!r}; valid: {', '.join(READS)} or a non-negative index")
+    if read == "assistant_start" and not chat:
+        raise ValueError("read='assistant_start' needs chat=True")
+    if isinstance(sites, str):
+        sites = [sites]
+    resolved = [model.resolve(s) for s in sites]
+    if not resolved:
+        raise ValueError("no sites given; e.g. sites=['layers.8']")
+    points = {s.point for s in resolved}
+    if len(points) != 1:
+        raise ValueError(f"sites mix hook points {sorted(points)}; extract one hook point at a time")
+    pos, neg = list(positive), list(negative)
+    if not pos or not neg:
+        raise ValueError(f"need positive and negative prompts, got {len(pos)} and {len(neg)}")
+    if method in ("pca", "actadd") and len(pos) != len(neg):
+        raise ValueError(f"method {method!r} needs paired prompts; got {len(pos)} positive and {len(neg)} negative")
+    if method == "actadd" and len(pos) != 1:
+        raise ValueError(f"method 'actadd' takes one prompt pair, got {len(pos)}")
+    enc = dict(chat=chat, system=system, assistant_prefix=assistant_prefix)
+    keys = [s.key for s in resolved]
+    if method == "actadd":
+        directions = _actadd(model, pos[0], neg[0], keys, enc)
+    else:
+        reader = _Reader(model, keys, read, batch_size, enc, progress, n_total=len(pos) + len(neg))
+        a, b = reader(pos), reader(neg)
+        reader.close()
+        directions = {k: _direction(method, a[k], b[k]) for k in keys}
+    return SteeringVector(
+        directions={s.path: directions[s.key] for s in resolved},
+        hook_point=resolved[0].point,
+        model_id=getattr(model, "model_id", None),
+        hidden_size=model.hidden_size,
+        method=method,
+        read_positions=str(read) + (" (chat)" if chat else ""),
+    )
+
+
+def _direction(method: str, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    if method == "mean_diff":
+        return methods.mean_difference(pos, neg)
+    if method == "pca":
+        return methods.pca_direction(pos, neg)
+    return methods.logistic_probe(pos, neg).direction
+
+
+class _Reader:
+    """Reads (N, D) activations per site for a list of prompts, in batches."""
+
+    def __init__(self, model, keys, read, batch_size, enc, progress, *, n_total):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.model, self.keys, self.read, self.bs, self.enc = model, keys, read, batch_size, enc
+        n_batches = -(-n_total // batch_size)
+        show = progress if progress is not None else n_batches > 4
+        self.bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=n_total, desc="extracting", unit="prompt")
+
+    def __call__(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        out: dict[str, list[np.ndarray]] = {k: [] for k in self.keys}
+        for i in range(0, len(prompts), self.bs):
+            chunk = prompts[i : i + self.bs]
+            for k, arr in self._read(chunk).items():
+                out[k].append(arr)
+            if self.bar is not None:
+                self.bar.update(len(chunk))
+        return {k: np.concatenate(v, axis=0) for k, v in out.items()}
+
+    def _read(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        m, read, keys = self.model, self.read, self.keys
+        tokens = [m.encode(p, **self.enc) for p in prompts]
+        if read == "last":
+            tr = m.run(tokens, record=keys, record_positions="last", logits=False)
+            return {k: m.to_numpy(tr.activations[k])[:, -1] for k in keys}
+        if read == "mean":
+            tr = m.run(tokens, record=keys, record_positions="prompt", reduce="mean", logits=False)
+            return {k: m.to_numpy(tr.activations[k]) for k in keys}
+        if isinstance(read, int):
+            short = min(len(t) for t in tokens)
+            if read >= short:
+                raise ValueError(f"read index {read} out of range for a prompt of {short} tokens; valid: 0..{short - 1}")
+            tr = m.run(tokens, record=keys, record_positions=[read], logits=False)
+            return {k: m.to_numpy(tr.activations[k])[:, 0] for k in keys}
+        # assistant_start: the first token of the assistant turn (the prefix's first token)
+        turn = [len(m.encode(p, chat=True, system=self.enc["system"])) for p in prompts]
+        idx = [min(s, len(t) - 1) for s, t in zip(turn, tokens)]
+        tr = m.run(tokens, record=keys, logits=False)
+        acts = {k: m.to_numpy(tr.activations[k]) for k in keys}
+        return {k: np.stack([a[b, tr.padding[b] + i] for b, i in enumerate(idx)]) for k, a in acts.items()}
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _actadd(model, pos: str, neg: str, keys: list[str], enc: dict) -> dict[str, np.ndarray]:
+    """Per-position difference of one pair; the shorter prompt is right-padded with spaces."""
+    a, b = model.encode(pos, **enc), model.encode(neg, **enc)
+    space = model.encode(" ", chat=False)[-1]
+    n = max(len(a), len(b))
+    a, b = a + [space] * (n - len(a)), b + [space] * (n - len(b))
+    tr = model.run([a, b], record=keys, logits=False)
+    return {k: methods.actadd_difference(model.to_numpy(tr.activations[k])[0], model.to_numpy(tr.activations[k])[1])
+            for k in keys}
