@@ -31,8 +31,8 @@ NEGATIVE = [
     "Get away from me, you are horrible and cruel.",
 ]
 PROMPTS = ["I think that my neighbour is", "Today at work, I"]
-LAYER = "layers.15"
-STRENGTHS = (-6.0, 0.0, 3.0, 6.0)
+LAYER = "layers.7"  # of 30: early-middle layers shift sentiment and keep the text fluent
+STRENGTHS = (-3.0, 0.0, 2.0, 4.0)
 
 
 def sentiment_vector(model, *, layer: str = LAYER):
@@ -45,7 +45,7 @@ def sentiment_vector(model, *, layer: str = LAYER):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mlx-steer demo", description=__doc__.split("\n")[0])
     ap.add_argument("--layer", default=LAYER, help=f"site to steer (default {LAYER})")
-    ap.add_argument("--max-tokens", type=int, default=40)
+    ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--strengths", type=float, nargs="+", default=list(STRENGTHS))
     ap.add_argument("--cache-dir", default=None, help="where the prepared model lives (default ~/.cache/mlx_steer)")
     args = ap.parse_args(argv)
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                 interventions=vec.to_interventions(scale=s) if s else None,
             )
             label = "unsteered" if s == 0 else f"{s:+g} x love-hate"
-            print(f"[{label:>16}] {prompt}{text.rstrip()}".replace("\n", " "))
+            sep = "" if text[:1].isspace() else " "  # the detokenizer drops the first token's space
+            print(f"[{label:>16}] {prompt}{sep}{text.strip()}".replace("\n", " "))
         print()
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
