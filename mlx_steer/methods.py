@@ -155,8 +155,8 @@ def logistic_probe(
     Minimizes ``sum_i [log(1 + exp(z_i)) - y_i z_i] + l2/2 * |w|^2`` with ``z = x @ w + b``
     (bias unpenalized, penalty in the original activation space) by Newton's method with a
     backtracking line search, in float64. The optimal ``w`` lies in the span of the centered
-    rows, so when D > N + M the solve runs in that span (a QR of the rows): its size is at most
-    ``min(N + M, D)``, which keeps D > N cheap.
+    rows, so when D > N + M each Newton step is solved in the (N + M + 1) dual form instead of
+    the (D + 1) primal one, which keeps D > N cheap.
 
     Args:
         pos: (N, D) activations of the positive prompts.
@@ -196,43 +196,88 @@ def logistic_probe(
     return ProbeResult(direction=direction, weight=w, bias=float(b), accuracy=accuracy, n_iter=n_iter)
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iter: int, tol: float) -> tuple[np.ndarray, float, int]:
-    """(w, b, iterations): Newton on coordinates in the row span of the centered data."""
+def _fit_logistic(
+    x: np.ndarray, y: np.ndarray, l2: float, max_iter: int, tol: float
+) -> tuple[np.ndarray, float, int]:
+    """(w, b, iterations). Features are centered (the bias absorbs the mean; better conditioned)."""
     mu = x.mean(axis=0)
     xc = x - mu
-    basis = None
-    if xc.shape[1] > xc.shape[0]:  # D > N: the optimal w lies in span(xc rows) = span(q)
-        basis, r = np.linalg.qr(xc.T)  # xc = r.T @ basis.T, basis orthonormal: |w| = |beta|
-        xc = r.T
-    a = np.hstack([xc, np.ones((len(x), 1))])  # (N, k + 1): coordinates, bias
-    reg = np.append(np.full(xc.shape[1], l2), 0.0)
-    theta = np.zeros(a.shape[1])
-    f = _objective(a @ theta, y, reg, theta)
-    for it in range(1, max_iter + 1):
-        z = a @ theta
-        prob, rest = _sigmoid_pair(z)
-        grad = a.T @ np.where(y == 1, -rest, prob) + reg * theta
-        hess = (a.T * (prob * rest)) @ a + np.diag(reg)
+    if xc.shape[1] <= xc.shape[0]:
+        theta, it = _newton(_Primal(xc, y, l2), max_iter, tol)
+        w = theta[:-1]
+    else:
+        theta, it = _newton(_Dual(xc, y, l2), max_iter, tol)
+        w = xc.T @ theta[:-1]
+    return w, float(theta[-1] - mu @ w), it
+
+
+class _Primal:
+    """Newton on (w, b) directly: a (D + 1) x (D + 1) solve per step, for D <= N."""
+
+    def __init__(self, xc: np.ndarray, y: np.ndarray, l2: float):
+        self.a = np.hstack([xc, np.ones((len(xc), 1))])
+        self.y, self.reg = y, np.append(np.full(xc.shape[1], l2), 0.0)
+        self.size = self.a.shape[1]
+
+    def objective(self, theta: np.ndarray) -> float:
+        return _loss(self.a @ theta, self.y) + 0.5 * float(np.sum(self.reg * theta * theta))
+
+    def step(self, theta: np.ndarray) -> tuple[np.ndarray, float]:
+        prob, rest = _sigmoid_pair(self.a @ theta)
+        grad = self.a.T @ np.where(self.y == 1, -rest, prob) + self.reg * theta
+        hess = (self.a.T * (prob * rest)) @ self.a + np.diag(self.reg)
         step = -_solve(hess, grad)
-        decrement = float(-grad @ step)
-        t, slope = 1.0, float(grad @ step)
+        return step, float(grad @ step)
+
+
+class _Dual:
+    """Newton with ``w = xc.T @ alpha`` (the optimum lies in the row span): an (N + 1) system per
+    step from the push-through identity, so D > N costs one N x N Gram matrix, no D x D solve."""
+
+    def __init__(self, xc: np.ndarray, y: np.ndarray, l2: float):
+        self.k, self.y, self.l2 = xc @ xc.T, y, l2
+        self.size = len(xc) + 1
+
+    def objective(self, theta: np.ndarray) -> float:
+        ka = self.k @ theta[:-1]
+        return _loss(ka + theta[-1], self.y) + 0.5 * self.l2 * float(theta[:-1] @ ka)
+
+    def step(self, theta: np.ndarray) -> tuple[np.ndarray, float]:
+        alpha, n = theta[:-1], len(theta) - 1
+        prob, rest = _sigmoid_pair(self.k @ alpha + theta[-1])
+        r, s = np.where(self.y == 1, -rest, prob), prob * rest
+        # Newton in w-space: (X'SX + l2 I) dw + X's db = -X'(r + l2 alpha), s'X dw + sum(s) db = -sum(r);
+        # dw = X' d_alpha solves it when (S K + l2 I) d_alpha + s db = -(r + l2 alpha)
+        m = np.empty((n + 1, n + 1))
+        m[:n, :n] = s[:, None] * self.k + self.l2 * np.eye(n)
+        m[:n, n], m[n, :n], m[n, n] = s, s @ self.k, s.sum()
+        g_alpha = r + self.l2 * alpha
+        step = -_solve(m, np.append(g_alpha, r.sum()))
+        slope = float(g_alpha @ (self.k @ step[:-1]) + r.sum() * step[-1])  # gradient . step in w-space
+        return step, slope
+
+
+def _newton(problem: _Primal | _Dual, max_iter: int, tol: float) -> tuple[np.ndarray, int]:
+    """Damped Newton from zero; stops after the step whose decrement ``-g . step`` is <= tol."""
+    theta = np.zeros(problem.size)
+    f = problem.objective(theta)
+    for it in range(1, max_iter + 1):
+        step, slope = problem.step(theta)
+        t = 1.0
         while True:  # backtracking (Armijo); the slack absorbs rounding next to the optimum
-            f_new = _objective(a @ (theta + t * step), y, reg, theta + t * step)
+            f_new = problem.objective(theta + t * step)
             if f_new <= f + 1e-4 * t * slope + 1e-13 * abs(f) or t < 1e-10:
                 break
             t /= 2
         moved = t * step
         theta, f = theta + moved, f_new
-        tiny = np.max(np.abs(moved)) <= 10 * np.finfo(np.float64).eps * (1 + np.max(np.abs(theta)))
-        if decrement <= tol or tiny:
-            break
-    else:
-        raise RuntimeError(
-            f"logistic_probe did not converge in max_iter={max_iter} Newton iterations "
-            f"(decrement {decrement:.3g} > tol={tol:g}); raise max_iter or l2"
-        )
-    w = theta[:-1] if basis is None else basis @ theta[:-1]
-    return w, float(theta[-1] - mu @ w), it
+        stalled = np.max(np.abs(moved)) <= 10 * np.finfo(np.float64).eps * (1 + np.max(np.abs(theta)))
+        if -slope <= tol or stalled:
+            return theta, it
+    raise RuntimeError(
+        f"logistic_probe did not converge in max_iter={max_iter} Newton iterations "
+        f"(decrement {-slope:.3g} > tol={tol:g}); raise max_iter or l2"
+    )
 
 
 def _sigmoid_pair(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -240,8 +285,8 @@ def _sigmoid_pair(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.exp(-np.logaddexp(0.0, -z)), np.exp(-np.logaddexp(0.0, z))
 
 
-def _objective(z: np.ndarray, y: np.ndarray, reg: np.ndarray, theta: np.ndarray) -> float:
-    return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * np.sum(reg * theta * theta))
+def _loss(z: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sum(np.logaddexp(0.0, z) - y * z))
 
 
 def _solve(h: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -250,7 +295,7 @@ def _solve(h: np.ndarray, g: np.ndarray) -> np.ndarray:
         if np.all(np.isfinite(step)):
             return step
     except np.linalg.LinAlgError:
-        pass  # singular bias block (every weight underflowed): least squares instead
+        pass  # singular bias row (every weight underflowed): least squares instead
     return np.linalg.lstsq(h, g, rcond=None)[0]
 
 

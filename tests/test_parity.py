@@ -242,10 +242,77 @@ def test_sampling_filters_match_mlx_lm():
     np.testing.assert_allclose(np.array(pen_mx), pen_pt.numpy(), rtol=1e-6)
 
 
-# ---- EXTRACTION PARITY: placeholder ---------------------------------------------------------------
-# Another engineer adds steering-vector extraction for both backends (mlx_steer/extract.py); its
-# parity check belongs here: extract the same contrast set with both backends and require
-# cosine >= 0.9999 per site between the directions.
-@pytest.mark.skip(reason="extraction parity (cosine >= 0.9999) is added with the extraction code")
-def test_extraction_parity():
-    raise NotImplementedError
+# ---- extraction and vector files ------------------------------------------------------------------
+POS = ["I love this wonderful day", "happy people walk in the sun", "This is great", "I love the sun and the rain"]
+NEG = ["I hate the rain", "This is terrible, awful and sad news", "sad news", "I hate this terrible day"]
+
+
+@pytest.mark.parametrize("method,read,site", [
+    ("mean_diff", "last", "layers.1"), ("mean_diff", "mean", "layers.2:input"),
+    ("pca", "last", "layers.2"), ("probe", "mean", "layers.1"),
+])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gpt2"])
+def test_extraction_parity(pair, arch, method, read, site):
+    import mlx_steer as ms
+
+    m_mx, m_pt = pair(arch)
+    a = ms.extract(m_mx, POS, NEG, sites=[site], method=method, read=read, batch_size=3)
+    b = ms.extract(m_pt, POS, NEG, sites=[site], method=method, read=read, batch_size=3)
+    da, db = a[m_mx.resolve_path(site.split(":")[0])], b[m_pt.resolve_path(site.split(":")[0])]
+    cos = float(da @ db / np.linalg.norm(da) / np.linalg.norm(db))
+    assert cos >= 0.9999, cos
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_actadd_parity(pair, arch):
+    import mlx_steer as ms
+
+    m_mx, m_pt = pair(arch)
+    a = ms.extract(m_mx, ["I love"], ["I hate this day"], sites=["layers.1:input"], method="actadd")
+    b = ms.extract(m_pt, ["I love"], ["I hate this day"], sites=["layers.1:input"], method="actadd")
+    da, db = a[a.sites[0]], b[b.sites[0]]
+    assert da.shape == db.shape
+    cos = float(da.ravel() @ db.ravel() / np.linalg.norm(da) / np.linalg.norm(db))
+    assert cos >= 0.9999
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_vector_files_cross_backends(pair, arch, tmp_path):
+    """A file written from one backend loads on the other and steers it the same way."""
+    import mlx_steer as ms
+
+    m_mx, m_pt = pair(arch)
+    vec = ms.extract(m_pt, POS, NEG, sites=["layers.1", "layers.2"])
+    path = ms.save_vector(vec, tmp_path / "v.safetensors")
+    on_mx = ms.load_vector(path, model=m_mx)
+    assert set(on_mx.sites) == {m_mx.resolve_path("layers.1"), m_mx.resolve_path("layers.2")}
+    back = ms.load_vector(ms.save_vector(on_mx, tmp_path / "w.safetensors"), model=m_pt)
+    for s in vec.sites:
+        assert np.array_equal(back[s], vec[s])
+    lm = np_(m_mx, m_mx.run(PROMPT, interventions=on_mx.to_interventions(scale=3.0)).logits)
+    lt = np_(m_pt, m_pt.run(PROMPT, interventions=back.to_interventions(scale=3.0)).logits)
+    assert np.abs(lm - lt).max() <= TOL
+
+
+# ---- the real model -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smollm2_pair(smollm2, smollm2_dir):
+    from mlx_steer import torch_backend
+
+    return smollm2, torch_backend.load(str(smollm2_dir))
+
+
+@pytest.mark.slow
+def test_real_model_steered_generations_identical(smollm2_pair):
+    """SmolLM2-135M-Instruct (fp32): greedy steered generations, 3 prompts x 2 strengths."""
+    import mlx_steer as ms
+    from mlx_steer.demo import NEGATIVE, POSITIVE
+
+    m_mx, m_pt = smollm2_pair
+    vec = ms.extract(m_mx, POSITIVE[:3], NEGATIVE[:3], sites=["layers.7"], read="mean")
+    for prompt in ("I think that my neighbour is", "Today at work, I", "The best thing about winter is"):
+        for scale in (-2.0, 3.0):
+            spec = vec.to_interventions(scale=scale)
+            a = m_mx.generate_tokens(prompt, max_tokens=16, interventions=spec)
+            b = m_pt.generate_tokens(prompt, max_tokens=16, interventions=spec)
+            assert a == b, (prompt, scale)
