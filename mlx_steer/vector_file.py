@@ -178,10 +178,7 @@ def _port(site: str, resolve_path: Callable[[str], str], layer_paths: Sequence[s
         parts = site.split(".")
         for i, (name, index) in enumerate(zip(parts, parts[1:])):
             if name in containers and index.isdigit():
-                try:
-                    return resolve_path(".".join(["layers", *parts[i + 1 :]]))
-                except ValueError:
-                    break
+                return resolve_path(".".join(["layers", *parts[i + 1 :]]))  # its error is the more specific
         raise
 
 
