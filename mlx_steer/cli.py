@@ -1,0 +1,605 @@
+"""The ``mlx-steer`` command line: extract, generate, sweep, inspect, demo.
+
+    mlx-steer extract pairs.jsonl --model PATH --layers 6 8 -o happy.safetensors
+    mlx-steer generate "I think that" --model PATH --vector happy.safetensors --strength 4 8
+    mlx-steer sweep --model PATH --vector happy.safetensors --target-tokens " happy" --contrast-tokens " sad"
+    mlx-steer inspect happy.safetensors --model PATH
+    mlx-steer demo
+
+User errors (missing files, bad input lines, unknown sites, a vector that does not fit the model)
+print ``error: ...`` to stderr and exit with status 2, without a traceback. Nothing heavy is
+imported until a command needs it, so argument and file errors are reported at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("mlx", "torch")
+METHODS = ("mean_diff", "pca", "probe", "actadd")  # mirrors extraction.METHODS (kept import-free)
+DEFAULT_PROMPTS = (
+    "I think that",
+    "The weather today is",
+    "My neighbour told me that",
+    "Yesterday at work, I",
+    "In my opinion, the movie was",
+    "When I look at the world, I feel",
+)
+DEFAULT_STRENGTHS = (-8.0, -4.0, 0.0, 4.0, 8.0)
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
+# -- entry point -------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mlx-steer`` command line.
+
+    Args:
+        argv: Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 on success, 2 on a user error (message on stderr), 1 on a missing optional dependency.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "demo":
+        return _demo(extra)
+    if extra:
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.run(args)
+    except (ValueError, KeyError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError):  # e.g. piped into `head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        return _fail(exc, 2)
+    except ImportError as exc:
+        return _fail(exc, 1)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    # str(KeyError("x")) is "'x'": use the message itself
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    print(f"error: {msg}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    ap = argparse.ArgumentParser(
+        prog="mlx-steer", formatter_class=_RAW,
+        description="Activation steering for mlx-lm (and transformers) models.",
+        epilog="run 'mlx-steer COMMAND --help' for a command's options and examples",
+    )
+    ap.add_argument("--backend", choices=BACKENDS, default="mlx",
+                    help="mlx (mlx-lm, default) or torch (Hugging Face transformers)")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parents = _parents()
+    for name, summary, shared, fill, run in _COMMANDS:
+        sp = sub.add_parser(name, help=summary, description=summary, formatter_class=_RAW,
+                            epilog=_EXAMPLES[name], parents=[parents[p] for p in shared])
+        fill(sp)
+        sp.set_defaults(run=run, parser=sp)
+    demo = sub.add_parser("demo", help=_DEMO_SUMMARY, description=_DEMO_SUMMARY, add_help=False,
+                          formatter_class=_RAW, epilog=_EXAMPLES["demo"])
+    demo.set_defaults(parser=demo)
+    return ap
+
+
+def _version() -> str:
+    from .steering_vector import _library_version
+
+    return _library_version()
+
+
+# -- shared options ----------------------------------------------------------------------------
+def _parents() -> dict[str, argparse.ArgumentParser]:
+    def parent() -> argparse.ArgumentParser:
+        return argparse.ArgumentParser(add_help=False)
+
+    backend = parent()
+    g = backend.add_argument_group("backend")
+    # SUPPRESS: given after the command it overrides the global option; absent, the global one stands
+    g.add_argument("--backend", choices=BACKENDS, default=argparse.SUPPRESS,
+                   help="mlx (default) or torch; also accepted before the command")
+    g.add_argument("--device", default=None, help="torch backend only: cpu (default), cuda, mps ...")
+
+    pairs = parent()
+    g = pairs.add_argument_group("on-the-fly vector (instead of --vector)")
+    g.add_argument("--positive", action="append", metavar="TEXT", default=[],
+                   help="positive contrast prompt (repeat for several)")
+    g.add_argument("--negative", action="append", metavar="TEXT", default=[],
+                   help="negative contrast prompt (repeat for several)")
+    g.add_argument("--pairs", metavar="FILE", help="contrast pairs from a JSONL or CSV file (see 'extract')")
+    _method_options(g)
+
+    encode = parent()
+    g = encode.add_argument_group("prompt format")
+    g.add_argument("--chat", action="store_true", help="wrap prompts as a user turn with the chat template")
+    g.add_argument("--system", metavar="TEXT", help="system message (with --chat)")
+    g.add_argument("--assistant-prefix", metavar="TEXT", help="text that starts the assistant's reply (with --chat)")
+    return {"backend": backend, "pairs": pairs, "encode": encode}
+
+
+def _method_options(g: Any) -> None:
+    g.add_argument("--method", choices=METHODS, default="mean_diff",
+                   help="direction-finding method (default mean_diff)")
+    g.add_argument("--read", type=_read_spec, default="last", metavar="last|mean|assistant_start|INT",
+                   help="which prompt positions are read (default last)")
+
+
+def _read_spec(text: str) -> str | int:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _site(text: str) -> str:
+    """``6`` -> ``layers.6``; anything else is a site path as typed."""
+    return f"layers.{int(text)}" if text.lstrip("-").isdigit() else text
+
+
+def _layer(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _add_model(sp: argparse.ArgumentParser, *, required: bool = True) -> None:
+    sp.add_argument("--model", required=required, metavar="PATH_OR_ID",
+                    help="model folder or Hugging Face id" + ("" if required else " (checks the vector against it)"))
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def _existing(path: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if not p.is_file():
+        raise ValueError(f"not a file: {path}")
+    return p
+
+
+def _lines(path: str) -> list[tuple[int, str]]:
+    """(line number, text) of every non-blank line of a UTF-8 file."""
+    p = _existing(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def read_prompts(path: str) -> list[str]:
+    """One prompt per non-blank line."""
+    prompts = [line for _, line in _lines(path)]
+    if not prompts:
+        raise ValueError(f"{path} has no prompts (one per line expected)")
+    return prompts
+
+
+def read_pairs(path: str) -> tuple[list[str], list[str]]:
+    """Contrast pairs from JSONL (``{"positive": ..., "negative": ...}`` per line), a JSON list of
+    such objects, or CSV/TSV (columns ``positive,negative``), told apart by extension and first character."""
+    lines = _lines(path)
+    suffix = Path(path).suffix.lower()
+    first = lines[0][1].lstrip()[:1] if lines else ""
+    if first == "[" and suffix not in (".csv", ".tsv"):
+        pairs = _json_array_pairs(path, "\n".join(line for _, line in lines))
+    elif suffix in (".jsonl", ".json", ".ndjson") or (suffix not in (".csv", ".tsv") and first == "{"):
+        pairs = _jsonl_pairs(path, lines)
+    else:
+        pairs = _csv_pairs(path, "\t" if suffix == ".tsv" else ",")
+    if not pairs:
+        raise ValueError(f"{path} has no contrast pairs")
+    return [p for p, _ in pairs], [n for _, n in pairs]
+
+
+def _jsonl_pairs(path: str, lines: list[tuple[int, str]]) -> list[tuple[str, str]]:
+    pairs = []
+    for n, line in lines:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {n}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f'{path} line {n}: expected an object {{"positive": ..., "negative": ...}}, '
+                             f"got {type(obj).__name__}")
+        pairs.append(tuple(_field(obj, key, f"{path} line {n}") for key in ("positive", "negative")))
+    return pairs
+
+
+def _json_array_pairs(path: str, text: str) -> list[tuple[str, str]]:
+    """A JSON list of pair objects (what a ``.json`` file often holds instead of JSONL)."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    pairs = []
+    for i, obj in enumerate(items):
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path} item {i}: expected an object, got {type(obj).__name__}")
+        pairs.append(tuple(_field(obj, key, f"{path} item {i}") for key in ("positive", "negative")))
+    return pairs
+
+
+def _csv_pairs(path: str, delimiter: str) -> list[tuple[str, str]]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        columns = reader.fieldnames or []
+        missing = [c for c in ("positive", "negative") if c not in columns]
+        if missing:
+            raise ValueError(f"{path}: missing column {missing[0]!r}; the header must name positive and negative "
+                             f"(found: {', '.join(map(repr, columns)) or 'no header'})")
+        return [tuple(_field(row, key, f"{path} line {reader.line_num}") for key in ("positive", "negative"))
+                for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
+
+
+def _field(row: dict, key: str, where: str) -> str:
+    if key not in row or row[key] is None:
+        raise ValueError(f"{where}: missing key {key!r}")
+    value = row[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _contrast(args: argparse.Namespace, pairs_file: str | None) -> tuple[list[str], list[str]] | None:
+    """Contrast prompts from a pairs file, --positive-file/--negative-file or --positive/--negative
+    (exactly one source), or None when none is given."""
+    files = [getattr(args, "positive_file", None), getattr(args, "negative_file", None)]
+    inline = [args.positive, args.negative]
+    given = [name for name, used in (("a pairs file", pairs_file), ("--positive-file/--negative-file", any(files)),
+                                     ("--positive/--negative", any(inline))) if used]
+    if len(given) > 1:
+        args.parser.error(f"give contrast prompts one way, not {' and '.join(given)}")
+    if pairs_file:
+        return read_pairs(pairs_file)
+    if any(files):
+        if not all(files):
+            args.parser.error("--positive-file and --negative-file go together")
+        return read_prompts(files[0]), read_prompts(files[1])
+    if any(inline):
+        if not all(inline):
+            args.parser.error("--positive and --negative go together")
+        return list(args.positive), list(args.negative)
+    return None
+
+
+# -- models and vectors ------------------------------------------------------------------------
+def load_model(spec: str, *, backend: str = "mlx", device: str | None = None) -> Any:
+    """A SteerableModel (mlx) or TorchSteerableModel from a folder or hub id.
+
+    A missing local-looking path (``./x``, ``/x``, ``~/x``, ``a/b/c``) is reported as
+    ``no such file`` instead of being looked up on the hub.
+    """
+    local = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+    if local and not Path(spec).expanduser().exists():
+        raise FileNotFoundError(f"no such file: {spec}")
+    path = str(Path(spec).expanduser()) if spec.startswith("~") else spec
+    if backend == "torch":
+        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+            raise ImportError('--backend torch needs torch and transformers: pip install "mlx-steer[torch]"')
+        from .torch_backend import load
+
+        return load(path, device=device)
+    if device is not None:
+        raise ValueError(f"--device {device} applies to --backend torch; mlx picks its device itself")
+    from .mlx_model import load
+
+    return load(path)
+
+
+def _model(args: argparse.Namespace) -> Any:
+    return load_model(args.model, backend=getattr(args, "backend", "mlx"), device=args.device)
+
+
+def _vector_file(args: argparse.Namespace) -> Any:
+    """The --vector file, read without a model (checked against the model later)."""
+    from .vector_file import load_vector
+
+    return load_vector(_existing(args.vector))
+
+
+def _describe(vec: Any) -> str:
+    norms = ", ".join(f"{s} (norm {n:.4g})" for s, n in vec.norms().items())
+    return f"{vec.method or 'vector'} at {norms}"
+
+
+# -- extract -----------------------------------------------------------------------------------
+def _fill_extract(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("pairs", nargs="?", metavar="PAIRS",
+                    help='JSONL ({"positive": "...", "negative": "..."} per line) or CSV (columns positive,negative)')
+    sp.add_argument("--positive-file", metavar="FILE", help="positive prompts, one per line (with --negative-file)")
+    sp.add_argument("--negative-file", metavar="FILE", help="negative prompts, one per line")
+    sp.add_argument("--positive", action="append", metavar="TEXT", default=[], help=argparse.SUPPRESS)
+    sp.add_argument("--negative", action="append", metavar="TEXT", default=[], help=argparse.SUPPRESS)
+    sp.add_argument("-o", "--output", required=True, metavar="OUT", help="vector file to write (.safetensors)")
+    _add_model(sp)
+    where = sp.add_mutually_exclusive_group(required=True)
+    where.add_argument("--sites", nargs="+", metavar="SITE",
+                       help="sites to read, e.g. layers.6 layers.8 or layers.6:input")
+    where.add_argument("--layers", nargs="+", type=int, metavar="N", help="decoder layers to read (their outputs)")
+    _method_options(sp)
+    sp.add_argument("--batch-size", type=int, default=16, metavar="N", help="prompts per forward pass (default 16)")
+    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                    help="show a progress bar on stderr (default on)")
+
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """``mlx-steer extract``: contrast prompts -> vector file."""
+    from .extraction import extract
+    from .vector_file import save_vector
+
+    contrast = _contrast(args, args.pairs)
+    if contrast is None:
+        args.parser.error("give a PAIRS file, --positive-file/--negative-file, or --positive/--negative")
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"no such folder for the output: {out.parent}")
+    sites = args.sites or [f"layers.{n}" for n in args.layers]
+    model = _model(args)
+    vec = extract(model, *contrast, sites=sites, method=args.method, read=args.read, batch_size=args.batch_size,
+                  chat=args.chat, system=args.system, assistant_prefix=args.assistant_prefix,
+                  progress=args.progress)
+    save_vector(vec, out)
+    print(f"wrote {out}: {_describe(vec)}; from {len(contrast[0])} positive and {len(contrast[1])} negative prompts")
+    return 0
+
+
+# -- generate ----------------------------------------------------------------------------------
+def _fill_generate(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt(s) to continue")
+    _add_model(sp)
+    sp.add_argument("--vector", metavar="FILE", help="vector file to steer with (all its sites, or --layer's)")
+    sp.add_argument("--layer", type=_site, metavar="N|SITE",
+                    help="where to steer: the site extracted on the fly, or the one site of --vector to use")
+    sp.add_argument("--strength", "--strengths", dest="strengths", nargs="+", type=float, default=[4.0],
+                    metavar="S", help="scale(s) of the vector; one steered continuation each (default 4)")
+    g = sp.add_argument_group("sampling (mlx-lm's options; default greedy)")
+    g.add_argument("--max-tokens", type=int, default=40, help="tokens per continuation (default 40)")
+    g.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    g.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass (0 = off)")
+    g.add_argument("--min-p", type=float, default=0.0, help="min-p sampling threshold (0 = off)")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=None, help="e.g. 1.2 (default off)")
+    g.add_argument("--seed", type=int, default=None, help="random seed, reset before every continuation")
+
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``mlx-steer generate``: the unsteered continuation, then one per strength, streamed."""
+    contrast = _contrast(args, args.pairs)
+    if args.vector and contrast:
+        args.parser.error("give --vector or contrast prompts, not both")
+    if contrast and not args.layer:
+        args.parser.error("steering from contrast prompts needs --layer N (where to read and steer)")
+    if not (args.vector or contrast):
+        args.parser.error("give --vector FILE, or --positive TEXT --negative TEXT --layer N")
+    vec = _vector_file(args) if args.vector else None
+    model = _model(args)
+    vec = _fit(args, model, vec, contrast, [args.layer] if args.layer else None)
+    source = args.vector or f"{len(contrast[0])} positive / {len(contrast[1])} negative prompts"
+    print(f"steering: {_describe(vec)}; from {source}")
+    gen = dict(max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, min_p=args.min_p, top_k=args.top_k,
+               repetition_penalty=args.repetition_penalty, seed=args.seed)
+    runs = [("unsteered", None)] + [(f"{s:+g}", vec.to_interventions(scale=s)) for s in args.strengths]
+    width = max(len(label) for label, _ in runs) + 3  # "[label] "
+    for prompt in args.prompts:
+        ids = model.encode(prompt, chat=args.chat, system=args.system, assistant_prefix=args.assistant_prefix)
+        print(f"\n=== {prompt!r}")
+        for label, spec in runs:
+            _stream(model, ids, f"[{label}] ".ljust(width), gen, spec)
+    return 0
+
+
+def _fit(args: argparse.Namespace, model: Any, vec: Any, contrast: Any, sites: list[str] | None) -> Any:
+    """The steering vector for ``model``: the --vector file checked against it (restricted to
+    ``sites`` when given), or one extracted from the contrast prompts at ``sites``."""
+    from .extraction import extract
+    from .vector_file import load_vector
+
+    if vec is None:
+        return extract(model, *contrast, sites=sites, method=args.method, read=args.read, progress=False)
+    vec = load_vector(_existing(args.vector), model=model)  # raises with every mismatch listed
+    if sites:
+        vec = vec.select([model.resolve(s).path for s in sites])
+    return vec
+
+
+def _stream(model: Any, ids: list[int], label: str, gen: dict, spec: Any) -> None:
+    """Print one continuation as it streams, after ``label``; later lines are indented under it."""
+    indent = "\n" + " " * len(label)
+    print(label, end="", flush=True)
+    for r in model.stream_generate(ids, interventions=spec, **gen):
+        print(r.text.replace("\n", indent), end="", flush=True)
+    print()
+
+
+# -- sweep -------------------------------------------------------------------------------------
+def _fill_sweep(sp: argparse.ArgumentParser) -> None:
+    _add_model(sp)
+    sp.add_argument("--vector", metavar="FILE", help="vector file with a direction per layer (or one for all)")
+    sp.add_argument("--layers", nargs="+", type=_layer, metavar="N",
+                    help="layers (or site paths) to steer, one at a time (default: the vector's sites)")
+    sp.add_argument("--strengths", "--strength", dest="strengths", nargs="+", type=float,
+                    default=list(DEFAULT_STRENGTHS), metavar="S", help="scales (default -8 -4 0 4 8)")
+    sp.add_argument("--target-tokens", nargs="+", required=True, metavar="TOKEN",
+                    help='tokens the steering should raise (each one token; mind the leading space: " happy"; '
+                         'integers are token ids)')
+    sp.add_argument("--contrast-tokens", nargs="+", required=True, metavar="TOKEN",
+                    help="tokens it should lower; the metric is mean target logit - mean contrast logit")
+    sp.add_argument("--prompts-file", metavar="FILE", help="neutral prompts, one per line (default: six built-in)")
+    sp.add_argument("--batch-size", type=int, default=16, metavar="N", help="prompts per forward pass (default 16)")
+    sp.add_argument("--png", metavar="OUT", help="also write behaviour and KL heatmaps to this PNG (needs matplotlib)")
+    sp.add_argument("--chat", action="store_true", help="wrap the neutral prompts with the chat template")
+
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``mlx-steer sweep``: the layers x strengths table (and heatmap) of :func:`analysis.sweep`."""
+    from .analysis import sweep
+
+    contrast = _contrast(args, args.pairs)
+    if args.vector and contrast:
+        args.parser.error("give --vector or contrast prompts, not both")
+    if not (args.vector or contrast):
+        args.parser.error("give --vector FILE, or --positive TEXT --negative TEXT with --layers N ...")
+    if contrast and not args.layers:
+        args.parser.error("sweeping a vector made from contrast prompts needs --layers N ...")
+    if args.png:
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ImportError('--png needs matplotlib: pip install "mlx-steer[plot]" (or drop --png)')
+        if not Path(args.png).parent.is_dir():
+            raise FileNotFoundError(f"no such folder for the output: {Path(args.png).parent}")
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else list(DEFAULT_PROMPTS)
+    vec = _vector_file(args) if args.vector else None
+    model = _model(args)
+    sites = [f"layers.{x}" if isinstance(x, int) else x for x in args.layers] if args.layers else None
+    vec = _fit(args, model, vec, contrast, sites if contrast else None)
+    layers = args.layers or _layer_indices(model, vec.sites)
+    result = sweep(model, vector=vec, layers=layers, strengths=args.strengths, prompts=prompts,
+                   target_tokens=_tokens(args.target_tokens), contrast_tokens=_tokens(args.contrast_tokens),
+                   batch_size=args.batch_size, chat=args.chat)
+    print(f"sweep: {_describe(vec)}; {len(prompts)} prompts; "
+          f"target {args.target_tokens} vs contrast {args.contrast_tokens}")
+    print(result.to_text())
+    if args.png:
+        print(f"wrote {result.heatmap(args.png)}")
+    return 0
+
+
+def _tokens(items: list[str]) -> list[str | int]:
+    return [int(t) if t.isdigit() else t for t in items]
+
+
+def _layer_indices(model: Any, sites: Sequence[str]) -> list[int | str]:
+    """Decoder-layer sites as their index (``model.layers.6`` -> 6); other sites as paths."""
+    index = {p: i for i, p in enumerate(model.layer_paths)}
+    return [index.get(s, s) for s in sites]
+
+
+# -- inspect -----------------------------------------------------------------------------------
+def _fill_inspect(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("vector", metavar="FILE", help="vector file (.safetensors)")
+    _add_model(sp, required=False)
+    sp.add_argument("-k", "--top-k", type=int, default=10, help="tokens per list with --model (default 10)")
+    sp.add_argument("--final-norm", action="store_true", help="apply the final norm before unembedding (logit lens)")
+
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``mlx-steer inspect``: metadata and norms; with --model, the fit and top tokens per site."""
+    from .analysis import top_tokens
+    from .vector_file import load_vector
+
+    path = _existing(args.vector)
+    vec = load_vector(path)
+    fields = ("model_id", "method", "read_positions", "hook_point", "hidden_size", "dtype", "created_by")
+    print(f"file: {args.vector}")
+    for name in fields:
+        print(f"{name + ':':<16}{getattr(vec, name)}")
+    for key, value in vec.extra.items():
+        print(f"{'extra.' + key + ':':<16}{value}")
+    w = max(len(s) for s in vec.sites)
+    print(f"sites ({len(vec)}):")
+    for site, norm in vec.norms().items():
+        print(f"  {site:<{w}}  shape {str(vec[site].shape):<10} norm {norm:.6g}")
+    if not args.model:
+        return 0
+    model = _model(args)
+    vec = load_vector(path, model=model)
+    print(f"\nfits {args.model} (hidden size {model.hidden_size}); tokens each direction boosts and suppresses"
+          f"{' (after the final norm)' if args.final_norm else ''}:")
+    for site, d in vec.directions.items():
+        label = site if d.ndim == 1 else f"{site} (sum of its {d.shape[0]} front-aligned rows)"
+        report = top_tokens(model, d if d.ndim == 1 else d.sum(0), k=args.top_k, final_norm=args.final_norm)
+        print(f"\n{label}\n{report.to_text()}")
+    return 0
+
+
+# -- demo --------------------------------------------------------------------------------------
+_DEMO_SUMMARY = "run the offline SmolLM2-135M sentiment-steering demo (options pass through)"
+
+
+def _demo(argv: list[str]) -> int:
+    from . import demo
+
+    try:
+        return demo.main(argv)
+    except SystemExit as exc:  # argparse inside the demo: --help, or a usage error
+        if any(a in ("-h", "--help") for a in argv):
+            print("\n" + _EXAMPLES["demo"])
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
+# -- help text ---------------------------------------------------------------------------------
+_EXAMPLES = {
+    "extract": """\
+input formats:
+  JSONL   {"positive": "I love it", "negative": "I hate it"}   one pair per line
+          (a .json file holding a list of such objects works too)
+  CSV     a header naming positive,negative, then one pair per row (.tsv: tab-separated)
+  text    --positive-file pos.txt --negative-file neg.txt, one prompt per line
+
+examples:
+  mlx-steer extract pairs.jsonl --model mlx-community/Llama-3.2-1B-Instruct-4bit \\
+      --layers 6 8 -o happy.safetensors
+  mlx-steer extract pairs.csv --model ./my-model --sites layers.10 --method pca --read mean -o v.safetensors
+  mlx-steer extract --positive-file pos.txt --negative-file neg.txt --model ./my-model \\
+      --layers 12 --chat --read assistant_start --assistant-prefix "Sure," -o v.safetensors
+  mlx-steer --backend torch extract pairs.jsonl --model ./hf-folder --layers 6 -o v.safetensors""",
+    "generate": """\
+Prints, for each prompt, the unsteered continuation and then one per strength, each as it streams.
+Every continuation starts from the same seed, so they differ only by the steering.
+
+examples:
+  mlx-steer generate "I think that" --model ./my-model --vector happy.safetensors --strength 4 8
+  mlx-steer generate "I went up to my friend and said" --model ./my-model \\
+      --positive "Love" --negative "Hate" --layer 6 --method actadd --strength 5 10
+  mlx-steer generate "Tell me about your day." --model ./my-model --vector happy.safetensors \\
+      --chat --temp 0.7 --top-p 0.9 --seed 1 --max-tokens 80""",
+    "sweep": """\
+Steers one layer at a time at each strength over neutral prompts and reports, per cell, the logit
+difference (mean target-token logit - mean contrast-token logit, at each prompt's last token) and the
+fluency cost KL(unsteered || steered) averaged over every prompt position.
+
+examples:
+  mlx-steer sweep --model ./my-model --vector happy.safetensors \\
+      --target-tokens " happy" " great" --contrast-tokens " sad" " awful"
+  mlx-steer sweep --model ./my-model --positive "I love it" --negative "I hate it" --layers 4 6 8 10 \\
+      --strengths 0 2 4 8 --target-tokens " love" --contrast-tokens " hate" --png sweep.png""",
+    "inspect": """\
+examples:
+  mlx-steer inspect happy.safetensors
+  mlx-steer inspect happy.safetensors --model ./my-model -k 20
+  mlx-steer --backend torch inspect happy.safetensors --model ./hf-folder --final-norm""",
+    "demo": """\
+examples:
+  mlx-steer demo
+  mlx-steer demo --layer layers.5 --strengths 0 4 8 --max-tokens 48""",
+}
+
+# name, summary, shared option groups (see _parents), options, handler
+_COMMANDS: list[tuple[str, str, tuple[str, ...], Callable, Callable[[argparse.Namespace], int]]] = [
+    ("extract", "extract a steering vector from contrast prompts into a vector file",
+     ("backend", "encode"), _fill_extract, cmd_extract),
+    ("generate", "print unsteered and steered continuations side by side",
+     ("backend", "pairs", "encode"), _fill_generate, cmd_generate),
+    ("sweep", "tabulate steering effect and fluency cost over layers x strengths",
+     ("backend", "pairs"), _fill_sweep, cmd_sweep),
+    ("inspect", "show a vector file's metadata, norms and (with --model) top tokens",
+     ("backend",), _fill_inspect, cmd_inspect),
+]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
