@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import mlx.core as mx
@@ -11,12 +10,13 @@ import mlx.nn as nn
 import numpy as np
 
 from . import mlx_hooks as hk
-from .activations import Activations
-from .mlx_ops import FrontAlignedAddOp, compile_op
-from .paths import PathResolver, Site
-from .positions import check_reachable
+from .mlx_ops import compile_op
+from .paths import PathResolver
 from .prompts import PromptEncoder
-from .site_plan import SitePlan, as_interventions, plan_sites
+from .site_plan import SitePlan
+from .steerable import Hooks, Steerable, Trace
+
+__all__ = ["Hooks", "SteerableModel", "Trace", "load"]
 
 
 def load(path_or_hf_repo: str, *, lazy: bool = False, **kwargs: Any) -> SteerableModel:
@@ -33,70 +33,7 @@ def load(path_or_hf_repo: str, *, lazy: bool = False, **kwargs: Any) -> Steerabl
     return SteerableModel(model, tokenizer, model_id=str(path_or_hf_repo))
 
 
-class Hooks:
-    """Installed interventions and recorders; undone by :meth:`remove` (or leaving ``with``).
-
-    ``activations`` holds what the recorders collected so far (concatenated over forwards).
-    """
-
-    def __init__(self, owner: SteerableModel, plans: dict[str, SitePlan], reduce: str | None):
-        self._owner = owner
-        self._installed: list[tuple[nn.Module, hk.Entry]] = []
-        self._recorders: dict[str, hk.Recorder] = {}
-        self.ops: list = []
-        entries = [(owner.model, hk.position_tracker(owner.state))]
-        for plan in plans.values():  # compile every op first: errors leave the model untouched
-            entries.append(owner._entry(plan, reduce, self._recorders, self.ops))
-        try:
-            for module, entry in entries:
-                hk.attach(module, entry)
-                self._installed.append((module, entry))
-        except BaseException:
-            self.remove()
-            raise
-        self.activations = Activations(
-            {k: r.result for k, r in self._recorders.items()}, owner.resolve_key
-        )
-
-    def remove(self) -> None:
-        """Undo every patch this object made (idempotent)."""
-        while self._installed:
-            hk.detach(*self._installed.pop())
-
-    @property
-    def active(self) -> bool:
-        return bool(self._installed)
-
-    def flush(self) -> None:
-        """Schedule pending recordings (call at loop boundaries). ``async_eval``: a blocking eval
-        would wait behind the step mlx-lm has in flight and lose its compute/graph overlap."""
-        pending = [a for r in self._recorders.values() for a in r.pending()]
-        if pending:
-            mx.async_eval(pending)
-
-    def __enter__(self) -> Hooks:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
-
-class Trace:
-    """Result of :meth:`SteerableModel.trace`: activations, logits and the token layout."""
-
-    def __init__(self, hooks: Hooks, logits: mx.array | None, tokens: list[list[int]]):
-        self._hooks = hooks
-        self.logits = logits
-        self.tokens = tokens
-        self.lengths = [len(t) for t in tokens]
-        self.padding = [max(self.lengths) - n for n in self.lengths]
-
-    @property
-    def activations(self) -> Activations:
-        return self._hooks.activations
-
-
-class SteerableModel:
+class SteerableModel(Steerable):
     """An mlx-lm model and tokenizer with site-keyed recording and steering.
 
     Args:
@@ -122,52 +59,7 @@ class SteerableModel:
         self._padded_batches: dict[int, bool] = {}  # batch size -> padded batches are right
         self.prompts = PromptEncoder(tokenizer)
 
-    # -- paths -----------------------------------------------------------------------------
-    @property
-    def num_layers(self) -> int:
-        return len(self.layer_paths)
-
-    def resolve(self, site: str | Site) -> Site:
-        """Resolve ``layers.4``, ``layers.-1.mlp``, ``model.layers.4:input`` to a :class:`Site`."""
-        return self.resolver.resolve(site)
-
-    def resolve_path(self, path: str) -> str:
-        return self.resolver.resolve_path(path)
-
-    def resolve_key(self, site: str) -> str:
-        return self.resolver.resolve(site).key
-
-    # -- patching --------------------------------------------------------------------------
-    def hooks(
-        self,
-        *,
-        interventions: Mapping | None = None,
-        record: object = None,
-        record_positions: object = "all",
-        reduce: str | None = None,
-    ) -> Hooks:
-        """Install interventions and recorders until ``remove()`` / the end of a ``with`` block.
-
-        Recorders keep the activation after this site's interventions (what flows on).
-        """
-        plans = plan_sites(
-            self.resolver, interventions=as_interventions(interventions),
-            record=record, record_positions=record_positions, reduce=reduce,
-        )
-        return Hooks(self, plans, reduce)
-
-    def steer(self, interventions: Mapping | Any, *, scale: float = 1.0, positions: object = "all") -> Hooks:
-        """A persistent edit: stays installed across calls until ``handle.remove()``.
-
-        Args:
-            interventions: ``{site: intervention}`` or a SteeringVector (added with ``scale``).
-        """
-        return self.hooks(interventions=as_interventions(interventions, scale=scale, positions=positions))
-
-    def record(self, sites: object, *, positions: object = "all", reduce: str | None = None) -> Hooks:
-        """Record ``sites`` over whatever runs inside the ``with`` block (e.g. generation)."""
-        return self.hooks(record=sites, record_positions=positions, reduce=reduce)
-
+    # -- the backend contract of Steerable -------------------------------------------------------
     def _entry(self, plan: SitePlan, reduce: str | None, recorders: dict, all_ops: list) -> tuple[nn.Module, hk.Entry]:
         site = plan.site
         module = self.modules[site.path]
@@ -192,65 +84,27 @@ class SteerableModel:
             return module, hk.Entry(before=hk.on_first_arg(fn))
         return module, hk.Entry(after=hk.on_output(fn))
 
-    @contextlib.contextmanager
-    def _prompt_len(self, lengths: Sequence[int]) -> Iterator[None]:
-        self.state.prompt_len_stack.append(np.asarray(lengths, dtype=np.int64))
-        try:
-            yield
-        finally:
-            self.state.prompt_len_stack.pop()
-
-    # -- forward ---------------------------------------------------------------------------
-    def encode(
-        self, prompt: str | Sequence[int], *, chat: bool = False, system: str | None = None,
-        assistant_prefix: str | None = None,
-    ) -> list[int]:
-        """Token ids of ``prompt`` (a chat user turn with the template when ``chat``)."""
-        return self.prompts.encode(prompt, chat=chat, system=system, assistant_prefix=assistant_prefix)
-
     @staticmethod
     def to_numpy(x: mx.array) -> np.ndarray:
         """A float32 numpy copy of a backend array."""
         return np.array(x.astype(mx.float32))
 
-    def run(
-        self,
-        prompts: str | Sequence[str] | Sequence[Sequence[int]],
-        *,
-        record: object = None,
-        interventions: Mapping | None = None,
-        record_positions: object = "all",
-        reduce: str | None = None,
-        logits: bool = True,
-        chat: bool = False,
-    ) -> Trace:
-        """One forward over a batch (left-padded with a batch KV cache when lengths differ)."""
-        tokens = self.prompts.encode_batch(prompts, chat=chat)
-        hooks = self.hooks(interventions=interventions, record=record,
-                           record_positions=record_positions, reduce=reduce)
-        try:
-            out = self._forward(tokens, hooks, keep_logits=logits)
-        finally:
-            hooks.remove()
-        return out
+    def _install(self, entries: list[tuple[nn.Module, hk.Entry]], undo: list) -> None:
+        for module, entry in [(self.model, hk.position_tracker(self.state)), *entries]:
+            hk.attach(module, entry)
+            undo.append(lambda module=module, entry=entry: hk.detach(module, entry))
 
-    @contextlib.contextmanager
-    def trace(self, prompts: str | Sequence[str] | Sequence[Sequence[int]], **kwargs: Any) -> Iterator[Trace]:
-        """``with model.trace(prompts, record=[..], interventions={..}) as tr:`` — runs one forward.
+    @staticmethod
+    def _flush(recorders: Iterable[hk.Recorder]) -> None:
+        # async_eval: a blocking eval would wait behind the step mlx-lm has in flight and lose
+        # its compute/graph-building overlap
+        pending = [a for r in recorders for a in r.pending()]
+        if pending:
+            mx.async_eval(pending)
 
-        Results stay readable after the block; patches are removed when it ends (or raises).
-        Options are those of :meth:`run`.
-        """
-        yield self.run(prompts, **kwargs)
-
-    def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> Trace:
+    def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> mx.array | None:
         lengths = [len(t) for t in tokens]
         L = max(lengths)
-        for rec in hooks._recorders.values():
-            check_reachable(rec.positions, L, what="a prompt")
-        for op in hooks.ops:
-            check_reachable(op.sel, L, what="a prompt")
-        self._check_front_aligned(hooks, L)
         pad = [L - n for n in lengths]
         if any(pad) and not self._batch_padding_works(pad):
             logits = self._forward_rows(tokens, hooks)
@@ -258,20 +112,11 @@ class SteerableModel:
             pad_id = self.prompts.pad_id
             x = mx.array([[pad_id] * p + t for p, t in zip(pad, tokens)])
             cache = self._batch_cache(pad) if any(pad) else None
-            with self._prompt_len(lengths):
+            with self._layout(lengths, pad):
                 logits = self.model(x, cache=cache)
         results = [a for a in (r.result() for r in hooks._recorders.values()) if a is not None]
         mx.eval(results + ([logits] if keep_logits else []))
-        return Trace(hooks, logits if keep_logits else None, tokens)
-
-    @staticmethod
-    def _check_front_aligned(hooks: Hooks, prompt_len: int) -> None:
-        for op in hooks.ops:
-            if isinstance(op, FrontAlignedAddOp) and op.n > prompt_len:
-                raise ValueError(
-                    f"front-aligned tensor at {op.site!r} has {op.n} positions but the prompt has "
-                    f"{prompt_len} tokens; it must not be longer than the prompt"
-                )
+        return logits if keep_logits else None
 
     def _batch_padding_works(self, pad: list[int]) -> bool:
         """Whether a left-padded batch of this size gives the rows' own results.
@@ -307,7 +152,7 @@ class SteerableModel:
         for t in tokens:
             for r in hooks._recorders.values():
                 r.reset()
-            with self._prompt_len([len(t)]):
+            with self._layout([len(t)], [0]):
                 logits.append(_left_pad(self.model(mx.array([t])), L))
             for k, r in hooks._recorders.items():
                 per_row[k].append(r.result())
@@ -336,17 +181,11 @@ class SteerableModel:
         return out
 
     # -- generation --------------------------------------------------------------------------
-    def stream_generate(
+    def _stream(
         self,
-        prompt: str | Sequence[int],
+        tokens: list[int],
         *,
-        max_tokens: int = 256,
-        interventions: Mapping | Any = None,
-        record: object = None,
-        record_positions: object = "last",
-        hooks_out: list | None = None,
-        chat: bool = False,
-        system: str | None = None,
+        max_tokens: int,
         temp: float = 0.0,
         top_p: float = 0.0,
         min_p: float = 0.0,
@@ -359,55 +198,20 @@ class SteerableModel:
         prefill_step_size: int = 2048,
         **kwargs: Any,
     ) -> Iterator[Any]:
-        """Stream mlx-lm ``GenerationResponse`` objects with interventions applied at every step.
-
-        Positions are exact: the prompt length is known, ``last`` steers the last prompt token
-        and each new token, and chunked prefill (``prefill_step_size``) gives the same result.
-        Extra ``kwargs`` go to ``mlx_lm.stream_generate`` (e.g. ``max_kv_size``).
-        ``hooks_out``, if a list, receives the :class:`Hooks` (read its ``activations``).
-        """
+        """mlx-lm's own loop; extra ``kwargs`` go to ``mlx_lm.stream_generate`` (e.g. ``max_kv_size``)."""
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
-        tokens = self.encode(prompt, chat=chat, system=system)
         sampler = sampler or make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
         processors = make_logits_processors(
             repetition_penalty=repetition_penalty, repetition_context_size=repetition_context_size
         ) + list(logits_processors or [])
-        hooks = self.hooks(interventions=as_interventions(interventions), record=record,
-                           record_positions=record_positions)
-        try:
-            for op in hooks.ops:
-                check_reachable(op.sel, len(tokens) + max_tokens, what="prompt + max_tokens")
-            self._check_front_aligned(hooks, len(tokens))
-            if hooks_out is not None:
-                hooks_out.append(hooks)
-            if seed is not None:
-                mx.random.seed(seed)
-            with self._prompt_len([len(tokens)]):
-                for response in stream_generate(
-                    self.model, self.tokenizer, mx.array(tokens), max_tokens=max_tokens,
-                    sampler=sampler, logits_processors=processors,
-                    prefill_step_size=prefill_step_size, **kwargs,
-                ):
-                    hooks.flush()
-                    yield response
-        finally:
-            hooks.remove()
-
-    def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> str:
-        """Generated text (the continuation only). Options are those of :meth:`stream_generate`."""
-        return "".join(r.text for r in self.stream_generate(prompt, **kwargs))
-
-    def generate_tokens(self, prompt: str | Sequence[int], **kwargs: Any) -> list[int]:
-        """Generated token ids (EOS excluded). Options are those of :meth:`stream_generate`."""
-        out = []
-        for r in self.stream_generate(prompt, **kwargs):
-            if r.finish_reason != "stop":
-                out.append(int(r.token))
-        return out
+        if seed is not None:
+            mx.random.seed(seed)
+        yield from stream_generate(
+            self.model, self.tokenizer, mx.array(tokens), max_tokens=max_tokens, sampler=sampler,
+            logits_processors=processors, prefill_step_size=prefill_step_size, **kwargs,
+        )
 
     # -- unembedding and generation helpers (the backend contract of mlx_steer.analysis) -----
     _HEAD_NAMES = ("lm_head", "output", "embed_out")

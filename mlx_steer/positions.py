@@ -125,13 +125,14 @@ class PositionState:
 
     ``pos`` is (B, L) int64, negative at left padding; ``prompt_len`` is (B,). Backends set it at
     the start of every forward from the KV-cache offset and turn host masks into device masks in
-    :meth:`device_mask`. ``prompt_len_stack`` is pushed by the model's own trace/generate calls.
+    :meth:`device_mask`. The stacks are pushed by the model's own trace/generate calls.
     """
 
     def __init__(self) -> None:
         self.pos = np.zeros((1, 0), dtype=np.int64)
         self.prompt_len = np.zeros(1, dtype=np.int64)
         self.prompt_len_stack: list[np.ndarray] = []
+        self.padding_stack: list[np.ndarray] = []  # left padding of the model's own forwards
         self._masks: dict[Positions, object] = {}
 
     def begin(self, offsets: np.ndarray, length: int) -> None:

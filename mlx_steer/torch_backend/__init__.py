@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from .generation import GenerationResponse
-from .model import Hooks, TorchSteerableModel, Trace
+from ..steerable import Hooks, Trace
+from .model import TorchSteerableModel
 
 __all__ = ["GenerationResponse", "Hooks", "TorchSteerableModel", "Trace", "load"]
 

@@ -22,15 +22,11 @@ Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ForwardState(PositionState):
-    """Positions of the current forward; masks as torch bool tensors on the model's device.
-
-    ``padding_stack`` holds the left padding of the model's own padded forwards.
-    """
+    """Positions of the current forward; masks as torch bool tensors on the model's device."""
 
     def __init__(self) -> None:
         super().__init__()
         self.device = torch.device("cpu")
-        self.padding_stack: list[np.ndarray] = []
 
     def begin(self, offsets: np.ndarray, length: int, device: torch.device) -> None:  # type: ignore[override]
         super().begin(offsets, length)

@@ -2,81 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..activations import Activations
-from ..paths import PathResolver, Site
-from ..positions import check_reachable
+from ..paths import PathResolver
 from ..prompts import PromptEncoder
-from ..site_plan import SitePlan, as_interventions, plan_sites
+from ..site_plan import SitePlan
+from ..steerable import Hooks, Steerable
 from . import hooks as hk
 from .generation import GenerationResponse, StreamingDetokenizer, eos_token_ids, generate_step
 from .layers import decoder_layer_container, final_norm_path, first_attr, is_projection, site_dim
-from .ops import FrontAlignedAddOp, compile_op
+from .ops import compile_op
 from .sampling import make_logits_processors, make_sampler
 
 
-class Hooks:
-    """Installed interventions and recorders; undone by :meth:`remove` (or leaving ``with``).
-
-    ``activations`` holds what the recorders collected so far (concatenated over forwards).
-    """
-
-    def __init__(self, owner: TorchSteerableModel, plans: dict[str, SitePlan], reduce: str | None):
-        self._handles: list[Any] = []
-        self._recorders: dict[str, hk.Recorder] = {}
-        self.ops: list = []
-        entries = [owner._entry(p, reduce, self._recorders, self.ops) for p in plans.values()]
-        try:  # every op is compiled by now: a failure below is the registration itself
-            self._handles.append(hk.attach_tracker(owner.tracked, owner.state))
-            for module, point, fn in entries:
-                self._handles.append(hk.attach(module, point, fn))
-        except BaseException:
-            self.remove()
-            raise
-        self.activations = Activations({k: r.result for k, r in self._recorders.items()}, owner.resolve_key)
-
-    def remove(self) -> None:
-        """Remove every hook this object registered (idempotent)."""
-        while self._handles:
-            self._handles.pop().remove()
-
-    @property
-    def active(self) -> bool:
-        return bool(self._handles)
-
-    def flush(self) -> None:
-        """Nothing to do: torch records eagerly. Kept for API parity with the MLX backend."""
-
-    def __enter__(self) -> Hooks:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
-
-class Trace:
-    """Result of :meth:`TorchSteerableModel.trace`: activations, logits and the token layout."""
-
-    def __init__(self, hooks: Hooks, logits: torch.Tensor | None, tokens: list[list[int]]):
-        self._hooks = hooks
-        self.logits = logits
-        self.tokens = tokens
-        self.lengths = [len(t) for t in tokens]
-        self.padding = [max(self.lengths) - n for n in self.lengths]
-
-    @property
-    def activations(self) -> Activations:
-        return self._hooks.activations
-
-
-class TorchSteerableModel:
+class TorchSteerableModel(Steerable):
     """A transformers causal LM and tokenizer with site-keyed recording and steering.
 
     Args:
@@ -100,11 +44,6 @@ class TorchSteerableModel:
         self.prompts = PromptEncoder(tokenizer)
         self.eos_token_ids = eos_token_ids(hf_model, tokenizer)
 
-    # -- paths -----------------------------------------------------------------------------
-    @property
-    def num_layers(self) -> int:
-        return len(self.layer_paths)
-
     @property
     def dtype(self) -> torch.dtype:
         """The residual stream dtype (the input embedding's)."""
@@ -115,42 +54,7 @@ class TorchSteerableModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def resolve(self, site: str | Site) -> Site:
-        """Resolve ``layers.4``, ``layers.-1.mlp``, ``model.layers.4:input`` to a :class:`Site`."""
-        return self.resolver.resolve(site)
-
-    def resolve_path(self, path: str) -> str:
-        return self.resolver.resolve_path(path)
-
-    def resolve_key(self, site: str) -> str:
-        return self.resolver.resolve(site).key
-
-    # -- patching --------------------------------------------------------------------------
-    def hooks(
-        self, *, interventions: Mapping | None = None, record: object = None,
-        record_positions: object = "all", reduce: str | None = None,
-    ) -> Hooks:
-        """Register interventions and recorders until ``remove()`` / the end of a ``with`` block.
-
-        Everything is validated and compiled before the first hook is registered. Recorders keep
-        the activation after this site's interventions (what flows on).
-        """
-        plans = plan_sites(self.resolver, interventions=as_interventions(interventions), record=record,
-                           record_positions=record_positions, reduce=reduce)
-        return Hooks(self, plans, reduce)
-
-    def steer(self, interventions: Mapping | Any, *, scale: float = 1.0, positions: object = "all") -> Hooks:
-        """A persistent edit: stays installed across calls until ``handle.remove()``.
-
-        Args:
-            interventions: ``{site: intervention}`` or a SteeringVector (added with ``scale``).
-        """
-        return self.hooks(interventions=as_interventions(interventions, scale=scale, positions=positions))
-
-    def record(self, sites: object, *, positions: object = "all", reduce: str | None = None) -> Hooks:
-        """Record ``sites`` over whatever runs inside the ``with`` block (e.g. generation)."""
-        return self.hooks(record=sites, record_positions=positions, reduce=reduce)
-
+    # -- the backend contract of Steerable -------------------------------------------------------
     def _entry(self, plan: SitePlan, reduce: str | None, recorders: dict, all_ops: list) -> tuple:
         site = plan.site
         module = self.modules[site.path]
@@ -172,67 +76,23 @@ class TorchSteerableModel:
 
         return module, site.point, fn
 
-    @contextlib.contextmanager
-    def _layout(self, lengths: Sequence[int], padding: Sequence[int]) -> Iterator[None]:
-        """Tell the position tracker the prompt lengths and left padding of our own forwards."""
-        self.state.prompt_len_stack.append(np.asarray(lengths, dtype=np.int64))
-        self.state.padding_stack.append(np.asarray(padding, dtype=np.int64))
-        try:
-            yield
-        finally:
-            self.state.prompt_len_stack.pop()
-            self.state.padding_stack.pop()
-
-    # -- forward ---------------------------------------------------------------------------
-    def encode(
-        self, prompt: str | Sequence[int], *, chat: bool = False, system: str | None = None,
-        assistant_prefix: str | None = None,
-    ) -> list[int]:
-        """Token ids of ``prompt`` (a chat user turn with the template when ``chat``)."""
-        return self.prompts.encode(prompt, chat=chat, system=system, assistant_prefix=assistant_prefix)
-
     @staticmethod
     def to_numpy(x: torch.Tensor) -> np.ndarray:
         """A float32 numpy copy of a backend tensor."""
         return x.detach().float().cpu().numpy()
 
-    def run(
-        self,
-        prompts: str | Sequence[str] | Sequence[Sequence[int]],
-        *,
-        record: object = None,
-        interventions: Mapping | None = None,
-        record_positions: object = "all",
-        reduce: str | None = None,
-        logits: bool = True,
-        chat: bool = False,
-    ) -> Trace:
-        """One forward over a batch (left-padded, with an attention mask, when lengths differ)."""
-        tokens = self.prompts.encode_batch(prompts, chat=chat)
-        hooks = self.hooks(interventions=interventions, record=record,
-                           record_positions=record_positions, reduce=reduce)
-        try:
-            return self._forward(tokens, hooks, keep_logits=logits)
-        finally:
-            hooks.remove()
+    def _install(self, entries: list[tuple], undo: list) -> None:
+        undo.append(hk.attach_tracker(self.tracked, self.state).remove)
+        for module, point, fn in entries:
+            undo.append(hk.attach(module, point, fn).remove)
 
-    @contextlib.contextmanager
-    def trace(self, prompts: str | Sequence[str] | Sequence[Sequence[int]], **kwargs: Any) -> Iterator[Trace]:
-        """``with model.trace(prompts, record=[..], interventions={..}) as tr:`` — runs one forward.
+    @staticmethod
+    def _flush(recorders: Any) -> None:
+        """Nothing to do: torch records eagerly."""
 
-        Results stay readable after the block; hooks are removed when it ends (or raises).
-        Options are those of :meth:`run`.
-        """
-        yield self.run(prompts, **kwargs)
-
-    def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> Trace:
+    def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> torch.Tensor | None:
         lengths = [len(t) for t in tokens]
         L = max(lengths)
-        for rec in hooks._recorders.values():
-            check_reachable(rec.positions, L, what="a prompt")
-        for op in hooks.ops:
-            check_reachable(op.sel, L, what="a prompt")
-        self._check_front_aligned(hooks, L)
         pad = np.array([L - n for n in lengths], dtype=np.int64)
         device = self.device
         x = torch.tensor([[self.prompts.pad_id] * int(p) + t for p, t in zip(pad, tokens)], device=device)
@@ -243,29 +103,14 @@ class TorchSteerableModel:
             kwargs["position_ids"] = torch.from_numpy(np.maximum(cols, 0)).to(device)
         with torch.no_grad(), self._layout(lengths, pad):
             out = self.model(input_ids=x, use_cache=False, logits_to_keep=0 if keep_logits else 1, **kwargs)
-        return Trace(hooks, out.logits if keep_logits else None, tokens)
-
-    @staticmethod
-    def _check_front_aligned(hooks: Hooks, prompt_len: int) -> None:
-        for op in hooks.ops:
-            if isinstance(op, FrontAlignedAddOp) and op.n > prompt_len:
-                raise ValueError(
-                    f"front-aligned tensor at {op.site!r} has {op.n} positions but the prompt has "
-                    f"{prompt_len} tokens; it must not be longer than the prompt"
-                )
+        return out.logits if keep_logits else None
 
     # -- generation --------------------------------------------------------------------------
-    def stream_generate(
+    def _stream(
         self,
-        prompt: str | Sequence[int],
+        tokens: list[int],
         *,
-        max_tokens: int = 256,
-        interventions: Mapping | Any = None,
-        record: object = None,
-        record_positions: object = "last",
-        hooks_out: list | None = None,
-        chat: bool = False,
-        system: str | None = None,
+        max_tokens: int,
         temp: float = 0.0,
         top_p: float = 0.0,
         min_p: float = 0.0,
@@ -278,36 +123,17 @@ class TorchSteerableModel:
         prefill_step_size: int = 2048,
         **kwargs: Any,
     ) -> Iterator[GenerationResponse]:
-        """Stream :class:`GenerationResponse` objects with interventions applied at every step.
-
-        Same options and semantics as :meth:`mlx_steer.SteerableModel.stream_generate`; samplers
-        take (1, V) log-probabilities, logits processors ``(tokens 1-D, logits (1, V))`` tensors.
-        ``seed`` seeds a private ``torch.Generator`` (the global RNG is left alone).
-
-        Raises:
-            ValueError: on a bad option, or mlx-lm-only options (``max_kv_size``...) in ``kwargs``.
+        """The generation loop. Samplers take (1, V) log-probabilities, logits processors
+        ``(tokens 1-D, logits (1, V))`` tensors; ``seed`` seeds a private ``torch.Generator``
+        (the global RNG is left alone). mlx-lm-only options (``max_kv_size``...) raise ValueError.
         """
         if kwargs:
             raise ValueError(f"unsupported option(s) for the torch backend: {', '.join(sorted(kwargs))}")
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
-        tokens = self.encode(prompt, chat=chat, system=system)
         if sampler is None:
             gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
             sampler = make_sampler(temp, top_p, min_p, top_k, generator=gen)
         processors = make_logits_processors(repetition_penalty, repetition_context_size) + list(logits_processors or [])
-        hooks = self.hooks(interventions=as_interventions(interventions), record=record,
-                           record_positions=record_positions)
-        try:
-            for op in hooks.ops:
-                check_reachable(op.sel, len(tokens) + max_tokens, what="prompt + max_tokens")
-            self._check_front_aligned(hooks, len(tokens))
-            if hooks_out is not None:
-                hooks_out.append(hooks)
-            with self._layout([len(tokens)], [0]):
-                yield from self._responses(tokens, max_tokens, sampler, processors, prefill_step_size)
-        finally:
-            hooks.remove()
+        yield from self._responses(tokens, max_tokens, sampler, processors, prefill_step_size)
 
     def _responses(self, tokens: list[int], max_tokens: int, sampler: Any, processors: list,
                    prefill_step_size: int) -> Iterator[GenerationResponse]:
@@ -325,15 +151,6 @@ class TorchSteerableModel:
         steps.close()
         reason = "stop" if token in self.eos_token_ids else "length"
         yield GenerationResponse(detok.segment(final=True), token, logprobs, P, n + 1, reason)
-
-    def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> str:
-        """Generated text (the continuation only). Options are those of :meth:`stream_generate`."""
-        return "".join(r.text for r in self.stream_generate(prompt, **kwargs))
-
-    def generate_tokens(self, prompt: str | Sequence[int], **kwargs: Any) -> list[int]:
-        """Generated token ids (EOS excluded). Options are those of :meth:`stream_generate`."""
-        return [int(r.token) for r in self.stream_generate(prompt, **kwargs) if r.finish_reason != "stop"]
-
 
     # -- unembedding and generation helpers (the backend contract of mlx_steer.analysis) -----
     @property

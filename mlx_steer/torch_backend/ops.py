@@ -60,6 +60,10 @@ class AddOp:
 class FrontAlignedAddOp(AddOp):
     """Adds row p of an (n, D) tensor at absolute position p < n."""
 
+    @property
+    def front_aligned_rows(self) -> int:
+        return self.n
+
     def __call__(self, h: torch.Tensor, state) -> torch.Tensor:
         _check_dim(h, self.d, self.site)
         delta = self.v.get(h.dtype, h.device)
