@@ -120,8 +120,9 @@ def build_variants(tm: Any, path: str, ids: list[int], layer: int, v: np.ndarray
     no_eos = [tm.ban_tokens_processor(sorted(tm.eos_token_ids))]
 
     def hf_kwargs(n: int) -> dict:
-        return dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, disable_compile=True,
-                    pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else min(tm.eos_token_ids))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else min(tm.eos_token_ids)
+        return {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False, "disable_compile": True,
+                "pad_token_id": pad}
 
     def plain(n: int, scale: float) -> list[int]:
         return hf.generate(x, attention_mask=mask, **hf_kwargs(n))[0, P:].tolist()
@@ -285,7 +286,7 @@ def main() -> None:
             continue
         try:
             check(var, args.tokens, args.scale, plain_big)
-        except Exception as e:  # noqa: BLE001 - a broken optional library must not sink the run
+        except Exception as e:  # a broken optional library must not sink the run
             var.run, var.note = None, f"failed: {type(e).__name__}: {e}".strip()
             if var.label == BASELINE:
                 raise
