@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .hooks import cache_keyword
 from .sampling import LogitsProcessor, Sampler
 
 
@@ -50,12 +51,13 @@ def generate_step(
         raise ValueError(f"prefill_step_size must be a positive int, got {prefill_step_size!r}")
     device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)
+    cache_kw = cache_keyword(model)
     rest = torch.tensor(list(prompt), dtype=torch.long, device=device)
     seen: torch.Tensor | None = None
 
     @torch.no_grad()  # per call, not around the loop: grad mode must not leak to the consumer
     def forward(ids: torch.Tensor) -> torch.Tensor:
-        out = model(input_ids=ids[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids[None], **{cache_kw: cache}, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :]
 
     @torch.no_grad()

@@ -36,13 +36,30 @@ class ForwardState(PositionState):
         return torch.from_numpy(host.copy()).to(self.device)
 
 
-def cache_length(past_key_values: Any, cache_position: Any) -> int:
+def cache_length(cache: Any, cache_position: Any) -> int:
     """Tokens already in the KV cache (its own count: a host int for HF caches)."""
-    if past_key_values is not None and hasattr(past_key_values, "get_seq_length"):
-        return int(past_key_values.get_seq_length())
+    if cache is not None and hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
     if isinstance(cache_position, torch.Tensor) and cache_position.numel():
         return int(cache_position.reshape(-1)[0])  # syncs; only for callers without a cache object
     return 0
+
+
+def _cache_argument(bound: dict) -> Any:
+    # transformers >= 5.2x names it ``cache``; earlier releases ``past_key_values``
+    for name in ("cache", "past_key_values"):
+        if bound.get(name) is not None:
+            return bound[name]
+    return None
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword ``model.forward`` takes its KV cache by (``cache`` or ``past_key_values``)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def left_padding(attention_mask: Any, batch: int) -> np.ndarray:
@@ -66,7 +83,7 @@ def position_tracker(module: nn.Module, state: ForwardState) -> Callable:
             raise ValueError(f"{type(mod).__name__} was called without input_ids or inputs_embeds; "
                              "cannot compute token positions")
         B, L = (1, x.shape[0]) if x.ndim == 1 else tuple(x.shape[:2])
-        past = cache_length(bound.get("past_key_values"), bound.get("cache_position"))
+        past = cache_length(_cache_argument(bound), bound.get("cache_position"))
         if state.padding_stack:
             pad = np.broadcast_to(state.padding_stack[-1], (B,))
         else:
