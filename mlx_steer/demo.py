@@ -62,14 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {folder}\nvector: love - hate mean difference at {site}, norm {norm:.2f}\n")
     for prompt in PROMPTS:
         print(f"=== {prompt!r}")
+        ids = model.encode(prompt)
         for s in args.strengths:
-            text = model.generate(
-                prompt, max_tokens=args.max_tokens, repetition_penalty=1.2,
+            tokens = model.generate_tokens(
+                ids, max_tokens=args.max_tokens, repetition_penalty=1.2,
                 interventions=vec.to_interventions(scale=s) if s else None,
             )
             label = "unsteered" if s == 0 else f"{s:+g} x love-hate"
-            sep = "" if text[:1].isspace() else " "  # the detokenizer drops the first token's space
-            print(f"[{label:>16}] {prompt}{sep}{text.strip()}".replace("\n", " "))
+            # decoded with the prompt, so the first token's spacing is the tokenizer's own
+            text = model.tokenizer.decode(ids + tokens)
+            print(f"[{label:>16}] {text.strip()}".replace("\n", " "))
         print()
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
