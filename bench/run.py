@@ -2,10 +2,13 @@
 
     python bench/run.py [--quick] [--json out.json]
 
-Rows: MLX generation with steering (1 layer, all layers) and recording vs plain mlx-lm, batched vs
-one-prompt-at-a-time extraction, peak memory of recording the last token vs the full sequence,
-and the torch backend's overhead vs plain HF generate (with nnsight / steering-vectors if installed).
-Ratios are measured within one run, interleaved, on the same machine.
+Rows: MLX generation with steering (1 layer, all layers) and recording vs plain mlx-lm; batched vs
+one-prompt-per-forward extraction on both backends (with the matmul throughput that explains it);
+memory kept by recording the last token vs the full sequence; and the torch backend's generation
+overhead vs plain HF generate (torch_overhead.py, in its own process), with nnsight and
+steering-vectors rows when those import (e.g. installed with ``pip install --target DIR --no-deps``
+and put on ``PYTHONPATH``: a plain install would change transformers). Ratios are measured within
+one run, interleaved, on the same machine.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,24 +48,55 @@ def pairs(n: int) -> tuple[list[str], list[str]]:
     return pos, neg
 
 
-def bench_extraction(model: ms.SteerableModel, n_pairs: int, repeats: int) -> list[dict]:
+def bench_extraction(model, label: str, n_pairs: int, repeats: int, batch: int = 32) -> list[dict]:
+    """Wall time of ``ms.extract`` (mean difference at layers.7) batched vs one prompt per forward."""
     pos, neg = pairs(n_pairs)
     site = "layers.7"
-    times: dict[int, list[float]] = {32: [], 1: []}
+    ms.extract(model, pos[:2], neg[:2], sites=[site], batch_size=2, progress=False)  # warm-up
+    times: dict[int, list[float]] = {batch: [], 1: []}
     for _ in range(repeats):
         for bs in times:
             t = time.perf_counter()
             ms.extract(model, pos, neg, sites=[site], batch_size=bs, progress=False)
             times[bs].append(time.perf_counter() - t)
-    batched, single = float(np.median(times[32])), float(np.median(times[1]))
+    batched, single = float(np.median(times[batch])), float(np.median(times[1]))
+    name = f"extract {n_pairs} pairs, {label}"
     return [
-        {"benchmark": f"extract {n_pairs} pairs (SmolLM2, {site})", "variant": "one prompt at a time", "value": single, "unit": "s"},
-        {"benchmark": f"extract {n_pairs} pairs (SmolLM2, {site})", "variant": "batched (32 per forward)", "value": batched, "unit": "s",
-         "ratio": single / batched, "target": ">= 5x faster", "met": single / batched >= 5},
+        {"benchmark": name, "variant": "one prompt per forward", "value": single, "unit": "s"},
+        {"benchmark": name, "variant": f"batched ({batch} per forward)", "value": batched, "unit": "s",
+         "ratio": single / batched, "target": ">= 5x", "met": single / batched >= 5},
     ]
 
 
+def bench_matmul() -> list[dict]:
+    """Context for the extraction rows: does the backend's matmul get faster per row with more rows?"""
+    import torch
+
+    rows = []
+    for lib in ("mlx", "torch"):
+        rate = {}
+        for m in (15, 480):  # one short prompt vs 32 of them
+            if lib == "mlx":
+                a, w = mx.random.normal((m, 576)), mx.random.normal((1536, 576))
+                mx.eval(a, w)
+                run = lambda: mx.eval(a @ w.T)  # noqa: E731
+            else:
+                a, w = torch.randn(m, 576), torch.randn(1536, 576)
+                run = lambda: a @ w.T  # noqa: E731
+            run()
+            t, n = time.perf_counter(), 0
+            while time.perf_counter() - t < 0.5:
+                run()
+                n += 1
+            rate[m] = 2 * m * 576 * 1536 * n / (time.perf_counter() - t) / 1e9
+        rows.append({"benchmark": "context: fp32 matmul (M x 576) @ (576 x 1536)", "variant": f"{lib}, M=15 -> M=480",
+                     "value": rate[480], "unit": "GFLOP/s", "ratio": rate[480] / rate[15],
+                     "note": f"{rate[15]:.1f} GFLOP/s at M=15; ratio = batching gain per row"})
+    return rows
+
+
 def bench_memory(model: ms.SteerableModel, n_tokens: int) -> list[dict]:
+    """MLX memory of recording every layer: last token vs full sequence, one prompt."""
     prompt = (model.encode("The quick brown fox jumps over the lazy dog. ") * (n_tokens // 10 + 1))[:n_tokens]
     sites = model.layer_paths
     rows = []
@@ -73,24 +110,77 @@ def bench_memory(model: ms.SteerableModel, n_tokens: int) -> list[dict]:
         gc.collect()
         mx.clear_cache()
         kept = mx.get_active_memory() - base
-        rows.append({"benchmark": f"memory, {n_tokens}-token prompt (SmolLM2)", "variant": label,
-                     "value": peak / 2**20, "unit": "MiB peak", "kept_mib": kept / 2**20})
+        expected = sum(int(np.prod(tr.activations[k].shape)) * 4 for k in sites) / 2**20
+        rows.append({"benchmark": f"memory, {n_tokens}-token prompt, SmolLM2 (MLX)", "variant": label,
+                     "value": kept / 2**20, "unit": "MiB kept", "note": f"{peak / 2**20:.1f} MiB peak during the forward; "
+                     f"recorded arrays {expected:.2f} MiB"})
         del tr
     return rows
 
 
+def bench_torch(tokens: int, repeats: int) -> list[dict]:
+    """torch_overhead.py in its own process (its own torch threads and memory), rows merged here."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "torch.json"
+        cmd = [sys.executable, str(Path(__file__).with_name("torch_overhead.py")),
+               "--tokens", str(tokens), "--repeats", str(repeats), "--json", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return [{"benchmark": "torch backend generate", "variant": f"failed: {tail[0]}", "value": float("nan"), "unit": ""}]
+        data = json.loads(out.read_text())
+    rows = []
+    for r in data["rows"]:
+        note = " / ".join(x for x in (r.get("version"), r.get("note")) if x)
+        row = {"benchmark": "torch generate, SmolLM2 fp32 (CPU)", "variant": r["variant"],
+               "value": r.get("tok_s", float("nan")), "unit": "tok/s", "note": note}
+        if "ratio" in r:
+            row["ratio"] = r["ratio"]
+        if r.get("target_ratio"):
+            row.update(target=f">= {r['target_ratio']:.2f}", met=bool(r["target_met"]))
+        rows.append(row)
+    return rows
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import importlib.metadata as md
+
+    versions = ", ".join(f"{d} {md.version(d)}" for d in ("mlx", "mlx-lm", "torch", "transformers") if _installed(d))
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, python {platform.python_version()}, "
+            f"{versions}; MLX device {mx.default_device()}")
+
+
+def _installed(dist: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(dist)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke run)")
-    ap.add_argument("--json", help="also write the rows here")
-    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="fewer tokens, pairs and repeats (a smoke run)")
+    ap.add_argument("--json", help="also write the machine and the rows here")
+    ap.add_argument("--skip-torch", action="store_true", help="MLX rows only")
     args = ap.parse_args()
-    tokens, repeats = (24, 1) if args.quick else (64, 3)
+    tokens, repeats = (16, 1) if args.quick else (64, 3)
+    n_pairs = 8 if args.quick else 64
+    has_torch = not args.skip_torch and _installed("torch") and _installed("transformers")
 
     import generate_overhead as go
 
     t0 = time.time()
-    smol = ms.load(str(prepare_smollm2(verbose=False)))
+    folder = str(prepare_smollm2(verbose=False))
+    smol = ms.load(folder)
     rows: list[dict] = []
     rand = go.random_llama_100m(smol.tokenizer)
     for name, m in ((f"random llama {go.n_params(rand.model) / 1e6:.0f}M", rand), ("SmolLM2-135M", smol)):
@@ -100,24 +190,31 @@ def main() -> None:
                 row.update(target=f">= {go.TARGETS[label]:.3f}", met=ok == "yes")
             rows.append(row)
     del rand
-    rows += bench_extraction(smol, 16 if args.quick else 64, repeats)
-    rows += bench_memory(smol, 256 if args.quick else 1024)
-    if not args.skip_torch:
-        try:
-            import torch_overhead
+    rows += bench_extraction(smol, "SmolLM2 (MLX)", n_pairs, max(1, repeats - 1))
+    rows += bench_memory(smol, 64 if args.quick else 512)
+    if has_torch:
+        import torch
 
-            rows += torch_overhead.rows(quick=args.quick)
-        except ImportError as exc:
-            rows.append({"benchmark": "torch backend", "variant": f"skipped: {exc}", "value": float("nan"), "unit": ""})
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {platform.system()}, python {platform.python_version()}, "
-          f"mlx {mx.__version__} on {mx.default_device()}; total {time.time() - t0:.0f}s\n")
-    print(f"{'benchmark':<44} {'variant':<34} {'value':>10} {'unit':<9} {'ratio':>7}  target")
+        from mlx_steer.torch_backend import load as torch_load
+
+        rows += bench_extraction(torch_load(folder, dtype=torch.float32), "SmolLM2 (torch CPU)", n_pairs, repeats)
+        rows += bench_matmul()
+        rows += bench_torch(24 if args.quick else 48, 1 if args.quick else 5)
+    else:
+        rows.append({"benchmark": "torch rows", "variant": "skipped (--skip-torch or torch not installed)",
+                     "value": float("nan"), "unit": ""})
+
+    print(f"\nmachine: {machine()}\n{'quick run, ' if args.quick else ''}total {time.time() - t0:.0f}s; "
+          "ratio = variant / plain (speed) or one-at-a-time / batched (extraction)\n")
+    w = max(len(r["benchmark"]) for r in rows)
+    print(f"{'benchmark':<{w}} {'variant':<34} {'value':>9} {'unit':<8} {'ratio':>7}  target")
     for r in rows:
         ratio = f"{r['ratio']:.3f}" if "ratio" in r else ""
         target = f"{r['target']} ({'met' if r['met'] else 'NOT met'})" if "target" in r else ""
-        print(f"{r['benchmark']:<44} {r['variant']:<34} {r['value']:>10.2f} {r['unit']:<9} {ratio:>7}  {target}")
+        note = f"  [{r['note']}]" if r.get("note") else ""
+        print(f"{r['benchmark']:<{w}} {r['variant']:<34} {r['value']:>9.2f} {r['unit']:<8} {ratio:>7}  {target}{note}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
