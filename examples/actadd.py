@@ -22,6 +22,7 @@ import numpy as np
 
 import mlx_steer as ms
 from mlx_steer import analysis
+from mlx_steer.real_model import prepare_smollm2
 
 # Multi-token prompts: SmolLM2 adds no BOS, so a one-token prompt's last token is position 0, whose
 # residual stream is the attention sink (norm ~700 against ~100 elsewhere) and says little.
@@ -63,11 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else NORMAL
     t0 = time.perf_counter()
-    if args.model is None:
-        from mlx_steer.real_model import prepare_smollm2
-
-        args.model = str(prepare_smollm2(verbose=False))
-    model = ms.load(args.model)
+    model = ms.load(args.model or str(prepare_smollm2(verbose=False)))  # None: the offline SmolLM2
     site = f"layers.{STEER_LAYER}:input"
 
     pos, neg = zip(*PAIRS[: cfg.n_pairs])

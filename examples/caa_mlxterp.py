@@ -22,6 +22,7 @@ import numpy as np
 
 from mlx_steer.compat.mlxterp import InterpretableModel
 from mlx_steer.compat.mlxterp import interventions as iv
+from mlx_steer.real_model import prepare_smollm2
 
 POSITIVE = [
     "I think this is great",
@@ -99,11 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else NORMAL
     t0 = time.perf_counter()
-    if args.model is None:
-        from mlx_steer.real_model import prepare_smollm2
-
-        args.model = str(prepare_smollm2(verbose=False))
-    model = InterpretableModel(args.model)
+    model = InterpretableModel(args.model or str(prepare_smollm2(verbose=False)))  # None: the offline SmolLM2
 
     # -- Part 1: a steering vector at the middle layer --------------------------------------------
     layer_idx = len(model.layers) // 2

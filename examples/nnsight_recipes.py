@@ -25,6 +25,7 @@ import numpy as np
 import mlx_steer as ms
 from mlx_steer import analysis, similarity
 from mlx_steer import interventions as iv
+from mlx_steer.real_model import prepare_smollm2
 
 POSITIVE = [
     "I love this. It makes me so happy and grateful.",
@@ -90,11 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else NORMAL
     t0 = time.perf_counter()
-    if args.model is None:
-        from mlx_steer.real_model import prepare_smollm2
-
-        args.model = str(prepare_smollm2(verbose=False))
-    model = ms.load(args.model)
+    model = ms.load(args.model or str(prepare_smollm2(verbose=False)))  # None: the offline SmolLM2
     out: dict = {"model": model, "strength": cfg.strength}
     pos, neg = POSITIVE[: cfg.n_contrast], NEGATIVE[: cfg.n_contrast]
     site = model.resolve(f"layers.{LAYER}").key

@@ -25,6 +25,7 @@ import numpy as np
 import mlx_steer as ms
 from mlx_steer import analysis, similarity
 from mlx_steer import interventions as iv
+from mlx_steer.real_model import prepare_smollm2
 
 SYSTEM = "You are a helpful assistant."  # short, instead of the template's default system prompt
 PERSONAS = {
@@ -94,11 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else NORMAL
     t0 = time.perf_counter()
-    if args.model is None:
-        from mlx_steer.real_model import prepare_smollm2
-
-        args.model = str(prepare_smollm2(verbose=False))
-    model = ms.load(args.model)
+    model = ms.load(args.model or str(prepare_smollm2(verbose=False)))  # None: the offline SmolLM2
     personas, questions = list(PERSONAS)[: cfg.personas], QUESTIONS[: cfg.questions]
 
     print(f"1. persona - plain at the last prompt token, {len(questions)} chat questions, layers {list(cfg.layers)}")

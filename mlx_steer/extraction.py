@@ -81,9 +81,11 @@ def extract(
         directions = _actadd(model, pos[0], neg[0], keys, enc)
     else:
         reader = _Reader(model, keys, read, batch_size, enc, progress, n_total=len(pos) + len(neg))
-        a, b = reader(pos), reader(neg)
-        reader.close()
-        directions = {k: _direction(method, a[k], b[k]) for k in keys}
+        try:
+            acts = reader(pos + neg)  # one pass: batches mix both sides, grouped by length
+        finally:
+            reader.close()
+        directions = {k: _direction(method, a[: len(pos)], a[len(pos):]) for k, a in acts.items()}
     return SteeringVector(
         directions={s.path: directions[s.key] for s in resolved},
         hook_point=resolved[0].point,
@@ -118,18 +120,26 @@ class _Reader:
             self.bar = tqdm(total=n_total, desc="extracting", unit="prompt")
 
     def __call__(self, prompts: list[str]) -> dict[str, np.ndarray]:
-        out: dict[str, list[np.ndarray]] = {k: [] for k in self.keys}
-        for i in range(0, len(prompts), self.bs):
-            chunk = prompts[i : i + self.bs]
-            for k, arr in self._read(chunk).items():
-                out[k].append(arr)
-            if self.bar is not None:
-                self.bar.update(len(chunk))
-        return {k: np.concatenate(v, axis=0) for k, v in out.items()}
+        """(N, D) per site, rows in the order of ``prompts``.
 
-    def _read(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        Prompts are batched in order of token length, so a batch pads as little as possible
+        (padding is computed and thrown away; with ragged prompts it can outweigh batching).
+        """
+        tokens = [self.model.encode(p, **self.enc) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(tokens[i]))
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(order), self.bs):
+            rows = order[i : i + self.bs]
+            for k, arr in self._read([prompts[r] for r in rows], [tokens[r] for r in rows]).items():
+                if k not in out:
+                    out[k] = np.empty((len(prompts),) + arr.shape[1:], dtype=arr.dtype)
+                out[k][rows] = arr
+            if self.bar is not None:
+                self.bar.update(len(rows))
+        return out
+
+    def _read(self, prompts: list[str], tokens: list[list[int]]) -> dict[str, np.ndarray]:
         m, read, keys = self.model, self.read, self.keys
-        tokens = [m.encode(p, **self.enc) for p in prompts]
         if read == "last":
             tr = m.run(tokens, record=keys, record_positions="last", logits=False)
             return {k: m.to_numpy(tr.activations[k])[:, -1] for k in keys}
