@@ -172,7 +172,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write the machine and the rows here")
     ap.add_argument("--skip-torch", action="store_true", help="MLX rows only")
     args = ap.parse_args()
-    tokens, repeats = (16, 1) if args.quick else (64, 3)
+    repeats = 1 if args.quick else 3
+    gen_tokens, gen_repeats = (16, 1) if args.quick else (48, 9)
     n_pairs = 8 if args.quick else 64
     has_torch = not args.skip_torch and _installed("torch") and _installed("transformers")
 
@@ -184,8 +185,9 @@ def main() -> None:
     rows: list[dict] = []
     rand = go.random_llama_100m(smol.tokenizer)
     for name, m in ((f"random llama {go.n_params(rand.model) / 1e6:.0f}M", rand), ("SmolLM2-135M", smol)):
-        for model_name, label, tps, ratio, ok in go.bench_model(name, m, tokens, repeats):
-            row = {"benchmark": f"MLX generate, {model_name}", "variant": label, "value": tps, "unit": "tok/s", "ratio": ratio}
+        for model_name, label, tps, ratio, ok, best in go.bench_model(name, m, gen_tokens, gen_repeats):
+            row = {"benchmark": f"MLX generate, {model_name}", "variant": label, "value": tps, "unit": "tok/s",
+                   "ratio": ratio, "note": f"best-run ratio {best:.3f}"}
             if ok:
                 row.update(target=f">= {go.TARGETS[label]:.3f}", met=ok == "yes")
             rows.append(row)
