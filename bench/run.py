@@ -143,14 +143,11 @@ def bench_torch(tokens: int, repeats: int) -> list[dict]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
     import importlib.metadata as md
 
+    from machine import cpu_name
+
+    cpu = cpu_name()
     versions = ", ".join(f"{d} {md.version(d)}" for d in ("mlx", "mlx-lm", "torch", "transformers") if _installed(d))
     return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, python {platform.python_version()}, "
             f"{versions}; MLX device {mx.default_device()}")
