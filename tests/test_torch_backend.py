@@ -524,3 +524,36 @@ def test_unembed_ignores_hooks_on_norm_and_head(torch_models):
         assert np.array_equal(m.unembed(x, final_norm=True), expected)
     with pytest.raises(ValueError, match=r"vectors must be \(K, 64\)"):
         m.unembed(np.ones(3))
+
+
+@pytest.mark.parametrize("keyword", ["cache", "past_key_values"])
+def test_position_tracker_reads_the_cache_under_either_name(keyword):
+    """transformers >= 5.24 passes the KV cache to the decoder as ``cache``, earlier releases as
+    ``past_key_values``: both give absolute positions offset by the cache's length."""
+    from transformers import DynamicCache
+
+    from mlx_steer.torch_backend.hooks import ForwardState, attach_tracker, cache_keyword
+
+    class Decoder(torch.nn.Module):  # the signature is all the tracker reads
+        def forward(self, input_ids=None, attention_mask=None, **kwargs):
+            return input_ids
+
+    cache = DynamicCache()
+    cache.update(torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4), layer_idx=0)  # 5 tokens seen
+    state, dec = ForwardState(), Decoder()
+    handle = attach_tracker(dec, state)
+    try:
+        dec(input_ids=torch.tensor([[7, 8, 9]]), **{keyword: cache})
+    finally:
+        handle.remove()
+    assert state.pos.tolist() == [[5, 6, 7]]
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None):
+            return input_ids
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None):
+            return input_ids
+
+    assert (cache_keyword(New()), cache_keyword(Old())) == ("cache", "past_key_values")
