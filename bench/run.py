@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -110,7 +111,7 @@ def bench_memory(model: ms.SteerableModel, n_tokens: int) -> list[dict]:
         gc.collect()
         mx.clear_cache()
         kept = mx.get_active_memory() - base
-        expected = sum(int(np.prod(tr.activations[k].shape)) * 4 for k in sites) / 2**20
+        expected = sum(tr.activations[k].nbytes for k in sites) / 2**20
         rows.append({"benchmark": f"memory, {n_tokens}-token prompt, SmolLM2 (MLX)", "variant": label,
                      "value": kept / 2**20, "unit": "MiB kept", "note": f"{peak / 2**20:.1f} MiB peak during the forward; "
                      f"recorded arrays {expected:.2f} MiB"})
@@ -143,8 +144,6 @@ def bench_torch(tokens: int, repeats: int) -> list[dict]:
 
 
 def machine() -> str:
-    import importlib.metadata as md
-
     from machine import cpu_name
 
     cpu = cpu_name()
@@ -154,8 +153,6 @@ def machine() -> str:
 
 
 def _installed(dist: str) -> bool:
-    import importlib.metadata as md
-
     try:
         md.version(dist)
     except md.PackageNotFoundError:
@@ -203,7 +200,8 @@ def main() -> None:
         rows.append({"benchmark": "torch rows", "variant": "skipped (--skip-torch or torch not installed)",
                      "value": float("nan"), "unit": ""})
 
-    print(f"\nmachine: {machine()}\n{'quick run, ' if args.quick else ''}total {time.time() - t0:.0f}s; "
+    where = machine()
+    print(f"\nmachine: {where}\n{'quick run, ' if args.quick else ''}total {time.time() - t0:.0f}s; "
           "ratio = variant / plain (speed) or one-at-a-time / batched (extraction)\n")
     w = max(len(r["benchmark"]) for r in rows)
     print(f"{'benchmark':<{w}} {'variant':<34} {'value':>9} {'unit':<8} {'ratio':>7}  target")
@@ -213,7 +211,7 @@ def main() -> None:
         note = f"  [{r['note']}]" if r.get("note") else ""
         print(f"{r['benchmark']:<{w}} {r['variant']:<34} {r['value']:>9.2f} {r['unit']:<8} {ratio:>7}  {target}{note}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": where, "quick": args.quick, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def cache_length(cache: Any, cache_position: Any) -> int:
 
 
 def _cache_argument(bound: dict) -> Any:
-    # transformers >= 5.2x names it ``cache``; earlier releases ``past_key_values``
+    # transformers >= 5.24 names it ``cache``; earlier releases ``past_key_values``
     for name in ("cache", "past_key_values"):
         if bound.get(name) is not None:
             return bound[name]
@@ -55,11 +55,7 @@ def _cache_argument(bound: dict) -> Any:
 
 def cache_keyword(model: nn.Module) -> str:
     """The keyword ``model.forward`` takes its KV cache by (``cache`` or ``past_key_values``)."""
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
+    return "cache" if "cache" in _param_names(model) else "past_key_values"
 
 
 def left_padding(attention_mask: Any, batch: int) -> np.ndarray:
