@@ -11,7 +11,7 @@ checking the vector size against the site. Several interventions on one site app
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -50,13 +50,32 @@ def _finite_scalar(value: object, what: str) -> float:
 
 @dataclass(frozen=True)
 class Intervention:
-    """Base: every intervention acts on the selected ``positions`` only."""
+    """Base: every intervention acts on the selected ``positions`` only, and, when ``rows`` is
+    set, only on the batch rows whose key is in it (see :meth:`for_rows`)."""
 
     positions: Positions = field(default_factory=Positions)
+    rows: frozenset[int] | None = None
 
     @property
     def is_noop(self) -> bool:
         return False
+
+    def for_rows(self, *rows: int) -> Intervention:
+        """This intervention acting only on the given batch rows.
+
+        A row is named by its key: the prompt's index in ``run``/``batch_generate``, the
+        sequence's uid in continuous batching. Other rows pass through bit-identical.
+
+        Raises:
+            ValueError: no rows, or a row that is not a non-negative int.
+        """
+        keys = rows[0] if len(rows) == 1 and isinstance(rows[0], (list, tuple, set, frozenset, range)) else rows
+        if not keys or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0 for r in keys):
+            raise ValueError(f"rows must be non-negative ints (batch row keys), got {rows!r}")
+        wanted = frozenset(int(r) for r in keys)
+        if self.rows is not None and not wanted <= self.rows:
+            raise ValueError(f"intervention is already scoped to rows {sorted(self.rows)}; cannot widen to {sorted(wanted)}")
+        return replace(self, rows=wanted)
 
 
 @dataclass(frozen=True)
