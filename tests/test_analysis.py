@@ -339,6 +339,8 @@ def test_sweep_bad_inputs(shared_models):
                  prompts=NEUTRAL, target_tokens=[1], contrast_tokens=[2])
     with pytest.raises(ValueError, match="out of range"):
         an.sweep(m, vector=v, layers=[1], strengths=[1.0], prompts=NEUTRAL, target_tokens=[10_000], contrast_tokens=[2])
+    with pytest.raises(TypeError, match="got True"):
+        an.sweep(m, vector=v, layers=[True], strengths=[1.0], prompts=NEUTRAL, target_tokens=[1], contrast_tokens=[2])
 
 
 # -- the same analysis on the torch backend --------------------------------------------------

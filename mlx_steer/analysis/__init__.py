@@ -1,0 +1,38 @@
+"""Analysis of steering directions, for either backend: what a direction writes to the vocabulary
+(:mod:`~mlx_steer.analysis.vocabulary_lens`), how large it is next to the residual stream
+(:mod:`~mlx_steer.analysis.norms`), what a generation reads along it and how long steering lasts
+once released (:mod:`~mlx_steer.analysis.monitor`), and a layer x strength sweep of effect against
+fluency cost (:mod:`~mlx_steer.analysis.sweeps`).
+
+Everything here is numpy over a model's public API (:class:`~mlx_steer.analysis.protocol.AnalysisModel`:
+``run``, ``stream_generate``, ``unembed``, ``encode``, ``resolve``...), so the same code serves
+``mlx_steer.SteerableModel`` and the torch backend's ``TorchSteerableModel``.
+
+    from mlx_steer import analysis as an
+    an.top_tokens(model, vector, site="layers.6").to_text()
+    an.sweep(model, vector=vector, layers=[4, 6, 8], strengths=[0, 2, 4], prompts=neutral,
+             target_tokens=["love"], contrast_tokens=["hate"]).to_text()
+"""
+
+from .monitor import Monitor, Persistence, persistence_run, projection_monitor
+from .norms import NormRow, norm_profile, relative_scale
+from .protocol import AnalysisModel
+from .sweeps import METRICS, SweepResult, SweepRow, sweep
+from .vocabulary_lens import TokenReport, top_tokens
+
+__all__ = [
+    "METRICS",
+    "AnalysisModel",
+    "Monitor",
+    "NormRow",
+    "Persistence",
+    "SweepResult",
+    "SweepRow",
+    "TokenReport",
+    "norm_profile",
+    "persistence_run",
+    "projection_monitor",
+    "relative_scale",
+    "sweep",
+    "top_tokens",
+]

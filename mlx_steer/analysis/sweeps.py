@@ -1,0 +1,254 @@
+"""A layer x strength sweep: the behaviour steering buys against the fluency it costs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from .. import interventions as iv
+from .. import similarity
+from ._inputs import batches, directions, is_vector_set, prompt_list, site_key, unit_direction, vector_hook_point
+
+if TYPE_CHECKING:
+    from ..paths import Site
+    from .protocol import AnalysisModel
+
+METRICS = ("logit_diff", "projection")
+
+
+class SweepRow(NamedTuple):
+    """One (layer, strength) cell of :func:`sweep`."""
+
+    layer: int | str
+    strength: float
+    behaviour: float
+    kl: float
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Rows ``(layer, strength, behaviour, kl)`` of :func:`sweep`, layer-major.
+
+    Attributes:
+        table: The rows, layer-major.
+        baseline: Behaviour of the unsteered model.
+        metric: ``logit_diff`` or ``projection``.
+        layers: The layers swept, in order.
+        strengths: The strengths swept, in order.
+    """
+
+    table: tuple[SweepRow, ...]
+    baseline: float
+    metric: str
+    layers: tuple
+    strengths: tuple[float, ...]
+
+    def grid(self, value: str = "behaviour") -> np.ndarray:
+        """(layers, strengths) array of ``behaviour`` or ``kl``."""
+        if value not in ("behaviour", "kl"):
+            raise ValueError(f"value must be 'behaviour' or 'kl', got {value!r}")
+        flat = np.array([getattr(r, value) for r in self.table], dtype=np.float64)
+        return flat.reshape(len(self.layers), len(self.strengths))
+
+    def to_text(self) -> str:
+        """The table, aligned, under the baseline."""
+        head = ("layer", "strength", self.metric, "kl")
+        rows = [(str(r.layer), f"{r.strength:g}", f"{r.behaviour:.4f}", f"{r.kl:.4f}") for r in self.table]
+        w = [max(len(x) for x in col) for col in zip(head, *rows)]
+
+        def fmt(cells: tuple[str, ...]) -> str:
+            return "  ".join(c.rjust(n) for c, n in zip(cells, w))
+
+        return "\n".join([f"baseline {self.metric}: {self.baseline:.4f}", fmt(head)] + [fmt(r) for r in rows])
+
+    def heatmap(self, path: str | Path) -> Path:
+        """Write behaviour and KL heatmaps (layers x strengths) to a PNG.
+
+        Raises:
+            ImportError: matplotlib is missing (``pip install "mlx-steer[plot]"``).
+        """
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as exc:
+            raise ImportError('SweepResult.heatmap needs matplotlib: pip install "mlx-steer[plot]"') from exc
+        fig = Figure(figsize=(4 + 1.2 * len(self.strengths), 1.5 + 0.5 * len(self.layers)), layout="constrained")
+        for ax, value, title in zip(fig.subplots(1, 2), ("behaviour", "kl"), (self.metric, "KL(base || steered)")):
+            im = ax.imshow(self.grid(value), aspect="auto", cmap="viridis")
+            ax.set_xticks(range(len(self.strengths)), [f"{s:g}" for s in self.strengths])
+            ax.set_yticks(range(len(self.layers)), [str(layer) for layer in self.layers])
+            ax.set_xlabel("strength")
+            ax.set_ylabel("layer")
+            ax.set_title(title)
+            fig.colorbar(im, ax=ax)
+        path = Path(path)
+        fig.savefig(path, format="png")
+        return path
+
+
+def sweep(
+    model: AnalysisModel,
+    *,
+    vector: object,
+    layers: Sequence[int | str],
+    strengths: Sequence[float],
+    prompts: str | Sequence[str],
+    metric: str = "logit_diff",
+    target_tokens: object = None,
+    contrast_tokens: object = None,
+    direction: object = None,
+    read_site: str | Site = "layers.-1",
+    positions: object = "all",
+    batch_size: int = 16,
+    chat: bool = False,
+) -> SweepResult:
+    """Steer one layer at a time at each strength; measure behaviour and fluency cost.
+
+    Behaviour, averaged over prompts, at each prompt's last token: ``logit_diff`` = mean logit of
+    ``target_tokens`` minus mean logit of ``contrast_tokens``; ``projection`` = ``read_site``'s
+    activation projected on the unit ``direction``. Fluency cost = KL(unsteered || steered) of
+    the next-token distributions, averaged over every real position of every prompt. The
+    unsteered pass runs once and is reused; strength 0 is the unsteered pass.
+
+    Args:
+        model: A steerable model of either backend.
+        vector: A SteeringVector with a direction at each layer (or a single direction, used at
+            every layer), or a raw (D,) array (added at layer outputs).
+        layers: Layer indices (or site paths) to steer, one at a time.
+        strengths: Scales of the vector.
+        prompts: Neutral text; run in left-padded batches of ``batch_size``.
+        metric: ``logit_diff`` or ``projection``.
+        target_tokens: Token strings (one token each) or ids whose logits ``logit_diff`` raises.
+        contrast_tokens: Token strings or ids subtracted in ``logit_diff``.
+        direction: (D,) array (or SteeringVector) read at ``read_site``, for ``projection``.
+        read_site: Where ``projection`` reads.
+        positions: Which positions to steer (default all).
+        batch_size: Prompts per forward.
+        chat: Wrap each prompt as a chat user turn.
+
+    Returns:
+        A :class:`SweepResult`.
+
+    Raises:
+        ValueError: unknown metric, missing tokens or direction, a layer the vector lacks.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    layers, strengths = list(layers), [float(s) for s in strengths]
+    if not layers or not strengths:
+        raise ValueError("need at least one layer and one strength")
+    if not all(np.isfinite(strengths)):
+        raise ValueError(f"strengths must be finite, got {strengths}")
+    steer_at = {layer: _layer_direction(model, vector, layer) for layer in layers}
+    read_key, unit, target, contrast = None, None, None, None
+    if metric == "logit_diff":
+        if target_tokens is None or contrast_tokens is None:
+            raise ValueError("metric 'logit_diff' needs target_tokens and contrast_tokens")
+        target = _token_ids(model, target_tokens, "target_tokens")
+        contrast = _token_ids(model, contrast_tokens, "contrast_tokens")
+    else:
+        if direction is None:
+            raise ValueError("metric 'projection' needs direction=")
+        read_key, unit = unit_direction(model, read_site, direction)
+    chunks = batches([model.encode(p, chat=chat) for p in prompt_list(prompts)], batch_size)
+    measure = _Measure(model, chunks, read_key, unit, target, contrast)
+    base_behaviour, _ = measure(None)
+    rows = []
+    for layer in layers:
+        key, d = steer_at[layer]
+        for s in strengths:
+            if s == 0.0:
+                rows.append(SweepRow(layer, s, base_behaviour, 0.0))
+                continue
+            b, kl = measure({key: iv.add_vector(d, scale=s, positions=positions)})
+            rows.append(SweepRow(layer, s, b, kl))
+    return SweepResult(tuple(rows), base_behaviour, metric, tuple(layers), tuple(strengths))
+
+
+def _layer_direction(model: AnalysisModel, vector: object, layer: int | str) -> tuple[str, np.ndarray]:
+    """(site key, direction) to steer ``layer`` with."""
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer, str)):
+        raise TypeError(f"layers must be layer indices or site paths, got {layer!r}")
+    site = layer if isinstance(layer, str) else f"layers.{layer}"
+    if not is_vector_set(vector):
+        return site_key(model, site), iv.as_vector(vector, what="steering vector")
+    dirs, point = directions(model, vector), vector_hook_point(vector)
+    path = model.resolve(site).path
+    if path in dirs:
+        return site_key(model, site, point), iv.as_vector(dirs[path], what=f"direction at {path}")
+    if len(dirs) == 1:
+        return site_key(model, site, point), iv.as_vector(next(iter(dirs.values())), what="direction")
+    raise ValueError(f"SteeringVector has no direction at layer {layer!r} ({path}); it has: {', '.join(dirs)}")
+
+
+def _token_ids(model: AnalysisModel, tokens: Any, what: str) -> list[int]:
+    """Ids from ints or strings (each string must be exactly one token)."""
+    items = [tokens] if isinstance(tokens, (str, int, np.integer)) else list(tokens or [])
+    if not items:
+        raise ValueError(f"{what} is empty; give token strings or ids")
+    ids = []
+    for t in items:
+        if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+            ids.append(int(t))
+            continue
+        enc = list(model.tokenizer.encode(t, add_special_tokens=False))
+        if len(enc) != 1:
+            raise ValueError(f"{what}: {t!r} is {len(enc)} tokens {enc}; give single tokens or ids")
+        ids.append(int(enc[0]))
+    return ids
+
+
+class _Measure:
+    """Runs the prompt batches under an intervention; keeps the unsteered log-probs of the first
+    (unsteered) call to score KL against."""
+
+    def __init__(
+        self, model: AnalysisModel, chunks: list[list[list[int]]], read_key: str | None,
+        unit: np.ndarray | None, target: list[int] | None, contrast: list[int] | None,
+    ):
+        self.model, self.chunks = model, chunks
+        self.read_key, self.unit, self.target, self.contrast = read_key, unit, target, contrast
+        self.base: list[np.ndarray] | None = None  # per batch: (real positions, V) log-probs
+
+    def __call__(self, spec: dict | None) -> tuple[float, float]:
+        """(mean behaviour, mean KL to the unsteered pass) under ``spec``."""
+        m, values, kl_sum, n_pos = self.model, [], 0.0, 0
+        logprobs = []
+        for b, chunk in enumerate(self.chunks):
+            record = [self.read_key] if self.read_key else None
+            tr = m.run(chunk, interventions=spec, record=record, record_positions="last", logits=True)
+            logits = m.to_numpy(tr.logits)
+            if self.read_key and self.unit is not None:
+                values.append(similarity.project(m.to_numpy(tr.activations[self.read_key])[:, -1], self.unit))
+            else:
+                values.append(self._logit_diff(logits[:, -1]))
+            real = np.arange(logits.shape[1])[None, :] >= np.asarray(tr.padding)[:, None]
+            lp = _log_softmax(logits[real]).astype(np.float32)  # stored like the baseline
+            if self.base is None:
+                logprobs.append(lp)
+            else:
+                base, lp64 = self.base[b].astype(np.float64), lp.astype(np.float64)
+                kl_sum += float(np.sum(np.exp(base) * (base - lp64)))
+                n_pos += lp64.shape[0]
+        if self.base is None:
+            self.base = logprobs
+        behaviour = float(np.mean(np.concatenate(values)))
+        return behaviour, (kl_sum / n_pos if n_pos else 0.0)
+
+    def _logit_diff(self, last: np.ndarray) -> np.ndarray:
+        target, contrast = self.target or [], self.contrast or []
+        V = last.shape[-1]
+        bad = [t for t in target + contrast if not 0 <= t < V]
+        if bad:
+            raise ValueError(f"token ids {bad} out of range for a vocabulary of {V}; valid: 0..{V - 1}")
+        last = last.astype(np.float64)
+        return last[:, target].mean(-1) - last[:, contrast].mean(-1)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
