@@ -318,13 +318,38 @@ def test_sweep_text_and_heatmap(shared_models, tmp_path, monkeypatch):
         res.heatmap(tmp_path / "h.png")
 
 
-def test_sweep_heatmap_png(shared_models, tmp_path):
-    pytest.importorskip("matplotlib")
+def test_sweep_heatmap_png_prints_each_cell(shared_models, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib", reason="heatmaps need the [plot] extra (matplotlib)")
+    from matplotlib.figure import Figure
+
     m = shared_models("llama")
-    res = an.sweep(m, vector=_rand(m, 1), layers=[1, 2], strengths=[0.0, 1.0], prompts=NEUTRAL[:2],
-                   target_tokens=[10], contrast_tokens=[11])
+    res = an.sweep(m, vector=_rand(m, 1), layers=[1, 2], strengths=[0.0, 1.0, 3.0], prompts=NEUTRAL[:2],
+                   target_tokens=[10], contrast_tokens=[11], progress=False)
+    saved = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), real_savefig(fig, *a, **k))[1])
     path = res.heatmap(tmp_path / "h.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = saved
+    maps = [ax for ax in fig.axes if ax.images]  # the two heatmaps, not their colorbars
+    assert [ax.get_title() for ax in maps] == ["logit_diff", "KL(base || steered)"]
+    for ax, value in zip(maps, ("behaviour", "kl")):
+        grid = res.grid(value)
+        cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+        assert cells == {(i, j): f"{x:.3g}" for (i, j), x in np.ndenumerate(grid)}
+    assert float(maps[0].texts[0].get_text()) == pytest.approx(res.baseline, rel=1e-2)
+
+
+def test_sweep_progress_bar_over_cells(shared_models, capsys):
+    m = shared_models("llama")
+    kw = dict(vector=_rand(m, 1), layers=[1, 2], strengths=[0.0, 1.0, 2.0], prompts=NEUTRAL[:2],
+              target_tokens=[10], contrast_tokens=[11])
+    quiet = an.sweep(m, **kw, progress=False)
+    assert capsys.readouterr().err == ""
+    loud = an.sweep(m, **kw)  # on by default, on stderr
+    err = capsys.readouterr()
+    assert "sweep" in err.err and "6/6" in err.err and err.out == ""
+    assert loud.table == quiet.table
 
 
 def test_sweep_bad_inputs(shared_models):

@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import interventions as iv
 from .. import similarity
 from ._inputs import batches, directions, is_vector_set, prompt_list, site_key, unit_direction, vector_hook_point
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from ..paths import Site
     from .protocol import AnalysisModel
 
@@ -65,8 +68,8 @@ class SweepResult:
 
         return "\n".join([f"baseline {self.metric}: {self.baseline:.4f}", fmt(head)] + [fmt(r) for r in rows])
 
-    def heatmap(self, path: str | Path) -> Path:
-        """Write behaviour and KL heatmaps (layers x strengths) to a PNG.
+    def figure(self) -> Figure:
+        """Behaviour and KL heatmaps (layers x strengths), each cell labelled with its value.
 
         Raises:
             ImportError: matplotlib is missing (``pip install "mlx-steer[plot]"``).
@@ -74,16 +77,31 @@ class SweepResult:
         try:
             from matplotlib.figure import Figure
         except ImportError as exc:
-            raise ImportError('SweepResult.heatmap needs matplotlib: pip install "mlx-steer[plot]"') from exc
+            raise ImportError('SweepResult heatmaps need matplotlib: pip install "mlx-steer[plot]"') from exc
         fig = Figure(figsize=(4 + 1.2 * len(self.strengths), 1.5 + 0.5 * len(self.layers)), layout="constrained")
         for ax, value, title in zip(fig.subplots(1, 2), ("behaviour", "kl"), (self.metric, "KL(base || steered)")):
-            im = ax.imshow(self.grid(value), aspect="auto", cmap="viridis")
+            grid = self.grid(value)
+            im = ax.imshow(grid, aspect="auto", cmap="viridis")
+            finite = grid[np.isfinite(grid)]
+            middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+            for (i, j), x in np.ndenumerate(grid):  # dark text on viridis' light (high) end
+                ax.text(j, i, f"{x:.3g}", ha="center", va="center", fontsize=8,
+                        color="black" if x > middle else "white")
             ax.set_xticks(range(len(self.strengths)), [f"{s:g}" for s in self.strengths])
             ax.set_yticks(range(len(self.layers)), [str(layer) for layer in self.layers])
             ax.set_xlabel("strength")
             ax.set_ylabel("layer")
             ax.set_title(title)
             fig.colorbar(im, ax=ax)
+        return fig
+
+    def heatmap(self, path: str | Path) -> Path:
+        """Write :meth:`figure` (behaviour and KL heatmaps, values in the cells) to a PNG.
+
+        Raises:
+            ImportError: matplotlib is missing (``pip install "mlx-steer[plot]"``).
+        """
+        fig = self.figure()
         path = Path(path)
         fig.savefig(path, format="png")
         return path
@@ -104,6 +122,7 @@ def sweep(
     positions: object = "all",
     batch_size: int = 16,
     chat: bool = False,
+    progress: bool = True,
 ) -> SweepResult:
     """Steer one layer at a time at each strength; measure behaviour and fluency cost.
 
@@ -128,6 +147,7 @@ def sweep(
         positions: Which positions to steer (default all).
         batch_size: Prompts per forward.
         chat: Wrap each prompt as a chat user turn.
+        progress: Show a progress bar over the (layer, strength) cells (on stderr).
 
     Returns:
         A :class:`SweepResult`.
@@ -157,14 +177,17 @@ def sweep(
     measure = _Measure(model, chunks, read_key, unit, target, contrast)
     base_behaviour, _ = measure(None)
     rows = []
-    for layer in layers:
-        key, d = steer_at[layer]
-        for s in strengths:
-            if s == 0.0:
-                rows.append(SweepRow(layer, s, base_behaviour, 0.0))
-                continue
-            b, kl = measure({key: iv.add_vector(d, scale=s, positions=positions)})
-            rows.append(SweepRow(layer, s, b, kl))
+    with tqdm(total=len(layers) * len(strengths), desc="sweep", unit="cell", disable=not progress) as bar:
+        for layer in layers:
+            key, d = steer_at[layer]
+            for s in strengths:
+                bar.set_postfix(layer=layer, strength=f"{s:g}", refresh=False)
+                if s == 0.0:
+                    rows.append(SweepRow(layer, s, base_behaviour, 0.0))
+                else:
+                    b, kl = measure({key: iv.add_vector(d, scale=s, positions=positions)})
+                    rows.append(SweepRow(layer, s, b, kl))
+                bar.update()
     return SweepResult(tuple(rows), base_behaviour, metric, tuple(layers), tuple(strengths))
 
 
