@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from . import methods
+from .method_table import METHODS, PAIRED, Method, actadd
 from .steering_vector import SteeringVector
 
-METHODS = ("mean_diff", "pca", "probe", "actadd")
 READS = ("last", "mean", "assistant_start")
 
 
@@ -24,7 +23,7 @@ def extract(
     negative: Sequence[str],
     *,
     sites: Sequence[str] | str,
-    method: str = "mean_diff",
+    method: str | Method = "mean_diff",
     read: str | int = "last",
     batch_size: int = 16,
     chat: bool = False,
@@ -38,9 +37,13 @@ def extract(
         model: A SteerableModel (MLX) or TorchSteerableModel.
         positive, negative: Contrast prompts (paired for ``pca``; one each for ``actadd``).
         sites: Sites to read, e.g. ``["layers.8"]`` or ``"layers.8:input"`` (one hook point).
-        method: ``mean_diff`` (CAA), ``pca`` (first PC of paired differences, sign toward
-            positive), ``probe`` (logistic regression, unit direction), ``actadd`` (front-aligned
-            per-position difference of one prompt pair; the shorter is padded with spaces).
+        method: A function ``(pos (N, D), neg (M, D)) -> (D,)`` of numpy activations (one row
+            per prompt, as read by ``read``), or the name of a built-in one in
+            :data:`mlx_steer.method_table.METHODS`: ``mean_diff`` (CAA), ``pca`` (first PC of
+            paired differences, sign toward positive), ``probe`` (logistic regression, unit
+            direction), ``actadd`` (front-aligned per-position difference of one prompt pair;
+            the shorter is padded with spaces). The vector's ``method`` is the name, or the
+            function's ``__name__``.
         read: ``last`` token, ``mean`` over the prompt, an absolute index, or
             ``assistant_start`` (with ``chat``: the first position of the assistant turn).
         batch_size: Prompts per forward (rows of different lengths are left-padded).
@@ -52,14 +55,19 @@ def extract(
         A SteeringVector holding one direction per resolved site, with metadata.
 
     Raises:
-        ValueError: unknown method/read, empty or mismatched prompt lists, mixed hook points.
+        ValueError: unknown method/read, empty or mismatched prompt lists, mixed hook points,
+            ``system``/``assistant_prefix`` without ``chat``, or a zero direction (positive and
+            negative prompts read the same, e.g. identical pairs), naming the site.
+        TypeError: ``method`` is neither a known name nor a callable.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    fn, name = _method(method)
     if not (read in READS or (isinstance(read, int) and not isinstance(read, bool) and read >= 0)):
         raise ValueError(f"unknown read {read!r}; valid: {', '.join(READS)} or a non-negative index")
     if read == "assistant_start" and not chat:
         raise ValueError("read='assistant_start' needs chat=True")
+    unused = [k for k, v in (("system", system), ("assistant_prefix", assistant_prefix)) if v is not None]
+    if unused and not chat:
+        raise ValueError(f"{' and '.join(unused)} only apply to chat prompts; pass chat=True or drop them")
     if isinstance(sites, str):
         sites = [sites]
     resolved = [model.resolve(s) for s in sites]
@@ -71,13 +79,13 @@ def extract(
     pos, neg = list(positive), list(negative)
     if not pos or not neg:
         raise ValueError(f"need positive and negative prompts, got {len(pos)} and {len(neg)}")
-    if method in ("pca", "actadd") and len(pos) != len(neg):
-        raise ValueError(f"method {method!r} needs paired prompts; got {len(pos)} positive and {len(neg)} negative")
-    if method == "actadd" and len(pos) != 1:
+    if name in PAIRED and len(pos) != len(neg):
+        raise ValueError(f"method {name!r} needs paired prompts; got {len(pos)} positive and {len(neg)} negative")
+    if fn is actadd and len(pos) != 1:
         raise ValueError(f"method 'actadd' takes one prompt pair, got {len(pos)}")
     enc = dict(chat=chat, system=system, assistant_prefix=assistant_prefix)
     keys = [s.key for s in resolved]
-    if method == "actadd":
+    if fn is actadd:
         directions = _actadd(model, pos[0], neg[0], keys, enc)
     else:
         reader = _Reader(model, keys, read, batch_size, enc, progress, n_total=len(pos) + len(neg))
@@ -85,23 +93,45 @@ def extract(
             acts = reader(pos + neg)  # one pass: batches mix both sides, grouped by length
         finally:
             reader.close()
-        directions = {k: _direction(method, a[: len(pos)], a[len(pos):]) for k, a in acts.items()}
+        directions = {k: _direction(fn, name, a[: len(pos)], a[len(pos):], model.hidden_size)
+                      for k, a in acts.items()}
+    for s in resolved:
+        if not np.any(directions[s.key]):
+            raise ValueError(f"the {name} direction at {s.path} is zero: the positive and negative prompts read "
+                             f"the same activations there (identical pairs?); nothing to steer with")
     return SteeringVector(
         directions={s.path: directions[s.key] for s in resolved},
         hook_point=resolved[0].point,
         model_id=getattr(model, "model_id", None),
         hidden_size=model.hidden_size,
-        method=method,
+        method=name,
         read_positions=str(read) + (" (chat)" if chat else ""),
     )
 
 
-def _direction(method: str, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    if method == "mean_diff":
-        return methods.mean_difference(pos, neg)
-    if method == "pca":
-        return methods.pca_direction(pos, neg)
-    return methods.logistic_probe(pos, neg).direction
+def _method(method: object) -> tuple[Method, str]:
+    """The direction function and the name the vector records."""
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)} or a function (pos, neg) -> (D,)")
+        return METHODS[method], method
+    if not callable(method):
+        raise TypeError(f"method must be one of {', '.join(METHODS)} or a function (pos, neg) -> (D,), "
+                        f"got {type(method).__name__}")
+    alias = next((name for name, fn in METHODS.items() if fn is method), None)
+    return method, alias or getattr(method, "__name__", type(method).__name__)
+
+
+def _direction(fn: Method, name: str, pos: np.ndarray, neg: np.ndarray, hidden: int) -> np.ndarray:
+    """``fn(pos, neg)`` checked to be a finite real (D,) vector, as float32."""
+    out = fn(pos, neg)
+    arr = np.asarray(out)
+    if arr.shape != (hidden,) or arr.dtype.kind not in "iuf":
+        raise ValueError(f"method {name!r} must return a real ({hidden},) vector, "
+                         f"got {type(out).__name__} of shape {arr.shape} and dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"method {name!r} returned non-finite values (NaN or inf)")
+    return arr.astype(np.float32)
 
 
 class _Reader:
@@ -171,5 +201,4 @@ def _actadd(model, pos: str, neg: str, keys: list[str], enc: dict) -> dict[str, 
     n = max(len(a), len(b))
     a, b = a + [space] * (n - len(a)), b + [space] * (n - len(b))
     tr = model.run([a, b], record=keys, logits=False)
-    return {k: methods.actadd_difference(model.to_numpy(tr.activations[k])[0], model.to_numpy(tr.activations[k])[1])
-            for k in keys}
+    return {k: actadd(model.to_numpy(tr.activations[k])[0], model.to_numpy(tr.activations[k])[1]) for k in keys}

@@ -19,7 +19,7 @@ which is our site ``model.layers.N`` with hook point ``output``. The mapping is 
 
 So llama.cpp can never steer block 0's output: :func:`export_gguf` refuses ``model.layers.0``
 (llama.cpp would skip the whole file). Importing accepts ``direction.0``, as repeng writes it.
-The ``gguf`` package is needed (``pip install "mlx-steer[gguf]"``); numpy only otherwise.
+The ``gguf`` package is needed (``pip install gguf``, or the ``gguf`` extra of a checkout); numpy only otherwise.
 """
 
 from __future__ import annotations
@@ -112,7 +112,10 @@ def import_gguf(path: str | os.PathLike, *, layer_path_template: str = "model.la
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: not a GGUF file, not a control vector (names the architecture found), a
-            tensor not named ``direction.N``, or a direction that is not a 1-D float array.
+            tensor not named ``direction.N``, two tensors for one layer (``direction.7`` and
+            ``direction.007``), a direction that is not a 1-D float array, or malformed metadata
+            (a model hint that is not a string, a layer count that is not the number of
+            directions); the message names the file.
         ImportError: the ``gguf`` package is not installed.
     """
     gguf = _import_gguf()
@@ -124,10 +127,11 @@ def import_gguf(path: str | os.PathLike, *, layer_path_template: str = "model.la
         reader = gguf.GGUFReader(str(path))
     except (ValueError, IndexError, KeyError, OverflowError) as exc:
         raise ValueError(f"{path} is not a GGUF file we can read ({exc})") from exc
-    arch = _string_field(reader, "general.architecture")
+    arch = _string_field(reader, "general.architecture", path)
     if arch != ARCHITECTURE:
         raise ValueError(f"{path} is not a control vector: general.architecture is {arch!r}, expected {ARCHITECTURE!r}")
-    directions = {}
+    directions: dict[int, np.ndarray] = {}
+    names: dict[int, str] = {}
     for t in reader.tensors:
         m = re.fullmatch(r"direction\.(\d+)", t.name)
         if m is None:
@@ -135,22 +139,31 @@ def import_gguf(path: str | os.PathLike, *, layer_path_template: str = "model.la
         data = np.asarray(t.data)
         if data.ndim != 1 or data.dtype.kind != "f":
             raise ValueError(f"{t.name} in {path} must be a 1-D float direction, got {t.tensor_type.name} of shape {data.shape}")
-        directions[int(m.group(1))] = data.astype(np.float32)
+        layer = int(m.group(1))
+        if layer in names:
+            raise ValueError(f"{path} holds two directions for layer {layer}: {names[layer]!r} and {t.name!r}")
+        directions[layer], names[layer] = data.astype(np.float32), t.name
     if not directions:
         raise ValueError(f"{path} holds no direction tensors")
-    hint = _string_field(reader, f"{ARCHITECTURE}.model_hint")
-    return SteeringVector(
-        directions={layer_path_template.format(i): directions[i] for i in sorted(directions)},
-        hook_point="output",
-        extra={"model_hint": hint} if hint else {},
-    )
+    count = _int_field(reader, f"{ARCHITECTURE}.layer_count", path)
+    if count is not None and count != len(directions):
+        raise ValueError(f"{path}: metadata {ARCHITECTURE}.layer_count is {count}, but it holds {len(directions)} directions")
+    hint = _string_field(reader, f"{ARCHITECTURE}.model_hint", path)
+    try:
+        return SteeringVector(
+            directions={layer_path_template.format(i): directions[i] for i in sorted(directions)},
+            hook_point="output",
+            extra={"model_hint": hint} if hint else {},
+        )
+    except ValueError as exc:  # e.g. NaN in a direction, or directions of different sizes
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _import_gguf() -> Any:
     try:
         import gguf
     except ImportError as exc:
-        raise ImportError('GGUF control vectors need the gguf package: pip install "mlx-steer[gguf]"') from exc
+        raise ImportError('GGUF control vectors need the gguf package: pip install gguf') from exc
     return gguf
 
 
@@ -161,9 +174,28 @@ def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile(re.escape(head) + r"(\d+)" + re.escape(tail))
 
 
-def _string_field(reader: Any, key: str) -> str | None:
+def _string_field(reader: Any, key: str, path: Path) -> str | None:
     """A string field's value (via ``parts``/``data``, which every gguf version has)."""
     field = reader.get_field(key)
-    if field is None or not field.data:
+    if field is None:
         return None
+    if [t.name for t in field.types] != ["STRING"] or len(field.data) != 1:
+        raise ValueError(f"{path}: metadata {key} must be a string, got {_kind(field)}")
     return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
+
+
+def _int_field(reader: Any, key: str, path: Path) -> int | None:
+    """A non-negative integer field's value, or None when absent."""
+    field = reader.get_field(key)
+    if field is None:
+        return None
+    if len(field.types) != 1 or not field.types[0].name.startswith(("UINT", "INT")) or len(field.data) != 1:
+        raise ValueError(f"{path}: metadata {key} must be an integer, got {_kind(field)}")
+    value = int(np.asarray(field.parts[field.data[0]]).reshape(-1)[0])
+    if value < 0:
+        raise ValueError(f"{path}: metadata {key} must be a non-negative integer, got {value}")
+    return value
+
+
+def _kind(field: Any) -> str:
+    return "/".join(t.name for t in field.types).lower() or "nothing"

@@ -20,7 +20,13 @@ from .positions import Positions, as_positions
 
 
 def as_vector(value: object, *, what: str, ndim: tuple[int, ...] = (1,)) -> np.ndarray:
-    """A finite float32 numpy copy of ``value`` (numpy, mlx, torch or list)."""
+    """A finite float32 numpy copy of ``value`` (numpy, mlx, torch or list).
+
+    Raises:
+        TypeError: complex, boolean or text values (a real-valued array is needed).
+        ValueError: not numeric, wrong number of dims, empty, or non-finite values.
+    """
+    _check_real(value, what)
     if hasattr(value, "detach"):  # torch tensor, without importing torch
         value = value.detach().float().cpu().numpy()
     try:
@@ -38,11 +44,32 @@ def as_vector(value: object, *, what: str, ndim: tuple[int, ...] = (1,)) -> np.n
     return arr
 
 
+def _check_real(value: object, what: str) -> None:
+    """Reject what ``np.array(value, float32)`` would silently convert: complex (drops the
+    imaginary part), bool and text ("2" -> 2.0)."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:  # a list or scalar: let numpy infer what it holds
+        try:
+            dtype = np.asarray(value).dtype
+        except (TypeError, ValueError):
+            return  # ragged or odd: as_vector's conversion reports it
+    name = str(dtype)
+    kind = dtype.kind if isinstance(dtype, np.dtype) else ""
+    if kind == "c" or "complex" in name:
+        raise TypeError(f"{what} must be real, got complex values ({name})")
+    if kind == "b" or name.endswith("bool"):
+        raise TypeError(f"{what} must be a real-valued array, got booleans ({name})")
+    if kind in "SUV" and kind:
+        raise TypeError(f"{what} must be a numeric array, got text ({name})")
+
+
 def _finite_scalar(value: object, what: str) -> float:
+    if isinstance(value, (str, bytes, bool, np.bool_, complex, np.complexfloating)):
+        raise TypeError(f"{what} must be a real number, got {type(value).__name__} {value!r}")
     try:
         x = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be a number, got {value!r}") from exc
+        raise TypeError(f"{what} must be a real number, got {type(value).__name__} {value!r}") from exc
     if not np.isfinite(x):
         raise ValueError(f"{what} must be finite, got {value!r}")
     return x
@@ -137,17 +164,28 @@ def add_vector(vector: object, *, scale: float = 1.0, positions: object = "all")
     Args:
         vector: (D,) direction, or a front-aligned (n, D) tensor added at absolute positions 0..n-1
             (ActAdd); a tensor ignores ``positions``.
-        scale: Multiplier; 0 makes the intervention a no-op.
+        scale: Multiplier (a real number; not bool or str); 0 makes the intervention a no-op.
         positions: Position selector (see :func:`mlx_steer.positions.as_positions`).
+
+    Raises:
+        TypeError: a complex/bool/text vector or a scale that is not a real number.
+        ValueError: a bad shape, non-finite values, or ``scale * vector`` overflowing float32.
     """
     vec = as_vector(vector, what="steering vector", ndim=(1, 2))
+    factor = _finite_scalar(scale, "scale")
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = vec * np.float32(factor) if abs(factor) <= np.finfo(np.float32).max else None
+    if scaled is None or not np.all(np.isfinite(scaled)):
+        peak = float(np.abs(vec).max())
+        raise ValueError(f"scale {factor:g} times the vector (max |value| {peak:.4g}) overflows float32 to inf; "
+                         f"steering needs |scale * vector| below {np.finfo(np.float32).max:.3g}")
     pos = as_positions(positions)
     if vec.ndim == 2 and pos.kind != "all":
         raise ValueError(
             f"a front-aligned (n, D) tensor sets its own positions 0..{vec.shape[0] - 1}; "
             f"leave positions='all' (got {positions!r})"
         )
-    return AddVector(positions=pos, vector=vec, scale=_finite_scalar(scale, "scale"))
+    return AddVector(positions=pos, vector=vec, scale=factor)
 
 
 def scale(factor: float, *, positions: object = "all") -> Scale:

@@ -1,4 +1,5 @@
-"""Vector files: a SteeringVector as safetensors. No pickle: raw arrays plus a JSON header.
+"""Vector files: a SteeringVector as safetensors (or, named ``*.gguf``, as a llama.cpp / repeng
+control vector, see :mod:`mlx_steer.gguf_vector`). No pickle: raw arrays plus a JSON header.
 
 Layout, format version 1:
 
@@ -35,34 +36,62 @@ _REQUIRED = ("hidden_size", "hook_point", "dtype", "created_by")
 _OPTIONAL = ("model_id", "method", "read_positions")
 
 
-def save_vector(vec: SteeringVector, path: str | os.PathLike) -> Path:
-    """Write ``vec`` to ``path`` as a safetensors vector file (replacing it atomically).
+def save_vector(
+    vec: SteeringVector,
+    path: str | os.PathLike,
+    *,
+    model_hint: str | None = None,
+    layer_path_template: str = "model.layers.{}",
+) -> Path:
+    """Write ``vec`` to ``path`` (replacing it atomically): a safetensors vector file, or, when
+    the name ends in ``.gguf``, a llama.cpp / repeng control-vector GGUF.
 
     Args:
         vec: The vector to save.
-        path: Destination, conventionally ``*.safetensors``; its folder must exist.
+        path: Destination, conventionally ``*.safetensors``; ``*.gguf`` writes a control vector.
+            Its folder must exist.
+        model_hint: GGUF only: the model type stored in the file (e.g. ``"llama"``); by default
+            ``vec.extra["model_hint"]``, else the ``model_type`` in ``config.json`` of the folder
+            named by ``vec.model_id``.
+        layer_path_template: GGUF only: how a decoder layer's path is spelled (``{}`` is its index).
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: ``vec`` is not a SteeringVector.
+        ValueError: ``vec`` is not a SteeringVector; for GGUF, a vector GGUF cannot hold (see
+            :func:`mlx_steer.gguf_vector.export_gguf`) or no model hint.
         FileNotFoundError: the destination folder does not exist.
+        ImportError: GGUF needs the ``gguf`` package.
     """
-    from safetensors.numpy import save_file
-
     if not isinstance(vec, SteeringVector):
         raise ValueError(f"save_vector takes a SteeringVector, got {type(vec).__name__}")
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot save to {path}: folder {path.parent} does not exist")
+    if path.suffix.lower() == ".gguf":
+        from .gguf_vector import export_gguf
+
+        hint = model_hint or vec.extra.get("model_hint") or _model_type(vec.model_id)
+        if not hint:
+            raise ValueError(f"saving {path} as a GGUF control vector needs model_hint (the model type, e.g. 'llama'); "
+                             f"the vector names no model folder to read it from")
+        return _replace(path, lambda tmp: export_gguf(vec, tmp, model_hint=hint,
+                                                      layer_path_template=layer_path_template))
+    from safetensors.numpy import save_file
+
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "sites": json.dumps(list(vec.sites))}
     meta |= {k: str(getattr(vec, k)) for k in (*_REQUIRED, *_OPTIONAL) if getattr(vec, k) is not None}
     meta |= {f"extra.{k}": v for k, v in vec.extra.items()}
+    return _replace(path, lambda tmp: save_file({s: a.copy() for s, a in vec.directions.items()}, tmp, metadata=meta))
+
+
+def _replace(path: Path, write: Callable[[str], object]) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it onto ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({s: a.copy() for s, a in vec.directions.items()}, tmp, metadata=meta)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -70,11 +99,21 @@ def save_vector(vec: SteeringVector, path: str | os.PathLike) -> Path:
     return path
 
 
+def _model_type(model_id: str | None) -> str | None:
+    """``model_type`` from ``<model_id>/config.json`` when model_id is a local model folder."""
+    try:
+        config = json.loads((Path(model_id).expanduser() / "config.json").read_text(encoding="utf-8"))  # type: ignore[arg-type]
+    except (TypeError, OSError, ValueError):
+        return None
+    value = config.get("model_type") if isinstance(config, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 def load_vector(path: str | os.PathLike, *, model: Any = None) -> SteeringVector:
     """Read a vector file written by :func:`save_vector`.
 
     Args:
-        path: The ``.safetensors`` vector file.
+        path: The ``.safetensors`` vector file, or a control-vector GGUF (told by its content).
         model: Optional model (anything with ``hidden_size``, ``resolve_path`` and optionally
             ``model_id`` and ``layer_paths``, like both backends' models) to check the vector
             against; the returned vector's sites are then that model's paths.
@@ -88,13 +127,38 @@ def load_vector(path: str | os.PathLike, *, model: Any = None) -> SteeringVector
             unsupported format version or malformed metadata, or it does not fit ``model`` (every
             difference listed).
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no vector file at {path}")
     if not path.is_file():
         raise ValueError(f"{path} is not a file; expected an mlx_steer vector file (.safetensors)")
+    vec = _read_gguf(path) if _is_gguf(path) else _read_safetensors(path)
+    if model is None:
+        return vec
+    layer_paths = getattr(model, "layer_paths", ())
+    try:
+        validate_against(vec, hidden_size=model.hidden_size, resolve_path=model.resolve_path,
+                         model_id=getattr(model, "model_id", None), layer_paths=layer_paths)
+    except ValueError as exc:
+        raise ValueError(f"vector file {path} does not fit this model: {exc}") from None
+    ported = {s: _port(s, model.resolve_path, layer_paths) for s in vec.sites}
+    return vec.with_sites({s: p for s, p in ported.items() if p != s})
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _read_gguf(path: Path) -> SteeringVector:
+    from .gguf_vector import import_gguf
+
+    return import_gguf(path)
+
+
+def _read_safetensors(path: Path) -> SteeringVector:
+    from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
@@ -109,17 +173,14 @@ def load_vector(path: str | os.PathLike, *, model: Any = None) -> SteeringVector
         )
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} has format version {meta.get('format_version')!r}; this mlx_steer reads {FORMAT_VERSION!r}")
-    vec = SteeringVector(directions={s: tensors[s] for s in _site_order(path, meta, tensors)}, **_fields(path, meta))
-    if model is None:
-        return vec
-    layer_paths = getattr(model, "layer_paths", ())
+    fields = _fields(path, meta)
+    dtypes = sorted({str(a.dtype) for a in tensors.values()})
+    if dtypes != [fields["dtype"]]:
+        raise ValueError(f"{path}: metadata dtype {fields['dtype']!r} does not match its tensors ({', '.join(dtypes)})")
     try:
-        validate_against(vec, hidden_size=model.hidden_size, resolve_path=model.resolve_path,
-                         model_id=getattr(model, "model_id", None), layer_paths=layer_paths)
+        return SteeringVector(directions={s: tensors[s] for s in _site_order(path, meta, tensors)}, **fields)
     except ValueError as exc:
-        raise ValueError(f"vector file {path} does not fit this model: {exc}") from None
-    ported = {s: _port(s, model.resolve_path, layer_paths) for s in vec.sites}
-    return vec.with_sites({s: p for s, p in ported.items() if p != s})
+        raise ValueError(f"{path}: malformed vector file: {exc}") from None
 
 
 def validate_against(
@@ -198,7 +259,7 @@ def _fields(path: Path, meta: dict[str, str]) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise ValueError(f"{path} lacks metadata {', '.join(missing)}; a version-{FORMAT_VERSION} vector file has them all")
-    if not meta["hidden_size"].isdigit():
+    if not re.fullmatch(r"[0-9]+", meta["hidden_size"]) or int(meta["hidden_size"]) == 0:
         raise ValueError(f"{path}: metadata hidden_size must be a positive integer, got {meta['hidden_size']!r}")
     fields: dict[str, Any] = {k: meta[k] for k in (*_REQUIRED, *_OPTIONAL) if k in meta}
     fields["hidden_size"] = int(meta["hidden_size"])

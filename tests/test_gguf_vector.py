@@ -122,7 +122,7 @@ def test_import_errors(tmp_path):
 
 def test_missing_gguf_package_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` raise ImportError
-    with pytest.raises(ImportError, match=r'pip install "mlx-steer\[gguf\]"'):
+    with pytest.raises(ImportError, match="pip install gguf"):
         export_gguf(SteeringVector(DIRS), tmp_path / "v.gguf", model_hint="llama")
-    with pytest.raises(ImportError, match=r'pip install "mlx-steer\[gguf\]"'):
+    with pytest.raises(ImportError, match="pip install gguf"):
         import_gguf(tmp_path / "v.gguf")
