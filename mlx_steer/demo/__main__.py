@@ -1,0 +1,5 @@
+"""``python -m mlx_steer.demo``."""
+
+from . import main
+
+raise SystemExit(main())
