@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--skip-smollm", action="store_true", help="only the random 100M llama")
     args = ap.parse_args()
 
-    from mlx_steer.real_model import prepare_smollm2
+    from mlx_steer.demo.real_model import prepare_smollm2
 
     smol = ms.load(str(prepare_smollm2(verbose=False)))
     models = {}

@@ -31,7 +31,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 import mlx_steer as ms  # noqa: E402
-from mlx_steer.real_model import prepare_smollm2  # noqa: E402
+from mlx_steer.demo.real_model import prepare_smollm2  # noqa: E402
 
 SUBJECTS = ["the movie", "my job", "this city", "the weather", "our team", "the food", "this book", "the music",
             "my neighbour", "the game", "the new phone", "this school", "the trip", "the party", "the hotel", "the show"]

@@ -261,7 +261,7 @@ def main() -> None:
 
     from transformers.utils import logging as hf_logging
 
-    from mlx_steer.real_model import prepare_smollm2
+    from mlx_steer.demo.real_model import prepare_smollm2
     from mlx_steer.torch_backend import load
 
     hf_logging.set_verbosity_error()

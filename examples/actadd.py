@@ -22,7 +22,7 @@ import numpy as np
 
 import mlx_steer as ms
 from mlx_steer import analysis
-from mlx_steer.real_model import prepare_smollm2
+from mlx_steer.demo.real_model import prepare_smollm2
 
 # Multi-token prompts: SmolLM2 adds no BOS, so a one-token prompt's last token is position 0, whose
 # residual stream is the attention sink (norm ~700 against ~100 elsewhere) and says little.

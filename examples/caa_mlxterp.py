@@ -22,7 +22,7 @@ import numpy as np
 
 from mlx_steer.compat.mlxterp import InterpretableModel
 from mlx_steer.compat.mlxterp import interventions as iv
-from mlx_steer.real_model import prepare_smollm2
+from mlx_steer.demo.real_model import prepare_smollm2
 
 POSITIVE = [
     "I think this is great",

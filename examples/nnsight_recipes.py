@@ -25,7 +25,7 @@ import numpy as np
 import mlx_steer as ms
 from mlx_steer import analysis, similarity
 from mlx_steer import interventions as iv
-from mlx_steer.real_model import prepare_smollm2
+from mlx_steer.demo.real_model import prepare_smollm2
 
 POSITIVE = [
     "I love this. It makes me so happy and grateful.",
