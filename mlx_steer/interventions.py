@@ -11,6 +11,7 @@ checking the vector size against the site. Several interventions on one site app
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -96,7 +97,7 @@ class Intervention:
         Raises:
             ValueError: no rows, or a row that is not a non-negative int.
         """
-        keys = rows[0] if len(rows) == 1 and isinstance(rows[0], (list, tuple, set, frozenset, range)) else rows
+        keys = rows[0] if len(rows) == 1 and isinstance(rows[0], (list, tuple, range, AbstractSet)) else rows
         if not keys or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0 for r in keys):
             raise ValueError(f"rows must be non-negative ints (batch row keys), got {rows!r}")
         wanted = frozenset(int(r) for r in keys)

@@ -13,10 +13,14 @@ last position" when it is computed, which makes cached generation equal a full r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-KINDS = ("all", "last", "prompt", "generated", "first_generated", "indices", "window")
+if TYPE_CHECKING:
+    from .backend import ArrayOps
+    from .layout import Layout
+
 NAMED = ("all", "last", "prompt", "generated")
 
 
@@ -121,43 +125,53 @@ def plan_selection(host: np.ndarray) -> Selection:
 
 
 class PositionState:
-    """Absolute positions of the current forward and its memoized masks (host side).
+    """Absolute positions and row keys of the current forward, and its memoized masks.
 
-    ``pos`` is (B, L) int64, negative at left padding; ``prompt_len`` is (B,). Backends set it at
-    the start of every forward from the KV-cache offset and turn host masks into device masks in
-    :meth:`device_mask`. The stacks are pushed by the model's own trace/generate calls.
+    ``pos`` is (B, L) int64, negative at left padding; ``prompt_len`` is (B,); ``rows`` is (B,)
+    int64 row keys (the prompt's index in a batch, a sequence's uid in continuous batching).
+    Each backend's position tracker calls :meth:`begin` before every forward.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, xp: ArrayOps) -> None:
+        self.xp = xp
         self.pos = np.zeros((1, 0), dtype=np.int64)
         self.prompt_len = np.zeros(1, dtype=np.int64)
-        self.prompt_len_stack: list[np.ndarray] = []
-        self.padding_stack: list[np.ndarray] = []  # left padding of the model's own forwards
-        self._masks: dict[Positions, object] = {}
+        self.rows = np.zeros(1, dtype=np.int64)
+        self.layouts: list[Layout] = []  # pushed by the model's own trace/generate calls
+        self._masks: dict[tuple, object] = {}
 
-    def begin(self, offsets: np.ndarray, length: int) -> None:
+    def begin(self, offsets: np.ndarray, length: int, cache: object = None) -> None:
+        """Start a forward of ``length`` tokens whose first token sits at ``offsets`` (B,)."""
+        B = offsets.shape[0]
         self.pos = offsets.reshape(-1, 1) + np.arange(length, dtype=np.int64)
-        if self.prompt_len_stack:
-            plen = self.prompt_len_stack[-1]
-            self.prompt_len = np.broadcast_to(plen, (self.pos.shape[0],)) if plen.size in (1, self.pos.shape[0]) else plen
+        if self.layouts:
+            self.prompt_len, self.rows = self.layouts[-1].rows_of(B, cache)
         else:  # a raw call outside trace/generate: each forward's tokens are "the prompt"
             self.prompt_len = self.pos[:, -1] + 1 if length else offsets
+            self.rows = np.arange(B, dtype=np.int64)
         self._masks = {}
 
-    def host_mask(self, sel: Positions) -> np.ndarray:
-        return sel.mask(self.pos, self.prompt_len)
+    @property
+    def padding(self) -> np.ndarray | None:
+        """Left padding of the current batch as the engine laid it out (None for raw calls)."""
+        return self.layouts[-1].padding if self.layouts else None
 
-    def mask(self, sel: Positions) -> object:
-        """True (all selected), False (none) or a (B, L, 1) boolean device array."""
-        m = self._masks.get(sel)
-        if m is None:
-            host = self.host_mask(sel)
-            m = True if host.all() else False if not host.any() else self.device_mask(host[..., None])
-            self._masks[sel] = m
+    def host_mask(self, sel: Positions, rows: frozenset[int] | None = None) -> np.ndarray:
+        """Boolean (B, L): positions ``sel`` of the rows whose key is in ``rows`` (all when None)."""
+        m = sel.mask(self.pos, self.prompt_len)
+        if rows is not None:
+            m = m & np.isin(self.rows, list(rows))[:, None]
         return m
 
-    def device_mask(self, host: np.ndarray) -> object:
-        raise NotImplementedError
+    def mask(self, sel: Positions, rows: frozenset[int] | None, *, like: object) -> object:
+        """True (all selected), False (none) or a (B, L, 1) boolean device array."""
+        k = (sel, rows)
+        m = self._masks.get(k)
+        if m is None:
+            host = self.host_mask(sel, rows)
+            m = True if host.all() else False if not host.any() else self.xp.mask(host[..., None], like=like)
+            self._masks[k] = m
+        return m
 
 
 def _nonneg(value: object, what: str) -> int:

@@ -57,6 +57,10 @@ class PromptEncoder:
             raise ValueError(f"prompt {prompt!r} encodes to no tokens")
         return ids
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids`` decoded together (the same call on every backend)."""
+        return str(self.tokenizer.decode(list(ids)))
+
     def encode_batch(self, prompts: str | Sequence[str] | Sequence[Sequence[int]], **kwargs: Any) -> list[list[int]]:
         """Token ids for a prompt or a list of prompts (strings or id lists)."""
         if isinstance(prompts, str) or (

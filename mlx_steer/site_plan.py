@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 from . import interventions as iv
 from .paths import PathResolver, Site
-from .positions import Positions, as_positions
-
-REDUCTIONS = (None, "mean")
+from .positions import Positions, as_positions, check_reachable
+from .recording import REDUCTIONS
 
 
 @dataclass
@@ -71,10 +70,48 @@ def plan_sites(
     return plans
 
 
-def as_interventions(value: object, *, scale: float = 1.0, positions: object = "all") -> Mapping | None:
-    """Accept ``{site: intervention}`` or a SteeringVector (anything with ``to_interventions``)."""
+def check_plans(plans: Mapping[str, SitePlan], *, limit: int, prompt_len: int, what: str) -> None:
+    """Reject what can never apply: explicit indices at or past ``limit`` positions, and
+    front-aligned tensors longer than the prompt. Runs before anything is installed."""
+    for plan in plans.values():
+        if plan.record is not None:
+            check_reachable(plan.record, limit, what=what)
+        for i in plan.interventions:
+            check_reachable(i.positions, limit, what=what)
+            if isinstance(i, iv.AddVector) and i.front_aligned and i.vector.shape[0] > prompt_len:
+                raise ValueError(
+                    f"front-aligned tensor at {plan.site.key!r} has {i.vector.shape[0]} positions but the "
+                    f"prompt has {prompt_len} tokens; it must not be longer than the prompt"
+                )
+
+
+def as_interventions(
+    value: object, *, scale: float = 1.0, positions: object = "all", rows: int | None = None,
+) -> Mapping | None:
+    """Accept ``{site: intervention}``, a SteeringVector (anything with ``to_interventions``), or
+    — for a batch of ``rows`` prompts — a list with one of those (or None) per row, which becomes
+    one mapping whose interventions are scoped to their row (see ``Intervention.for_rows``).
+    """
     if value is None or isinstance(value, Mapping):
         return value
     if hasattr(value, "to_interventions"):
         return value.to_interventions(scale=scale, positions=positions)
-    raise ValueError(f"expected a dict {{site: intervention}} or a SteeringVector, got {type(value).__name__}")
+    if isinstance(value, (list, tuple)):
+        if rows is None:
+            raise ValueError(
+                "expected a dict {site: intervention} or a SteeringVector; a list of them (one per prompt) "
+                "is only taken for a batch of prompts (run, batch_generate)"
+            )
+        if len(value) != rows:
+            raise ValueError(f"per-row interventions: got {len(value)} entries for {rows} prompts; give one per prompt (None for none)")
+        merged: dict[object, list[iv.Intervention]] = {}
+        for row, entry in enumerate(value):
+            spec = as_interventions(entry, scale=scale, positions=positions)
+            for site, item in (spec or {}).items():
+                scoped = [i.for_rows(row) for i in iv.as_intervention_list(item, site=str(site))]
+                merged.setdefault(site, []).extend(scoped)
+        return merged
+    raise ValueError(
+        f"expected a dict {{site: intervention}}, a SteeringVector, or a list of them (one per prompt), "
+        f"got {type(value).__name__}"
+    )

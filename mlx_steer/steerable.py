@@ -1,55 +1,104 @@
-"""What both backends' steerable models share: paths, hook handles, traces and the generation
-wrapper. A backend supplies how to patch a module, how to run a padded forward and how to run its
-generation loop; everything users call is defined once, here.
+"""What both backends' steerable models share: hooks, traces, the forward and generation API.
+
+A backend (``mlx_steer/backends/<name>/``) supplies the :class:`~mlx_steer.backend.ModelBackend`
+protocol — find a module, attach a function to its input or output, track positions — plus one
+padded forward and its generation loops. Planning, validation, intervention ops and recording
+are done here, once, before anything is attached.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .activations import Activations
+from .layout import Layout
+from .ops import Op, compile_op
 from .paths import Site
-from .positions import check_reachable
-from .site_plan import SitePlan, as_interventions, plan_sites
+from .positions import PositionState
+from .recording import Recorder
+from .site_plan import SitePlan, as_interventions, check_plans, plan_sites
+
+if TYPE_CHECKING:
+    from .backend import Array, ArrayOps, Undo
+    from .paths import PathResolver
+    from .prompts import PromptEncoder
+
+
+class SiteProgram:
+    """What runs at one site: its ops in order, then its recorder (which sees what flows on)."""
+
+    def __init__(self, site: Site, ops: list[Op], recorder: Recorder | None, state: PositionState):
+        self.site, self.ops, self.recorder, self.state = site, ops, recorder, state
+
+    def __call__(self, h: Array) -> Array:
+        for op in self.ops:
+            h = op(h, self.state)
+        if self.recorder is not None:
+            self.recorder(h)
+        return h
 
 
 class Hooks:
     """Installed interventions and recorders; undone by :meth:`remove` (or leaving ``with``).
 
-    Every op is compiled before anything is installed, so bad input leaves the model untouched;
-    a failure while installing undoes what was done. ``activations`` holds what the recorders
-    collected so far (concatenated over forwards).
+    Every site's ops are compiled (validated) before anything is attached, so bad input leaves
+    the model untouched; a failure while attaching undoes what was done. ``activations`` holds
+    what the recorders collected so far (concatenated over forwards). Interventions for one
+    batch row can be assigned and released while the hooks stay installed (:meth:`assign`).
     """
 
-    def __init__(self, owner: Steerable, plans: dict[str, SitePlan], reduce: str | None):
-        self._undo: list[Callable[[], None]] = []
-        self._recorders: dict[str, Any] = {}
-        self.ops: list = []
-        entries = [owner._entry(p, reduce, self._recorders, self.ops) for p in plans.values()]
+    def __init__(self, owner: Steerable, plans: Mapping[str, SitePlan], reduce: str | None):
+        self._owner = owner
+        self._undo: list[Undo] = []
+        self._programs = {key: owner._program(plan, reduce) for key, plan in plans.items()}
+        self.recorders = {k: p.recorder for k, p in self._programs.items() if p.recorder is not None}
         try:
-            owner._install(entries, self._undo)
+            self._undo.append(owner.attach_tracker())
+            for program in self._programs.values():
+                self._attach(program)
         except BaseException:
             self.remove()
             raise
-        self._flush = owner._flush
-        self.activations = Activations({k: r.result for k, r in self._recorders.items()}, owner.resolve_key)
+        self.activations = Activations({k: r.result for k, r in self.recorders.items()}, owner.resolve_key)
+
+    def _attach(self, program: SiteProgram) -> None:
+        self._undo.append(self._owner.attach(program.site.path, program.site.point, program))
+
+    def assign(self, row: int, interventions: Mapping | Any) -> None:
+        """Steer batch row ``row`` (a row key) with ``interventions`` from the next forward on,
+        replacing what it had. Validated in full before anything changes."""
+        plans = self._owner._plan(interventions=interventions)
+        compiled = {key: [self._owner._compile(plan.site, i.for_rows(row)) for i in plan.interventions]
+                    for key, plan in plans.items()}
+        self.release(row)
+        for key, ops in compiled.items():
+            program = self._programs.get(key)
+            if program is None:
+                program = self._programs[key] = SiteProgram(plans[key].site, [], None, self._owner.state)
+                self._attach(program)
+            program.ops.extend(ops)
+
+    def release(self, row: int) -> None:
+        """Drop the interventions :meth:`assign` gave row ``row`` (other rows keep theirs)."""
+        only = frozenset({row})
+        for program in self._programs.values():
+            program.ops = [op for op in program.ops if op.rows != only]
 
     def remove(self) -> None:
         """Undo every patch this object made, newest first (idempotent)."""
         while self._undo:
             self._undo.pop()()
 
-    @property
-    def active(self) -> bool:
-        return bool(self._undo)
-
     def flush(self) -> None:
         """Hand pending recordings to the backend at a loop boundary (MLX schedules them)."""
-        self._flush(self._recorders.values())
+        pending = [a for r in self.recorders.values() for a in r.pending()]
+        if pending:
+            self._owner.xp.schedule(pending)
 
     def __enter__(self) -> Hooks:
         return self
@@ -73,13 +122,46 @@ class Trace:
         return self._hooks.activations
 
 
+@dataclass
+class BatchResult:
+    """What :meth:`Steerable.batch_generate` returns, one entry per prompt, in prompt order.
+
+    Attributes:
+        texts: The generated text of each row (its tokens decoded together).
+        token_ids: The generated token ids of each row (EOS excluded).
+        finish_reasons: ``"stop"`` (EOS) or ``"length"`` per row.
+    """
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    finish_reasons: list[str]
+
+
+@dataclass
+class RowStep:
+    """One generated token of one batch row, as a backend's batch loop reports it."""
+
+    row: int
+    token: int
+    finish_reason: str | None = None
+
+
 class Steerable:
     """The public API both backends share.
 
-    A backend sets ``resolver``, ``state`` (a PositionState), ``prompts`` and implements
-    ``_entry`` (compile one site plan), ``_install`` (patch, recording undo callbacks),
-    ``_flush``, ``_forward`` (one padded forward) and ``_stream`` (its generation loop).
+    A backend sets ``xp``, ``modules``, ``layer_paths``, ``hidden_size``, ``resolver``,
+    ``state``, ``prompts`` and implements the :class:`~mlx_steer.backend.ModelBackend` methods
+    (``site_dim``, ``site_heads``, ``attach``, ``attach_tracker``) plus ``_forward`` (one padded
+    forward), ``_stream`` (its generation loop) and ``_generate_rows`` (its batch loop).
     """
+
+    xp: ArrayOps
+    modules: dict[str, Any]
+    layer_paths: list[str]
+    hidden_size: int
+    resolver: PathResolver
+    state: PositionState
+    prompts: PromptEncoder
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -96,6 +178,48 @@ class Steerable:
     def resolve_key(self, site: str) -> str:
         return self.resolver.resolve(site).key
 
+    def to_numpy(self, x: Array) -> np.ndarray:
+        """A float32 numpy copy of a backend array."""
+        return self.xp.to_numpy(x)
+
+    # -- the backend contract (see mlx_steer.backend.ModelBackend) ------------------------------
+    def site_dim(self, path: str, point: str) -> int | None:
+        raise NotImplementedError
+
+    def site_heads(self, path: str, point: str) -> int | None:
+        raise NotImplementedError
+
+    def attach(self, path: str, point: str, fn: Any) -> Undo:
+        raise NotImplementedError
+
+    def attach_tracker(self) -> Undo:
+        raise NotImplementedError
+
+    def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> Array | None:
+        raise NotImplementedError
+
+    def _stream(self, tokens: list[int], *, max_tokens: int, **options: Any) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def _generate_rows(self, tokens: list[list[int]], *, max_tokens: int, **options: Any) -> Iterator[RowStep]:
+        raise NotImplementedError
+
+    # -- planning ----------------------------------------------------------------------------
+    def _plan(self, *, interventions: Mapping | Any = None, record: object = None,
+              record_positions: object = "all", reduce: str | None = None, rows: int | None = None,
+              ) -> dict[str, SitePlan]:
+        return plan_sites(self.resolver, interventions=as_interventions(interventions, rows=rows),
+                          record=record, record_positions=record_positions, reduce=reduce)
+
+    def _compile(self, site: Site, spec: Any) -> Op:
+        return compile_op(spec, xp=self.xp, site=site.key, dim=self.site_dim(site.path, site.point),
+                          n_heads=self.site_heads(site.path, site.point))
+
+    def _program(self, plan: SitePlan, reduce: str | None) -> SiteProgram:
+        ops = [self._compile(plan.site, i) for i in plan.interventions]
+        rec = None if plan.record is None else Recorder(self.state, plan.record, reduce, site=plan.site.key)
+        return SiteProgram(plan.site, ops, rec, self.state)
+
     # -- patching --------------------------------------------------------------------------
     def hooks(
         self,
@@ -108,11 +232,11 @@ class Steerable:
         """Install interventions and recorders until ``remove()`` / the end of a ``with`` block.
 
         Recorders keep the activation after this site's interventions (what flows on).
+        Interventions scoped to rows (``for_rows``) act on those batch rows only; more can be
+        given to a row later with :meth:`Hooks.assign`.
         """
-        plans = plan_sites(
-            self.resolver, interventions=as_interventions(interventions),
-            record=record, record_positions=record_positions, reduce=reduce,
-        )
+        plans = self._plan(interventions=interventions, record=record,
+                           record_positions=record_positions, reduce=reduce)
         return Hooks(self, plans, reduce)
 
     def steer(self, interventions: Mapping | Any, *, scale: float = 1.0, positions: object = "all") -> Hooks:
@@ -128,29 +252,13 @@ class Steerable:
         return self.hooks(record=sites, record_positions=positions, reduce=reduce)
 
     @contextlib.contextmanager
-    def _layout(self, lengths: Sequence[int], padding: Sequence[int]) -> Iterator[None]:
-        """Tell the position state the prompt lengths (and left padding) of our own forwards."""
-        self.state.prompt_len_stack.append(np.asarray(lengths, dtype=np.int64))
-        self.state.padding_stack.append(np.asarray(padding, dtype=np.int64))
+    def _layout(self, layout: Layout) -> Iterator[None]:
+        """Tell the position tracker how our own forwards are laid out (lengths, padding, rows)."""
+        self.state.layouts.append(layout)
         try:
             yield
         finally:
-            self.state.prompt_len_stack.pop()
-            self.state.padding_stack.pop()
-
-    @staticmethod
-    def _check_positions(hooks: Hooks, limit: int, prompt_len: int, what: str) -> None:
-        """Reject indices that can never be reached and front-aligned tensors longer than the prompt."""
-        for rec in hooks._recorders.values():
-            check_reachable(rec.positions, limit, what=what)
-        for op in hooks.ops:
-            check_reachable(op.sel, limit, what=what)
-            rows = getattr(op, "front_aligned_rows", None)
-            if rows is not None and rows > prompt_len:
-                raise ValueError(
-                    f"front-aligned tensor at {op.site!r} has {rows} positions but the prompt has "
-                    f"{prompt_len} tokens; it must not be longer than the prompt"
-                )
+            self.state.layouts.remove(layout)
 
     # -- forward ---------------------------------------------------------------------------
     def encode(
@@ -176,28 +284,27 @@ class Steerable:
         Args:
             prompts: A string, a list of strings, or lists of token ids.
             record: Sites to record (list, or ``{site: positions}``).
-            interventions: ``{site: intervention(s)}`` or a SteeringVector.
+            interventions: ``{site: intervention(s)}``, a SteeringVector, or a list with one of
+                those (or None) per prompt: row ``i`` gets entry ``i`` only.
             record_positions: Default positions for recorded sites.
             reduce: ``"mean"`` averages the recorded positions per row.
             logits: Keep the (B, L, V) logits (skipping them saves the unembedding).
             chat: Wrap each prompt as a user turn with the chat template.
         """
         tokens = self.prompts.encode_batch(prompts, chat=chat)
-        hooks = self.hooks(interventions=interventions, record=record,
-                           record_positions=record_positions, reduce=reduce)
-        try:
-            L = max(len(t) for t in tokens)
-            self._check_positions(hooks, L, L, "a prompt")
+        plans = self._plan(interventions=interventions, record=record, record_positions=record_positions,
+                           reduce=reduce, rows=len(tokens))
+        L = max(len(t) for t in tokens)
+        check_plans(plans, limit=L, prompt_len=L, what="a prompt")
+        with Hooks(self, plans, reduce) as hooks:
             return Trace(hooks, self._forward(tokens, hooks, keep_logits=logits), tokens)
-        finally:
-            hooks.remove()
 
     @contextlib.contextmanager
     def trace(self, prompts: str | Sequence[str] | Sequence[Sequence[int]], **kwargs: Any) -> Iterator[Trace]:
         """``with model.trace(prompts, record=[..], interventions={..}) as tr:`` — runs one forward.
 
-        Results stay readable after the block; patches are removed when it ends (or raises).
-        Options are those of :meth:`run`.
+        The forward runs (and its patches are removed) when the block is entered; the results
+        stay readable inside the block and after it. Options are those of :meth:`run`.
         """
         yield self.run(prompts, **kwargs)
 
@@ -231,20 +338,21 @@ class Steerable:
                 repetition_context_size, logits_processors, sampler, seed, prefill_step_size``
                 (the MLX backend passes other options on to ``mlx_lm.stream_generate``).
         """
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        _check_loop(max_tokens, options)
         tokens = self.encode(prompt, chat=chat, system=system)
-        hooks = self.hooks(interventions=interventions, record=record, record_positions=record_positions)
-        try:
-            self._check_positions(hooks, len(tokens) + max_tokens, len(tokens), "prompt + max_tokens")
+        plans = self._plan(interventions=interventions, record=record, record_positions=record_positions)
+        check_plans(plans, limit=len(tokens) + max_tokens, prompt_len=len(tokens), what="prompt + max_tokens")
+        return self._stream_steps(tokens, plans, max_tokens=max_tokens, hooks_out=hooks_out, options=options)
+
+    def _stream_steps(self, tokens: list[int], plans: Mapping[str, SitePlan], *, max_tokens: int,
+                      hooks_out: list | None, options: dict[str, Any]) -> Iterator[Any]:
+        with Hooks(self, plans, None) as hooks:
             if hooks_out is not None:
                 hooks_out.append(hooks)
-            with self._layout([len(tokens)], [0]):
+            with self._layout(Layout([len(tokens)])):
                 for response in self._stream(tokens, max_tokens=max_tokens, **options):
                     hooks.flush()
                     yield response
-        finally:
-            hooks.remove()
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> str:
         """Generated text (the continuation only). Options are those of :meth:`stream_generate`."""
@@ -253,3 +361,54 @@ class Steerable:
     def generate_tokens(self, prompt: str | Sequence[int], **kwargs: Any) -> list[int]:
         """Generated token ids (EOS excluded). Options are those of :meth:`stream_generate`."""
         return [int(r.token) for r in self.stream_generate(prompt, **kwargs) if r.finish_reason != "stop"]
+
+    def batch_generate(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        *,
+        max_tokens: int = 256,
+        interventions: Mapping | Any = None,
+        chat: bool = False,
+        system: str | None = None,
+        **options: Any,
+    ) -> BatchResult:
+        """Generate for several prompts in one batch, each row with its own steering.
+
+        Every row gets exactly what it would get alone (greedy tokens identical): the batch is
+        left-padded with exact per-row positions, and a row's interventions never touch another.
+
+        Args:
+            prompts: Strings or token-id lists.
+            max_tokens: Tokens to generate per row.
+            interventions: ``{site: intervention(s)}`` or a SteeringVector for every row, or a
+                list with one of those (or None) per prompt.
+            chat, system: Wrap each prompt as a chat user turn.
+            options: Sampling options as for :meth:`stream_generate` (shared by every row).
+
+        Returns:
+            A :class:`BatchResult` in prompt order.
+        """
+        _check_loop(max_tokens, options)
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+            raise ValueError("batch_generate takes a non-empty list of prompts")
+        tokens = [self.encode(p, chat=chat, system=system) for p in prompts]
+        plans = self._plan(interventions=interventions, rows=len(tokens))
+        check_plans(plans, limit=max(map(len, tokens)) + max_tokens, prompt_len=min(map(len, tokens)),
+                    what="prompt + max_tokens")
+        out: list[list[int]] = [[] for _ in tokens]
+        reasons = ["length"] * len(tokens)
+        with Hooks(self, plans, None):
+            for step in self._generate_rows(tokens, max_tokens=max_tokens, **options):
+                if step.finish_reason == "stop":
+                    reasons[step.row] = "stop"
+                else:
+                    out[step.row].append(step.token)
+        texts = [self.prompts.decode(ids) for ids in out]
+        return BatchResult(texts, out, reasons)
+
+
+def _check_loop(max_tokens: object, options: Mapping[str, Any]) -> None:
+    """Loop options are checked at the call, before anything is installed or computed."""
+    for name, value in (("max_tokens", max_tokens), ("prefill_step_size", options.get("prefill_step_size", 1))):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -85,7 +85,7 @@ def test_bad_intervention_objects(model):
     check(model, r"intervention for site 'layers\.1' must be made by mlx_steer\.interventions",
           lambda: model.steer({"layers.1": 3.0}))
     check(model, r"interventions must be a dict|expected a dict", lambda: model.steer(["layers.1"]))
-    check(model, r"must return an mx\.array of shape", lambda: model.run(PROMPT, interventions={"layers.1": lambda h: h[:, :1]}))
+    check(model, r"must return a mx\.array of shape", lambda: model.run(PROMPT, interventions={"layers.1": lambda h: h[:, :1]}))
     with pytest.raises(ValueError, match=r"empty window \[3, 3\)"):
         Positions.window(3, 3)
     check(model, r"max_tokens must be a positive int", lambda: model.generate(PROMPT, max_tokens=0))

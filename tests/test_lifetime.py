@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-import mlx_steer.mlx_hooks as hk
+import mlx_steer.backends.mlx.patching as hk
 from mlx_steer import interventions as iv
 
 PROMPT = "I love this wonderful day"

@@ -243,7 +243,7 @@ ERRORS = [
     (r"front-aligned tensor .* has", lambda m: m.generate(PROMPT, max_tokens=4, interventions={"layers.1": iv.add_vector(np.ones((30, 64)))})),
     (r"intervention for site 'layers\.1' must be made by mlx_steer\.interventions", lambda m: m.steer({"layers.1": 3.0})),
     (r"expected a dict", lambda m: m.steer(["layers.1"])),
-    (r"must return an? (mx\.array|torch\.Tensor) of shape", lambda m: m.run(PROMPT, interventions={"layers.1": lambda h: h[:, :1]})),
+    (r"must return a {array} of shape", lambda m: m.run(PROMPT, interventions={"layers.1": lambda h: h[:, :1]})),
     (r"max_tokens must be a positive int", lambda m: m.generate(PROMPT, max_tokens=0)),
     (r"unknown reduce 'sum'", lambda m: m.run(PROMPT, record=["layers.1"], reduce="sum")),
 ]
@@ -253,8 +253,9 @@ ERRORS = [
 def test_bad_input_errors_leave_model_untouched(fresh_models, backend):
     m = fresh_models(backend, "llama")
     before = snapshot(m)
+    array = {"mlx": r"mx\.array", "torch": r"torch\.Tensor"}[backend]
     for match, call in ERRORS:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(ValueError, match=match.replace("{array}", array)):
             call(m)
         assert_untouched(m, before)
 
@@ -532,7 +533,9 @@ def test_position_tracker_reads_the_cache_under_either_name(keyword):
     ``past_key_values``: both give absolute positions offset by the cache's length."""
     from transformers import DynamicCache
 
-    from mlx_steer.torch_backend.hooks import ForwardState, attach_tracker, cache_keyword
+    from mlx_steer.backends.torch.arrays import XP
+    from mlx_steer.backends.torch.hooks import attach_tracker, cache_keyword
+    from mlx_steer.positions import PositionState
 
     class Decoder(torch.nn.Module):  # the signature is all the tracker reads
         def forward(self, input_ids=None, attention_mask=None, **kwargs):
@@ -540,7 +543,7 @@ def test_position_tracker_reads_the_cache_under_either_name(keyword):
 
     cache = DynamicCache()
     cache.update(torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4), layer_idx=0)  # 5 tokens seen
-    state, dec = ForwardState(), Decoder()
+    state, dec = PositionState(XP), Decoder()
     handle = attach_tracker(dec, state)
     try:
         dec(input_ids=torch.tensor([[7, 8, 9]]), **{keyword: cache})

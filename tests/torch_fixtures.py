@@ -159,16 +159,16 @@ def torch_hook_ids(model) -> dict[str, tuple]:
 def patch_attach(m, monkeypatch, wrapper) -> None:
     """Replace the backend's single hook-registration function by ``wrapper(real)``."""
     if _is_torch(m):
-        import mlx_steer.torch_backend.hooks as hk
+        import mlx_steer.backends.torch.hooks as hk
     else:
-        import mlx_steer.mlx_hooks as hk
+        import mlx_steer.backends.mlx.patching as hk
     monkeypatch.setattr(hk, "attach", wrapper(hk.attach))
 
 
 def is_patched(m, path: str) -> bool:
     if _is_torch(m):
         return bool(m.modules[path]._forward_hooks or m.modules[path]._forward_pre_hooks)
-    import mlx_steer.mlx_hooks as hk
+    import mlx_steer.backends.mlx.patching as hk
 
     return hk.is_patched(m.modules[path])
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -44,8 +44,9 @@ import mlx.nn as nn
 import numpy as np
 
 from .. import interventions as _iv
-from ..mlx_model import SteerableModel, load
-from ..mlx_ops import compile_op
+from ..backends.mlx import SteerableModel, load
+from ..backends.mlx.arrays import XP
+from ..ops import Op, compile_op
 
 __all__ = [
     "GenerationResult", "InterpretableModel", "Intervention", "InterventionComposer", "OutputProxy",
@@ -57,14 +58,6 @@ _OUTPUT = "__model_output__"
 
 
 # -- interventions ------------------------------------------------------------------------------
-class _EveryPosition:
-    """Position state for calling an intervention directly on an array: every position selected."""
-
-    @staticmethod
-    def mask(_selector: object) -> bool:
-        return True
-
-
 @dataclass(frozen=True)
 class Intervention:
     """An mlxterp-style intervention: ``fn(activation) -> activation``, carrying the mlx_steer
@@ -77,16 +70,25 @@ class Intervention:
 
     native: tuple[_iv.Intervention, ...]
     name: str
+    _compiled: dict[int, list[Op]] = field(default_factory=dict, compare=False, repr=False)
 
     def __repr__(self) -> str:
         return f"Intervention({self.name}: {', '.join(type(n).__name__ for n in self.native)})"
 
     def __call__(self, x: mx.array) -> mx.array:
-        """Apply to an array directly (mlxterp interventions are plain functions)."""
-        for spec in self.native:
-            op = compile_op(spec, site=self.name, dim=x.shape[-1], n_heads=None, dtype=x.dtype)
-            x = op(x, _EveryPosition)
+        """Apply to an array directly (mlxterp interventions are plain functions): every
+        position of ``x`` is selected."""
+        for op in self._ops(x.shape[-1]):
+            x = op.apply(x, None)  # type: ignore[arg-type]  # no positions: these ops do not read them
         return x
+
+    def _ops(self, dim: int) -> list[Op]:
+        """The compiled ops for activations of size ``dim``, compiled once."""
+        ops = self._compiled.get(dim)
+        if ops is None:
+            ops = self._compiled[dim] = [compile_op(s, xp=XP, site=self.name, dim=dim, n_heads=None)
+                                         for s in self.native]
+        return ops
 
 
 def _numpy(value: object) -> np.ndarray:

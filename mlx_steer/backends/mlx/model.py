@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import mlx_hooks as hk
-from .mlx_ops import compile_op
-from .paths import PathResolver
-from .prompts import PromptEncoder
-from .site_plan import SitePlan
-from .steerable import Hooks, Steerable, Trace
+from ...layout import Layout
+from ...paths import PathResolver
+from ...positions import PositionState
+from ...prompts import PromptEncoder
+from ...steerable import Hooks, RowStep, Steerable, Trace
+from . import patching as hk
+from .arrays import XP
+from .batching import generate_rows
 
 __all__ = ["Hooks", "SteerableModel", "Trace", "load"]
 
@@ -55,52 +57,30 @@ class SteerableModel(Steerable):
         self.hidden_size = int(_first_attr(args, "hidden_size", "n_embd", "d_model"))
         self.n_heads = _first_attr(args, "num_attention_heads", "n_head", "n_heads", default=None)
         self.dtype = _activation_dtype(model)
-        self.state = hk.ForwardState()
+        self.xp = XP
+        self.state = PositionState(XP)
         self._padded_batches: dict[int, bool] = {}  # batch size -> padded batches are right
         self.prompts = PromptEncoder(tokenizer)
 
-    # -- the backend contract of Steerable -------------------------------------------------------
-    def _entry(self, plan: SitePlan, reduce: str | None, recorders: dict, all_ops: list) -> tuple[nn.Module, hk.Entry]:
-        site = plan.site
-        module = self.modules[site.path]
-        dim = _site_dim(module, site.point, self.hidden_size)
-        # head ablation only makes sense on a projection's input, where heads are concatenated
-        heads_site = site.point == "input" and isinstance(module, (nn.Linear, nn.QuantizedLinear))
-        n_heads = self.n_heads if heads_site else None
-        ops = [compile_op(i, site=site.key, dim=dim, n_heads=n_heads, dtype=self.dtype)
-               for i in plan.interventions]
-        all_ops.extend(ops)
-        rec = None
-        if plan.record is not None:
-            rec = recorders[site.key] = hk.Recorder(self.state, plan.record, reduce)
-        state = self.state
+    # -- the backend contract (mlx_steer.backend.ModelBackend) ---------------------------------
+    def site_dim(self, path: str, point: str) -> int | None:
+        return _site_dim(self.modules[path], point, self.hidden_size)
 
-        def fn(h: mx.array) -> mx.array:
-            for op in ops:
-                h = op(h, state)
-            return rec(h) if rec is not None else h
+    def site_heads(self, path: str, point: str) -> int | None:
+        # heads are concatenated on a projection's input
+        module = self.modules[path]
+        return self.n_heads if point == "input" and isinstance(module, (nn.Linear, nn.QuantizedLinear)) else None
 
-        if site.point == "input":
-            return module, hk.Entry(before=hk.on_first_arg(fn))
-        return module, hk.Entry(after=hk.on_output(fn))
+    def attach(self, path: str, point: str, fn: Any) -> Any:
+        module = self.modules[path]
+        entry = hk.Entry(before=hk.on_first_arg(fn)) if point == "input" else hk.Entry(after=hk.on_output(fn))
+        hk.attach(module, entry)
+        return lambda: hk.detach(module, entry)
 
-    @staticmethod
-    def to_numpy(x: mx.array) -> np.ndarray:
-        """A float32 numpy copy of a backend array."""
-        return np.array(x.astype(mx.float32))
-
-    def _install(self, entries: list[tuple[nn.Module, hk.Entry]], undo: list) -> None:
-        for module, entry in [(self.model, hk.position_tracker(self.state)), *entries]:
-            hk.attach(module, entry)
-            undo.append(lambda module=module, entry=entry: hk.detach(module, entry))
-
-    @staticmethod
-    def _flush(recorders: Iterable[hk.Recorder]) -> None:
-        # async_eval: a blocking eval would wait behind the step mlx-lm has in flight and lose
-        # its compute/graph-building overlap
-        pending = [a for r in recorders for a in r.pending()]
-        if pending:
-            mx.async_eval(pending)
+    def attach_tracker(self) -> Any:
+        entry = hk.position_tracker(self.state)
+        hk.attach(self.model, entry)
+        return lambda: hk.detach(self.model, entry)
 
     def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> mx.array | None:
         lengths = [len(t) for t in tokens]
@@ -112,9 +92,9 @@ class SteerableModel(Steerable):
             pad_id = self.prompts.pad_id
             x = mx.array([[pad_id] * p + t for p, t in zip(pad, tokens)])
             cache = self._batch_cache(pad) if any(pad) else None
-            with self._layout(lengths, pad):
+            with self._layout(Layout(lengths, pad)):
                 logits = self.model(x, cache=cache)
-        results = [a for a in (r.result() for r in hooks._recorders.values()) if a is not None]
+        results = [a for a in (r.result() for r in hooks.recorders.values()) if a is not None]
         mx.eval(results + ([logits] if keep_logits else []))
         return logits if keep_logits else None
 
@@ -147,16 +127,16 @@ class SteerableModel(Steerable):
     def _forward_rows(self, tokens: list[list[int]], hooks: Hooks) -> mx.array:
         """Run rows one at a time and left-pad the results as a padded batch would be."""
         L = max(len(t) for t in tokens)
-        per_row: dict[str, list] = {k: [] for k in hooks._recorders}
+        per_row: dict[str, list] = {k: [] for k in hooks.recorders}
         logits = []
-        for t in tokens:
-            for r in hooks._recorders.values():
+        for row, t in enumerate(tokens):
+            for r in hooks.recorders.values():
                 r.reset()
-            with self._layout([len(t)], [0]):
+            with self._layout(Layout([len(t)], rows=[row])):
                 logits.append(_left_pad(self.model(mx.array([t])), L))
-            for k, r in hooks._recorders.items():
+            for k, r in hooks.recorders.items():
                 per_row[k].append(r.result())
-        for k, r in hooks._recorders.items():
+        for k, r in hooks.recorders.items():
             rows = per_row[k]
             if all(a is not None for a in rows):
                 n = max(a.shape[1] for a in rows)
@@ -181,37 +161,36 @@ class SteerableModel(Steerable):
         return out
 
     # -- generation --------------------------------------------------------------------------
-    def _stream(
-        self,
-        tokens: list[int],
-        *,
-        max_tokens: int,
-        temp: float = 0.0,
-        top_p: float = 0.0,
-        min_p: float = 0.0,
-        top_k: int = 0,
-        repetition_penalty: float | None = None,
-        repetition_context_size: int = 20,
-        logits_processors: list | None = None,
-        sampler: Any = None,
-        seed: int | None = None,
-        prefill_step_size: int = 2048,
-        **kwargs: Any,
-    ) -> Iterator[Any]:
-        """mlx-lm's own loop; extra ``kwargs`` go to ``mlx_lm.stream_generate`` (e.g. ``max_kv_size``)."""
+    def _stream(self, tokens: list[int], *, max_tokens: int, prefill_step_size: int = 2048,
+                **options: Any) -> Iterator[Any]:
+        """mlx-lm's own loop; options other than sampling go to ``mlx_lm.stream_generate``
+        (e.g. ``max_kv_size``)."""
         from mlx_lm import stream_generate
-        from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
-        sampler = sampler or make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
-        processors = make_logits_processors(
-            repetition_penalty=repetition_penalty, repetition_context_size=repetition_context_size
-        ) + list(logits_processors or [])
-        if seed is not None:
-            mx.random.seed(seed)
+        sampler, processors, rest = sampling(**options)
         yield from stream_generate(
             self.model, self.tokenizer, mx.array(tokens), max_tokens=max_tokens, sampler=sampler,
-            logits_processors=processors, prefill_step_size=prefill_step_size, **kwargs,
+            logits_processors=processors, prefill_step_size=prefill_step_size, **rest,
         )
+
+    def _generate_rows(self, tokens: list[list[int]], *, max_tokens: int, prefill_step_size: int = 2048,
+                       **options: Any) -> Iterator[RowStep]:
+        """mlx-lm's ``BatchGenerator`` over every row at once (row by row where this model's
+        padded batches are wrong, see :meth:`_batch_padding_works`)."""
+        sampler, processors, rest = sampling(**options)
+        if rest:
+            raise ValueError(f"unsupported option(s) for batch generation: {', '.join(sorted(rest))}")
+        lengths = [len(t) for t in tokens]
+        pad = [max(lengths) - n for n in lengths]
+        if len(tokens) > 1 and any(pad) and not self._batch_padding_works(pad):
+            for row, t in enumerate(tokens):
+                with self._layout(Layout([len(t)], rows=[row])):
+                    for r in self._stream(t, max_tokens=max_tokens, sampler=sampler,
+                                          logits_processors=processors, prefill_step_size=prefill_step_size):
+                        yield RowStep(row, int(r.token), r.finish_reason)
+            return
+        yield from generate_rows(self, tokens, max_tokens=max_tokens, sampler=sampler, processors=processors,
+                                 prefill_step_size=prefill_step_size, stop_tokens=sorted(self.eos_token_ids))
 
     # -- unembedding and generation helpers (the backend contract of mlx_steer.analysis) -----
     _HEAD_NAMES = ("lm_head", "output", "embed_out")
@@ -303,6 +282,23 @@ class SteerableModel(Steerable):
             return logits + bias_by_vocab[V].astype(logits.dtype)
 
         return processor
+
+
+def sampling(
+    *, temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, top_k: int = 0,
+    repetition_penalty: float | None = None, repetition_context_size: int = 20,
+    logits_processors: list | None = None, sampler: Any = None, seed: int | None = None, **rest: Any,
+) -> tuple[Any, list, dict[str, Any]]:
+    """mlx-lm's sampler and logits processors for the options (and the options left over)."""
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    sampler = sampler or make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
+    processors = make_logits_processors(
+        repetition_penalty=repetition_penalty, repetition_context_size=repetition_context_size
+    ) + list(logits_processors or [])
+    if seed is not None:
+        mx.random.seed(seed)
+    return sampler, processors, rest
 
 
 def _left_pad(a: mx.array, length: int) -> mx.array:

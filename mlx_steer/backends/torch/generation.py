@@ -8,12 +8,14 @@ same positions. No ``torch.compile`` and no ``GenerationMixin.generate``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
+from ...steerable import RowStep
 from .hooks import cache_keyword
 from .sampling import LogitsProcessor, Sampler
 
@@ -37,7 +39,6 @@ class GenerationResponse:
     prompt_tokens: int
     generation_tokens: int
     finish_reason: str | None = None
-    from_draft: bool = False
 
 
 def generate_step(
@@ -47,8 +48,6 @@ def generate_step(
     """Yield ``(token, logprobs)`` pairs; each forward runs under ``torch.no_grad``."""
     from transformers import DynamicCache
 
-    if not isinstance(prefill_step_size, int) or prefill_step_size < 1:
-        raise ValueError(f"prefill_step_size must be a positive int, got {prefill_step_size!r}")
     device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)
     cache_kw = cache_keyword(model)
@@ -88,6 +87,64 @@ def generate_step(
         yield int(y.item()), logprobs
         y, logprobs = next_y, next_logprobs
         n += 1
+
+
+def generate_rows(
+    model: Any, prompts: Sequence[Sequence[int]], *, max_tokens: int, sampler: Sampler,
+    logits_processors: list[LogitsProcessor], prefill_step_size: int, pad_id: int, eos: Collection[int],
+) -> Iterator[RowStep]:
+    """Generate for every prompt in one left-padded batch (padding masked, positions shifted, so
+    each row computes what it computes alone); yields each row's tokens, EOS included with
+    ``finish_reason="stop"``. Finished rows keep decoding until every row is done (unused)."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    B, L = len(prompts), max(len(p) for p in prompts)
+    pad = np.array([L - len(p) for p in prompts], dtype=np.int64)
+    ids = torch.tensor([[pad_id] * int(n) + list(p) for n, p in zip(pad, prompts)], device=device)
+    cols = np.arange(L)[None] - pad[:, None]
+    attn = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
+    pos = torch.from_numpy(np.maximum(cols, 0)).to(device)
+    cache, cache_kw = DynamicCache(config=model.config), cache_keyword(model)
+    contexts = [torch.tensor(list(p), dtype=torch.long, device=device) for p in prompts]
+
+    @torch.no_grad()  # per call, not around the loop: grad mode must not leak to the consumer
+    def forward(x: torch.Tensor, upto: int, at: torch.Tensor) -> torch.Tensor:
+        out = model(input_ids=x, attention_mask=attn[:, :upto], position_ids=at, **{cache_kw: cache},
+                    use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+    start = 0
+    while start < L - 1:  # the prompt but its last token, in chunks
+        n = min(prefill_step_size, L - 1 - start)
+        forward(ids[:, start : start + n], start + n, pos[:, start : start + n])
+        start += n
+    logits = forward(ids[:, L - 1 :], L, pos[:, L - 1 :])
+    done = [False] * B
+    next_pos = torch.from_numpy(cols[:, -1] + 1).to(device)
+    for step in range(1, max_tokens + 1):
+        if logits_processors:
+            rows = []
+            for b in range(B):
+                row = logits[b : b + 1]
+                for processor in logits_processors:
+                    row = processor(contexts[b], row)
+                rows.append(row)
+            logits = torch.cat(rows)
+        logits = logits.float()
+        y = sampler(logits - torch.logsumexp(logits, dim=-1, keepdim=True)).reshape(B)
+        for b, token in enumerate(y.tolist()):
+            if done[b]:
+                continue
+            reason = "stop" if token in eos else "length" if step == max_tokens else None
+            done[b] = reason is not None
+            yield RowStep(b, int(token), reason)
+        if all(done):
+            return
+        contexts = [torch.cat([c, y[b : b + 1]]) for b, c in enumerate(contexts)]
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+        logits = forward(y[:, None], attn.shape[1], next_pos[:, None])
+        next_pos = next_pos + 1
 
 
 class StreamingDetokenizer:

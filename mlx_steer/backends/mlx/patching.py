@@ -1,4 +1,4 @@
-"""Per-instance patching of MLX modules, and the per-forward position state.
+"""Per-instance patching of MLX modules, and the tracker of each forward's positions.
 
 ``nn.Module`` has no hooks and Python looks ``__call__`` up on the type, so a patched module's
 class is swapped for a cached subclass whose ``__call__`` runs the module's hook entries around
@@ -6,7 +6,8 @@ the original. The module's dict (its parameters) is never touched, so parameter 
 are unchanged while patched. The hook list lives in a ``_``-prefixed attribute: not a parameter.
 
 The root model is patched too: before each forward it reads the KV-cache offset and computes the
-absolute position of every token (:class:`ForwardState`), which every site hook then shares.
+absolute position of every token (a :class:`~mlx_steer.positions.PositionState`), which every
+site hook then shares.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .positions import Positions, PositionState, Selection, plan_selection
+from ...positions import PositionState
 
 _ATTR = "_mlx_steer_hooks"
 _SUBCLASSES: dict[type, type] = {}
@@ -122,13 +123,6 @@ def on_output(fn: Callable[[mx.array], mx.array]) -> Callable[[Any], Any]:
     return after
 
 
-class ForwardState(PositionState):
-    """Positions of the current forward; masks as MLX arrays."""
-
-    def device_mask(self, host: np.ndarray) -> mx.array:
-        return mx.array(host)
-
-
 def cache_offsets(cache: Any, batch: int) -> np.ndarray:
     """Per-row absolute offset of the first token of this forward, from the KV cache."""
     if cache is None:
@@ -143,7 +137,7 @@ def cache_offsets(cache: Any, batch: int) -> np.ndarray:
     return np.zeros(batch, dtype=np.int64)
 
 
-def position_tracker(state: ForwardState) -> Entry:
+def position_tracker(state: PositionState) -> Entry:
     """The root model's entry: set ``state`` from the inputs and the cache offset."""
 
     def before(args: tuple, kwargs: dict) -> tuple:
@@ -154,89 +148,7 @@ def position_tracker(state: ForwardState) -> Entry:
         else:
             B, L = emb.shape[:2]
         cache = kwargs["cache"] if "cache" in kwargs else (args[1] if len(args) > 1 else None)
-        state.begin(cache_offsets(cache, B), L)
+        state.begin(cache_offsets(cache, B), L, cache)
         return args
 
     return Entry(before=before)
-
-
-class Recorder:
-    """Collects a site's activations at selected positions, as contiguous copies.
-
-    Args:
-        positions: Which positions to keep.
-        reduce: ``None`` keeps positions (B, T, D); ``"mean"`` averages them per row (B, D).
-    """
-
-    def __init__(self, state: ForwardState, positions: Positions, reduce: str | None):
-        self.state, self.positions, self.reduce = state, positions, reduce
-        self.chunks: list[mx.array] = []
-        self.sum: mx.array | None = None
-        self.count = np.zeros(0)
-        self._evaluated = 0  # chunks[:_evaluated] were evaluated by flush()
-
-    def __call__(self, h: mx.array) -> mx.array:
-        host = self.state.host_mask(self.positions)
-        if self.reduce == "mean":
-            self._accumulate(h, host)
-        elif self.positions.kind == "all":
-            self.chunks.append(mx.contiguous(h))
-        else:
-            part = _gather(h, plan_selection(host))
-            if part is not None:
-                self.chunks.append(_copy(part))
-        return h
-
-    def _accumulate(self, h: mx.array, host: np.ndarray) -> None:
-        w = mx.array(host.astype(np.float32))[..., None]
-        s = (h.astype(mx.float32) * w).sum(axis=1)
-        self.sum = s if self.sum is None else self.sum + s
-        self.count = host.sum(axis=1) + (self.count if self.count.size else 0)
-
-    def reset(self) -> None:
-        self.chunks, self.sum, self.count, self._evaluated = [], None, np.zeros(0), 0
-
-    def set_result(self, value: mx.array) -> None:
-        """Replace what was collected (used when a batch was run row by row)."""
-        self.reset()
-        if self.reduce == "mean":
-            self.sum, self.count = value, np.ones(value.shape[0])
-        else:
-            self.chunks = [value]
-
-    def pending(self) -> list[mx.array]:
-        """Recorded pieces to evaluate at a loop boundary. The newest piece is left alone: in
-        mlx-lm's loop it belongs to the step being computed asynchronously right now."""
-        out = self.chunks[self._evaluated : -1]
-        self._evaluated = max(self._evaluated, len(self.chunks) - 1)
-        return out
-
-    def result(self) -> mx.array | None:
-        if self.reduce == "mean":
-            if self.sum is None:
-                return None
-            return self.sum / mx.array(np.maximum(self.count, 1).astype(np.float32))[:, None]
-        if not self.chunks:
-            return None
-        if len(self.chunks) > 1:  # one array, so the per-forward pieces can be freed
-            self.chunks, self._evaluated = [mx.concatenate(self.chunks, axis=1)], 0
-        return self.chunks[0]
-
-
-def _gather(h: mx.array, sel: Selection) -> mx.array | None:
-    if sel.kind == "none":
-        return None
-    if sel.kind == "range":
-        return h[:, sel.start : sel.stop]
-    if sel.kind == "columns":
-        return h[:, mx.array(sel.cols)]
-    if sel.kind == "per_row":
-        return mx.take_along_axis(h, mx.array(sel.idx)[..., None], axis=1)
-    part = h[:, mx.array(sel.cols)]
-    return mx.where(mx.array(sel.keep)[..., None], part, mx.zeros_like(part))
-
-
-def _copy(x: mx.array) -> mx.array:
-    # A slice, even a contiguous one, keeps its whole source buffer alive once evaluated; an
-    # explicit copy owns just its own bytes.
-    return mx.contiguous(x)

@@ -9,14 +9,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..paths import PathResolver
-from ..prompts import PromptEncoder
-from ..site_plan import SitePlan
-from ..steerable import Hooks, Steerable
+from ...layout import Layout
+from ...paths import PathResolver
+from ...positions import PositionState
+from ...prompts import PromptEncoder
+from ...steerable import Hooks, RowStep, Steerable
 from . import hooks as hk
-from .generation import GenerationResponse, StreamingDetokenizer, eos_token_ids, generate_step
+from .arrays import XP
+from .generation import GenerationResponse, StreamingDetokenizer, eos_token_ids, generate_rows, generate_step
 from .layers import decoder_layer_container, final_norm_path, first_attr, is_projection, site_dim
-from .ops import compile_op
 from .sampling import make_logits_processors, make_sampler
 
 
@@ -40,7 +41,8 @@ class TorchSteerableModel(Steerable):
         config = hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
         self.hidden_size = int(first_attr(config, "hidden_size", "n_embd", "d_model"))
         self.n_heads = first_attr(config, "num_attention_heads", "n_head", "n_heads", default=None)
-        self.state = hk.ForwardState()
+        self.xp = XP
+        self.state = PositionState(XP)
         self.prompts = PromptEncoder(tokenizer)
         self.eos_token_ids = eos_token_ids(hf_model, tokenizer)
 
@@ -54,41 +56,19 @@ class TorchSteerableModel(Steerable):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    # -- the backend contract of Steerable -------------------------------------------------------
-    def _entry(self, plan: SitePlan, reduce: str | None, recorders: dict, all_ops: list) -> tuple:
-        site = plan.site
-        module = self.modules[site.path]
-        dim = site_dim(module, site.point, self.hidden_size)
-        # head ablation only makes sense on a projection's input, where heads are concatenated
-        n_heads = self.n_heads if site.point == "input" and is_projection(module) else None
-        ops = [compile_op(i, site=site.key, dim=dim, n_heads=n_heads, dtype=self.dtype, device=self.device)
-               for i in plan.interventions]
-        all_ops.extend(ops)
-        rec = None
-        if plan.record is not None:
-            rec = recorders[site.key] = hk.Recorder(self.state, plan.record, reduce)
-        state = self.state
+    # -- the backend contract (mlx_steer.backend.ModelBackend) ---------------------------------
+    def site_dim(self, path: str, point: str) -> int | None:
+        return site_dim(self.modules[path], point, self.hidden_size)
 
-        def fn(h: torch.Tensor) -> torch.Tensor:
-            for op in ops:
-                h = op(h, state)
-            return rec(h) if rec is not None else h
+    def site_heads(self, path: str, point: str) -> int | None:
+        # heads are concatenated on a projection's input
+        return self.n_heads if point == "input" and is_projection(self.modules[path]) else None
 
-        return module, site.point, fn
+    def attach(self, path: str, point: str, fn: Any) -> Any:
+        return hk.attach(self.modules[path], point, fn).remove
 
-    @staticmethod
-    def to_numpy(x: torch.Tensor) -> np.ndarray:
-        """A float32 numpy copy of a backend tensor."""
-        return x.detach().float().cpu().numpy()
-
-    def _install(self, entries: list[tuple], undo: list) -> None:
-        undo.append(hk.attach_tracker(self.tracked, self.state).remove)
-        for module, point, fn in entries:
-            undo.append(hk.attach(module, point, fn).remove)
-
-    @staticmethod
-    def _flush(recorders: Any) -> None:
-        """Nothing to do: torch records eagerly."""
+    def attach_tracker(self) -> Any:
+        return hk.attach_tracker(self.tracked, self.state).remove
 
     def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> torch.Tensor | None:
         lengths = [len(t) for t in tokens]
@@ -101,39 +81,43 @@ class TorchSteerableModel(Steerable):
             cols = np.arange(L)[None] - pad[:, None]
             kwargs["attention_mask"] = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
             kwargs["position_ids"] = torch.from_numpy(np.maximum(cols, 0)).to(device)
-        with torch.no_grad(), self._layout(lengths, pad):
+        with torch.no_grad(), self._layout(Layout(lengths, pad)):
             out = self.model(input_ids=x, use_cache=False, logits_to_keep=0 if keep_logits else 1, **kwargs)
         return out.logits if keep_logits else None
 
     # -- generation --------------------------------------------------------------------------
-    def _stream(
-        self,
-        tokens: list[int],
-        *,
-        max_tokens: int,
-        temp: float = 0.0,
-        top_p: float = 0.0,
-        min_p: float = 0.0,
-        top_k: int = 0,
-        repetition_penalty: float | None = None,
-        repetition_context_size: int = 20,
-        logits_processors: list | None = None,
-        sampler: Any = None,
-        seed: int | None = None,
-        prefill_step_size: int = 2048,
-        **kwargs: Any,
-    ) -> Iterator[GenerationResponse]:
-        """The generation loop. Samplers take (1, V) log-probabilities, logits processors
-        ``(tokens 1-D, logits (1, V))`` tensors; ``seed`` seeds a private ``torch.Generator``
-        (the global RNG is left alone). mlx-lm-only options (``max_kv_size``...) raise ValueError.
-        """
+    def _sampling(
+        self, *, temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, top_k: int = 0,
+        repetition_penalty: float | None = None, repetition_context_size: int = 20,
+        logits_processors: list | None = None, sampler: Any = None, seed: int | None = None, **kwargs: Any,
+    ) -> tuple[Any, list]:
+        """Sampler and logits processors. Samplers take (B, V) log-probabilities, logits
+        processors ``(tokens 1-D, logits (1, V))`` tensors; ``seed`` seeds a private
+        ``torch.Generator`` (the global RNG is left alone). mlx-lm-only options raise ValueError."""
         if kwargs:
             raise ValueError(f"unsupported option(s) for the torch backend: {', '.join(sorted(kwargs))}")
         if sampler is None:
             gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
             sampler = make_sampler(temp, top_p, min_p, top_k, generator=gen)
-        processors = make_logits_processors(repetition_penalty, repetition_context_size) + list(logits_processors or [])
+        return sampler, make_logits_processors(repetition_penalty, repetition_context_size) + list(logits_processors or [])
+
+    def _stream(self, tokens: list[int], *, max_tokens: int, prefill_step_size: int = 2048,
+                **options: Any) -> Iterator[GenerationResponse]:
+        """The generation loop, step for step like mlx-lm's (options: see :meth:`_sampling`)."""
+        sampler, processors = self._sampling(**options)
         yield from self._responses(tokens, max_tokens, sampler, processors, prefill_step_size)
+
+    def _generate_rows(self, tokens: list[list[int]], *, max_tokens: int, prefill_step_size: int = 2048,
+                       **options: Any) -> Iterator[RowStep]:
+        """Every row in one left-padded batch with a shared KV cache; rows stop at EOS or
+        ``max_tokens`` (finished rows ride along until the batch is done, their tokens unused)."""
+        sampler, processors = self._sampling(**options)
+        lengths = [len(t) for t in tokens]
+        pad = [max(lengths) - n for n in lengths]
+        with self._layout(Layout(lengths, pad)):
+            yield from generate_rows(self.model, tokens, max_tokens=max_tokens, sampler=sampler,
+                                     logits_processors=processors, prefill_step_size=prefill_step_size,
+                                     pad_id=self.prompts.pad_id, eos=self.eos_token_ids)
 
     def _responses(self, tokens: list[int], max_tokens: int, sampler: Any, processors: list,
                    prefill_step_size: int) -> Iterator[GenerationResponse]:
