@@ -35,7 +35,8 @@ def extract(
 
     Args:
         model: A SteerableModel (MLX) or TorchSteerableModel.
-        positive, negative: Contrast prompts (paired for ``pca``; one each for ``actadd``).
+        positive: Prompts showing the behaviour (paired with ``negative`` for ``pca``; one for ``actadd``).
+        negative: Prompts showing its opposite.
         sites: Sites to read, e.g. ``["layers.8"]`` or ``"layers.8:input"`` (one hook point).
         method: A function ``(pos (N, D), neg (M, D)) -> (D,)`` of numpy activations (one row
             per prompt, as read by ``read``), or the name of a built-in one in
