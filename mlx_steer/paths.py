@@ -5,9 +5,11 @@ to the module's dotted name in the model tree plus a hook point. Pure Python, sh
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 HOOK_POINTS = ("output", "input")
+NORM_NAMES = ("norm", "ln_f", "norm_f", "final_layernorm", "final_norm", "final_layer_norm", "ln_out")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,18 @@ class PathResolver:
             f"unknown site path {typed!r}{hint} Decoder layers: {layers} "
             f"(short form 'layers.i', i in {-n}..{n - 1})"
         )
+
+
+def final_norm_path(modules: Mapping[str, object], container: str) -> str | None:
+    """The norm applied after the last block: a module whose type name says norm, named like
+    one of ``NORM_NAMES``, beside the layer container (or at the root); None if there is none."""
+    parent = container.rpartition(".")[0]
+    for prefix in dict.fromkeys([parent, ""]):
+        for name in NORM_NAMES:
+            path = f"{prefix}.{name}" if prefix else name
+            if path in modules and "norm" in type(modules[path]).__name__.lower():
+                return path
+    return None
 
 
 def _is_int(s: str) -> bool:

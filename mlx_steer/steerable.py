@@ -18,7 +18,7 @@ import numpy as np
 from .activations import Activations
 from .layout import Layout
 from .ops import Op, compile_op
-from .paths import Site
+from .paths import NORM_NAMES, Site, final_norm_path
 from .positions import PositionState
 from .recording import Recorder
 from .site_plan import SitePlan, as_interventions, check_plans, plan_sites
@@ -162,6 +162,8 @@ class Steerable:
     resolver: PathResolver
     state: PositionState
     prompts: PromptEncoder
+    tokenizer: Any
+    model_id: str | None
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -203,6 +205,57 @@ class Steerable:
 
     def _generate_rows(self, tokens: list[list[int]], *, max_tokens: int, **options: Any) -> Iterator[RowStep]:
         raise NotImplementedError
+
+    def _unembed(self, x: np.ndarray, norm_path: str | None) -> Array:
+        """(K, D) float32 host rows through the final norm (when given) and the unembedding,
+        bypassing any installed hooks."""
+        raise NotImplementedError
+
+    @property
+    def unembedding_path(self) -> str:
+        """Path of the module mapping the final residual to logits."""
+        raise NotImplementedError
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        """Token ids that end generation."""
+        raise NotImplementedError
+
+    def ban_tokens_processor(self, token_ids: Sequence[int]) -> Any:
+        """A logits processor for :meth:`stream_generate` that makes ``token_ids`` impossible."""
+        raise NotImplementedError
+
+    # -- unembedding -------------------------------------------------------------------------
+    @property
+    def final_norm_path(self) -> str | None:
+        """Path of the norm applied after the last decoder layer (None if there is none)."""
+        return final_norm_path(self.modules, self.resolver.container)
+
+    def unembed(self, vectors: np.ndarray, *, final_norm: bool = False) -> np.ndarray:
+        """Logits of residual-stream directions through the unembedding (no forward pass).
+
+        Args:
+            vectors: (K, D) or (D,) directions in the residual stream.
+            final_norm: Apply the model's final norm first (logit lens). Model-specific logit
+                transforms (gemma2 softcapping, logit scales) are not applied.
+
+        Returns:
+            float32 logits, (K, V) — or (V,) for a (D,) input.
+
+        Raises:
+            ValueError: wrong width, non-finite values, or no final norm to apply.
+        """
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"vectors must be (K, {self.hidden_size}) or ({self.hidden_size},), got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("vectors have non-finite values (NaN or inf)")
+        norm_path = self.final_norm_path if final_norm else None
+        if final_norm and norm_path is None:
+            raise ValueError(f"final_norm=True but no final norm ({', '.join(NORM_NAMES)}) was found "
+                             "after the decoder layers")
+        out = self.to_numpy(self._unembed(np.atleast_2d(x), norm_path))
+        return out[0] if x.ndim == 1 else out
 
     # -- planning ----------------------------------------------------------------------------
     def _plan(self, *, interventions: Mapping | Any = None, record: object = None,

@@ -1,5 +1,5 @@
 """The analysis package's surface: every name importable where it was, one concept per module,
-written against the models' public API only (the AnalysisModel protocol), importable without a backend."""
+written against the models' public API only (mlx_steer.steerable.Steerable), importable without a backend."""
 
 import ast
 import subprocess
@@ -16,7 +16,6 @@ MODULES = {
     "norms": {"NormRow", "norm_profile", "relative_scale"},
     "monitor": {"Monitor", "Persistence", "projection_monitor", "persistence_run"},
     "sweeps": {"METRICS", "SweepRow", "SweepResult", "sweep"},
-    "protocol": {"AnalysisModel"},
 }
 
 
@@ -49,12 +48,3 @@ def test_imports_without_a_backend():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlx', 'mlx_lm', 'torch', 'transformers', 'matplotlib'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-
-
-def test_both_backends_satisfy_the_protocol(shared_models, tiny_dir):
-    pytest.importorskip("torch")
-    from mlx_steer.torch_backend import load
-
-    assert isinstance(shared_models("llama"), an.AnalysisModel)
-    assert isinstance(load(str(tiny_dir("llama"))), an.AnalysisModel)
-    assert not isinstance(object(), an.AnalysisModel)

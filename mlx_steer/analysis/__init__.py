@@ -4,7 +4,7 @@
 once released (:mod:`~mlx_steer.analysis.monitor`), and a layer x strength sweep of effect against
 fluency cost (:mod:`~mlx_steer.analysis.sweeps`).
 
-Everything here is numpy over a model's public API (:class:`~mlx_steer.analysis.protocol.AnalysisModel`:
+Everything here is numpy over a model's public API (:class:`~mlx_steer.steerable.Steerable`, the API both backends share:
 ``run``, ``stream_generate``, ``unembed``, ``encode``, ``resolve``...), so the same code serves
 ``mlx_steer.SteerableModel`` and the torch backend's ``TorchSteerableModel``.
 
@@ -16,13 +16,11 @@ Everything here is numpy over a model's public API (:class:`~mlx_steer.analysis.
 
 from .monitor import Monitor, Persistence, persistence_run, projection_monitor
 from .norms import NormRow, norm_profile, relative_scale
-from .protocol import AnalysisModel
 from .sweeps import METRICS, SweepResult, SweepRow, sweep
 from .vocabulary_lens import TokenReport, top_tokens
 
 __all__ = [
     "METRICS",
-    "AnalysisModel",
     "Monitor",
     "NormRow",
     "Persistence",

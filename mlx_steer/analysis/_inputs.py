@@ -13,7 +13,7 @@ from .. import interventions as iv
 
 if TYPE_CHECKING:
     from ..paths import Site
-    from .protocol import AnalysisModel
+    from ..steerable import Steerable
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ def is_vector_set(value: object) -> bool:
     return isinstance(getattr(value, "directions", None), Mapping)
 
 
-def site_key(model: AnalysisModel, site: str | Site, hook_point: str | None = None) -> str:
+def site_key(model: Steerable, site: str | Site, hook_point: str | None = None) -> str:
     """Canonical key of ``site``; a bare path takes ``hook_point`` (a SteeringVector's)."""
     s = model.resolve(site)
     if hook_point is not None and isinstance(site, str) and ":" not in site:
@@ -31,7 +31,7 @@ def site_key(model: AnalysisModel, site: str | Site, hook_point: str | None = No
     return s.key
 
 
-def directions(model: AnalysisModel, vector: Any) -> dict[str, object]:
+def directions(model: Steerable, vector: Any) -> dict[str, object]:
     """A SteeringVector's directions keyed by resolved module path."""
     return {model.resolve_path(k): v for k, v in vector.directions.items()}
 
@@ -41,7 +41,7 @@ def vector_hook_point(vector: object) -> str:
     return getattr(vector, "hook_point", "output")
 
 
-def pick(model: AnalysisModel, vector: object, site: str | Site | None) -> tuple[str | None, np.ndarray]:
+def pick(model: Steerable, vector: object, site: str | Site | None) -> tuple[str | None, np.ndarray]:
     """(site key or None, float32 (D,) direction) from a SteeringVector + site or a raw array."""
     if not is_vector_set(vector):
         d = iv.as_vector(vector, what="direction")
@@ -58,7 +58,7 @@ def pick(model: AnalysisModel, vector: object, site: str | Site | None) -> tuple
     raise ValueError(f"SteeringVector has no direction at {path!r} ({site!r}); it has: {', '.join(dirs)}")
 
 
-def unit_direction(model: AnalysisModel, site: str | Site, direction: object) -> tuple[str, np.ndarray]:
+def unit_direction(model: Steerable, site: str | Site, direction: object) -> tuple[str, np.ndarray]:
     """(site key, unit (D,) direction) to read ``site`` along."""
     key, d = pick(model, direction, site)
     n = float(np.linalg.norm(d))

@@ -17,7 +17,7 @@ from ._inputs import is_vector_set, unit_direction
 
 if TYPE_CHECKING:
     from ..paths import Site
-    from .protocol import AnalysisModel
+    from ..steerable import Steerable
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,7 +65,7 @@ class Persistence(Monitor):
 
 
 def projection_monitor(
-    model: AnalysisModel,
+    model: Steerable,
     prompt: str | Sequence[int],
     *,
     site: str | Site,
@@ -99,7 +99,7 @@ def projection_monitor(
 
 
 def persistence_run(
-    model: AnalysisModel,
+    model: Steerable,
     prompt: str | Sequence[int],
     *,
     steer_tokens: int,
@@ -178,7 +178,7 @@ def persistence_run(
     return Persistence(**out, steer_tokens=steer_tokens)
 
 
-def _monitored(model: AnalysisModel, ids: list[int], key: str, unit: np.ndarray, **gen: Any) -> dict[str, Any]:
+def _monitored(model: Steerable, ids: list[int], key: str, unit: np.ndarray, **gen: Any) -> dict[str, Any]:
     """Generate from ``ids``, recording ``key`` at each last position; the fields of a Monitor."""
     hooks_out: list = []
     text, tokens, finish = [], [], None

@@ -12,7 +12,7 @@ from ._inputs import batches, directions, is_vector_set, pick, prompt_list, site
 
 if TYPE_CHECKING:
     from ..paths import Site
-    from .protocol import AnalysisModel
+    from ..steerable import Steerable
 
 
 class NormRow(NamedTuple):
@@ -25,7 +25,7 @@ class NormRow(NamedTuple):
 
 
 def norm_profile(
-    model: AnalysisModel, vector: object, prompts: str | Sequence[str], *, batch_size: int = 16,
+    model: Steerable, vector: object, prompts: str | Sequence[str], *, batch_size: int = 16,
     chat: bool = False,
 ) -> list[NormRow]:
     """Each direction's norm next to the mean residual norm at its site on ``prompts``.
@@ -47,7 +47,7 @@ def norm_profile(
 
 
 def relative_scale(
-    model: AnalysisModel, site: str | Site, vector: object, prompts: str | Sequence[str], fraction: float,
+    model: Steerable, site: str | Site, vector: object, prompts: str | Sequence[str], fraction: float,
     *, batch_size: int = 16, chat: bool = False,
 ) -> float:
     """The scale ``s`` with ``s * |v| = fraction * mean residual norm`` at ``site`` on ``prompts``."""
@@ -58,7 +58,7 @@ def relative_scale(
 
 
 def _mean_norms(
-    model: AnalysisModel, keys: list[str], prompts: list, batch_size: int, chat: bool
+    model: Steerable, keys: list[str], prompts: list, batch_size: int, chat: bool
 ) -> dict[str, float]:
     """Mean L2 norm of each site's activation over every real (unpadded) token of ``prompts``."""
     total = {k: 0.0 for k in keys}

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..paths import Site
-    from .protocol import AnalysisModel
+    from ..steerable import Steerable
 
 METRICS = ("logit_diff", "projection")
 
@@ -108,7 +108,7 @@ class SweepResult:
 
 
 def sweep(
-    model: AnalysisModel,
+    model: Steerable,
     *,
     vector: object,
     layers: Sequence[int | str],
@@ -191,7 +191,7 @@ def sweep(
     return SweepResult(tuple(rows), base_behaviour, metric, tuple(layers), tuple(strengths))
 
 
-def _layer_direction(model: AnalysisModel, vector: object, layer: int | str) -> tuple[str, np.ndarray]:
+def _layer_direction(model: Steerable, vector: object, layer: int | str) -> tuple[str, np.ndarray]:
     """(site key, direction) to steer ``layer`` with."""
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer, str)):
         raise TypeError(f"layers must be layer indices or site paths, got {layer!r}")
@@ -207,7 +207,7 @@ def _layer_direction(model: AnalysisModel, vector: object, layer: int | str) -> 
     raise ValueError(f"SteeringVector has no direction at layer {layer!r} ({path}); it has: {', '.join(dirs)}")
 
 
-def _token_ids(model: AnalysisModel, tokens: Any, what: str) -> list[int]:
+def _token_ids(model: Steerable, tokens: Any, what: str) -> list[int]:
     """Ids from ints or strings (each string must be exactly one token)."""
     items = [tokens] if isinstance(tokens, (str, int, np.integer)) else list(tokens or [])
     if not items:
@@ -229,7 +229,7 @@ class _Measure:
     (unsteered) call to score KL against."""
 
     def __init__(
-        self, model: AnalysisModel, chunks: list[list[list[int]]], read_key: str | None,
+        self, model: Steerable, chunks: list[list[list[int]]], read_key: str | None,
         unit: np.ndarray | None, target: list[int] | None, contrast: list[int] | None,
     ):
         self.model, self.chunks = model, chunks

@@ -12,7 +12,7 @@ from ._inputs import pick
 
 if TYPE_CHECKING:
     from ..paths import Site
-    from .protocol import AnalysisModel
+    from ..steerable import Steerable
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class TokenReport:
 
 
 def top_tokens(
-    model: AnalysisModel, vector: object, *, site: str | Site | None = None, k: int = 10,
+    model: Steerable, vector: object, *, site: str | Site | None = None, k: int = 10,
     final_norm: bool = False,
 ) -> TokenReport:
     """The ``k`` tokens whose logits a direction raises most and lowers most (unembedding only).

@@ -196,7 +196,6 @@ class SteerableModel(Steerable):
     _HEAD_NAMES = ("lm_head", "output", "embed_out")
     _EMBED_NAMES = ("embed_tokens", "wte", "word_embeddings", "tok_embeddings", "token_embeddings",
                     "embedding", "embeddings")
-    _NORM_NAMES = ("norm", "ln_f", "norm_f", "final_layernorm", "final_norm", "final_layer_norm", "ln_out")
 
     @property
     def unembedding_path(self) -> str:
@@ -216,48 +215,13 @@ class SteerableModel(Steerable):
             )
         return (named or sized)[0]
 
-    @property
-    def final_norm_path(self) -> str | None:
-        """Path of the norm applied after the last decoder layer (None if there is none)."""
-        container = self.resolver.container
-        parent = container.rsplit(".", 1)[0] if "." in container else ""
-        for prefix in dict.fromkeys([parent, ""]):
-            for name in self._NORM_NAMES:
-                path = f"{prefix}.{name}" if prefix else name
-                if path in self.modules and "norm" in type(self.modules[path]).__name__.lower():
-                    return path
-        return None
-
-    def unembed(self, vectors: np.ndarray, *, final_norm: bool = False) -> np.ndarray:
-        """Logits of residual-stream directions through the unembedding (no forward pass).
-
-        Args:
-            vectors: (K, D) or (D,) directions in the residual stream.
-            final_norm: Apply the model's final norm first (logit lens). Model-specific logit
-                transforms (gemma2 softcapping, logit scales) are not applied.
-
-        Returns:
-            float32 logits, (K, V) — or (V,) for a (D,) input.
-
-        Raises:
-            ValueError: wrong width, non-finite values, or no final norm to apply.
-        """
-        x = np.asarray(vectors, dtype=np.float32)
-        if x.ndim not in (1, 2) or x.shape[-1] != self.hidden_size:
-            raise ValueError(f"vectors must be (K, {self.hidden_size}) or ({self.hidden_size},), got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("vectors have non-finite values (NaN or inf)")
-        h = mx.array(np.atleast_2d(x)).astype(self.dtype)
-        norm_path = self.final_norm_path if final_norm else None
-        if final_norm and norm_path is None:
-            raise ValueError(f"final_norm=True but no final norm ({', '.join(self._NORM_NAMES)}) was found")
+    def _unembed(self, x: np.ndarray, norm_path: str | None) -> mx.array:
+        h = mx.array(x).astype(self.dtype)
         head = self.modules[self.unembedding_path]
         with hk.bypassed():  # user hooks on the norm or head must not touch this
             if norm_path is not None:
                 h = self.modules[norm_path](h)
-            logits = head(h) if isinstance(head, (nn.Linear, nn.QuantizedLinear)) else head.as_linear(h)
-        out = self.to_numpy(logits)
-        return out[0] if x.ndim == 1 else out
+            return head(h) if isinstance(head, (nn.Linear, nn.QuantizedLinear)) else head.as_linear(h)
 
     @property
     def eos_token_ids(self) -> set[int]:

@@ -41,21 +41,6 @@ def decoder_layer_container(model: nn.Module) -> str:
     return names[id(found[0])]
 
 
-NORM_NAMES = ("norm", "ln_f", "norm_f", "final_layernorm", "final_norm", "final_layer_norm", "ln_out")
-
-
-def final_norm_path(modules: dict[str, nn.Module], container: str) -> str | None:
-    """The norm applied after the last block: a norm-typed module named like one, beside the
-    layer container (or at the root). Same rule as the MLX backend."""
-    parent = container.rpartition(".")[0]
-    for prefix in dict.fromkeys([parent, ""]):
-        for name in NORM_NAMES:
-            path = f"{prefix}.{name}" if prefix else name
-            if path in modules and "norm" in type(modules[path]).__name__.lower():
-                return path
-    return None
-
-
 def _checkpoint_layer_class() -> type | None:
     try:
         from transformers.modeling_layers import GradientCheckpointingLayer

@@ -17,7 +17,7 @@ from ...steerable import Hooks, RowStep, Steerable
 from . import hooks as hk
 from .arrays import XP
 from .generation import GenerationResponse, StreamingDetokenizer, eos_token_ids, generate_rows, generate_step
-from .layers import decoder_layer_container, final_norm_path, first_attr, is_projection, site_dim
+from .layers import decoder_layer_container, first_attr, is_projection, site_dim
 from .sampling import make_logits_processors, make_sampler
 
 
@@ -44,7 +44,7 @@ class TorchSteerableModel(Steerable):
         self.xp = XP
         self.state = PositionState(XP)
         self.prompts = PromptEncoder(tokenizer)
-        self.eos_token_ids = eos_token_ids(hf_model, tokenizer)
+        self._eos_ids = eos_token_ids(hf_model, tokenizer)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -147,39 +147,16 @@ class TorchSteerableModel(Steerable):
         return path
 
     @property
-    def final_norm_path(self) -> str | None:
-        """Path of the norm applied after the last decoder layer (None if there is none)."""
-        return final_norm_path(self.modules, self.resolver.container)
+    def eos_token_ids(self) -> set[int]:
+        """Token ids that end generation (tokenizer, generation config and model config)."""
+        return self._eos_ids
 
-    def unembed(self, vectors: np.ndarray, *, final_norm: bool = False) -> np.ndarray:
-        """Logits of residual-stream directions through the unembedding (no forward pass).
-
-        Args:
-            vectors: (K, D) or (D,) directions in the residual stream.
-            final_norm: Apply the model's final norm first (logit lens). Model-specific logit
-                transforms (gemma2 softcapping, logit scales) are not applied.
-
-        Returns:
-            float32 logits, (K, V) — or (V,) for a (D,) input.
-
-        Raises:
-            ValueError: wrong width, non-finite values, or no final norm to apply.
-        """
-        x = np.asarray(vectors, dtype=np.float32)
-        if x.ndim not in (1, 2) or x.shape[-1] != self.hidden_size:
-            raise ValueError(f"vectors must be (K, {self.hidden_size}) or ({self.hidden_size},), got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("vectors have non-finite values (NaN or inf)")
-        norm_path = self.final_norm_path if final_norm else None
-        if final_norm and norm_path is None:
-            raise ValueError("final_norm=True but no final norm was found after the decoder layers")
-        h = torch.from_numpy(np.atleast_2d(x).copy()).to(self.device, self.dtype)
+    def _unembed(self, x: np.ndarray, norm_path: str | None) -> torch.Tensor:
+        h = torch.from_numpy(x.copy()).to(self.device, self.dtype)
         with torch.no_grad():  # .forward, not __call__: user hooks on the norm or head must not run
             if norm_path is not None:
                 h = self.modules[norm_path].forward(h)
-            logits = self.modules[self.unembedding_path].forward(h)
-        out = self.to_numpy(logits)
-        return out[0] if x.ndim == 1 else out
+            return self.modules[self.unembedding_path].forward(h)
 
     def ban_tokens_processor(self, token_ids: Sequence[int]) -> Any:
         """A logits processor for :meth:`stream_generate` that makes ``token_ids`` impossible."""
