@@ -741,7 +741,8 @@ def _demo(argv: list[str]) -> int:
 
 def _demo_checks() -> argparse.ArgumentParser:
     """Value checks for the demo's numeric options (its parser takes any float or int)."""
-    ap = argparse.ArgumentParser(prog="mlx-steer demo", add_help=False)
+    ap = argparse.ArgumentParser(prog="mlx-steer demo", add_help=False,
+                                 usage="%(prog)s [options]  (see mlx-steer demo --help)")
     ap.add_argument("--max-tokens", type=_positive_int)
     ap.add_argument("--strengths", type=_finite, nargs="+")
     return ap

@@ -110,7 +110,7 @@ def extract(
     )
 
 
-def _method(method: object) -> tuple[Method, str]:
+def _method(method: str | Method) -> tuple[Method, str]:
     """The direction function and the name the vector records."""
     if isinstance(method, str):
         if method not in METHODS:
@@ -120,7 +120,7 @@ def _method(method: object) -> tuple[Method, str]:
         raise TypeError(f"method must be one of {', '.join(METHODS)} or a function (pos, neg) -> (D,), "
                         f"got {type(method).__name__}")
     alias = next((name for name, fn in METHODS.items() if fn is method), None)
-    return method, alias or getattr(method, "__name__", type(method).__name__)
+    return method, str(alias or getattr(method, "__name__", type(method).__name__))
 
 
 def _direction(fn: Method, name: str, pos: np.ndarray, neg: np.ndarray, hidden: int) -> np.ndarray:
