@@ -242,7 +242,8 @@ def _logsoftmax(x):
 
 # gemma2 runs padded batches row by row; its batch of 3 avoids B == n_kv_heads (2), where
 # mlx-lm's gemma2 mask broadcasts wrongly instead of failing
-@pytest.mark.parametrize(("arch", "batch_size"), [("llama", 2), ("gemma2", 3)])
+# batch_size 64 puts every steered cell of the sweep side by side in one forward (per-row steering)
+@pytest.mark.parametrize(("arch", "batch_size"), [("llama", 2), ("gemma2", 3), ("llama", 64), ("qwen2", 64)])
 def test_sweep_logit_diff_against_recompute(shared_models, arch, batch_size):
     m = shared_models(arch)
     target, contrast = [10, 40], [77]
@@ -270,6 +271,30 @@ def test_sweep_logit_diff_against_recompute(shared_models, arch, batch_size):
                              for b, s in zip(base, steered)]).mean()
         assert r.behaviour == pytest.approx(np.mean([diff(s) for s in steered]), rel=1e-4, abs=1e-4)
         assert r.kl == pytest.approx(kl, rel=1e-3, abs=1e-6) and r.kl > 1e-4
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_sweep_batches_cells_as_rows(shared_models, tiny_dir, backend, monkeypatch):
+    """Cells share forwards (one block of rows per cell) and give the one-cell-per-forward numbers."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+        from mlx_steer.torch_backend import load
+
+        m = load(str(tiny_dir("llama")))
+    else:
+        m = shared_models("llama")
+    kw = dict(vector=_rand(m, 3, norm=4.0), layers=[1, 2], strengths=[-2.0, 0.0, 1.0, 3.0], prompts=NEUTRAL,
+              target_tokens=[10], contrast_tokens=[11], progress=False)
+    calls = []
+    real_run = type(m).run
+    monkeypatch.setattr(type(m), "run", lambda self, prompts, **k: calls.append(len(prompts)) or real_run(self, prompts, **k))
+    one = an.sweep(m, **kw, batch_size=len(NEUTRAL))
+    n_one, calls[:] = len(calls), []
+    batched = an.sweep(m, **kw, batch_size=64)
+    assert n_one == 1 + 6 and len(calls) == 1 + 1  # baseline + the six steered cells
+    assert calls[1] == 6 * len(NEUTRAL)
+    np.testing.assert_allclose(np.array(batched.table, dtype=float), np.array(one.table, dtype=float), atol=1e-5)
+    assert len({round(r.behaviour, 3) for r in batched.table}) == 7  # every cell measured its own steering
 
 
 def test_sweep_unembedding_direction_is_monotonic(shared_models):

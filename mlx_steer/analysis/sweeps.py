@@ -120,7 +120,7 @@ def sweep(
     direction: object = None,
     read_site: str | Site = "layers.-1",
     positions: object = "all",
-    batch_size: int = 16,
+    batch_size: int = 32,
     chat: bool = False,
     progress: bool = True,
 ) -> SweepResult:
@@ -130,7 +130,9 @@ def sweep(
     ``target_tokens`` minus mean logit of ``contrast_tokens``; ``projection`` = ``read_site``'s
     activation projected on the unit ``direction``. Fluency cost = KL(unsteered || steered) of
     the next-token distributions, averaged over every real position of every prompt. The
-    unsteered pass runs once and is reused; strength 0 is the unsteered pass.
+    unsteered pass runs once and is reused; strength 0 is the unsteered pass. Cells are batched:
+    one forward carries the prompts once per cell, each copy steered by its own (layer,
+    strength) — the same numbers as one cell at a time, in fewer, larger forwards.
 
     Args:
         model: A steerable model of either backend.
@@ -138,14 +140,15 @@ def sweep(
             every layer), or a raw (D,) array (added at layer outputs).
         layers: Layer indices (or site paths) to steer, one at a time.
         strengths: Scales of the vector.
-        prompts: Neutral text; run in left-padded batches of ``batch_size``.
+        prompts: Neutral text, in left-padded batches.
+        batch_size: Rows per forward: prompts per batch, and as many cells side by side as fit
+            (``batch_size // prompts per batch``; at least one).
         metric: ``logit_diff`` or ``projection``.
         target_tokens: Token strings (one token each) or ids whose logits ``logit_diff`` raises.
         contrast_tokens: Token strings or ids subtracted in ``logit_diff``.
         direction: (D,) array (or SteeringVector) read at ``read_site``, for ``projection``.
         read_site: Where ``projection`` reads.
         positions: Which positions to steer (default all).
-        batch_size: Prompts per forward.
         chat: Wrap each prompt as a chat user turn.
         progress: Show a progress bar over the (layer, strength) cells (on stderr).
 
@@ -173,21 +176,19 @@ def sweep(
         if direction is None:
             raise ValueError("metric 'projection' needs direction=")
         read_key, unit = unit_direction(model, read_site, direction)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     chunks = batches([model.encode(p, chat=chat) for p in prompt_list(prompts)], batch_size)
-    measure = _Measure(model, chunks, read_key, unit, target, contrast)
-    base_behaviour, _ = measure(None)
-    rows = []
-    with tqdm(total=len(layers) * len(strengths), desc="sweep", unit="cell", disable=not progress) as bar:
-        for layer in layers:
-            key, d = steer_at[layer]
-            for s in strengths:
-                bar.set_postfix(layer=layer, strength=f"{s:g}", refresh=False)
-                if s == 0.0:
-                    rows.append(SweepRow(layer, s, base_behaviour, 0.0))
-                else:
-                    b, kl = measure({key: iv.add_vector(d, scale=s, positions=positions)})
-                    rows.append(SweepRow(layer, s, b, kl))
-                bar.update()
+    measure = _Measure(model, chunks, read_key, unit, target, contrast, rows_per_forward=batch_size)
+    base_behaviour, _ = measure.cells([None])[0]
+    cells = [(layer, s) for layer in layers for s in strengths]
+    steered = [(layer, s) for layer, s in cells if s != 0.0]
+    specs = [{steer_at[layer][0]: iv.add_vector(steer_at[layer][1], scale=s, positions=positions)}
+             for layer, s in steered]
+    with tqdm(total=len(cells), desc="sweep", unit="cell", disable=not progress) as bar:
+        bar.update(len(cells) - len(steered))  # strength 0 is the unsteered pass
+        scores = dict(zip(steered, measure.cells(specs, progress=bar.update)))
+    rows = [SweepRow(layer, s, *scores.get((layer, s), (base_behaviour, 0.0))) for layer, s in cells]
     return SweepResult(tuple(rows), base_behaviour, metric, tuple(layers), tuple(strengths))
 
 
@@ -225,41 +226,61 @@ def _token_ids(model: Steerable, tokens: Any, what: str) -> list[int]:
 
 
 class _Measure:
-    """Runs the prompt batches under an intervention; keeps the unsteered log-probs of the first
-    (unsteered) call to score KL against."""
+    """Scores interventions over the prompt batches. Several interventions (cells) share one
+    forward as blocks of rows, each block steered by its own cell (per-row steering), up to
+    ``rows_per_forward`` rows; the first call, unsteered, keeps the log-probs KL is scored against."""
 
     def __init__(
         self, model: Steerable, chunks: list[list[list[int]]], read_key: str | None,
-        unit: np.ndarray | None, target: list[int] | None, contrast: list[int] | None,
+        unit: np.ndarray | None, target: list[int] | None, contrast: list[int] | None, *, rows_per_forward: int,
     ):
-        self.model, self.chunks = model, chunks
+        self.model, self.chunks, self.rows_per_forward = model, chunks, rows_per_forward
         self.read_key, self.unit, self.target, self.contrast = read_key, unit, target, contrast
         self.base: list[np.ndarray] | None = None  # per batch: (real positions, V) log-probs
 
-    def __call__(self, spec: dict | None) -> tuple[float, float]:
-        """(mean behaviour, mean KL to the unsteered pass) under ``spec``."""
-        m, values, kl_sum, n_pos = self.model, [], 0.0, 0
-        logprobs = []
-        for b, chunk in enumerate(self.chunks):
-            record = [self.read_key] if self.read_key else None
-            tr = m.run(chunk, interventions=spec, record=record, record_positions="last", logits=True)
-            logits = m.to_numpy(tr.logits)
-            if self.read_key and self.unit is not None:
-                values.append(similarity.project(m.to_numpy(tr.activations[self.read_key])[:, -1], self.unit))
-            else:
-                values.append(self._logit_diff(logits[:, -1]))
-            real = np.arange(logits.shape[1])[None, :] >= np.asarray(tr.padding)[:, None]
-            lp = _log_softmax(logits[real]).astype(np.float32)  # stored like the baseline
+    def cells(self, specs: list[dict | None], *, progress: Any = None) -> list[tuple[float, float]]:
+        """(mean behaviour, mean KL to the unsteered pass) for each of ``specs``."""
+        width = max(len(c) for c in self.chunks)
+        per_forward = max(1, self.rows_per_forward // width)
+        out: list[tuple[float, float]] = []
+        for start in range(0, len(specs), per_forward):
+            group = specs[start : start + per_forward]
+            values: list[list[np.ndarray]] = [[] for _ in group]
+            kl, n_pos = np.zeros(len(group)), 0
+            base = []
+            for b, chunk in enumerate(self.chunks):
+                for c, (value, lp) in enumerate(self._run(chunk, group)):
+                    values[c].append(value)
+                    if self.base is None:
+                        base.append(lp)
+                    else:
+                        ref, lp64 = self.base[b].astype(np.float64), lp.astype(np.float64)
+                        kl[c] += float(np.sum(np.exp(ref) * (ref - lp64)))
+                n_pos += lp.shape[0]
             if self.base is None:
-                logprobs.append(lp)
-            else:
-                base, lp64 = self.base[b].astype(np.float64), lp.astype(np.float64)
-                kl_sum += float(np.sum(np.exp(base) * (base - lp64)))
-                n_pos += lp64.shape[0]
-        if self.base is None:
-            self.base = logprobs
-        behaviour = float(np.mean(np.concatenate(values)))
-        return behaviour, (kl_sum / n_pos if n_pos else 0.0)
+                self.base, n_pos = base, 0
+            out.extend((float(np.mean(np.concatenate(v))), float(kl[c] / n_pos) if n_pos else 0.0)
+                       for c, v in enumerate(values))
+            if progress is not None:
+                progress(len(group))
+        return out
+
+    def _run(self, chunk: list[list[int]], group: list[dict | None]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One forward of ``chunk`` repeated per cell of ``group``, each copy steered by its cell:
+        per cell, the behaviour of each prompt and the log-probs at every real position."""
+        m, n = self.model, len(chunk)
+        record = [self.read_key] if self.read_key else None
+        per_row = None if group == [None] else [spec for spec in group for _ in chunk]
+        tr = m.run(chunk * len(group), interventions=per_row, record=record, record_positions="last", logits=True)
+        logits = m.to_numpy(tr.logits)
+        acts = m.to_numpy(tr.activations[self.read_key])[:, -1] if self.read_key and self.unit is not None else None
+        real = np.arange(logits.shape[1])[None, :] >= np.asarray(tr.padding[:n])[:, None]
+        out = []
+        for c in range(len(group)):
+            rows = slice(c * n, (c + 1) * n)
+            value = similarity.project(acts[rows], self.unit) if acts is not None else self._logit_diff(logits[rows, -1])
+            out.append((value, _log_softmax(logits[rows][real]).astype(np.float32)))  # stored like the baseline
+        return out
 
     def _logit_diff(self, last: np.ndarray) -> np.ndarray:
         target, contrast = self.target or [], self.contrast or []

@@ -10,6 +10,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ...layout import Layout
+from ...model_sizes import model_sizes
 from ...paths import PathResolver
 from ...positions import PositionState
 from ...prompts import PromptEncoder
@@ -54,8 +55,7 @@ class SteerableModel(Steerable):
         self.layer_paths = [by_id[id(layer)] for layer in model.layers]
         self.resolver = PathResolver(list(self.modules), self.layer_paths)
         args = getattr(model, "args", None)
-        self.hidden_size = int(_first_attr(args, "hidden_size", "n_embd", "d_model"))
-        self.n_heads = _first_attr(args, "num_attention_heads", "n_head", "n_heads", default=None)
+        self.hidden_size, self.n_heads = model_sizes(args)
         self.dtype = _activation_dtype(model)
         self.xp = XP
         self.state = PositionState(XP)
@@ -271,16 +271,6 @@ def _left_pad(a: mx.array, length: int) -> mx.array:
     if n == length:
         return a
     return mx.concatenate([mx.zeros((a.shape[0], length - n, *a.shape[2:]), dtype=a.dtype), a], axis=1)
-
-
-def _first_attr(obj: Any, *names: str, default: Any = ...) -> Any:
-    for n in names:
-        v = getattr(obj, n, None)
-        if v is not None:
-            return v
-    if default is ...:
-        raise ValueError(f"model args have none of {names}; cannot infer the model's sizes")
-    return default
 
 
 def _activation_dtype(model: nn.Module) -> mx.Dtype:

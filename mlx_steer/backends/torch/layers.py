@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import nn
 
+from ...model_sizes import first_attr
+
 
 def decoder_layer_container(model: nn.Module) -> str:
     """Dotted path of the ``nn.ModuleList`` holding the decoder blocks (``model.layers``, ``transformer.h``).
@@ -53,16 +55,6 @@ def _num_layers(config: Any) -> int | None:
     if config is not None and hasattr(config, "get_text_config"):
         config = config.get_text_config()
     return first_attr(config, "num_hidden_layers", "n_layer", "num_layers", default=None)
-
-
-def first_attr(obj: Any, *names: str, default: Any = ...) -> Any:
-    for n in names:
-        v = getattr(obj, n, None)
-        if v is not None:
-            return v
-    if default is ...:
-        raise ValueError(f"model config has none of {names}; cannot infer the model's sizes")
-    return default
 
 
 def _conv1d() -> tuple[type, ...]:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ...layout import Layout
+from ...model_sizes import model_sizes
 from ...paths import PathResolver
 from ...positions import PositionState
 from ...prompts import PromptEncoder
@@ -17,7 +18,7 @@ from ...steerable import Hooks, RowStep, Steerable
 from . import hooks as hk
 from .arrays import XP
 from .generation import GenerationResponse, StreamingDetokenizer, eos_token_ids, generate_rows, generate_step
-from .layers import decoder_layer_container, first_attr, is_projection, site_dim
+from .layers import decoder_layer_container, is_projection, site_dim
 from .sampling import make_logits_processors, make_sampler
 
 
@@ -39,8 +40,7 @@ class TorchSteerableModel(Steerable):
         self.tracked = self.modules[container.rpartition(".")[0]] if "." in container else hf_model
         self.resolver = PathResolver(list(self.modules), self.layer_paths)
         config = hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
-        self.hidden_size = int(first_attr(config, "hidden_size", "n_embd", "d_model"))
-        self.n_heads = first_attr(config, "num_attention_heads", "n_head", "n_heads", default=None)
+        self.hidden_size, self.n_heads = model_sizes(config)
         self.xp = XP
         self.state = PositionState(XP)
         self.prompts = PromptEncoder(tokenizer)
