@@ -248,9 +248,11 @@ def _site_order(path: Path, meta: dict[str, str], tensors: dict) -> list[str]:
         return sorted(tensors, key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
     try:
         sites = json.loads(meta["sites"])
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: metadata 'sites' is not a JSON list: {meta['sites']!r}") from exc
-    if not isinstance(sites, list) or sorted(sites) != sorted(tensors):
+    except (json.JSONDecodeError, RecursionError):
+        sites = None
+    if not isinstance(sites, list) or not all(isinstance(x, str) for x in sites):
+        raise ValueError(f"{path}: metadata 'sites' is not a JSON list of site paths: {meta['sites'][:200]!r}")
+    if sorted(sites) != sorted(tensors):
         raise ValueError(f"{path}: metadata sites {sites!r} do not match its tensors {sorted(tensors)}")
     return sites
 

@@ -83,6 +83,8 @@ def _meta_file(path, **change) -> None:
     ({"hidden_size": "9"}, "malformed vector file: hidden_size 9 does not match the directions' width 8"),
     ({"dtype": "float64"}, "metadata dtype 'float64' does not match its tensors \\(float32\\)"),
     ({"hook_point": "middle"}, "malformed vector file: unknown hook point 'middle'"),
+    ({"sites": "[" * 100_000 + "]" * 100_000}, "metadata 'sites' is not a JSON list of site paths"),  # RecursionError
+    ({"sites": '[1, "model.layers.1"]'}, "metadata 'sites' is not a JSON list of site paths"),  # sorted() TypeError
 ])
 def test_malformed_metadata_numbers_name_the_file(tmp_path, change, message):
     path = tmp_path / "v.safetensors"
