@@ -1,0 +1,76 @@
+"""An 8-strength sweep of one layer on SmolLM2: cells batched as rows of one forward vs one cell
+per forward, on both backends (same numbers; the time is what differs).
+
+    python bench/sweep.py [--repeats 3] [--json out.json]
+
+MLX's Linux CPU matmul runs at a flat rate whatever the batch size, so the batching gain shows on
+the torch backend here; the MLX target is for Apple silicon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+PROMPTS = ["I think that", "The weather today is", "My neighbour told me that", "Yesterday at work, I",
+           "In my opinion, the movie was", "When I look at the world, I feel"]
+POS = ["I love this.", "What a wonderful day.", "I am so happy.", "This is great."]
+NEG = ["I hate this.", "What an awful day.", "I am so sad.", "This is terrible."]
+STRENGTHS = [-8.0, -4.0, -2.0, -1.0, 1.0, 2.0, 4.0, 8.0]
+LAYER = 12
+
+
+def bench(model, label: str, repeats: int) -> list[dict]:
+    """Median wall time of the sweep, one cell per forward vs all cells in one forward."""
+    import mlx_steer as ms
+    from mlx_steer.analysis import sweep
+
+    vec = ms.extract(model, POS, NEG, sites=[f"layers.{LAYER}"], progress=False)
+    kw = dict(vector=vec, layers=[LAYER], strengths=STRENGTHS, prompts=PROMPTS, target_tokens=[" good"],
+              contrast_tokens=[" bad"], progress=False)
+    variants = {"one cell per forward": len(PROMPTS), "8 cells per forward": 8 * len(PROMPTS)}
+    sweep(model, **{**kw, "strengths": [1.0]}, batch_size=len(PROMPTS))  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    tables = {}
+    for _ in range(repeats):
+        for name, bs in variants.items():
+            t = time.perf_counter()
+            tables[name] = sweep(model, **kw, batch_size=bs).table
+            times[name].append(time.perf_counter() - t)
+    a, b = (np.array(t, dtype=float) for t in tables.values())
+    assert np.allclose(a, b, atol=1e-3), "batched sweep must give the same table"
+    one, batched = (float(np.median(t)) for t in times.values())
+    return [{"benchmark": f"8-strength sweep of layers.{LAYER}, SmolLM2 ({label})", "variant": "one cell per forward",
+             "value": f"{one:.2f} s", "ratio": ""},
+            {"benchmark": "", "variant": "8 cells per forward", "value": f"{batched:.2f} s",
+             "ratio": f"{one / batched:.2f}×"}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    import mlx_steer as ms
+    from mlx_steer.demo.real_model import prepare_smollm2
+    from mlx_steer.torch_backend import load as torch_load
+
+    path = str(prepare_smollm2(verbose=False))
+    rows = bench(torch_load(path, dtype="float32"), "torch CPU, fp32", args.repeats)
+    rows += bench(ms.load(path), "MLX", args.repeats)
+    print("| benchmark | variant | value | ratio |\n|---|---|---:|---:|")
+    for r in rows:
+        print(f"| {r['benchmark']} | {r['variant']} | {r['value']} | {r['ratio']} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
