@@ -106,11 +106,11 @@ class Intervention:
         return replace(self, rows=wanted)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AddVector(Intervention):
     """h += scale * vector, or, for a front-aligned (n, D) tensor, h[p] += scale * vector[p] for p < n."""
 
-    vector: np.ndarray = field(default=None)  # type: ignore[assignment]
+    vector: np.ndarray
     scale: float = 1.0
 
     @property
@@ -131,11 +131,11 @@ class Scale(Intervention):
         return self.factor == 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Set(Intervention):
     """Replace the activation by ``value`` (a (D,) vector or a scalar broadcast to all dims)."""
 
-    value: np.ndarray = field(default=None)  # type: ignore[assignment]
+    value: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -145,18 +145,18 @@ class AblateHeads(Intervention):
     heads: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProjectOut(Intervention):
     """Directional ablation: h -= (h . u) u for the unit direction u."""
 
-    direction: np.ndarray = field(default=None)  # type: ignore[assignment]
+    direction: np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Custom(Intervention):
     """``fn(h) -> h`` on the backend's array type; same shape and dtype required."""
 
-    fn: Callable = field(default=None)  # type: ignore[assignment]
+    fn: Callable
 
 
 def add_vector(vector: object, *, scale: float = 1.0, positions: object = "all") -> AddVector:

@@ -91,9 +91,12 @@ def gather(xp: ArrayOps, h: Array, sel: Selection) -> Array | None:
         return None
     if sel.kind == "range":
         return h[:, sel.start : sel.stop]
-    if sel.kind == "columns":
-        return h[:, xp.index(sel.cols, like=h)]
     if sel.kind == "per_row":
+        assert sel.idx is not None  # plan_selection sets idx for per_row, cols for the others
         return xp.take_along_rows(h, sel.idx)
+    assert sel.cols is not None
     part = h[:, xp.index(sel.cols, like=h)]
+    if sel.kind == "columns":
+        return part
+    assert sel.keep is not None
     return xp.where(xp.mask(sel.keep[..., None], like=h), part, xp.zeros_like(part))
