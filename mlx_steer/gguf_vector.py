@@ -71,13 +71,13 @@ def export_gguf(
         raise ValueError(f"model_hint must be a non-empty string like 'llama', got {model_hint!r}")
     pattern = _template_regex(layer_path_template)
     layers = {s: pattern.fullmatch(s) for s in vec.sites}
-    others = [s for s, m in layers.items() if m is None]
+    index = {s: int(m.group(1)) for s, m in layers.items() if m is not None}
+    others = [s for s in layers if s not in index]
     if others:
         raise ValueError(
             f"sites {', '.join(others)} are not decoder-layer outputs {layer_path_template.format('N')!r}; "
             f"GGUF control vectors address whole layers only (set layer_path_template if your layers are named differently)"
         )
-    index = {s: int(m.group(1)) for s, m in layers.items()}
     if 0 in index.values():
         raise ValueError(
             "llama.cpp rejects direction.0 and never steers block 0's output; "
@@ -88,7 +88,7 @@ def export_gguf(
     try:
         writer.add_string(f"{ARCHITECTURE}.model_hint", model_hint)
         writer.add_uint32(f"{ARCHITECTURE}.layer_count", len(index))
-        for site in sorted(index, key=index.get):
+        for site in sorted(index, key=index.__getitem__):
             writer.add_tensor(f"direction.{index[site]}", np.ascontiguousarray(vec[site], dtype=np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

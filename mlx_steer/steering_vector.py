@@ -351,7 +351,7 @@ def _check_path(site: object) -> str:
 def _as_array(value: object, site: str, dtype: str) -> np.ndarray:
     """A read-only ``dtype`` copy of ``value`` (numpy, list, mlx or torch), checked 1-D/2-D and finite."""
     if hasattr(value, "detach"):  # torch tensor, without importing torch
-        t = value.detach().cpu()  # type: ignore[attr-defined]
+        t = value.detach().cpu()
         value = t.float().numpy() if str(t.dtype) == "torch.bfloat16" else t.numpy()
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as inf, reported below

@@ -183,7 +183,7 @@ def sweep(
     base_behaviour, _ = measure.cells([None])[0]
     cells = [(layer, s) for layer in layers for s in strengths]
     steered = [(layer, s) for layer, s in cells if s != 0.0]
-    specs = [{steer_at[layer][0]: iv.add_vector(steer_at[layer][1], scale=s, positions=positions)}
+    specs: list[dict | None] = [{steer_at[layer][0]: iv.add_vector(steer_at[layer][1], scale=s, positions=positions)}
              for layer, s in steered]
     with tqdm(total=len(cells), desc="sweep", unit="cell", disable=not progress) as bar:
         bar.update(len(cells) - len(steered))  # strength 0 is the unsteered pass
@@ -278,7 +278,8 @@ class _Measure:
         out = []
         for c in range(len(group)):
             rows = slice(c * n, (c + 1) * n)
-            value = similarity.project(acts[rows], self.unit) if acts is not None else self._logit_diff(logits[rows, -1])
+            value = (similarity.project(acts[rows], self.unit) if acts is not None and self.unit is not None
+                     else self._logit_diff(logits[rows, -1]))
             out.append((value, _log_softmax(logits[rows][real]).astype(np.float32)))  # stored like the baseline
         return out
 

@@ -129,7 +129,7 @@ def _find_gguf() -> Path:
             f"installed; run: {_INSTALL_HINT}"
         ) from None
     ggufs = sorted(str(f) for f in dist.files or () if f.name.endswith(".gguf"))
-    path = Path(dist.locate_file(ggufs[0])) if ggufs else None
+    path = Path(str(dist.locate_file(ggufs[0]))) if ggufs else None  # typeshed: a SimplePath, no __fspath__
     if path is None or not path.is_file():
         raise RuntimeError(
             f"{_DIST} {dist.version} is installed but its GGUF file is missing; "

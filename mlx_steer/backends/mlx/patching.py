@@ -41,7 +41,7 @@ def _patched_class(cls: type) -> type:
     sub = _SUBCLASSES.get(cls)
     if sub is None:
 
-        class Patched(cls):  # type: ignore[misc, valid-type]
+        class Patched(cls):
             def __call__(self, *args: Any, **kwargs: Any) -> Any:
                 if _BYPASS[0]:
                     return super().__call__(*args, **kwargs)
@@ -145,8 +145,10 @@ def position_tracker(state: PositionState) -> Entry:
         emb = kwargs.get("input_embeddings")
         if x is not None and x.size:
             B, L = (1, x.shape[0]) if x.ndim == 1 else x.shape[:2]
-        else:
+        elif emb is not None:
             B, L = emb.shape[:2]
+        else:
+            raise ValueError("the model was called with neither input tokens nor input_embeddings")
         cache = kwargs["cache"] if "cache" in kwargs else (args[1] if len(args) > 1 else None)
         state.begin(cache_offsets(cache, B), L, cache)
         return args

@@ -155,7 +155,8 @@ class StreamingDetokenizer:
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
-        self._done, self._current, self._emitted = "", [], 0
+        self._done, self._emitted = "", 0
+        self._current: list[int] = []
 
     def add_token(self, token: int) -> None:
         self._current.append(token)

@@ -21,7 +21,8 @@ def decoder_layer_container(model: nn.Module) -> str:
         ValueError: when no container, or more than one, fits.
     """
     names = {id(m): n for n, m in model.named_modules()}
-    scope = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else model
+    get_decoder = getattr(model, "get_decoder", None)
+    scope = get_decoder() if callable(get_decoder) else model
     if not isinstance(scope, nn.Module) or id(scope) not in names:
         scope = model
     block_names = set(getattr(model, "_no_split_modules", None) or [])
@@ -74,7 +75,7 @@ def site_dim(module: nn.Module, point: str, hidden: int) -> int | None:
     """Activation size at a site when it can be known before running (None otherwise)."""
     if isinstance(module, nn.Linear):
         return module.out_features if point == "output" else module.in_features
-    if isinstance(module, _conv1d()):  # GPT-2: weight is (in, out)
+    if isinstance(module, _conv1d()) and isinstance(module.weight, nn.Parameter):  # GPT-2: weight is (in, out)
         n_in, n_out = module.weight.shape
         return n_out if point == "output" else n_in
     if isinstance(module, nn.Embedding):
