@@ -25,7 +25,7 @@ import tempfile
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .method_table import METHODS  # import-free: argument errors stay fast
 
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         return _demo(extra)
     if extra:
-        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _usage_error(args, f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
     except (ValueError, KeyError, OSError) as exc:
@@ -208,10 +208,16 @@ def _add_output(sp: argparse.ArgumentParser, *flags: str, help: str, required: b
     sp.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
+def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
+    """Exit with status 2, printing ``message`` under the (sub)command's usage line."""
+    parser: argparse.ArgumentParser = args.parser
+    parser.error(message)
+
+
 def _check_chat(args: argparse.Namespace) -> None:
     given = [f"--{n.replace('_', '-')}" for n in ("system", "assistant_prefix") if getattr(args, n, None) is not None]
     if given and not args.chat:
-        args.parser.error(f"{' and '.join(given)} only apply to chat prompts: add --chat, or drop them")
+        _usage_error(args, f"{' and '.join(given)} only apply to chat prompts: add --chat, or drop them")
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -307,7 +313,7 @@ def _jsonl_pairs(path: str, lines: list[tuple[int, str]]) -> list[tuple[str, str
             raise ValueError(f"{path} line {n}: JSON nested too deeply; expected {_PAIR_SHAPE}") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{path} line {n}: expected an object {_PAIR_SHAPE}, got {type(obj).__name__}")
-        pairs.append(tuple(_field(obj, key, f"{path} line {n}") for key in ("positive", "negative")))
+        pairs.append(_pair(obj, f"{path} line {n}"))
     return pairs
 
 
@@ -323,7 +329,7 @@ def _json_array_pairs(path: str, text: str) -> list[tuple[str, str]]:
     for i, obj in enumerate(items):
         if not isinstance(obj, dict):
             raise ValueError(f"{path} item {i}: expected an object, got {type(obj).__name__}")
-        pairs.append(tuple(_field(obj, key, f"{path} item {i}") for key in ("positive", "negative")))
+        pairs.append(_pair(obj, f"{path} item {i}"))
     return pairs
 
 
@@ -335,8 +341,12 @@ def _csv_pairs(path: str, delimiter: str) -> list[tuple[str, str]]:
         if missing:
             raise ValueError(f"{path}: missing column {missing[0]!r}; the header must name positive and negative "
                              f"(found: {', '.join(map(repr, columns)) or 'no header'})")
-        return [tuple(_field(row, key, f"{path} line {reader.line_num}") for key in ("positive", "negative"))
+        return [_pair(row, f"{path} line {reader.line_num}")
                 for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
+
+
+def _pair(row: dict, where: str) -> tuple[str, str]:
+    return _field(row, "positive", where), _field(row, "negative", where)
 
 
 def _field(row: dict, key: str, where: str) -> str:
@@ -351,21 +361,22 @@ def _field(row: dict, key: str, where: str) -> str:
 def _contrast(args: argparse.Namespace, pairs_file: str | None) -> tuple[list[str], list[str]] | None:
     """Contrast prompts from a pairs file, --positive-file/--negative-file or --positive/--negative
     (exactly one source), or None when none is given."""
-    files = [getattr(args, "positive_file", None), getattr(args, "negative_file", None)]
+    pos_file, neg_file = getattr(args, "positive_file", None), getattr(args, "negative_file", None)
+    files = [pos_file, neg_file]
     inline = [args.positive, args.negative]
     given = [name for name, used in (("a pairs file", pairs_file), ("--positive-file/--negative-file", any(files)),
                                      ("--positive/--negative", any(inline))) if used]
     if len(given) > 1:
-        args.parser.error(f"give contrast prompts one way, not {' and '.join(given)}")
+        _usage_error(args, f"give contrast prompts one way, not {' and '.join(given)}")
     if pairs_file:
         return read_pairs(pairs_file)
     if any(files):
-        if not all(files):
-            args.parser.error("--positive-file and --negative-file go together")
-        return read_prompts(files[0]), read_prompts(files[1])
+        if not (pos_file and neg_file):
+            _usage_error(args, "--positive-file and --negative-file go together")
+        return read_prompts(pos_file), read_prompts(neg_file)
     if any(inline):
         if not all(inline):
-            args.parser.error("--positive and --negative go together")
+            _usage_error(args, "--positive and --negative go together")
         return list(args.positive), list(args.negative)
     return None
 
@@ -480,7 +491,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                          f"actadd makes a per-position tensor (write .safetensors)")
     contrast = _contrast(args, args.pairs)
     if contrast is None:
-        args.parser.error("give a PAIRS file, --positive-file/--negative-file, or --positive/--negative")
+        _usage_error(args, "give a PAIRS file, --positive-file/--negative-file, or --positive/--negative")
     sites = args.sites or [f"layers.{n}" for n in args.layers]
     model = _model(args)
     if gguf:
@@ -546,15 +557,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _check_chat(args)
     contrast = _contrast(args, args.pairs)
     if args.vector and contrast:
-        args.parser.error("give --vector or contrast prompts, not both")
+        _usage_error(args, "give --vector or contrast prompts, not both")
     if contrast and not args.layer:
-        args.parser.error("steering from contrast prompts needs --layer N (where to read and steer)")
+        _usage_error(args, "steering from contrast prompts needs --layer N (where to read and steer)")
     if not (args.vector or contrast):
-        args.parser.error("give --vector FILE, or --positive TEXT --negative TEXT --layer N")
+        _usage_error(args, "give --vector FILE, or --positive TEXT --negative TEXT --layer N")
     vec = _vector_file(args) if args.vector else None
     model = _model(args)
     vec = _fit(args, model, vec, contrast, [args.layer] if args.layer else None)
-    source = args.vector or f"{len(contrast[0])} positive / {len(contrast[1])} negative prompts"
+    source = f"{len(contrast[0])} positive / {len(contrast[1])} negative prompts" if contrast else args.vector
     print(f"steering: {_describe(vec)}; from {source}")
     gen = dict(max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, min_p=args.min_p, top_k=args.top_k,
                repetition_penalty=args.repetition_penalty, seed=args.seed)
@@ -572,13 +583,17 @@ class NonFiniteError(ValueError):
     """The model produced NaN or infinite logits (typically a strength it overflows at)."""
 
 
-def _fit(args: argparse.Namespace, model: Any, vec: Any, contrast: Any, sites: list[str] | None) -> Any:
+def _fit(
+    args: argparse.Namespace, model: Any, vec: Any, contrast: tuple[list[str], list[str]] | None,
+    sites: list[str] | None,
+) -> Any:
     """The steering vector for ``model``: the --vector file checked against it (restricted to
     ``sites`` when given), or one extracted from the contrast prompts at ``sites``."""
     from .extraction import extract
     from .vector_file import load_vector
 
     if vec is None:
+        assert contrast is not None and sites, "the commands check: contrast prompts come with --layer(s)"
         return extract(model, *contrast, sites=sites, method=args.method, read=args.read, progress=False)
     vec = load_vector(_existing(args.vector), model=model)  # raises with every mismatch listed
     if sites:
@@ -632,11 +647,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     contrast = _contrast(args, args.pairs)
     if args.vector and contrast:
-        args.parser.error("give --vector or contrast prompts, not both")
+        _usage_error(args, "give --vector or contrast prompts, not both")
     if not (args.vector or contrast):
-        args.parser.error("give --vector FILE, or --positive TEXT --negative TEXT with --layers N ...")
+        _usage_error(args, "give --vector FILE, or --positive TEXT --negative TEXT with --layers N ...")
     if contrast and not args.layers:
-        args.parser.error("sweeping a vector made from contrast prompts needs --layers N ...")
+        _usage_error(args, "sweeping a vector made from contrast prompts needs --layers N ...")
     if args.png:
         if importlib.util.find_spec("matplotlib") is None:
             raise ImportError("--png needs matplotlib: pip install matplotlib (or drop --png)")
