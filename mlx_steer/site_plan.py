@@ -14,12 +14,15 @@ from .paths import PathResolver, Site
 from .positions import Positions, as_positions, check_reachable
 from .recording import REDUCTIONS
 
+RECORD_STAGES = ("after", "before")
+
 
 @dataclass
 class SitePlan:
     site: Site
     interventions: list[iv.Intervention] = field(default_factory=list)
     record: Positions | None = None
+    record_before: bool = False  # record the model's own value, before this site's interventions
 
 
 def plan_sites(
@@ -29,6 +32,7 @@ def plan_sites(
     record: object,
     record_positions: object = "all",
     reduce: str | None = None,
+    record_stage: str = "after",
 ) -> dict[str, SitePlan]:
     """Resolve and validate sites; returns plans keyed by canonical site key, in given order.
 
@@ -38,12 +42,16 @@ def plan_sites(
         record: ``None``, a site, a list of sites, or ``{site: positions}``.
         record_positions: Default positions for recorded sites.
         reduce: ``None`` or ``"mean"`` (average the recorded positions per row).
+        record_stage: ``"after"`` records what flows on (after the site's interventions);
+            ``"before"`` records the model's own value at the site, before them.
 
     Raises:
         ValueError: unknown site, bad intervention, bad positions, bad reduce.
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce {reduce!r}; valid: None, 'mean'")
+    if record_stage not in RECORD_STAGES:
+        raise ValueError(f"unknown record_stage {record_stage!r}; valid: {', '.join(RECORD_STAGES)}")
     plans: dict[str, SitePlan] = {}
 
     def plan(spec: object) -> SitePlan:
@@ -66,7 +74,8 @@ def plan_sites(
     else:
         items = [(k, default) for k in record]  # type: ignore[union-attr]
     for spec, positions in items:
-        plan(spec).record = positions
+        p = plan(spec)
+        p.record, p.record_before = positions, record_stage == "before"
     return plans
 
 

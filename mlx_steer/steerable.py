@@ -30,17 +30,56 @@ if TYPE_CHECKING:
 
 
 class SiteProgram:
-    """What runs at one site: its ops in order, then its recorder (which sees what flows on)."""
+    """What runs at one site: its ops in order, and its recorder and watches, which read the
+    activation after the ops (what flows on) or, when asked, before them (the model's own value)."""
 
-    def __init__(self, site: Site, ops: list[Op], recorder: Recorder | None, state: PositionState):
+    def __init__(self, site: Site, ops: list[Op], recorder: Recorder | None, state: PositionState, *,
+                 record_before: bool = False):
         self.site, self.ops, self.recorder, self.state = site, ops, recorder, state
+        self.record_before = record_before
+        self.watches: list[Watch] = []
 
     def __call__(self, h: Array) -> Array:
+        own = h
         for op in self.ops:
             h = op(h, self.state)
         if self.recorder is not None:
-            self.recorder(h)
+            self.recorder(own if self.record_before else h)
+        for w in self.watches:
+            w(own if w.before_interventions else h)
         return h
+
+
+class Watch:
+    """The last position of every row of each forward at one site, keyed by row (see
+    :meth:`Hooks.watch`): what a live monitor reads, one value per forward a row takes part in.
+
+    ``take(row)`` returns the oldest unread (D,) float32 value of that row, in forward order.
+    """
+
+    def __init__(self, site: Site, state: PositionState, *, before_interventions: bool, only: Any = None):
+        self.site, self.state, self.before_interventions = site, state, before_interventions
+        self.only = only  # a callable () -> bool: read this forward? (e.g. decode steps only)
+        self._pending: list[tuple[np.ndarray, Array]] = []  # (row keys, (B, D) lazy)
+        self._ready: dict[int, list[np.ndarray]] = {}
+
+    def __call__(self, h: Array) -> None:
+        if self.only is None or self.only():
+            self._pending.append((np.array(self.state.rows), h[:, -1]))
+
+    def take(self, row: int) -> np.ndarray | None:
+        """The oldest unread value of ``row`` (None when there is none)."""
+        if self._pending:
+            for rows, values in self._pending:
+                host = self.state.xp.to_numpy(values)
+                for key, value in zip(rows.tolist(), host):
+                    self._ready.setdefault(key, []).append(value)
+            self._pending = []
+        queue = self._ready.get(row)
+        return queue.pop(0) if queue else None
+
+    def forget(self, row: int) -> None:
+        self._ready.pop(row, None)
 
 
 class Hooks:
@@ -82,6 +121,18 @@ class Hooks:
                 program = self._programs[key] = SiteProgram(plans[key].site, [], None, self._owner.state)
                 self._attach(program)
             program.ops.extend(ops)
+
+    def watch(self, site: str | Site, *, before_interventions: bool = False, only: Any = None) -> Watch:
+        """Start reading ``site``'s last position of every row at each forward (see :class:`Watch`);
+        ``before_interventions`` reads the model's own value rather than the steered one."""
+        resolved = self._owner.resolve(site)
+        program = self._programs.get(resolved.key)
+        if program is None:
+            program = self._programs[resolved.key] = SiteProgram(resolved, [], None, self._owner.state)
+            self._attach(program)
+        watch = Watch(resolved, self._owner.state, before_interventions=before_interventions, only=only)
+        program.watches.append(watch)
+        return watch
 
     def release(self, row: int) -> None:
         """Drop the interventions :meth:`assign` gave row ``row`` (other rows keep theirs)."""
@@ -164,6 +215,7 @@ class Steerable:
     prompts: PromptEncoder
     tokenizer: Any
     model_id: str | None
+    vocab_size: int | None  # rows of the input embedding
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -260,9 +312,10 @@ class Steerable:
     # -- planning ----------------------------------------------------------------------------
     def _plan(self, *, interventions: Mapping | Any = None, record: object = None,
               record_positions: object = "all", reduce: str | None = None, rows: int | None = None,
-              ) -> dict[str, SitePlan]:
+              record_stage: str = "after") -> dict[str, SitePlan]:
         return plan_sites(self.resolver, interventions=as_interventions(interventions, rows=rows),
-                          record=record, record_positions=record_positions, reduce=reduce)
+                          record=record, record_positions=record_positions, reduce=reduce,
+                          record_stage=record_stage)
 
     def _compile(self, site: Site, spec: Any) -> Op:
         return compile_op(spec, xp=self.xp, site=site.key, dim=self.site_dim(site.path, site.point),
@@ -271,7 +324,7 @@ class Steerable:
     def _program(self, plan: SitePlan, reduce: str | None) -> SiteProgram:
         ops = [self._compile(plan.site, i) for i in plan.interventions]
         rec = None if plan.record is None else Recorder(self.state, plan.record, reduce, site=plan.site.key)
-        return SiteProgram(plan.site, ops, rec, self.state)
+        return SiteProgram(plan.site, ops, rec, self.state, record_before=plan.record_before)
 
     # -- patching --------------------------------------------------------------------------
     def hooks(
@@ -281,15 +334,17 @@ class Steerable:
         record: object = None,
         record_positions: object = "all",
         reduce: str | None = None,
+        record_stage: str = "after",
     ) -> Hooks:
         """Install interventions and recorders until ``remove()`` / the end of a ``with`` block.
 
-        Recorders keep the activation after this site's interventions (what flows on).
+        Recorders keep the activation after this site's interventions (what flows on), or with
+        ``record_stage="before"`` the model's own value there, before them.
         Interventions scoped to rows (``for_rows``) act on those batch rows only; more can be
         given to a row later with :meth:`Hooks.assign`.
         """
         plans = self._plan(interventions=interventions, record=record,
-                           record_positions=record_positions, reduce=reduce)
+                           record_positions=record_positions, reduce=reduce, record_stage=record_stage)
         return Hooks(self, plans, reduce)
 
     def steer(self, interventions: Mapping | Any, *, scale: float = 1.0, positions: object = "all") -> Hooks:
@@ -300,9 +355,11 @@ class Steerable:
         """
         return self.hooks(interventions=as_interventions(interventions, scale=scale, positions=positions))
 
-    def record(self, sites: object, *, positions: object = "all", reduce: str | None = None) -> Hooks:
-        """Record ``sites`` over whatever runs inside the ``with`` block (e.g. generation)."""
-        return self.hooks(record=sites, record_positions=positions, reduce=reduce)
+    def record(self, sites: object, *, positions: object = "all", reduce: str | None = None,
+               stage: str = "after") -> Hooks:
+        """Record ``sites`` over whatever runs inside the ``with`` block (e.g. generation);
+        ``stage="before"`` reads the model's own values, before any intervention at the site."""
+        return self.hooks(record=sites, record_positions=positions, reduce=reduce, record_stage=stage)
 
     @contextlib.contextmanager
     def _layout(self, layout: Layout) -> Iterator[None]:
@@ -331,6 +388,7 @@ class Steerable:
         reduce: str | None = None,
         logits: bool = True,
         chat: bool = False,
+        record_stage: str = "after",
     ) -> Trace:
         """One forward over a batch; prompts of different lengths are left-padded.
 
@@ -343,10 +401,12 @@ class Steerable:
             reduce: ``"mean"`` averages the recorded positions per row.
             logits: Keep the (B, L, V) logits (skipping them saves the unembedding).
             chat: Wrap each prompt as a user turn with the chat template.
+            record_stage: ``"after"`` (default) records what flows on from a site, after its
+                interventions; ``"before"`` records the model's own value there.
         """
         tokens = self.prompts.encode_batch(prompts, chat=chat)
         plans = self._plan(interventions=interventions, record=record, record_positions=record_positions,
-                           reduce=reduce, rows=len(tokens))
+                           reduce=reduce, rows=len(tokens), record_stage=record_stage)
         L = max(len(t) for t in tokens)
         check_plans(plans, limit=L, prompt_len=L, what="a prompt")
         with Hooks(self, plans, reduce) as hooks:
@@ -373,6 +433,7 @@ class Steerable:
         hooks_out: list | None = None,
         chat: bool = False,
         system: str | None = None,
+        record_stage: str = "after",
         **options: Any,
     ) -> Iterator[Any]:
         """Stream generation responses (``.text``, ``.token``, ``.finish_reason``...) with
@@ -385,6 +446,8 @@ class Steerable:
             max_tokens: Tokens to generate.
             interventions: ``{site: intervention(s)}`` or a SteeringVector.
             record, record_positions: Sites to record while generating (default: the last position).
+            record_stage: ``"after"`` records the steered value at a site, ``"before"`` the
+                model's own value (e.g. to monitor a direction while steering along it).
             hooks_out: If a list, receives the :class:`Hooks` (read its ``activations``).
             chat, system: Wrap the prompt as a chat user turn.
             options: Sampling and loop options: ``temp, top_p, min_p, top_k, repetition_penalty,
@@ -393,7 +456,8 @@ class Steerable:
         """
         _check_loop(max_tokens, options)
         tokens = self.encode(prompt, chat=chat, system=system)
-        plans = self._plan(interventions=interventions, record=record, record_positions=record_positions)
+        plans = self._plan(interventions=interventions, record=record, record_positions=record_positions,
+                           record_stage=record_stage)
         check_plans(plans, limit=len(tokens) + max_tokens, prompt_len=len(tokens), what="prompt + max_tokens")
         return self._stream_steps(tokens, plans, max_tokens=max_tokens, hooks_out=hooks_out, options=options)
 

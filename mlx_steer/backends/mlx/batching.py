@@ -11,56 +11,29 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from ...layout import Layout
+from ...continuous import ContinuousBatch, SequenceLayout
 from ...steerable import RowStep
 
 if TYPE_CHECKING:
     from .model import SteerableModel
 
 
-class GeneratorLayout(Layout):
-    """The rows of a ``BatchGenerator``'s forwards: uid -> (row key, prompt length).
+class GeneratorLayout(SequenceLayout):
+    """The rows of a ``BatchGenerator``'s forwards.
 
     The generator runs batches (prompt processing and decoding), each with its own KV cache and
-    uids; the batch whose cache a forward was given is the one whose uids its rows are.
+    uids, some before the generator holds them; a forward's rows are the uids of the batch
+    whose cache it was given: the caller that owns that cache.
     """
 
-    def __init__(self, generator: Any):
-        super().__init__([0])
-        self.generator = generator
-        self.padding = None  # positions come from the batch caches' offsets
-        self.key_of: dict[int, int] = {}
-        self.length_of: dict[int, int] = {}
-
-    def add(self, uid: int, *, key: int, prompt_len: int) -> None:
-        self.key_of[uid], self.length_of[uid] = key, prompt_len
-
-    def drop(self, uid: int) -> None:
-        self.key_of.pop(uid, None)
-        self.length_of.pop(uid, None)
-
-    def rows_of(self, batch: int, cache: object) -> tuple[np.ndarray, np.ndarray]:
-        uids = self._uids(cache)
-        if len(uids) != batch:
-            raise RuntimeError(f"BatchGenerator forward of {batch} rows holds {len(uids)} sequences")
-        lengths = np.array([self.length_of[u] for u in uids], dtype=np.int64)
-        keys = np.array([self.key_of[u] for u in uids], dtype=np.int64)
-        return lengths, keys
-
-    @staticmethod
-    def _uids(cache: object) -> list[int]:
-        # mlx-lm's prompt and decode batches call the model from their own methods, with their
-        # own cache (some before the generator holds them): the caller that owns this cache
-        # holds the uids, in row order
+    def current(self, cache: object) -> tuple[list[int], bool]:
         frame = sys._getframe(1)
         for _ in range(16):
             if frame is None:
                 break
             owner = frame.f_locals.get("self")
             if getattr(owner, "prompt_cache", None) is cache and hasattr(owner, "uids"):
-                return list(owner.uids)
+                return list(owner.uids), type(owner).__name__ == "GenerationBatch"
             frame = frame.f_back
         raise RuntimeError("a forward inside batch generation that is not one of the BatchGenerator's batches")
 
@@ -76,14 +49,52 @@ def generate_rows(
     gen = BatchGenerator(model.model, max_tokens=max_tokens, stop_tokens=[[t] for t in stop_tokens],
                          sampler=sampler, completion_batch_size=B, prefill_batch_size=B,
                          prefill_step_size=prefill_step_size)
-    layout = GeneratorLayout(gen)
+    layout = GeneratorLayout()
     try:
         uids = gen.insert(tokens, max_tokens=[max_tokens] * B, logits_processors=[list(processors)] * B)
-        for row, (uid, t) in enumerate(zip(uids, tokens)):
-            layout.add(uid, key=row, prompt_len=len(t))
+        for uid, t in zip(uids, tokens):  # uids are 0..B-1: row keys are prompt indices
+            layout.add(uid, prompt_len=len(t))
         with model._layout(layout):
             while responses := gen.next_generated():
                 for r in responses:
-                    yield RowStep(layout.key_of[r.uid], int(r.token), r.finish_reason)
+                    yield RowStep(r.uid, int(r.token), r.finish_reason)
     finally:
         gen.close()
+
+
+
+
+class SteeredBatchGenerator(ContinuousBatch):
+    """Continuous batching with per-sequence steering on mlx-lm's ``BatchGenerator`` (which
+    schedules prefill and decoding); see :class:`~mlx_steer.continuous.ContinuousBatch`.
+
+    Args:
+        model: The steerable model.
+        completion_batch_size, prefill_batch_size, prefill_step_size, max_kv_size: as for
+            mlx-lm's ``BatchGenerator``.
+    """
+
+    def __init__(self, model: SteerableModel, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
+                 prefill_step_size: int = 2048, max_kv_size: int | None = None):
+        from mlx_lm.generate import BatchGenerator
+
+        self.generator = BatchGenerator(
+            model.model, stop_tokens=[[t] for t in sorted(model.eos_token_ids)],
+            completion_batch_size=completion_batch_size, prefill_batch_size=prefill_batch_size,
+            prefill_step_size=prefill_step_size, max_kv_size=max_kv_size,
+        )
+        super().__init__(model, GeneratorLayout())
+
+    def _enqueue(self, prompt: list[int], *, max_tokens: int, sampler: Any, logits_processors: list) -> int:
+        return int(self.generator.insert([prompt], max_tokens=[max_tokens],
+                                         samplers=None if sampler is None else [sampler],
+                                         logits_processors=[logits_processors])[0])
+
+    def _dequeue(self, uid: int) -> None:
+        self.generator.remove([uid])
+
+    def _next(self) -> list[tuple[int, int, Any, str | None]]:
+        return [(r.uid, int(r.token), r.logprobs, r.finish_reason) for r in self.generator.next_generated()]
+
+    def _close(self) -> None:
+        self.generator.close()

@@ -17,7 +17,7 @@ from ...prompts import PromptEncoder
 from ...steerable import Hooks, RowStep, Steerable, Trace
 from . import patching as hk
 from .arrays import XP
-from .batching import generate_rows
+from .batching import SteeredBatchGenerator, generate_rows
 
 __all__ = ["Hooks", "SteerableModel", "Trace", "load"]
 
@@ -60,7 +60,8 @@ class SteerableModel(Steerable):
         self.xp = XP
         self.state = PositionState(XP)
         self._padded_batches: dict[int, bool] = {}  # batch size -> padded batches are right
-        self.prompts = PromptEncoder(tokenizer)
+        self.vocab_size = _vocab_size(model)
+        self.prompts = PromptEncoder(tokenizer, vocab_size=self.vocab_size)
 
     # -- the backend contract (mlx_steer.backend.ModelBackend) ---------------------------------
     def site_dim(self, path: str, point: str) -> int | None:
@@ -192,6 +193,11 @@ class SteerableModel(Steerable):
         yield from generate_rows(self, tokens, max_tokens=max_tokens, sampler=sampler, processors=processors,
                                  prefill_step_size=prefill_step_size, stop_tokens=sorted(self.eos_token_ids))
 
+    def batch_generator(self, **options: Any) -> SteeredBatchGenerator:
+        """Continuous batching with per-sequence steering (see :class:`SteeredBatchGenerator`);
+        ``options`` go to it (``completion_batch_size``, ``prefill_step_size``...)."""
+        return SteeredBatchGenerator(self, **options)
+
     # -- unembedding and generation helpers (the backend contract of mlx_steer.analysis) -----
     _HEAD_NAMES = ("lm_head", "output", "embed_out")
     _EMBED_NAMES = ("embed_tokens", "wte", "word_embeddings", "tok_embeddings", "token_embeddings",
@@ -271,6 +277,19 @@ def _left_pad(a: mx.array, length: int) -> mx.array:
     if n == length:
         return a
     return mx.concatenate([mx.zeros((a.shape[0], length - n, *a.shape[2:]), dtype=a.dtype), a], axis=1)
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    """Rows of the token embedding (token ids must be below it)."""
+    for name, m in model.named_modules():
+        if name.rsplit(".", 1)[-1] not in SteerableModel._EMBED_NAMES:
+            continue
+        if isinstance(m, nn.QuantizedEmbedding):
+            return int(m.num_embeddings)
+        if isinstance(m, nn.Embedding):
+            return int(m.weight.shape[0])
+    vocab = getattr(getattr(model, "args", None), "vocab_size", None)
+    return None if vocab is None else int(vocab)
 
 
 def _activation_dtype(model: nn.Module) -> mx.Dtype:

@@ -43,7 +43,9 @@ class TorchSteerableModel(Steerable):
         self.hidden_size, self.n_heads = model_sizes(config)
         self.xp = XP
         self.state = PositionState(XP)
-        self.prompts = PromptEncoder(tokenizer)
+        emb = hf_model.get_input_embeddings() if hasattr(hf_model, "get_input_embeddings") else None
+        self.vocab_size = int(emb.num_embeddings) if isinstance(emb, nn.Embedding) else None
+        self.prompts = PromptEncoder(tokenizer, vocab_size=self.vocab_size)
         self._eos_ids = eos_token_ids(hf_model, tokenizer)
 
     @property

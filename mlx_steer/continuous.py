@@ -1,0 +1,204 @@
+"""Continuous batching with per-sequence steering, written once for every backend.
+
+Sequences join (:meth:`ContinuousBatch.insert`) and leave (:meth:`ContinuousBatch.remove`, or by
+finishing) between steps. One set of hooks stays installed; each sequence's interventions are
+scoped to its uid (its row key), so they follow it however the batch is reordered, and
+monitors read, for every token, the activation that produced it. A backend supplies the batch
+loop (``_enqueue``, ``_dequeue``, ``_next``) and the layout that tells the position tracker
+which uids a forward's rows are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .interventions import as_vector
+from .layout import Layout
+from .site_plan import check_plans
+
+if TYPE_CHECKING:
+    from .steerable import Steerable, Watch
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """Read ``site``'s activation along ``direction`` (normalized) for every generated token;
+    ``before_interventions`` reads the model's own value rather than the steered one."""
+
+    site: str
+    direction: Any
+    before_interventions: bool = False
+
+
+@dataclass
+class StepEvent:
+    """One token of one sequence from :meth:`ContinuousBatch.step`.
+
+    Attributes:
+        uid: The sequence.
+        token: The token id (the EOS itself when ``finish_reason == "stop"``).
+        logprobs: (V,) float32 numpy log-probabilities it was sampled from.
+        finish_reason: None, ``"stop"`` (EOS) or ``"length"``.
+        projections: Per monitor name, the projection of the activation that produced this
+            token (the monitor's site, last position) on the monitor's unit direction.
+    """
+
+    uid: int
+    token: int
+    logprobs: np.ndarray
+    finish_reason: str | None
+    projections: dict[str, float] = field(default_factory=dict)
+
+
+class SequenceLayout(Layout):
+    """Rows of a continuous batch: uid -> prompt length; a backend says which uids a forward holds."""
+
+    def __init__(self) -> None:
+        super().__init__([0])
+        self.padding = None
+        self.length_of: dict[int, int] = {}
+        self.decoding = False  # whether the current forward samples tokens (monitors read those)
+
+    def add(self, uid: int, *, prompt_len: int) -> None:
+        self.length_of[uid] = prompt_len
+
+    def drop(self, uid: int) -> None:
+        self.length_of.pop(uid, None)
+
+    def rows_of(self, batch: int, cache: object) -> tuple[np.ndarray, np.ndarray]:
+        uids, self.decoding = self.current(cache)
+        if len(uids) != batch:
+            raise RuntimeError(f"a batch forward of {batch} rows holds {len(uids)} sequences")
+        return np.array([self.length_of[u] for u in uids], dtype=np.int64), np.array(uids, dtype=np.int64)
+
+    def current(self, cache: object) -> tuple[list[int], bool]:
+        """The uids of the forward now running (in row order), and whether it is a decode step."""
+        raise NotImplementedError
+
+
+class ContinuousBatch:
+    """The shared part of a backend's continuous batch: validation, per-uid steering, monitors.
+
+    Use from one thread; close it (or use ``with``) to undo every patch.
+    """
+
+    def __init__(self, model: Steerable, layout: SequenceLayout):
+        self.model, self.layout = model, layout
+        self.hooks = model.hooks()
+        self._watches: dict[tuple[str, bool], Watch] = {}
+        self._monitors: dict[int, dict[str, tuple[Watch, np.ndarray]]] = {}
+
+    # -- what a backend supplies ------------------------------------------------------------
+    def _enqueue(self, prompt: list[int], *, max_tokens: int, sampler: Any, logits_processors: list) -> int:
+        raise NotImplementedError
+
+    def _dequeue(self, uid: int) -> None:
+        raise NotImplementedError
+
+    def _next(self) -> list[tuple[int, int, Any, str | None]]:
+        """Run until some sequence has a token: ``(uid, token, logprobs, finish_reason)`` each."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release the backend's loop."""
+
+    # -- the shared API ----------------------------------------------------------------------
+    def insert(self, prompt: list[int], *, max_tokens: int, interventions: Any = None, sampler: Any = None,
+               logits_processors: list | None = None, monitors: dict[str, Monitor] | None = None) -> int:
+        """Queue a sequence; returns its uid. Everything is validated before it is queued.
+
+        Args:
+            prompt: Token ids.
+            max_tokens: Tokens to generate at most.
+            interventions: ``{site: intervention(s)}`` or a SteeringVector, for this sequence only.
+            sampler: The backend's sampler (default greedy); logits_processors: its processors.
+            monitors: ``{name: Monitor}`` read for every token of this sequence.
+
+        Raises:
+            ValueError: bad interventions, sites, positions, monitors or options.
+        """
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        prompt = self.model.prompts.check_ids(prompt)
+        plans = self.model._plan(interventions=interventions)
+        check_plans(plans, limit=len(prompt) + max_tokens, prompt_len=len(prompt), what="prompt + max_tokens")
+        reads = {name: (self.model.resolve(m.site), _unit(m.direction, self.model.hidden_size, name), m)
+                 for name, m in (monitors or {}).items()}
+        uid = self._enqueue(list(prompt), max_tokens=max_tokens, sampler=sampler,
+                            logits_processors=list(logits_processors or []))
+        try:
+            self.hooks.assign(uid, interventions)
+            self._monitors[uid] = {name: (self._watch(site.key, m.before_interventions), unit)
+                                   for name, (site, unit, m) in reads.items()}
+        except BaseException:
+            self.remove(uid)
+            raise
+        self.layout.add(uid, prompt_len=len(prompt))
+        return uid
+
+    def remove(self, uid: int) -> None:
+        """Drop a sequence at once (e.g. its client went away); its row leaves the batch."""
+        self._dequeue(uid)
+        self._forget(uid)
+
+    def step(self) -> list[StepEvent]:
+        """Run until some sequence has a new token; [] when nothing is queued or running."""
+        self.model.state.layouts.append(self.layout)
+        try:
+            raw = self._next()
+        finally:
+            self.model.state.layouts.remove(self.layout)
+        events = []
+        for uid, token, logprobs, reason in raw:
+            projections = {}
+            for name, (watch, unit) in self._monitors.get(uid, {}).items():
+                value = watch.take(uid)
+                if value is not None:
+                    projections[name] = float(value @ unit)
+            events.append(StepEvent(uid, token, self.model.to_numpy(logprobs), reason, projections))
+            if reason is not None:
+                self._forget(uid)
+        return events
+
+    @property
+    def active(self) -> int:
+        """Sequences queued or running."""
+        return len(self.layout.length_of)
+
+    def close(self) -> None:
+        """Undo every patch and release the backend's loop (idempotent)."""
+        self.hooks.remove()
+        self._close()
+
+    def __enter__(self) -> ContinuousBatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _watch(self, site: str, before: bool) -> Watch:
+        w = self._watches.get((site, before))
+        if w is None:
+            w = self._watches[(site, before)] = self.hooks.watch(
+                site, before_interventions=before, only=lambda: self.layout.decoding)
+        return w
+
+    def _forget(self, uid: int) -> None:
+        self.hooks.release(uid)
+        self.layout.drop(uid)
+        for w in self._watches.values():
+            w.forget(uid)
+        self._monitors.pop(uid, None)
+
+
+def _unit(direction: object, hidden: int, name: str) -> np.ndarray:
+    d = as_vector(direction, what=f"monitor {name!r} direction").astype(np.float64)
+    if d.shape != (hidden,):
+        raise ValueError(f"monitor {name!r} direction has shape {d.shape}; the model's hidden size is {hidden}")
+    norm = float(np.linalg.norm(d))
+    if norm == 0.0:
+        raise ValueError(f"monitor {name!r} direction has zero norm")
+    return (d / norm).astype(np.float32)
