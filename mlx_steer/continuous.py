@@ -10,6 +10,7 @@ which uids a forward's rows are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -106,16 +107,17 @@ class ContinuousBatch:
         """Release the backend's loop."""
 
     # -- the shared API ----------------------------------------------------------------------
-    def insert(self, prompt: list[int], *, max_tokens: int, interventions: Any = None, sampler: Any = None,
-               logits_processors: list | None = None, monitors: dict[str, Monitor] | None = None) -> int:
+    def insert(self, prompt: Sequence[int], *, max_tokens: int, interventions: Any = None,
+               monitors: dict[str, Monitor] | None = None, **sampling: Any) -> int:
         """Queue a sequence; returns its uid. Everything is validated before it is queued.
 
         Args:
             prompt: Token ids.
             max_tokens: Tokens to generate at most.
             interventions: ``{site: intervention(s)}`` or a SteeringVector, for this sequence only.
-            sampler: The backend's sampler (default greedy); logits_processors: its processors.
             monitors: ``{name: Monitor}`` read for every token of this sequence.
+            sampling: ``temp, top_p, min_p, top_k, repetition_penalty, repetition_context_size,
+                logits_processors, sampler`` as for ``stream_generate`` (default greedy).
 
         Raises:
             ValueError: bad interventions, sites, positions, monitors or options.
@@ -127,8 +129,8 @@ class ContinuousBatch:
         check_plans(plans, limit=len(prompt) + max_tokens, prompt_len=len(prompt), what="prompt + max_tokens")
         reads = {name: (self.model.resolve(m.site), _unit(m.direction, self.model.hidden_size, name), m)
                  for name, m in (monitors or {}).items()}
-        uid = self._enqueue(list(prompt), max_tokens=max_tokens, sampler=sampler,
-                            logits_processors=list(logits_processors or []))
+        sampler, processors = self.model._sampling(**sampling)
+        uid = self._enqueue(prompt, max_tokens=max_tokens, sampler=sampler, logits_processors=processors)
         try:
             self.hooks.assign(uid, interventions)
             self._monitors[uid] = {name: (self._watch(site.key, m.before_interventions), unit)

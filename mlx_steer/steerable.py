@@ -25,6 +25,7 @@ from .site_plan import SitePlan, as_interventions, check_plans, plan_sites
 
 if TYPE_CHECKING:
     from .backend import Array, ArrayOps, Undo
+    from .continuous import ContinuousBatch
     from .paths import PathResolver
     from .prompts import PromptEncoder
 
@@ -256,6 +257,17 @@ class Steerable:
         raise NotImplementedError
 
     def _generate_rows(self, tokens: list[list[int]], *, max_tokens: int, **options: Any) -> Iterator[RowStep]:
+        raise NotImplementedError
+
+    def batch_generator(self, **options: Any) -> ContinuousBatch:
+        """Continuous batching with per-sequence steering: ``insert(prompt_ids, max_tokens=...,
+        interventions=..., monitors=..., temp=...) -> uid``, ``step() -> [StepEvent]``,
+        ``remove(uid)``, ``close()`` (see :class:`~mlx_steer.continuous.ContinuousBatch`)."""
+        raise NotImplementedError
+
+    def _sampling(self, **options: Any) -> tuple[Any, list]:
+        """The backend's sampler and logits processors for sampling options
+        (``temp, top_p, min_p, top_k, repetition_penalty, ...``); unknown options raise ValueError."""
         raise NotImplementedError
 
     def _unembed(self, x: np.ndarray, norm_path: str | None) -> Array:

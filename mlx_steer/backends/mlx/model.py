@@ -22,14 +22,22 @@ from .batching import SteeredBatchGenerator, generate_rows
 __all__ = ["Hooks", "SteerableModel", "Trace", "load"]
 
 
-def load(path_or_hf_repo: str, *, lazy: bool = False, **kwargs: Any) -> SteerableModel:
+def load(path_or_hf_repo: str, *, lazy: bool = False, distributed: str | None = None,
+         **kwargs: Any) -> SteerableModel:
     """Load an mlx-lm model (local folder or hub id) as a :class:`SteerableModel`.
 
     Args:
         path_or_hf_repo: Folder or Hugging Face repo id (mlx-community quantized models work).
         lazy: Passed to ``mlx_lm.load``.
+        distributed: ``"tensor"`` or ``"pipeline"``: shard the model over the ranks started by
+            ``mlx.launch`` with mlx-lm's own sharding (every rank must call this, and then make
+            the same calls); see :mod:`mlx_steer.backends.mlx.sharding`.
         kwargs: Other ``mlx_lm.load`` options (``tokenizer_config``, ``adapter_path``...).
     """
+    if distributed is not None:
+        from .sharding import load_sharded
+
+        return load_sharded(path_or_hf_repo, distributed, **kwargs)
     from mlx_lm import load as mlx_load
 
     model, tokenizer = mlx_load(str(path_or_hf_repo), lazy=lazy, **kwargs)
@@ -147,7 +155,7 @@ class SteerableModel(Steerable):
     def _batch_cache(self, pad: list[int]) -> list:
         from mlx_lm.models import cache as C
 
-        base = self.model.make_cache() if hasattr(self.model, "make_cache") else [C.KVCache() for _ in self.layer_paths]
+        base = self.model.make_cache() if hasattr(self.model, "make_cache") else [C.KVCache() for _ in self.model.layers]
         out = []
         for c in base:
             if type(c) is C.KVCache:
@@ -192,6 +200,13 @@ class SteerableModel(Steerable):
             return
         yield from generate_rows(self, tokens, max_tokens=max_tokens, sampler=sampler, processors=processors,
                                  prefill_step_size=prefill_step_size, stop_tokens=sorted(self.eos_token_ids))
+
+    def _sampling(self, **options: Any) -> tuple[Any, list]:
+        """mlx-lm's sampler and logits processors for sampling options (others raise ValueError)."""
+        sampler, processors, rest = sampling(**options)
+        if rest:
+            raise ValueError(f"unsupported sampling option(s): {', '.join(sorted(rest))}")
+        return sampler, processors
 
     def batch_generator(self, **options: Any) -> SteeredBatchGenerator:
         """Continuous batching with per-sequence steering (see :class:`SteeredBatchGenerator`);
