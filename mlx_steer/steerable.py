@@ -9,7 +9,7 @@ are done here, once, before anything is attached.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -447,7 +447,7 @@ class Steerable:
         system: str | None = None,
         record_stage: str = "after",
         **options: Any,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         """Stream generation responses (``.text``, ``.token``, ``.finish_reason``...) with
         interventions applied at every step.
 
@@ -474,7 +474,7 @@ class Steerable:
         return self._stream_steps(tokens, plans, max_tokens=max_tokens, hooks_out=hooks_out, options=options)
 
     def _stream_steps(self, tokens: list[int], plans: Mapping[str, SitePlan], *, max_tokens: int,
-                      hooks_out: list | None, options: dict[str, Any]) -> Iterator[Any]:
+                      hooks_out: list | None, options: dict[str, Any]) -> Generator[Any, None, None]:
         with Hooks(self, plans, None) as hooks:
             if hooks_out is not None:
                 hooks_out.append(hooks)
