@@ -383,6 +383,7 @@ class InterpretableModel:
     def output(self) -> OutputProxy:
         """The logits of the current trace (``model.output.save()`` inside the block)."""
         trace = self._current_trace("model.output")
+        assert trace.output is not None  # a trace runs with logits kept
         return OutputProxy(trace.output, _OUTPUT, trace)
 
     def _current_trace(self, what: str) -> Trace:
@@ -496,9 +497,8 @@ class InterpretableModel:
         return [self.encode(t) for t in texts]
 
     def decode(self, tokens: Sequence[int] | mx.array) -> str:
-        if isinstance(tokens, mx.array):
-            tokens = tokens.tolist()
-        return self._require_tokenizer().decode([int(t) for t in tokens])
+        ids = np.asarray(tokens) if isinstance(tokens, mx.array) else tokens
+        return self._require_tokenizer().decode([int(t) for t in ids])
 
     def token_to_str(self, token_id: int) -> str:
         """The text of one token."""
@@ -506,7 +506,9 @@ class InterpretableModel:
 
     def to_str_tokens(self, inputs: str | Sequence[int] | mx.array) -> list[str]:
         ids = self.encode(inputs) if isinstance(inputs, str) else self._token_rows(inputs)[0]
-        return [self.token_to_str(t) for t in ids]  # type: ignore[union-attr]
+        if isinstance(ids, str):
+            raise ValueError(f"to_str_tokens takes one text or one sequence of token ids, got {inputs!r}")
+        return [self.token_to_str(t) for t in ids]
 
     @property
     def vocab_size(self) -> int | None:
