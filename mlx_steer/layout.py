@@ -19,8 +19,8 @@ class Layout:
     and key ``rows[b]`` (default ``b``).
     """
 
-    def __init__(self, lengths: Sequence[int], padding: Sequence[int] | None = None,
-                 rows: Sequence[int] | None = None):
+    def __init__(self, lengths: Sequence[int] | np.ndarray, padding: Sequence[int] | np.ndarray | None = None,
+                 rows: Sequence[int] | np.ndarray | None = None):
         self.lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
         self.padding: np.ndarray | None = (
             np.zeros_like(self.lengths) if padding is None else np.asarray(padding, dtype=np.int64).reshape(-1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from .generation import GenerationResponse, StreamingDetokenizer, eos_token_ids,
 from .layers import decoder_layer_container, is_projection, site_dim
 from .sampling import make_logits_processors, make_sampler
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 class TorchSteerableModel(Steerable):
     """A transformers causal LM and tokenizer with site-keyed recording and steering.
@@ -31,7 +34,7 @@ class TorchSteerableModel(Steerable):
         model_id: Name stored in vector files.
     """
 
-    def __init__(self, hf_model: nn.Module, tokenizer: Any, *, model_id: str | None = None):
+    def __init__(self, hf_model: PreTrainedModel, tokenizer: Any, *, model_id: str | None = None):
         self.model, self.tokenizer, self.model_id = hf_model, tokenizer, model_id
         self.modules = dict(hf_model.named_modules())
         container = decoder_layer_container(hf_model)
@@ -52,7 +55,8 @@ class TorchSteerableModel(Steerable):
     def dtype(self) -> torch.dtype:
         """The residual stream dtype (the input embedding's)."""
         emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
-        return emb.weight.dtype if emb is not None else next(self.model.parameters()).dtype
+        weight = getattr(emb, "weight", None)
+        return weight.dtype if isinstance(weight, torch.Tensor) else next(self.model.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
