@@ -73,7 +73,8 @@ class SequenceLayout(Layout):
         uids, self.decoding = self.current(cache)
         if len(uids) != batch:
             raise RuntimeError(f"a batch forward of {batch} rows holds {len(uids)} sequences")
-        return np.array([self.length_of[u] for u in uids], dtype=np.int64), np.array(uids, dtype=np.int64)
+        # a row whose sequence already left (its batch still computes it) has no steering left
+        return np.array([self.length_of.get(u, 0) for u in uids], dtype=np.int64), np.array(uids, dtype=np.int64)
 
     def current(self, cache: object) -> tuple[list[int], bool]:
         """The uids of the forward now running (in row order), and whether it is a decode step."""

@@ -63,6 +63,7 @@ class Watch:
         self.only = only  # a callable () -> bool: read this forward? (e.g. decode steps only)
         self._pending: list[tuple[np.ndarray, Array]] = []  # (row keys, (B, D) lazy)
         self._ready: dict[int, list[np.ndarray]] = {}
+        self._gone: set[int] = set()
 
     def __call__(self, h: Array) -> None:
         if self.only is None or self.only():
@@ -74,13 +75,16 @@ class Watch:
             for rows, values in self._pending:
                 host = self.state.xp.to_numpy(values)
                 for key, value in zip(rows.tolist(), host):
-                    self._ready.setdefault(key, []).append(value)
+                    if key not in self._gone:
+                        self._ready.setdefault(key, []).append(value)
             self._pending = []
         queue = self._ready.get(row)
         return queue.pop(0) if queue else None
 
     def forget(self, row: int) -> None:
+        """Drop ``row``'s values, and any it still gets (its sequence is gone)."""
         self._ready.pop(row, None)
+        self._gone.add(row)
 
 
 class Hooks:

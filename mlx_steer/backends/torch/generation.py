@@ -8,7 +8,7 @@ same positions. No ``torch.compile`` and no ``GenerationMixin.generate``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ class GenerationResponse:
 def generate_step(
     model: Any, prompt: Sequence[int], *, max_tokens: int, sampler: Sampler,
     logits_processors: list[LogitsProcessor], prefill_step_size: int = 2048,
-) -> Iterator[tuple[int, torch.Tensor]]:
+) -> Generator[tuple[int, torch.Tensor], None, None]:
     """Yield ``(token, logprobs)`` pairs; each forward runs under ``torch.no_grad``."""
     from transformers import DynamicCache
 
@@ -89,50 +89,78 @@ def generate_step(
         n += 1
 
 
+class PaddedBatch:
+    """Left-padded rows sharing one KV cache (padding masked, positions shifted, so each row
+    computes what it computes alone): :meth:`prefill` the prompts, then :meth:`step` one token
+    per row. Each returns the (B, V) logits of every row's last position."""
+
+    def __init__(self, model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, prefill_step_size: int):
+        from transformers import DynamicCache
+
+        self.model, self.prefill_step_size = model, prefill_step_size
+        self.device = device = next(model.parameters()).device
+        self.B, L = len(prompts), max(len(p) for p in prompts)
+        pad = np.array([L - len(p) for p in prompts], dtype=np.int64)
+        self.ids = torch.tensor([[pad_id] * int(n) + list(p) for n, p in zip(pad, prompts)], device=device)
+        cols = np.arange(L)[None] - pad[:, None]
+        self.attn = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
+        self.pos = torch.from_numpy(np.maximum(cols, 0)).to(device)
+        self.next_pos = torch.from_numpy(cols[:, -1] + 1).to(device)
+        self.cache, self.cache_kw = DynamicCache(config=model.config), cache_keyword(model)
+        self.sampling = False  # whether the forward running now is one whose logits are sampled
+
+    @torch.no_grad()  # per call, not around a loop: grad mode must not leak to the consumer
+    def _forward(self, x: torch.Tensor, upto: int, at: torch.Tensor, *, sampled: bool = True) -> torch.Tensor:
+        self.sampling = sampled
+        out = self.model(input_ids=x, attention_mask=self.attn[:, :upto], position_ids=at,
+                         **{self.cache_kw: self.cache}, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+    def prefill(self) -> torch.Tensor:
+        """Run the prompts (all but the last column in chunks, then the last column alone)."""
+        L, start = self.ids.shape[1], 0
+        while start < L - 1:
+            n = min(self.prefill_step_size, L - 1 - start)
+            self._forward(self.ids[:, start : start + n], start + n, self.pos[:, start : start + n], sampled=False)
+            start += n
+        return self._forward(self.ids[:, L - 1 :], L, self.pos[:, L - 1 :])
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row (B,) and run it."""
+        self.attn = torch.cat([self.attn, torch.ones((self.B, 1), dtype=self.attn.dtype, device=self.device)], dim=1)
+        logits = self._forward(tokens.reshape(self.B, 1), self.attn.shape[1], self.next_pos[:, None])
+        self.next_pos = self.next_pos + 1
+        return logits
+
+
+def log_probs(logits: torch.Tensor, processors: Sequence[Sequence[LogitsProcessor]],
+              contexts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """float32 (B, V) log-probabilities after each row's logits processors (given its tokens)."""
+    if any(processors):
+        rows = []
+        for b, procs in enumerate(processors):
+            row = logits[b : b + 1]
+            for processor in procs:
+                row = processor(contexts[b], row)
+            rows.append(row)
+        logits = torch.cat(rows)
+    logits = logits.float()
+    return logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+
 def generate_rows(
     model: Any, prompts: Sequence[Sequence[int]], *, max_tokens: int, sampler: Sampler,
     logits_processors: list[LogitsProcessor], prefill_step_size: int, pad_id: int, eos: Collection[int],
 ) -> Iterator[RowStep]:
-    """Generate for every prompt in one left-padded batch (padding masked, positions shifted, so
-    each row computes what it computes alone); yields each row's tokens, EOS included with
-    ``finish_reason="stop"``. Finished rows keep decoding until every row is done (unused)."""
-    from transformers import DynamicCache
-
-    device = next(model.parameters()).device
-    B, L = len(prompts), max(len(p) for p in prompts)
-    pad = np.array([L - len(p) for p in prompts], dtype=np.int64)
-    ids = torch.tensor([[pad_id] * int(n) + list(p) for n, p in zip(pad, prompts)], device=device)
-    cols = np.arange(L)[None] - pad[:, None]
-    attn = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
-    pos = torch.from_numpy(np.maximum(cols, 0)).to(device)
-    cache, cache_kw = DynamicCache(config=model.config), cache_keyword(model)
-    contexts = [torch.tensor(list(p), dtype=torch.long, device=device) for p in prompts]
-
-    @torch.no_grad()  # per call, not around the loop: grad mode must not leak to the consumer
-    def forward(x: torch.Tensor, upto: int, at: torch.Tensor) -> torch.Tensor:
-        out = model(input_ids=x, attention_mask=attn[:, :upto], position_ids=at, **{cache_kw: cache},
-                    use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :]
-
-    start = 0
-    while start < L - 1:  # the prompt but its last token, in chunks
-        n = min(prefill_step_size, L - 1 - start)
-        forward(ids[:, start : start + n], start + n, pos[:, start : start + n])
-        start += n
-    logits = forward(ids[:, L - 1 :], L, pos[:, L - 1 :])
-    done = [False] * B
-    next_pos = torch.from_numpy(cols[:, -1] + 1).to(device)
+    """Generate for every prompt in one :class:`PaddedBatch`; yields each row's tokens, EOS
+    included with ``finish_reason="stop"``. Finished rows keep decoding until every row is done
+    (their tokens unused)."""
+    batch = PaddedBatch(model, prompts, pad_id=pad_id, prefill_step_size=prefill_step_size)
+    contexts = [torch.tensor(list(p), dtype=torch.long, device=batch.device) for p in prompts]
+    done = [False] * batch.B
+    logits = batch.prefill()
     for step in range(1, max_tokens + 1):
-        if logits_processors:
-            rows = []
-            for b in range(B):
-                row = logits[b : b + 1]
-                for processor in logits_processors:
-                    row = processor(contexts[b], row)
-                rows.append(row)
-            logits = torch.cat(rows)
-        logits = logits.float()
-        y = sampler(logits - torch.logsumexp(logits, dim=-1, keepdim=True)).reshape(B)
+        y = sampler(log_probs(logits, [logits_processors] * batch.B, contexts)).reshape(batch.B)
         for b, token in enumerate(y.tolist()):
             if done[b]:
                 continue
@@ -141,10 +169,9 @@ def generate_rows(
             yield RowStep(b, int(token), reason)
         if all(done):
             return
-        contexts = [torch.cat([c, y[b : b + 1]]) for b, c in enumerate(contexts)]
-        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
-        logits = forward(y[:, None], attn.shape[1], next_pos[:, None])
-        next_pos = next_pos + 1
+        if logits_processors:
+            contexts = [torch.cat([c, y[b : b + 1]]) for b, c in enumerate(contexts)]
+        logits = batch.step(y)
 
 
 class StreamingDetokenizer:

@@ -17,6 +17,7 @@ from ...prompts import PromptEncoder
 from ...steerable import Hooks, RowStep, Steerable
 from . import hooks as hk
 from .arrays import XP
+from .continuous import TorchContinuousBatch
 from .generation import GenerationResponse, StreamingDetokenizer, eos_token_ids, generate_rows, generate_step
 from .layers import decoder_layer_container, is_projection, site_dim
 from .sampling import make_logits_processors, make_sampler
@@ -124,6 +125,11 @@ class TorchSteerableModel(Steerable):
             yield from generate_rows(self.model, tokens, max_tokens=max_tokens, sampler=sampler,
                                      logits_processors=processors, prefill_step_size=prefill_step_size,
                                      pad_id=self.prompts.pad_id, eos=self.eos_token_ids)
+
+    def batch_generator(self, **options: Any) -> TorchContinuousBatch:
+        """Continuous batching with per-sequence steering (see :class:`TorchContinuousBatch`);
+        ``options`` go to it (``completion_batch_size``, ``prefill_step_size``...)."""
+        return TorchContinuousBatch(self, **options)
 
     def _responses(self, tokens: list[int], max_tokens: int, sampler: Any, processors: list,
                    prefill_step_size: int) -> Iterator[GenerationResponse]:
