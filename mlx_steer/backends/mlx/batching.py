@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ...continuous import ContinuousBatch, SequenceLayout
@@ -27,12 +28,12 @@ class GeneratorLayout(SequenceLayout):
     """
 
     def current(self, cache: object) -> tuple[list[int], bool]:
-        frame = sys._getframe(1)
+        frame: FrameType | None = sys._getframe(1)
         for _ in range(16):
             if frame is None:
                 break
             owner = frame.f_locals.get("self")
-            if getattr(owner, "prompt_cache", None) is cache and hasattr(owner, "uids"):
+            if owner is not None and getattr(owner, "prompt_cache", None) is cache and hasattr(owner, "uids"):
                 return list(owner.uids), type(owner).__name__ == "GenerationBatch"
             frame = frame.f_back
         raise RuntimeError("a forward inside batch generation that is not one of the BatchGenerator's batches")

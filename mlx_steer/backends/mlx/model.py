@@ -40,7 +40,8 @@ def load(path_or_hf_repo: str, *, lazy: bool = False, distributed: str | None = 
         return load_sharded(path_or_hf_repo, distributed, **kwargs)
     from mlx_lm import load as mlx_load
 
-    model, tokenizer = mlx_load(str(path_or_hf_repo), lazy=lazy, **kwargs)
+    # mlx_lm.load is annotated with a Union of 2- and 3-tuples (no overload on return_config)
+    model, tokenizer = mlx_load(str(path_or_hf_repo), lazy=lazy, **kwargs)  # type: ignore[misc]
     return SteerableModel(model, tokenizer, model_id=str(path_or_hf_repo))
 
 
@@ -124,8 +125,8 @@ class SteerableModel(Steerable):
                     batch = self.model(x, cache=self._batch_cache(probe_pad))[:, -1]
                     single = mx.concatenate([self.model(mx.array([[3, 4][p:]]))[:, -1] for p in (0, 1)])
                     expected = single[mx.array(probe_pad)]
-                    diff = mx.abs(batch - expected).max().item()
-                    ok = diff <= 2e-2 * max(mx.abs(single).max().item(), 1.0)
+                    diff = float(mx.abs(batch - expected).max())
+                    ok = diff <= 2e-2 * max(float(mx.abs(single).max()), 1.0)
                 except ValueError as exc:
                     if "batch KV cache" in str(exc):
                         raise
@@ -156,7 +157,7 @@ class SteerableModel(Steerable):
         from mlx_lm.models import cache as C
 
         base = self.model.make_cache() if hasattr(self.model, "make_cache") else [C.KVCache() for _ in self.model.layers]
-        out = []
+        out: list[C.BatchKVCache | C.BatchRotatingKVCache] = []
         for c in base:
             if type(c) is C.KVCache:
                 out.append(C.BatchKVCache(left_padding=pad))
