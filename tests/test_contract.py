@@ -1,0 +1,121 @@
+"""Contracts every backend keeps, tested once, parametrized over backends, against oracles that
+can fail; and the package's shape (backends side by side, no import between them, no cycles)."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlx_steer import interventions as iv
+from torch_fixtures import *  # noqa: F403  (fixtures)
+from torch_fixtures import BACKENDS
+
+PACKAGE = Path(__file__).parent.parent / "mlx_steer"
+PROMPT = "The weather is great, happy people walk"
+
+
+def eos_bias(m):
+    """A large residual vector along EOS's unembedding row: at the last layer it makes EOS the
+    most likely next token at every step."""
+    eos = min(m.eos_token_ids)
+    w = m.unembed(np.eye(m.hidden_size, dtype=np.float32))[:, eos]  # W[eos] through the head
+    return eos, {f"layers.{m.num_layers - 1}": iv.add_vector(w / np.linalg.norm(w) * 100.0)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eos_suppressing_processor_runs_to_max_tokens(backend_models, backend):
+    m = backend_models(backend, "llama")
+    prompt = m.encode(PROMPT)
+    eos, push = eos_bias(m)
+    first = list(m.stream_generate(prompt, max_tokens=25, interventions=push))
+    assert [(r.token, r.finish_reason) for r in first] == [(eos, "stop")]  # EOS wins without the processor
+    seen = []
+
+    def no_eos(tokens, logits):
+        seen.append(len(tokens))
+        mask = np.zeros(logits.shape[-1], np.float32)
+        mask[sorted(m.eos_token_ids)] = -np.inf
+        return logits + (type(logits)(mask) if backend == "mlx" else logits.new_tensor(mask))
+
+    out = m.generate_tokens(prompt, max_tokens=25, logits_processors=[no_eos], interventions=push)
+    assert len(out) == 25 and not set(out) & m.eos_token_ids
+    assert seen[:2] == [len(prompt), len(prompt) + 1]  # the processor sees the prompt, then each new token
+    banned = m.generate_tokens(prompt, max_tokens=25, logits_processors=[m.ban_tokens_processor(m.eos_token_ids)],
+                               interventions=push)
+    assert banned == out
+
+
+def _top_level(stmts: list[ast.stmt]):
+    """Statements run at import: the module body, into if/try blocks but not TYPE_CHECKING ones,
+    functions or classes."""
+    for node in stmts:
+        if isinstance(node, ast.If):
+            if "TYPE_CHECKING" not in ast.unparse(node.test):
+                yield from _top_level(node.body)
+            yield from _top_level(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
+                yield from _top_level(block)
+        else:
+            yield node
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Modules of mlx_steer that ``path`` imports when it is imported."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = set()
+    for node in _top_level(ast.parse(path.read_text()).body):
+        if isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            name = f"{base}.{node.module}" if node.level and node.module else base if node.level else node.module
+            out.add(name)
+            out.update(f"{name}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {n for n in out if n.startswith("mlx_steer")}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return {m: {i for i in _imports(p, m) if i in modules and i != m} for m, p in modules.items()}
+
+
+def test_backends_are_siblings_with_no_import_between_them():
+    graph = _graph()
+    for a, b in (("mlx", "torch"), ("torch", "mlx")):
+        crossing = [(m, i) for m, deps in graph.items() if m.startswith(f"mlx_steer.backends.{a}")
+                    for i in deps if i.startswith(f"mlx_steer.backends.{b}")]
+        assert not crossing, crossing
+    core = ["mlx_steer.steerable", "mlx_steer.ops", "mlx_steer.recording", "mlx_steer.positions",
+            "mlx_steer.site_plan", "mlx_steer.continuous", "mlx_steer.layout", "mlx_steer.backend"]
+    for m in core:  # the shared engine imports no backend
+        assert not [i for i in graph[m] if i.startswith("mlx_steer.backends")], m
+
+
+def test_no_import_cycles_at_module_level():
+    graph = _graph()
+    # a package importing its own submodules (re-exports) is not a cycle between concepts
+    edges = {m: {i for i in deps if not m.startswith(i + ".")} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                raise AssertionError(" -> ".join(stack[stack.index(n):] + [n]))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
