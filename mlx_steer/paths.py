@@ -68,8 +68,8 @@ class PathResolver:
             return suffix[0]
         raise ValueError(self._unknown(typed, name, suffix))
 
-    def resolve(self, spec: str | Site) -> Site:
-        """Parse ``path[:input|:output]`` (or a Site) into a resolved Site."""
+    def resolve(self, spec: object) -> Site:
+        """Parse ``path[:input|:output]`` (or a Site) into a resolved Site; anything else is a ValueError."""
         if isinstance(spec, Site):
             path, point = spec.path, spec.point
         elif isinstance(spec, str):

@@ -6,7 +6,7 @@ input raises before the model is touched.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from . import interventions as iv
@@ -55,7 +55,7 @@ def plan_sites(
     plans: dict[str, SitePlan] = {}
 
     def plan(spec: object) -> SitePlan:
-        site = resolver.resolve(spec)  # type: ignore[arg-type]
+        site = resolver.resolve(spec)
         return plans.setdefault(site.key, SitePlan(site))
 
     if interventions is not None:
@@ -71,8 +71,10 @@ def plan_sites(
         items = [(record, default)]
     elif isinstance(record, Mapping):
         items = [(k, as_positions(v)) for k, v in record.items()]
+    elif isinstance(record, Iterable):
+        items = [(k, default) for k in record]
     else:
-        items = [(k, default) for k in record]  # type: ignore[union-attr]
+        raise TypeError(f"record must be a site, a list of sites or {{site: positions}}, got {type(record).__name__}")
     for spec, positions in items:
         p = plan(spec)
         p.record, p.record_before = positions, record_stage == "before"
