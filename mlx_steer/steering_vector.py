@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -371,11 +371,11 @@ def _is_int(x: object) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _is_real(x: object) -> bool:
+def _is_real(x: object) -> TypeGuard[numbers.Real]:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _finite(x: object, what: str) -> float:
-    if not _is_real(x) or not np.isfinite(float(x)):  # type: ignore[arg-type]
+    if not _is_real(x) or not np.isfinite(float(x)):
         raise ValueError(f"{what} must be a finite number, got {x!r}")
-    return float(x)  # type: ignore[arg-type]
+    return float(x)

@@ -101,8 +101,10 @@ def _replace(path: Path, write: Callable[[str], object]) -> Path:
 
 def _model_type(model_id: str | None) -> str | None:
     """``model_type`` from ``<model_id>/config.json`` when model_id is a local model folder."""
+    if model_id is None:
+        return None
     try:
-        config = json.loads((Path(model_id).expanduser() / "config.json").read_text(encoding="utf-8"))  # type: ignore[arg-type]
+        config = json.loads((Path(model_id).expanduser() / "config.json").read_text(encoding="utf-8"))
     except (TypeError, OSError, ValueError):
         return None
     value = config.get("model_type") if isinstance(config, dict) else None
