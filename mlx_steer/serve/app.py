@@ -1,0 +1,116 @@
+"""The FastAPI application: routers, error handlers, the playground's files, the engine's lifetime."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..steering_vector import SteeringVector
+from . import errors
+from .deps import ServerState
+from .engine import Engine
+from .planning import DEFAULT_MAX_TOKENS, Planner
+from .registry import VectorRegistry
+from .routers import chat, completions, health, models, playground
+from .routers import vectors as vector_routes
+
+MAX_BODY = 8 * 1024 * 1024  # bytes; an inline vector of 65536 floats fits
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx", "max_sequence_length")
+
+
+def create_app(
+    model: Any,
+    *,
+    model_id: str,
+    vectors: VectorRegistry | Mapping[str, SteeringVector] | None = None,
+    api_key: str | None = None,
+    backend: str = "mlx",
+    context_length: int | None = None,
+    max_batch: int = 32,
+    prefill_batch: int = 8,
+    max_queue: int = 64,
+    default_max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> FastAPI:
+    """An OpenAI-compatible app serving ``model`` with per-request steering.
+
+    The engine's worker thread starts with the app (its lifespan) and stops with it.
+
+    Args:
+        model: A steerable model of either backend (loaded once; the server owns it).
+        model_id: The name clients give as ``model``.
+        vectors: Registered vectors (a :class:`VectorRegistry`, or ``{name: SteeringVector}``).
+        api_key: When set, every ``/v1`` request needs ``Authorization: Bearer KEY``.
+        backend: ``"mlx"`` or ``"torch"`` (shown by ``/v1/models``).
+        context_length: The model's context window (see :func:`context_length_of`); None: unknown.
+        max_batch, prefill_batch: Sequences decoded / prefilled together.
+        max_queue: Requests held at most (running and waiting); more get 429.
+        default_max_tokens: ``max_tokens`` when a request gives none.
+
+    Raises:
+        ValueError: bad limits, or a vector that does not fit the model.
+    """
+    registry = vectors if isinstance(vectors, VectorRegistry) else VectorRegistry(model, vectors)
+    engine = Engine(model, max_batch=max_batch, prefill_batch=prefill_batch, max_queue=max_queue)
+    planner = Planner(model, registry, context_length=context_length, default_max_tokens=default_max_tokens)
+    state = ServerState(model, model_id, engine, planner, registry, api_key=api_key or None, backend=backend,
+                        created=int(time.time()))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    app = FastAPI(title="mlx-steer serve", summary="OpenAI-compatible completions with per-request steering",
+                  lifespan=lifespan)
+    app.state.server = state
+    errors.install(app)
+    for r in (models.router, vector_routes.router, chat.router, completions.router, health.router, playground.router):
+        app.include_router(r)
+    app.mount("/static", StaticFiles(directory=str(playground.STATIC)), name="static")
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    return app
+
+
+def context_length_of(model_path: str | Path) -> int | None:
+    """The context window from a model folder's ``config.json`` (None when it does not say)."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for cfg in (config, config.get("text_config") or {}):
+        for key in CONTEXT_KEYS:
+            value = cfg.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+class BodyLimit:
+    """Refuse request bodies whose Content-Length is over ``limit`` bytes with 413."""
+
+    def __init__(self, app: ASGIApp, *, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.limit:
+                body = json.dumps(errors.error_body(413, f"the request body is over {self.limit} bytes",
+                                                    code="body_too_large")).encode()
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,252 @@
+"""From a validated request to an engine :class:`~mlx_steer.serve.engine.Job`: prompt tokens,
+steering interventions, monitors, sampling and limits, each checked against the model.
+
+Errors are :class:`FieldError` s naming the request field at fault (``steering[0].layers``); the
+web layer turns them into 400 responses. Nothing here runs the model or knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import interventions as iv
+from ..continuous import Monitor
+from ..positions import Positions, as_positions
+from .engine import Job
+from .registry import VectorRegistry
+from .schemas import MAX_INLINE, ChatCompletionRequest, CompletionRequest, MonitorSpec, SteeringSpec, _Generation
+
+DEFAULT_MAX_TOKENS = 256
+MAX_TOKENS_WITHOUT_CONTEXT = 32768  # when the model's context length is unknown
+
+
+class FieldError(ValueError):
+    """A request value the model cannot take; ``param`` names the field (``steering[0].scale``)."""
+
+    def __init__(self, param: str | None, message: str, *, code: str = "invalid_value"):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A request ready to run: the job, and what the response echoes."""
+
+    job: Job
+    prompt_tokens: int
+    steering: list[dict[str, Any]] | None
+    monitor: list[dict[str, Any]] | None
+
+
+class Planner:
+    """Plans requests for one model.
+
+    Args:
+        model: The served model (only its tokenizer, paths and sizes are read).
+        vectors: The registered vectors.
+        context_length: The model's context window in tokens (None: unknown).
+        default_max_tokens: ``max_tokens`` when a request gives none (cut to fit the context).
+    """
+
+    def __init__(self, model: Any, vectors: VectorRegistry, *, context_length: int | None = None,
+                 default_max_tokens: int = DEFAULT_MAX_TOKENS):
+        self.model, self.vectors = model, vectors
+        self.context_length, self.default_max_tokens = context_length, default_max_tokens
+
+    # -- requests ------------------------------------------------------------------------------
+    def chat(self, req: ChatCompletionRequest) -> Plan:
+        prompt = self._chat_tokens(req)
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        if req.top_logprobs is not None and not req.logprobs:
+            raise FieldError("top_logprobs", "top_logprobs needs logprobs: true")
+        return self._plan(req, prompt, "messages", req.max_completion_tokens or req.max_tokens, top)
+
+    def completion(self, req: CompletionRequest) -> Plan:
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if len(prompt) != 1:
+                raise FieldError("prompt", f"one prompt per request, got {len(prompt)}")
+            prompt = prompt[0]
+        try:
+            ids = self.model.encode(prompt)
+        except (ValueError, TypeError) as exc:
+            raise FieldError("prompt", str(exc)) from None
+        return self._plan(req, ids, "prompt", req.max_tokens, req.logprobs)
+
+    # -- parts ---------------------------------------------------------------------------------
+    def _chat_tokens(self, req: ChatCompletionRequest) -> list[int]:
+        tok = self.model.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise FieldError("messages", "this model's tokenizer has no chat template; use /v1/completions")
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        try:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = self.model.prompts.check_ids(list(tok.encode(text, add_special_tokens=False)))
+        except Exception as exc:  # the template is the model's own code (jinja raise_exception ...)
+            raise FieldError("messages", f"the chat template cannot format these messages: {exc}") from None
+        if not ids:
+            raise FieldError("messages", "the messages encode to no tokens")
+        return ids
+
+    def _plan(self, req: _Generation, prompt: list[int], prompt_field: str, max_tokens: int | None,
+              top_logprobs: int | None) -> Plan:
+        max_tokens = self._max_tokens(len(prompt), prompt_field, max_tokens)
+        interventions, steering = self._steering(req.steering or [], len(prompt) + max_tokens)
+        monitors, monitor = self._monitors(req.monitor or [])
+        sampling: dict[str, Any] = {"temp": req.temperature, "top_p": req.top_p if req.top_p < 1.0 else 0.0,
+                                    "top_k": req.top_k, "min_p": req.min_p}
+        if req.repetition_penalty is not None:
+            sampling["repetition_penalty"] = req.repetition_penalty
+        if req.seed is not None:
+            sampling["seed"] = req.seed
+        job = Job(prompt, max_tokens, interventions, monitors, sampling, tuple(req.stop or ()), top_logprobs)
+        return Plan(job, len(prompt), steering if req.steering is not None else None,
+                    monitor if req.monitor is not None else None)
+
+    def _max_tokens(self, prompt_len: int, prompt_field: str, asked: int | None) -> int:
+        ctx = self.context_length
+        if ctx is None:
+            if asked is not None and asked > MAX_TOKENS_WITHOUT_CONTEXT:
+                raise FieldError("max_tokens", f"max_tokens {asked} is above this server's limit of "
+                                 f"{MAX_TOKENS_WITHOUT_CONTEXT}")
+            return asked or self.default_max_tokens
+        if prompt_len >= ctx:
+            raise FieldError(prompt_field, f"the prompt has {prompt_len} tokens; this model's context length is "
+                             f"{ctx}, which leaves no room to generate", code="context_length_exceeded")
+        if asked is None:
+            return min(self.default_max_tokens, ctx - prompt_len)
+        if prompt_len + asked > ctx:
+            raise FieldError("max_tokens", f"this model's context length is {ctx} tokens; the prompt ({prompt_len}) "
+                             f"+ max_tokens ({asked}) is {prompt_len + asked}; at most {ctx - prompt_len} "
+                             "tokens can be generated", code="context_length_exceeded")
+        return asked
+
+    def _steering(self, specs: list[SteeringSpec], limit: int) -> tuple[dict[str, list] | None, list[dict]]:
+        out: dict[str, list] = {}
+        echo = []
+        for i, spec in enumerate(specs):
+            where = f"steering[{i}]"
+            pos = parse_positions(spec.positions, f"{where}.positions")
+            top = pos.max_index
+            if top is not None and top >= limit:
+                raise FieldError(f"{where}.positions", f"position {top} is never reached: prompt + max_tokens is "
+                                 f"{limit} tokens (valid: 0..{limit - 1})")
+            if isinstance(spec.vector, str):
+                name, ivs, sites = spec.vector, *self._named(spec, pos, where)
+            elif isinstance(spec.vector, list):
+                name, ivs, sites = "inline", *self._inline(spec, pos, where)
+            else:
+                raise FieldError(f"{where}.vector", "must be a registered vector's name or a list of floats, "
+                                 f"got {type(spec.vector).__name__}")
+            for key, intervention in ivs.items():
+                out.setdefault(key, []).append(intervention)
+            echo.append({"vector": name, "scale": spec.scale, "layers": [self._layer_index(s) for s in sites],
+                         "positions": str(pos)})
+        return out or None, echo
+
+    def _named(self, spec: SteeringSpec, pos: Positions, where: str) -> tuple[dict, list[str]]:
+        vec = self._vector(spec.vector, f"{where}.vector")
+        if spec.layers is None:
+            sites = list(vec.sites)
+        else:
+            sites = [self._site(layer, f"{where}.layers").path for layer in spec.layers]
+            missing = [s for s in sites if s not in vec.directions]
+            if missing:
+                have = ", ".join(str(self._layer_index(s)) for s in vec.sites)
+                raise FieldError(f"{where}.layers", f"vector {spec.vector!r} has no direction at "
+                                 f"{', '.join(missing)}; its layers: {have}")
+        try:
+            return vec.select(sites).to_interventions(scale=spec.scale, positions=pos), sites
+        except ValueError as exc:
+            raise FieldError(f"{where}.positions", str(exc)) from None
+
+    def _inline(self, spec: SteeringSpec, pos: Positions, where: str) -> tuple[dict, list[str]]:
+        values = spec.vector
+        D = self.model.hidden_size
+        if len(values) > MAX_INLINE:
+            raise FieldError(f"{where}.vector", f"an inline vector holds at most {MAX_INLINE} values, got {len(values)}")
+        if not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in values):
+            raise FieldError(f"{where}.vector", "an inline vector must be a list of numbers")
+        arr = np.array(values, dtype=np.float64)
+        if not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > np.finfo(np.float32).max):
+            raise FieldError(f"{where}.vector", "an inline vector must hold finite float32 values (no NaN or inf)")
+        if arr.shape != (D,):
+            raise FieldError(f"{where}.vector", f"an inline vector has {arr.size} values; this model's hidden size is {D}")
+        if spec.layers is None:
+            raise FieldError(f"{where}.layers", "an inline vector needs layers, e.g. [7]")
+        sites = [self._site(layer, f"{where}.layers") for layer in spec.layers]
+        try:
+            return {s.key: iv.add_vector(arr.astype(np.float32), scale=spec.scale, positions=pos) for s in sites}, \
+                [s.path for s in sites]
+        except ValueError as exc:
+            raise FieldError(f"{where}.vector", str(exc)) from None
+
+    def _monitors(self, specs: list[str | MonitorSpec]) -> tuple[dict[str, Monitor] | None, list[dict]]:
+        monitors: dict[str, Monitor] = {}
+        echo = []
+        for j, raw in enumerate(specs):
+            spec = MonitorSpec(vector=raw) if isinstance(raw, str) else raw
+            where = f"monitor[{j}]"
+            vec = self._vector(spec.vector, f"{where}.vector" if isinstance(raw, MonitorSpec) else where)
+            path = vec.sites[0] if spec.layer is None else self._site(spec.layer, f"{where}.layer").path
+            if path not in vec.directions:
+                have = ", ".join(str(self._layer_index(s)) for s in vec.sites)
+                raise FieldError(f"{where}.layer", f"vector {spec.vector!r} has no direction at {path}; its layers: {have}")
+            direction = vec.directions[path]
+            if direction.ndim != 1 or not np.any(direction):
+                raise FieldError(where, f"vector {spec.vector!r} at {path} is not a non-zero (D,) direction")
+            if spec.vector in monitors:
+                raise FieldError(where, f"vector {spec.vector!r} is monitored twice")
+            site = path if vec.hook_point == "output" else f"{path}:{vec.hook_point}"
+            monitors[spec.vector] = Monitor(site, direction, before_interventions=spec.before_steering)
+            echo.append({"vector": spec.vector, "layer": self._layer_index(path), "before_steering": spec.before_steering})
+        return monitors or None, echo
+
+    def _vector(self, name: str, param: str) -> Any:
+        if name not in self.vectors:
+            known = ", ".join(self.vectors) or "none (start the server with --vector NAME=FILE or --vectors-dir)"
+            raise FieldError(param, f"unknown vector {name!r}; registered: {known}", code="unknown_vector")
+        return self.vectors[name]
+
+    def _site(self, layer: int | str, param: str) -> Any:
+        """A decoder layer by index (``7``, ``-1``) or a site string (``layers.7``, ``model.layers.7:input``)."""
+        try:
+            if isinstance(layer, int):
+                n = self.model.num_layers
+                if not -n <= layer < n:
+                    raise ValueError(f"layer {layer} out of range for a {n}-layer model; valid: {-n}..{n - 1}")
+                return self.model.resolve(f"layers.{layer}")
+            return self.model.resolve(layer)
+        except (ValueError, KeyError) as exc:
+            raise FieldError(param, exc.args[0] if exc.args else str(exc)) from None
+
+    def _layer_index(self, path: str) -> int | str:
+        index = self.vectors.layer_of(path)
+        return path if index is None else index
+
+
+def parse_positions(spec: object, param: str) -> Positions:
+    """A JSON position selector: ``"all" | "last" | "prompt" | "generated"``, an index, a list of
+    indices, ``{"first_generated": n}`` or ``{"start": a, "stop": b}``."""
+    try:
+        if isinstance(spec, dict):
+            if set(spec) == {"first_generated"} and _int(spec["first_generated"]):
+                return Positions.first_generated(spec["first_generated"])
+            if set(spec) == {"start", "stop"} and _int(spec["start"]) and _int(spec["stop"]):
+                return Positions.window(spec["start"], spec["stop"])
+            raise ValueError('a positions object is {"first_generated": n} or {"start": a, "stop": b} with ints')
+        if isinstance(spec, str) or _int(spec) or (isinstance(spec, list) and spec and all(_int(x) for x in spec)):
+            return as_positions(spec)
+        raise ValueError(f'positions must be "all", "last", "prompt", "generated", an index, a non-empty list of '
+                         f'indices, {{"first_generated": n}} or {{"start": a, "stop": b}}; got {spec!r}')
+    except ValueError as exc:
+        raise FieldError(param, str(exc)) from None
+
+
+def _int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
