@@ -7,12 +7,15 @@ turned into numpy, and handed to the direction-finding math in :mod:`mlx_steer.m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .method_table import METHODS, PAIRED, Method, actadd
 from .steering_vector import SteeringVector
+
+if TYPE_CHECKING:
+    from .distributed.group import Group
 
 READS = ("last", "mean", "assistant_start")
 
@@ -30,6 +33,7 @@ def extract(
     system: str | None = None,
     assistant_prefix: str | None = None,
     progress: bool | None = None,
+    group: Group | None = None,
 ) -> SteeringVector:
     """Find a steering direction per site from contrast prompts.
 
@@ -50,7 +54,15 @@ def extract(
         batch_size: Prompts per forward (rows of different lengths are left-padded).
         chat: Wrap each prompt as a user turn with the tokenizer's chat template.
         assistant_prefix: Text appended after the generation prompt (with ``chat``).
-        progress: Show a progress bar (default: when there are more than 4 batches).
+        progress: Show a progress bar (default: when there are more than 4 batches). Over
+            several ranks only rank 0 shows it, counting every rank's prompts.
+        group: Ranks to share the prompts with (data parallelism, see
+            :mod:`mlx_steer.distributed`). Default: the group this process was launched into by
+            ``mlx.launch`` or ``torchrun``, if any; ``LocalGroup()`` forces a single process.
+            Ranks read prompts balanced by token length and all-reduce sums, so only
+            ``mean_diff`` and ``pca`` run over several ranks (``actadd``, one pair, runs whole on
+            each). The vector equals the single-process one (fp32 rounding) on every rank, and
+            its ``extra["world_size"]`` says how many ranks took part.
 
     Returns:
         A SteeringVector holding one direction per resolved site, with metadata.
@@ -86,8 +98,18 @@ def extract(
         raise ValueError(f"method 'actadd' takes one prompt pair, got {len(pos)}")
     enc = dict(chat=chat, system=system, assistant_prefix=assistant_prefix)
     keys = [s.key for s in resolved]
+    if group is None:
+        from .distributed.group import launched_group
+
+        group = launched_group(model)
+    parallel = group if group is not None and group.size > 1 and fn is not actadd else None
     if fn is actadd:
         directions = _actadd(model, pos[0], neg[0], keys, enc)
+    elif parallel is not None:
+        from .distributed.parallel_extract import parallel_directions
+
+        directions = parallel_directions(model, name, pos, neg, keys, group=parallel, read=read,
+                                         batch_size=batch_size, enc=enc, progress=progress)
     else:
         reader = _Reader(model, keys, read, batch_size, enc, progress, n_total=len(pos) + len(neg))
         try:
@@ -107,6 +129,7 @@ def extract(
         hidden_size=model.hidden_size,
         method=name,
         read_positions=str(read) + (" (chat)" if chat else ""),
+        extra={"world_size": str(parallel.size)} if parallel is not None else {},
     )
 
 
@@ -138,10 +161,12 @@ def _direction(fn: Method, name: str, pos: np.ndarray, neg: np.ndarray, hidden: 
 class _Reader:
     """Reads (N, D) activations per site for a list of prompts, in batches."""
 
-    def __init__(self, model, keys, read, batch_size, enc, progress, *, n_total):
+    def __init__(self, model, keys, read, batch_size, enc, progress, *, n_total, n_local=None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.model, self.keys, self.read, self.bs, self.enc = model, keys, read, batch_size, enc
+        # over several ranks the bar counts every rank's prompts, advancing with this rank's share
+        self.n_total, self.n_local, self.done = n_total, n_local or n_total, 0
         n_batches = -(-n_total // batch_size)
         show = progress if progress is not None else n_batches > 4
         self.bar = None
@@ -166,7 +191,8 @@ class _Reader:
                     out[k] = np.empty((len(prompts),) + arr.shape[1:], dtype=arr.dtype)
                 out[k][rows] = arr
             if self.bar is not None:
-                self.bar.update(len(rows))
+                self.done += len(rows)
+                self.bar.update(self.done * self.n_total // self.n_local - self.bar.n)
         return out
 
     def _read(self, prompts: list[str], tokens: list[list[int]]) -> dict[str, np.ndarray]:
