@@ -104,6 +104,8 @@ class Planner:
             sampling["repetition_penalty"] = req.repetition_penalty
         if req.seed is not None:
             sampling["seed"] = req.seed
+        if req.ignore_eos:
+            sampling["logits_processors"] = [self.model.ban_tokens_processor(sorted(self.model.eos_token_ids))]
         job = Job(prompt, max_tokens, interventions, monitors, sampling, tuple(req.stop or ()), top_logprobs)
         return Plan(job, len(prompt), steering if req.steering is not None else None,
                     monitor if req.monitor is not None else None)
