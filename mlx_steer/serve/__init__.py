@@ -7,7 +7,7 @@ Requests with different steering run together in one continuous batch (the model
 token's projection on a vector. Modules: :mod:`.app` (the FastAPI app), :mod:`.routers` (one per
 resource), :mod:`.schemas` (request bodies), :mod:`.planning` (request -> engine job),
 :mod:`.engine` (the worker thread, no HTTP), :mod:`.registry` (named vectors), ``static/`` (the
-playground). Needs the ``serve`` extra: ``pip install 'mlx-steer-lab[serve]'``.
+playground). Needs the ``serve`` extra (fastapi, uvicorn, sse-starlette).
 """
 
 from __future__ import annotations

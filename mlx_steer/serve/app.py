@@ -50,7 +50,8 @@ def create_app(
         api_key: When set, every ``/v1`` request needs ``Authorization: Bearer KEY``.
         backend: ``"mlx"`` or ``"torch"`` (shown by ``/v1/models``).
         context_length: The model's context window (see :func:`context_length_of`); None: unknown.
-        max_batch, prefill_batch: Sequences decoded / prefilled together.
+        max_batch: Sequences decoded together.
+        prefill_batch: Prompts prefilled together.
         max_queue: Requests held at most (running and waiting); more get 429.
         default_max_tokens: ``max_tokens`` when a request gives none.
 

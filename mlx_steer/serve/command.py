@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     """Check the options, load the model and vectors, and serve until interrupted."""
     missing = [m for m in DEPENDENCIES if importlib.util.find_spec(m) is None]
     if missing:
-        raise ImportError(f"mlx-steer serve needs {', '.join(missing)}: pip install 'mlx-steer-lab[serve]'")
+        raise ImportError(f"mlx-steer serve needs {', '.join(missing)}: pip install fastapi uvicorn sse-starlette "
+                          "(the 'serve' extra)")
     specs = [_vector_spec(text) for text in args.vector]
     if args.vectors_dir is not None and not Path(args.vectors_dir).is_dir():
         raise FileNotFoundError(f"--vectors-dir: no such folder: {args.vectors_dir}")
