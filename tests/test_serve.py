@@ -335,3 +335,41 @@ def test_full_queue_answers_429(small_server):
         r = http.post(f"{small_server.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
         assert r.status_code == 200, r.text
         assert httpx.get(f"{small_server.url}/health").json()["busy"] >= 1
+
+
+# -- the torch backend -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def torch_server(tiny_dir, vectors, tmp_path_factory):
+    pytest.importorskip("torch")
+    srv = ServerProcess(["--model", str(tiny_dir(ARCH)), "--vectors-dir", str(vectors[0]), "--backend", "torch"],
+                        tmp_path_factory.mktemp("serve_log3") / "server.log")
+    try:
+        yield srv.start()
+    finally:
+        srv.stop()
+
+
+def test_torch_backend_serves_the_same_contract(torch_server, tiny_dir, vectors):
+    """Concurrent requests, steered differently, each equal the torch library's solo run."""
+    from mlx_steer.torch_backend import load
+
+    _, vecs = vectors
+    m = load(str(tiny_dir(ARCH)))
+    cases = [("I love", None), ("Tell me a story", ("love", 6.0, [1])), ("The weather is", ("calm", -5.0, None))]
+
+    def ask(case):
+        prompt, s = case
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 8, "return_token_ids": True, "monitor": ["calm"]}
+        if s is not None:
+            body["steering"] = [{"vector": s[0], "scale": s[1], **({"layers": s[2]} if s[2] else {})}]
+        r = httpx.post(f"{torch_server.url}/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]
+
+    with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
+        served = list(pool.map(ask, cases))
+    assert httpx.get(f"{torch_server.url}/v1/models", timeout=10).json()["data"][0]["backend"] == "torch"
+    for (prompt, s), choice in zip(cases, served):
+        interventions = None if s is None else steer(vecs, *s)
+        assert choice["token_ids"] == m.generate_tokens(m.encode(prompt), max_tokens=8, interventions=interventions)
+        assert len(choice["projections"]["calm"]) == len(choice["token_ids"])
