@@ -69,8 +69,8 @@ class ArrayOps(Protocol):
     def schedule(self, xs: list[Array]) -> None:
         """Start computing ``xs`` (a lazy backend) without waiting; eager backends do nothing."""
 
-    def is_finite(self, x: Array) -> bool:
-        """Whether every value of ``x`` is finite (syncs)."""
+    def finite_or_masked(self, x: Array) -> bool:
+        """Whether ``x`` has no NaN and no +inf (-inf marks masked tokens); syncs."""
 
 
 class ModelBackend(Protocol):

@@ -611,13 +611,13 @@ def _stream(model: Any, ids: list[int], label: str, gen: dict, spec: Any) -> Non
 
     indent = "\n" + " " * len(label)
     print(label, end="", flush=True)
-    for r in model.stream_generate(ids, interventions=spec, **gen):
-        logprobs = model.to_numpy(r.logprobs)
-        if np.isnan(logprobs).any() or not np.isfinite(logprobs).any():
-            print()
-            raise NonFiniteError(f"the model's logits became NaN/inf under {label.strip()} at token {r.generation_tokens}"
-                                 "; the steered activations overflow: use a smaller --strength")
-        print(r.text.replace("\n", indent), end="", flush=True)
+    stream = model.stream_generate(ids, interventions=spec, **gen)
+    try:
+        for r in stream:
+            print(r.text.replace("\n", indent), end="", flush=True)
+    except ValueError as exc:  # the library stops at non-finite logits
+        print()
+        raise NonFiniteError(f"under {label.strip()}: {exc} (--strength)") from None
     print()
 
 

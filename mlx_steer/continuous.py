@@ -10,6 +10,7 @@ which uids a forward's rows are.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,13 +55,18 @@ class StepEvent:
     projections: dict[str, float] = field(default_factory=dict)
 
 
+_KEY_SPACES = itertools.count(1)
+
+
 class SequenceLayout(Layout):
     """Rows of a continuous batch: uid -> prompt length; a backend says which uids a forward holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, key_base: int | None = None) -> None:
         super().__init__([0])
         self.padding = None
         self.length_of: dict[int, int] = {}
+        # row keys are base + uid: by default a range no other call's row keys (prompt indices) reach
+        self.base = next(_KEY_SPACES) << 32 if key_base is None else key_base
         self.decoding = False  # whether the current forward samples tokens (monitors read those)
 
     def add(self, uid: int, *, prompt_len: int) -> None:
@@ -69,12 +75,13 @@ class SequenceLayout(Layout):
     def drop(self, uid: int) -> None:
         self.length_of.pop(uid, None)
 
-    def rows_of(self, batch: int, cache: object) -> tuple[np.ndarray, np.ndarray]:
+    def rows_of(self, batch: int, cache: object, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         uids, self.decoding = self.current(cache)
         if len(uids) != batch:
             raise RuntimeError(f"a batch forward of {batch} rows holds {len(uids)} sequences")
         # a row whose sequence already left (its batch still computes it) has no steering left
-        return np.array([self.length_of.get(u, 0) for u in uids], dtype=np.int64), np.array(uids, dtype=np.int64)
+        ends = np.array([self.length_of.get(u, 0) for u in uids], dtype=np.int64)
+        return np.zeros(batch, dtype=np.int64), ends, self.base + np.array(uids, dtype=np.int64)
 
     def current(self, cache: object) -> tuple[list[int], bool]:
         """The uids of the forward now running (in row order), and whether it is a decode step."""
@@ -126,6 +133,9 @@ class ContinuousBatch:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
         prompt = self.model.prompts.check_ids(prompt)
+        if not prompt:
+            raise ValueError("empty prompt; give at least one token id")
+        self.model.check_length(len(prompt) + max_tokens, "prompt + max_tokens")
         plans = self.model._plan(interventions=interventions)
         check_plans(plans, limit=len(prompt) + max_tokens, prompt_len=len(prompt), what="prompt + max_tokens")
         reads = {name: (self.model.resolve(m.site), _unit(m.direction, self.model.hidden_size, name), m)
@@ -133,7 +143,7 @@ class ContinuousBatch:
         sampler, processors = self.model._sampling(**sampling)
         uid = self._enqueue(prompt, max_tokens=max_tokens, sampler=sampler, logits_processors=processors)
         try:
-            self.hooks.assign(uid, interventions)
+            self.hooks.assign(self.layout.base + uid, interventions)
             self._monitors[uid] = {name: (self._watch(site.key, m.before_interventions), unit)
                                    for name, (site, unit, m) in reads.items()}
         except BaseException:
@@ -149,16 +159,17 @@ class ContinuousBatch:
 
     def step(self) -> list[StepEvent]:
         """Run until some sequence has a new token; [] when nothing is queued or running."""
-        self.model.state.layouts.append(self.layout)
-        try:
-            raw = self._next()
-        finally:
-            self.model.state.layouts.remove(self.layout)
+        with self.model.calls("a batch generator step"):
+            self.model.state.layouts.append(self.layout)
+            try:
+                raw = self._next()
+            finally:
+                self.model.state.layouts.remove(self.layout)
         events = []
         for uid, token, logprobs, reason in raw:
             projections = {}
             for name, (watch, unit) in self._monitors.get(uid, {}).items():
-                value = watch.take(uid)
+                value = watch.take(self.layout.base + uid)
                 if value is not None:
                     projections[name] = float(value @ unit)
             events.append(StepEvent(uid, token, self.model.to_numpy(logprobs), reason, projections))
@@ -190,10 +201,10 @@ class ContinuousBatch:
         return w
 
     def _forget(self, uid: int) -> None:
-        self.hooks.release(uid)
+        self.hooks.release(self.layout.base + uid)
         self.layout.drop(uid)
         for w in self._watches.values():
-            w.forget(uid)
+            w.forget(self.layout.base + uid)
         self._monitors.pop(uid, None)
 
 

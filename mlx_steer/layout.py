@@ -26,11 +26,20 @@ class Layout:
             np.zeros_like(self.lengths) if padding is None else np.asarray(padding, dtype=np.int64).reshape(-1)
         )
         self.keys = np.arange(self.lengths.size, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.start: np.ndarray | None = None  # set by the call's first forward
 
-    def rows_of(self, batch: int, cache: object) -> tuple[np.ndarray, np.ndarray]:
-        """Prompt lengths and row keys, each (batch,), of a forward over ``batch`` rows."""
-        if self.lengths.size == batch:
-            return self.lengths, self.keys
-        if self.lengths.size == 1:
-            return np.broadcast_to(self.lengths, (batch,)), np.broadcast_to(self.keys, (batch,))
-        raise ValueError(f"a forward of {batch} rows inside a call laid out for {self.lengths.size} rows")
+    def rows_of(self, batch: int, cache: object, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each row's prompt of this call starts and ends (absolute positions) and its key,
+        each (batch,), for a forward over ``batch`` rows whose first tokens sit at ``offsets``.
+
+        The call's first forward fixes where its prompt starts: 0 for a fresh cache, the cache's
+        offset when a KV cache is reused across turns (then ``prompt``, ``generated`` and
+        ``last`` refer to this call's tokens, and indices stay absolute).
+        """
+        if self.lengths.size not in (1, batch):
+            raise ValueError(f"a forward of {batch} rows inside a call laid out for {self.lengths.size} rows")
+        if self.start is None:
+            self.start = np.maximum(np.asarray(offsets, dtype=np.int64), 0).reshape(-1)
+        start = np.broadcast_to(self.start, (batch,)) if self.start.size in (1, batch) else self.start[:batch]
+        lengths = np.broadcast_to(self.lengths, (batch,))
+        return start, start + lengths, np.broadcast_to(self.keys, (batch,))

@@ -22,3 +22,11 @@ def model_sizes(config: Any) -> tuple[int, int | None]:
     hidden = int(first_attr(config, "hidden_size", "n_embd", "d_model"))
     heads = first_attr(config, "num_attention_heads", "n_head", "n_heads", default=None)
     return hidden, None if heads is None else int(heads)
+
+
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
+
+
+def position_table_path(names: list[str]) -> str | None:
+    """Path of a learned absolute-position embedding (GPT-2's ``wpe``...), None for rotary models."""
+    return next((n for n in names if n.rsplit(".", 1)[-1] in POSITION_TABLES), None)

@@ -94,6 +94,17 @@ class PathResolver:
         )
 
 
+ATTENTION_OUTPUTS = ("o_proj", "out_proj", "c_proj", "dense", "wo")
+
+
+def is_attention_output(path: str) -> bool:
+    """Whether ``path`` is an attention block's output projection (``self_attn.o_proj``,
+    GPT-2's ``attn.c_proj``): its input holds the heads' outputs side by side."""
+    parent, _, name = path.rpartition(".")
+    last = parent.rpartition(".")[2]
+    return name in ATTENTION_OUTPUTS and ("attn" in last or "attention" in last)
+
+
 def final_norm_path(modules: Mapping[str, object], container: str) -> str | None:
     """The norm applied after the last block: a module whose type name says norm, named like
     one of ``NORM_NAMES``, beside the layer container (or at the root); None if there is none."""

@@ -62,8 +62,10 @@ class Positions:
             return self.stop - 1
         return None
 
-    def mask(self, pos: np.ndarray, prompt_len: np.ndarray) -> np.ndarray:
-        """Boolean (B, L) mask for absolute positions ``pos`` (B, L) and prompt lengths (B,)."""
+    def mask(self, pos: np.ndarray, prompt_len: np.ndarray, prompt_start: np.ndarray | int = 0) -> np.ndarray:
+        """Boolean (B, L) mask for absolute positions ``pos`` (B, L), given where each row's prompt
+        of this call ends (``prompt_len``, absolute, (B,)) and starts (``prompt_start``: 0, or
+        the cache offset when a KV cache is reused across turns)."""
         real = pos >= 0
         plen = np.asarray(prompt_len).reshape(-1, 1)
         k = self.kind
@@ -72,7 +74,7 @@ class Positions:
         if k == "last":
             return real & (pos >= plen - 1)
         if k == "prompt":
-            return real & (pos < plen)
+            return real & (pos < plen) & (pos >= np.asarray(prompt_start).reshape(-1, 1))
         if k == "generated":
             return pos >= plen
         if k == "first_generated":
@@ -135,7 +137,8 @@ class PositionState:
     def __init__(self, xp: ArrayOps) -> None:
         self.xp = xp
         self.pos = np.zeros((1, 0), dtype=np.int64)
-        self.prompt_len = np.zeros(1, dtype=np.int64)
+        self.prompt_len = np.zeros(1, dtype=np.int64)  # where each row's prompt ends (absolute)
+        self.prompt_start = np.zeros(1, dtype=np.int64)  # where it starts: past turns come before
         self.rows = np.zeros(1, dtype=np.int64)
         self.layouts: list[Layout] = []  # pushed by the model's own trace/generate calls
         self._masks: dict[tuple, object] = {}
@@ -145,8 +148,9 @@ class PositionState:
         B = offsets.shape[0]
         self.pos = offsets.reshape(-1, 1) + np.arange(length, dtype=np.int64)
         if self.layouts:
-            self.prompt_len, self.rows = self.layouts[-1].rows_of(B, cache)
+            self.prompt_start, self.prompt_len, self.rows = self.layouts[-1].rows_of(B, cache, offsets)
         else:  # a raw call outside trace/generate: each forward's tokens are "the prompt"
+            self.prompt_start = np.maximum(offsets, 0)
             self.prompt_len = self.pos[:, -1] + 1 if length else offsets
             self.rows = np.arange(B, dtype=np.int64)
         self._masks = {}
@@ -158,7 +162,7 @@ class PositionState:
 
     def host_mask(self, sel: Positions, rows: frozenset[int] | None = None) -> np.ndarray:
         """Boolean (B, L): positions ``sel`` of the rows whose key is in ``rows`` (all when None)."""
-        m = sel.mask(self.pos, self.prompt_len)
+        m = sel.mask(self.pos, self.prompt_len, self.prompt_start)
         if rows is not None:
             m = m & np.isin(self.rows, list(rows))[:, None]
         return m

@@ -9,6 +9,9 @@ are done here, once, before anything is attached.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import threading
+import weakref
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,6 +25,7 @@ from .paths import NORM_NAMES, Site, final_norm_path
 from .positions import PositionState
 from .recording import Recorder
 from .site_plan import SitePlan, as_interventions, check_plans, plan_sites
+from .text_stream import TextStream
 
 if TYPE_CHECKING:
     from .backend import Array, ArrayOps, Undo
@@ -99,6 +103,7 @@ class Hooks:
     def __init__(self, owner: Steerable, plans: Mapping[str, SitePlan], reduce: str | None):
         self._owner = owner
         self._undo: list[Undo] = []
+        owner.__dict__.setdefault("_live_hooks", weakref.WeakValueDictionary())[id(self)] = self
         self._programs = {key: owner._program(plan, reduce) for key, plan in plans.items()}
         self.recorders = {k: p.recorder for k, p in self._programs.items() if p.recorder is not None}
         try:
@@ -149,6 +154,7 @@ class Hooks:
         """Undo every patch this object made, newest first (idempotent)."""
         while self._undo:
             self._undo.pop()()
+        self._owner.__dict__.get("_live_hooks", {}).pop(id(self), None)
 
     def flush(self) -> None:
         """Hand pending recordings to the backend at a loop boundary (MLX schedules them)."""
@@ -202,6 +208,34 @@ class RowStep:
     finish_reason: str | None = None
 
 
+class CallGuard:
+    """One call at a time per model: a call's hooks, positions and layout live on the model, so
+    two calls overlapping (two threads, two interleaved generators, a forward started from inside
+    an intervention) would steer each other's rows. Overlap raises a clear error instead."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active: tuple[str, int] | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._lock:
+            if self.active is not None:
+                other, thread = self.active
+                where = ("another thread" if thread != me else
+                         "this thread: an unfinished stream_generate, or a forward started from inside an intervention")
+                raise RuntimeError(
+                    f"{what} started while this model is still running {other} (in {where}); a model runs one "
+                    "call at a time: finish or close the other first, or load one model per thread"
+                )
+            self.active = (what, me)
+        try:
+            yield
+        finally:
+            self.active = None
+
+
 class Steerable:
     """The public API both backends share.
 
@@ -221,6 +255,24 @@ class Steerable:
     tokenizer: Any
     model_id: str | None
     vocab_size: int | None  # rows of the input embedding
+    max_positions: int | None  # rows of a learned position table (None: rotary, no hard limit)
+
+    @property
+    def calls(self) -> CallGuard:
+        """The guard that keeps calls on this model from overlapping."""
+        guard = self.__dict__.get("_calls")
+        if guard is None:
+            guard = self.__dict__["_calls"] = CallGuard()
+        return guard
+
+    def remove_all_hooks(self) -> int:
+        """Remove every hook mlx_steer installed on this model (``steer`` handles, recorders,
+        abandoned streams, batch generators); safe to call at any time. Returns how many
+        :class:`Hooks` were removed."""
+        live = list(self.__dict__.get("_live_hooks", {}).values())
+        for hooks in live:
+            hooks.remove()
+        return len(live)
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -267,6 +319,15 @@ class Steerable:
         """Continuous batching with per-sequence steering: ``insert(prompt_ids, max_tokens=...,
         interventions=..., monitors=..., temp=...) -> uid``, ``step() -> [StepEvent]``,
         ``remove(uid)``, ``close()`` (see :class:`~mlx_steer.continuous.ContinuousBatch`)."""
+        raise NotImplementedError
+
+    def make_prompt_cache(self) -> Any:
+        """An empty KV cache to pass to :meth:`stream_generate` as ``prompt_cache=`` and reuse
+        across turns of a conversation (positions then continue from the cache's offset)."""
+        raise NotImplementedError
+
+    def _cache_offset(self, cache: Any) -> int:
+        """Tokens a KV cache already holds."""
         raise NotImplementedError
 
     def _sampling(self, **options: Any) -> tuple[Any, list]:
@@ -332,6 +393,12 @@ class Steerable:
         return plan_sites(self.resolver, interventions=as_interventions(interventions, rows=rows),
                           record=record, record_positions=record_positions, reduce=reduce,
                           record_stage=record_stage)
+
+    def check_length(self, n_tokens: int, what: str) -> None:
+        """Refuse sequences longer than a learned position table (GPT-2-style models)."""
+        if self.max_positions is not None and n_tokens > self.max_positions:
+            raise ValueError(f"{what} is {n_tokens} tokens but this model has {self.max_positions} positions "
+                             f"(a learned position table); at most {self.max_positions} tokens fit")
 
     def _compile(self, site: Site, spec: Any) -> Op:
         return compile_op(spec, xp=self.xp, site=site.key, dim=self.site_dim(site.path, site.point),
@@ -405,6 +472,7 @@ class Steerable:
         logits: bool = True,
         chat: bool = False,
         record_stage: str = "after",
+        check_finite: bool = True,
     ) -> Trace:
         """One forward over a batch; prompts of different lengths are left-padded.
 
@@ -419,14 +487,21 @@ class Steerable:
             chat: Wrap each prompt as a user turn with the chat template.
             record_stage: ``"after"`` (default) records what flows on from a site, after its
                 interventions; ``"before"`` records the model's own value there.
+            check_finite: Raise ValueError when the logits hold NaN or +inf (an intervention
+                that overflows); False returns them as they are.
         """
         tokens = self.prompts.encode_batch(prompts, chat=chat)
         plans = self._plan(interventions=interventions, record=record, record_positions=record_positions,
                            reduce=reduce, rows=len(tokens), record_stage=record_stage)
         L = max(len(t) for t in tokens)
+        self.check_length(L, "the prompt")
         check_plans(plans, limit=L, prompt_len=L, what="a prompt")
-        with Hooks(self, plans, reduce) as hooks:
-            return Trace(hooks, self._forward(tokens, hooks, keep_logits=logits), tokens)
+        with self.calls("run"), Hooks(self, plans, reduce) as hooks:
+            out = self._forward(tokens, hooks, keep_logits=logits)
+            if check_finite and out is not None and not self.xp.finite_or_masked(out):
+                raise ValueError("the logits are not finite (NaN or +inf): the interventions overflow the "
+                                 "activations; use a smaller scale or vector")
+            return Trace(hooks, out, tokens)
 
     @contextlib.contextmanager
     def trace(self, prompts: str | Sequence[str] | Sequence[Sequence[int]], **kwargs: Any) -> Iterator[Trace]:
@@ -467,29 +542,43 @@ class Steerable:
             hooks_out: If a list, receives the :class:`Hooks` (read its ``activations``).
             chat, system: Wrap the prompt as a chat user turn.
             options: Sampling and loop options: ``temp, top_p, min_p, top_k, repetition_penalty,
-                repetition_context_size, logits_processors, sampler, seed, prefill_step_size``
-                (the MLX backend passes other options on to ``mlx_lm.stream_generate``).
+                repetition_context_size, logits_processors, sampler, seed, prefill_step_size``,
+                and ``prompt_cache`` (from :meth:`make_prompt_cache`) to continue a conversation:
+                positions stay absolute from the cache's offset, while ``prompt``,
+                ``generated`` and ``last`` refer to this call's tokens (the MLX backend passes
+                other options on to ``mlx_lm.stream_generate``).
         """
         _check_loop(max_tokens, options)
         tokens = self.encode(prompt, chat=chat, system=system)
         plans = self._plan(interventions=interventions, record=record, record_positions=record_positions,
                            record_stage=record_stage)
-        check_plans(plans, limit=len(tokens) + max_tokens, prompt_len=len(tokens), what="prompt + max_tokens")
+        past = 0 if options.get("prompt_cache") is None else self._cache_offset(options["prompt_cache"])
+        self.check_length(past + len(tokens) + max_tokens, "earlier turns + prompt + max_tokens" if past
+                          else "prompt + max_tokens")
+        check_plans(plans, limit=past + len(tokens) + max_tokens, prompt_len=len(tokens),
+                    what="earlier turns + prompt + max_tokens" if past else "prompt + max_tokens")
         return self._stream_steps(tokens, plans, max_tokens=max_tokens, hooks_out=hooks_out, options=options)
 
     def _stream_steps(self, tokens: list[int], plans: Mapping[str, SitePlan], *, max_tokens: int,
                       hooks_out: list | None, options: dict[str, Any]) -> Generator[Any, None, None]:
-        with Hooks(self, plans, None) as hooks:
+        with self.calls("stream_generate"), Hooks(self, plans, None) as hooks:
             if hooks_out is not None:
                 hooks_out.append(hooks)
+            text = TextStream(self.prompts.decode)  # the same text for the same tokens on every backend
             with self._layout(Layout([len(tokens)])):
-                for response in self._stream(tokens, max_tokens=max_tokens, **options):
+                for n, response in enumerate(self._stream(tokens, max_tokens=max_tokens, **options)):
                     hooks.flush()
-                    yield response
+                    if not self.xp.finite_or_masked(response.logprobs):
+                        raise ValueError(f"the logits became non-finite (NaN or +inf) at generated token {n}: the "
+                                         "interventions overflow the activations; use a smaller scale or vector")
+                    stop, final = response.finish_reason == "stop", response.finish_reason is not None
+                    segment = text.flush() if stop else text.add(int(response.token), final=final)
+                    yield dataclasses.replace(response, text=segment)
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> str:
-        """Generated text (the continuation only). Options are those of :meth:`stream_generate`."""
-        return "".join(r.text for r in self.stream_generate(prompt, **kwargs))
+        """Generated text (the continuation only): the generated tokens decoded together, so the
+        same tokens give the same text on every backend. Options are those of :meth:`stream_generate`."""
+        return self.prompts.decode(self.generate_tokens(prompt, **kwargs))
 
     def generate_tokens(self, prompt: str | Sequence[int], **kwargs: Any) -> list[int]:
         """Generated token ids (EOS excluded). Options are those of :meth:`stream_generate`."""
@@ -526,11 +615,12 @@ class Steerable:
             raise ValueError("batch_generate takes a non-empty list of prompts")
         tokens = [self.encode(p, chat=chat, system=system) for p in prompts]
         plans = self._plan(interventions=interventions, rows=len(tokens))
+        self.check_length(max(map(len, tokens)) + max_tokens, "the longest prompt + max_tokens")
         check_plans(plans, limit=max(map(len, tokens)) + max_tokens, prompt_len=min(map(len, tokens)),
                     what="prompt + max_tokens")
         out: list[list[int]] = [[] for _ in tokens]
         reasons = ["length"] * len(tokens)
-        with Hooks(self, plans, None):
+        with self.calls("batch_generate"), Hooks(self, plans, None):
             for step in self._generate_rows(tokens, max_tokens=max_tokens, **options):
                 if step.finish_reason == "stop":
                     reasons[step.row] = "stop"

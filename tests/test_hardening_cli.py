@@ -233,11 +233,13 @@ def test_generate_strength_that_overflows_float32(ws, capsys):
 
 def test_generate_stops_at_nan_logits(ws, model, capsys):
     vec = ms.load_vector(ws["vec"], model=model)
-    steps = list(model.stream_generate("hi", max_tokens=2, interventions=vec.to_interventions(scale=3e38)))
-    assert np.isnan(model.to_numpy(steps[0].logprobs)).all()  # the oracle: this strength overflows the model
+    with pytest.raises(ValueError, match=r"logits became non-finite \(NaN or \+inf\) at generated token 0"):
+        list(model.stream_generate("hi", max_tokens=2, interventions=vec.to_interventions(scale=3e38)))
+    with pytest.raises(ValueError, match=r"the logits are not finite"):  # a forward too
+        model.run("hi", interventions=vec.to_interventions(scale=3e38))
     message = user_error(["generate", "hi", "--model", ws["model"], "--vector", ws["vec"], "--strength", "3e38",
                           "--max-tokens", "3"], capsys)
-    assert message.startswith("the model's logits became NaN/inf under [+3e+38] at token 1")
+    assert message.startswith("under [+3e+38]: the logits became non-finite (NaN or +inf) at generated token 0")
 
 
 @pytest.fixture(scope="module")

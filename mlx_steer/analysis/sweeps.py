@@ -17,6 +17,7 @@ from ._inputs import batches, directions, is_vector_set, prompt_list, site_key, 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from ..distributed.group import Group
     from ..paths import Site
     from ..steerable import Steerable
 
@@ -123,6 +124,7 @@ def sweep(
     batch_size: int = 32,
     chat: bool = False,
     progress: bool = True,
+    group: Group | None = None,
 ) -> SweepResult:
     """Steer one layer at a time at each strength; measure behaviour and fluency cost.
 
@@ -150,7 +152,12 @@ def sweep(
         read_site: Where ``projection`` reads.
         positions: Which positions to steer (default all).
         chat: Wrap each prompt as a chat user turn.
-        progress: Show a progress bar over the (layer, strength) cells (on stderr).
+        progress: Show a progress bar over the (layer, strength) cells (on stderr; over several
+            ranks, on rank 0 only).
+        group: Ranks to share the cells with (see :mod:`mlx_steer.distributed`); default: the
+            group this process was launched into (``mlx.launch``/``torchrun``), if any. Each rank
+            scores its share of the cells against its own unsteered pass, and the ranks add the
+            (cells × 2) table of scores; every rank returns the whole result.
 
     Returns:
         A :class:`SweepResult`.
@@ -185,11 +192,38 @@ def sweep(
     steered = [(layer, s) for layer, s in cells if s != 0.0]
     specs: list[dict | None] = [{steer_at[layer][0]: iv.add_vector(steer_at[layer][1], scale=s, positions=positions)}
              for layer, s in steered]
-    with tqdm(total=len(cells), desc="sweep", unit="cell", disable=not progress) as bar:
+    if group is None:
+        from ..distributed.group import launched_group
+
+        group = launched_group(model)
+    shown = progress and (group is None or group.rank == 0)
+    with tqdm(total=len(cells), desc="sweep", unit="cell", disable=not shown) as bar:
         bar.update(len(cells) - len(steered))  # strength 0 is the unsteered pass
-        scores = dict(zip(steered, measure.cells(specs, progress=bar.update)))
+        scores = dict(zip(steered, _shared_cells(measure, specs, group, bar.update)))
     rows = [SweepRow(layer, s, *scores.get((layer, s), (base_behaviour, 0.0))) for layer, s in cells]
     return SweepResult(tuple(rows), base_behaviour, metric, tuple(layers), tuple(strengths))
+
+
+def _shared_cells(measure: _Measure, specs: list[dict | None], group: Group | None,
+                  progress: Any) -> list[tuple[float, float]]:
+    """``measure.cells(specs)``, the cells dealt round-robin over ``group``'s ranks and the scores
+    all-reduced (plus a row saying whether a rank failed, so all raise together)."""
+    if group is None or group.size == 1:
+        return measure.cells(specs, progress=progress)
+    mine = list(range(group.rank, len(specs), group.size))
+    table = np.zeros((len(specs) + 1, 2))
+    failure: Exception | None = None
+    try:
+        local = measure.cells([specs[i] for i in mine], progress=lambda n: progress(n * group.size))
+        table[mine] = np.array(local, dtype=np.float64).reshape(-1, 2)
+    except Exception as exc:  # re-raised below, after the other ranks learn of it
+        failure, table[-1, 0] = exc, 1.0
+    table = group.all_sum(table)
+    if failure is not None:
+        raise failure
+    if table[-1, 0]:
+        raise RuntimeError(f"{int(table[-1, 0])} other rank(s) failed during the sweep; see their errors")
+    return [(float(b), float(k)) for b, k in table[:-1]]
 
 
 def _layer_direction(model: Steerable, vector: object, layer: int | str) -> tuple[str, np.ndarray]:
@@ -271,7 +305,9 @@ class _Measure:
         m, n = self.model, len(chunk)
         record = [self.read_key] if self.read_key else None
         per_row = None if group == [None] else [spec for spec in group for _ in chunk]
-        tr = m.run(chunk * len(group), interventions=per_row, record=record, record_positions="last", logits=True)
+        # a cell whose strength overflows shows as NaN, not as an error for the whole sweep
+        tr = m.run(chunk * len(group), interventions=per_row, record=record, record_positions="last", logits=True,
+                   check_finite=False)
         logits = m.to_numpy(tr.logits)
         acts = m.to_numpy(tr.activations[self.read_key])[:, -1] if self.read_key and self.unit is not None else None
         real = np.arange(logits.shape[1])[None, :] >= np.asarray(tr.padding[:n])[:, None]

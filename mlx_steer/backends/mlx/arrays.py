@@ -71,8 +71,8 @@ class MLXArrays:
         # its compute/graph-building overlap
         mx.async_eval(xs)
 
-    def is_finite(self, x: mx.array) -> bool:
-        return bool(mx.all(mx.isfinite(x)).item())
+    def finite_or_masked(self, x: mx.array) -> bool:
+        return not bool(mx.any(mx.isnan(x) | (x == mx.inf)).item())
 
 
 XP = MLXArrays()

@@ -50,7 +50,7 @@ def generate_rows(
     gen = BatchGenerator(model.model, max_tokens=max_tokens, stop_tokens=[[t] for t in stop_tokens],
                          sampler=sampler, completion_batch_size=B, prefill_batch_size=B,
                          prefill_step_size=prefill_step_size)
-    layout = GeneratorLayout()
+    layout = GeneratorLayout(key_base=0)
     try:
         uids = gen.insert(tokens, max_tokens=[max_tokens] * B, logits_processors=[list(processors)] * B)
         for uid, t in zip(uids, tokens):  # uids are 0..B-1: row keys are prompt indices

@@ -10,8 +10,8 @@ import mlx.nn as nn
 import numpy as np
 
 from ...layout import Layout
-from ...model_sizes import model_sizes
-from ...paths import PathResolver
+from ...model_sizes import model_sizes, position_table_path
+from ...paths import PathResolver, is_attention_output
 from ...positions import PositionState
 from ...prompts import PromptEncoder
 from ...steerable import Hooks, RowStep, Steerable, Trace
@@ -70,6 +70,8 @@ class SteerableModel(Steerable):
         self.state = PositionState(XP)
         self._padded_batches: dict[int, bool] = {}  # batch size -> padded batches are right
         self.vocab_size = _vocab_size(model)
+        table = position_table_path(list(self.modules))
+        self.max_positions = None if table is None else int(self.modules[table].weight.shape[0])
         self.prompts = PromptEncoder(tokenizer, vocab_size=self.vocab_size)
 
     # -- the backend contract (mlx_steer.backend.ModelBackend) ---------------------------------
@@ -77,9 +79,10 @@ class SteerableModel(Steerable):
         return _site_dim(self.modules[path], point, self.hidden_size)
 
     def site_heads(self, path: str, point: str) -> int | None:
-        # heads are concatenated on a projection's input
+        # heads sit side by side on an attention output projection's input
         module = self.modules[path]
-        return self.n_heads if point == "input" and isinstance(module, (nn.Linear, nn.QuantizedLinear)) else None
+        linear = isinstance(module, (nn.Linear, nn.QuantizedLinear))
+        return self.n_heads if point == "input" and linear and is_attention_output(path) else None
 
     def attach(self, path: str, point: str, fn: Any) -> Any:
         module = self.modules[path]
@@ -201,6 +204,15 @@ class SteerableModel(Steerable):
             return
         yield from generate_rows(self, tokens, max_tokens=max_tokens, sampler=sampler, processors=processors,
                                  prefill_step_size=prefill_step_size, stop_tokens=sorted(self.eos_token_ids))
+
+    def make_prompt_cache(self) -> list[Any]:
+        """An empty KV cache (mlx-lm's) to pass as ``prompt_cache=`` and reuse across turns."""
+        from mlx_lm.models.cache import make_prompt_cache
+
+        return make_prompt_cache(self.model)
+
+    def _cache_offset(self, cache: Any) -> int:
+        return int(cache[0].offset) if cache else 0
 
     def _sampling(self, **options: Any) -> tuple[Any, list]:
         """mlx-lm's sampler and logits processors for sampling options (others raise ValueError)."""

@@ -70,8 +70,8 @@ class TorchArrays:
     def schedule(self, xs: list[torch.Tensor]) -> None:
         """Nothing to do: torch computes eagerly."""
 
-    def is_finite(self, x: torch.Tensor) -> bool:
-        return bool(torch.isfinite(x).all().item())
+    def finite_or_masked(self, x: torch.Tensor) -> bool:
+        return not bool((torch.isnan(x) | (x == torch.inf)).any().item())
 
 
 XP = TorchArrays()

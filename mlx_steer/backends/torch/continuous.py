@@ -34,7 +34,7 @@ class _Cohort:
     def __init__(self, model: TorchSteerableModel, seqs: list[_Sequence], prefill_step_size: int):
         self.seqs = seqs
         self.batch = PaddedBatch(model.model, [s.prompt for s in seqs], pad_id=model.prompts.pad_id,
-                                 prefill_step_size=prefill_step_size)
+                                 prefill_step_size=prefill_step_size, logits_to_keep=model._logits_to_keep)
         self.contexts = [torch.tensor(s.prompt, dtype=torch.long, device=self.batch.device) for s in seqs]
         self.logits: torch.Tensor | None = None
 

@@ -8,7 +8,7 @@ same positions. No ``torch.compile`` and no ``GenerationMixin.generate``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Generator, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,20 +43,22 @@ class GenerationResponse:
 
 def generate_step(
     model: Any, prompt: Sequence[int], *, max_tokens: int, sampler: Sampler,
-    logits_processors: list[LogitsProcessor], prefill_step_size: int = 2048,
+    logits_processors: list[LogitsProcessor], prefill_step_size: int = 2048, prompt_cache: Any = None,
+    logits_to_keep: Callable[[int], int] = lambda n: n,
 ) -> Generator[tuple[int, torch.Tensor], None, None]:
-    """Yield ``(token, logprobs)`` pairs; each forward runs under ``torch.no_grad``."""
+    """Yield ``(token, logprobs)`` pairs; each forward runs under ``torch.no_grad``. A
+    ``prompt_cache`` (a ``DynamicCache`` of earlier turns) is continued and updated in place."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if prompt_cache is None else prompt_cache
     cache_kw = cache_keyword(model)
     rest = torch.tensor(list(prompt), dtype=torch.long, device=device)
     seen: torch.Tensor | None = None
 
     @torch.no_grad()  # per call, not around the loop: grad mode must not leak to the consumer
     def forward(ids: torch.Tensor) -> torch.Tensor:
-        out = model(input_ids=ids[None], **{cache_kw: cache}, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids[None], **{cache_kw: cache}, use_cache=True, logits_to_keep=logits_to_keep(1))
         return out.logits[:, -1, :]
 
     @torch.no_grad()
@@ -94,10 +96,11 @@ class PaddedBatch:
     computes what it computes alone): :meth:`prefill` the prompts, then :meth:`step` one token
     per row. Each returns the (B, V) logits of every row's last position."""
 
-    def __init__(self, model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, prefill_step_size: int):
+    def __init__(self, model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, prefill_step_size: int,
+                 logits_to_keep: Callable[[int], int] = lambda n: n):
         from transformers import DynamicCache
 
-        self.model, self.prefill_step_size = model, prefill_step_size
+        self.model, self.prefill_step_size, self.logits_to_keep = model, prefill_step_size, logits_to_keep
         self.device = device = next(model.parameters()).device
         self.B, L = len(prompts), max(len(p) for p in prompts)
         pad = np.array([L - len(p) for p in prompts], dtype=np.int64)
@@ -113,7 +116,7 @@ class PaddedBatch:
     def _forward(self, x: torch.Tensor, upto: int, at: torch.Tensor, *, sampled: bool = True) -> torch.Tensor:
         self.sampling = sampled
         out = self.model(input_ids=x, attention_mask=self.attn[:, :upto], position_ids=at,
-                         **{self.cache_kw: self.cache}, use_cache=True, logits_to_keep=1)
+                         **{self.cache_kw: self.cache}, use_cache=True, logits_to_keep=self.logits_to_keep(1))
         return out.logits[:, -1, :]
 
     def prefill(self) -> torch.Tensor:
@@ -151,11 +154,13 @@ def log_probs(logits: torch.Tensor, processors: Sequence[Sequence[LogitsProcesso
 def generate_rows(
     model: Any, prompts: Sequence[Sequence[int]], *, max_tokens: int, sampler: Sampler,
     logits_processors: list[LogitsProcessor], prefill_step_size: int, pad_id: int, eos: Collection[int],
+    logits_to_keep: Callable[[int], int] = lambda n: n,
 ) -> Iterator[RowStep]:
     """Generate for every prompt in one :class:`PaddedBatch`; yields each row's tokens, EOS
     included with ``finish_reason="stop"``. Finished rows keep decoding until every row is done
     (their tokens unused)."""
-    batch = PaddedBatch(model, prompts, pad_id=pad_id, prefill_step_size=prefill_step_size)
+    batch = PaddedBatch(model, prompts, pad_id=pad_id, prefill_step_size=prefill_step_size,
+                        logits_to_keep=logits_to_keep)
     contexts = [torch.tensor(list(p), dtype=torch.long, device=batch.device) for p in prompts]
     done = [False] * batch.B
     logits = batch.prefill()
@@ -172,34 +177,6 @@ def generate_rows(
         if logits_processors:
             contexts = [torch.cat([c, y[b : b + 1]]) for b, c in enumerate(contexts)]
         logits = batch.step(y)
-
-
-class StreamingDetokenizer:
-    """Text of generated tokens, segment by segment (holds back incomplete UTF-8 characters).
-
-    Decodes the tokens since the last newline on each step, like mlx-lm's naive detokenizer.
-    """
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        self._done, self._emitted = "", 0
-        self._current: list[int] = []
-
-    def add_token(self, token: int) -> None:
-        self._current.append(token)
-
-    def _text(self, final: bool) -> str:
-        cur = self.tokenizer.decode(self._current) if self._current else ""
-        if not final and cur.endswith("\ufffd"):
-            cur = cur.rstrip("\ufffd")
-        if cur.endswith("\n") or final:
-            self._done, self._current, cur = self._done + cur, [], ""
-        return self._done + cur
-
-    def segment(self, *, final: bool = False) -> str:
-        text = self._text(final)
-        seg, self._emitted = text[self._emitted :], max(self._emitted, len(text))
-        return seg
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:

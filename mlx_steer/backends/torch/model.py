@@ -10,15 +10,15 @@ import torch
 from torch import nn
 
 from ...layout import Layout
-from ...model_sizes import model_sizes
-from ...paths import PathResolver
+from ...model_sizes import model_sizes, position_table_path
+from ...paths import PathResolver, is_attention_output
 from ...positions import PositionState
 from ...prompts import PromptEncoder
 from ...steerable import Hooks, RowStep, Steerable
 from . import hooks as hk
 from .arrays import XP
 from .continuous import TorchContinuousBatch
-from .generation import GenerationResponse, StreamingDetokenizer, eos_token_ids, generate_rows, generate_step
+from .generation import GenerationResponse, eos_token_ids, generate_rows, generate_step
 from .layers import decoder_layer_container, is_projection, site_dim
 from .sampling import make_logits_processors, make_sampler
 
@@ -47,9 +47,12 @@ class TorchSteerableModel(Steerable):
         self.hidden_size, self.n_heads = model_sizes(config)
         self.xp = XP
         self.state = PositionState(XP)
+        self._head_sites = 0
         emb = hf_model.get_input_embeddings() if hasattr(hf_model, "get_input_embeddings") else None
         self.vocab_size = int(emb.num_embeddings) if isinstance(emb, nn.Embedding) else None
         self.prompts = PromptEncoder(tokenizer, vocab_size=self.vocab_size)
+        table = position_table_path(list(self.modules))
+        self.max_positions = None if table is None else int(self.modules[table].num_embeddings)
         self._eos_ids = eos_token_ids(hf_model, tokenizer)
 
     @property
@@ -68,11 +71,28 @@ class TorchSteerableModel(Steerable):
         return site_dim(self.modules[path], point, self.hidden_size)
 
     def site_heads(self, path: str, point: str) -> int | None:
-        # heads are concatenated on a projection's input
-        return self.n_heads if point == "input" and is_projection(self.modules[path]) else None
+        # heads sit side by side on an attention output projection's input
+        projection = is_projection(self.modules[path])
+        return self.n_heads if point == "input" and projection and is_attention_output(path) else None
 
     def attach(self, path: str, point: str, fn: Any) -> Any:
-        return hk.attach(self.modules[path], point, fn).remove
+        handle = hk.attach(self.modules[path], point, fn)
+        head = self.unembedding_path
+        if path != head and not path.startswith(head + "."):
+            return handle.remove
+        # transformers slices the hidden states before the head (logits_to_keep): a site there
+        # must see every position, as on MLX
+        self._head_sites += 1
+
+        def undo() -> None:
+            handle.remove()
+            self._head_sites -= 1
+
+        return undo
+
+    def _logits_to_keep(self, wanted: int) -> int:
+        """``wanted`` (1: the last position only), or 0 (all) while a site on the head is hooked."""
+        return 0 if self._head_sites else wanted
 
     def attach_tracker(self) -> Any:
         return hk.attach_tracker(self.tracked, self.state).remove
@@ -89,7 +109,8 @@ class TorchSteerableModel(Steerable):
             kwargs["attention_mask"] = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
             kwargs["position_ids"] = torch.from_numpy(np.maximum(cols, 0)).to(device)
         with torch.no_grad(), self._layout(Layout(lengths, pad)):
-            out = self.model(input_ids=x, use_cache=False, logits_to_keep=0 if keep_logits else 1, **kwargs)
+            out = self.model(input_ids=x, use_cache=False, logits_to_keep=self._logits_to_keep(0 if keep_logits else 1),
+                             **kwargs)
         return out.logits if keep_logits else None
 
     # -- generation --------------------------------------------------------------------------
@@ -109,10 +130,20 @@ class TorchSteerableModel(Steerable):
         return sampler, make_logits_processors(repetition_penalty, repetition_context_size) + list(logits_processors or [])
 
     def _stream(self, tokens: list[int], *, max_tokens: int, prefill_step_size: int = 2048,
-                **options: Any) -> Iterator[GenerationResponse]:
-        """The generation loop, step for step like mlx-lm's (options: see :meth:`_sampling`)."""
+                prompt_cache: Any = None, **options: Any) -> Iterator[GenerationResponse]:
+        """The generation loop, step for step like mlx-lm's (options: see :meth:`_sampling`);
+        ``prompt_cache`` (from :meth:`make_prompt_cache`) carries a conversation across calls."""
         sampler, processors = self._sampling(**options)
-        yield from self._responses(tokens, max_tokens, sampler, processors, prefill_step_size)
+        yield from self._responses(tokens, max_tokens, sampler, processors, prefill_step_size, prompt_cache)
+
+    def make_prompt_cache(self) -> Any:
+        """An empty KV cache to pass as ``prompt_cache=`` and reuse across turns."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def _cache_offset(self, cache: Any) -> int:
+        return int(cache.get_seq_length())
 
     def _generate_rows(self, tokens: list[list[int]], *, max_tokens: int, prefill_step_size: int = 2048,
                        **options: Any) -> Iterator[RowStep]:
@@ -124,7 +155,8 @@ class TorchSteerableModel(Steerable):
         with self._layout(Layout(lengths, pad)):
             yield from generate_rows(self.model, tokens, max_tokens=max_tokens, sampler=sampler,
                                      logits_processors=processors, prefill_step_size=prefill_step_size,
-                                     pad_id=self.prompts.pad_id, eos=self.eos_token_ids)
+                                     pad_id=self.prompts.pad_id, eos=self.eos_token_ids,
+                                     logits_to_keep=self._logits_to_keep)
 
     def batch_generator(self, **options: Any) -> TorchContinuousBatch:
         """Continuous batching with per-sequence steering (see :class:`TorchContinuousBatch`);
@@ -132,21 +164,22 @@ class TorchSteerableModel(Steerable):
         return TorchContinuousBatch(self, **options)
 
     def _responses(self, tokens: list[int], max_tokens: int, sampler: Any, processors: list,
-                   prefill_step_size: int) -> Iterator[GenerationResponse]:
-        """mlx-lm's ``stream_generate`` protocol: stop at EOS (reported, not added to the text)."""
-        detok, P = StreamingDetokenizer(self.tokenizer), len(tokens)
+                   prefill_step_size: int, prompt_cache: Any = None) -> Iterator[GenerationResponse]:
+        """mlx-lm's ``stream_generate`` protocol: stop at EOS (reported, not added to the text).
+        The text of each response is filled in by the shared loop (``Steerable.stream_generate``)."""
+        P = len(tokens)
         steps = generate_step(self.model, tokens, max_tokens=max_tokens, sampler=sampler,
-                              logits_processors=processors, prefill_step_size=prefill_step_size)
+                              logits_processors=processors, prefill_step_size=prefill_step_size,
+                              prompt_cache=prompt_cache, logits_to_keep=self._logits_to_keep)
         for n, (token, logprobs) in enumerate(steps):
             if token in self.eos_token_ids:
                 break
-            detok.add_token(token)
             if n + 1 == max_tokens:
                 break
-            yield GenerationResponse(detok.segment(), token, logprobs, P, n + 1)
+            yield GenerationResponse("", token, logprobs, P, n + 1)
         steps.close()
         reason = "stop" if token in self.eos_token_ids else "length"
-        yield GenerationResponse(detok.segment(final=True), token, logprobs, P, n + 1, reason)
+        yield GenerationResponse("", token, logprobs, P, n + 1, reason)
 
     # -- unembedding and generation helpers (the backend contract of mlx_steer.analysis) -----
     @property
