@@ -28,12 +28,15 @@ def parallel_directions(
     """The ``name`` direction per site key, from this rank's share of the prompts and an all-reduce.
 
     Raises:
-        ValueError: a method that does not reduce to sums (it names the method), fewer prompts
-            (pairs) than ranks, or what single-process extraction raises.
+        ValueError: a method that does not reduce to sums (it names the method), a model sharded
+            over the ranks, fewer prompts (pairs) than ranks, or what single-process extraction raises.
         RuntimeError: another rank failed (its own error is on its stderr).
     """
     from ..extraction import _Reader
 
+    if getattr(model, "distributed", None) is not None:
+        raise ValueError(f"the model is sharded over the ranks ({model.distributed}), so every rank must run "
+                         "every prompt; extract with group=LocalGroup() (or no group) instead of sharing prompts")
     if name not in REDUCIBLE:
         raise ValueError(
             f"method {name!r} needs every activation row in one process, and data-parallel extraction "

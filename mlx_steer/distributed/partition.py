@@ -10,10 +10,10 @@ __all__ = ["split_by_length"]
 def split_by_length(lengths: Sequence[int], size: int) -> list[list[int]]:
     """Indices of ``lengths`` for each of ``size`` ranks, balanced by token length.
 
-    Items are sorted by length and dealt back and forth (0, 1, .., size-1, size-1, .., 0, ...),
-    so every rank gets nearly the same count, the same spread of lengths (its length-sorted
-    batches pad as little as the single-process ones) and nearly the same number of tokens.
-    Deterministic: every rank computes the same split from the same lengths.
+    Longest first, each item goes to the rank with the fewest tokens so far among those below
+    their share of the count (``ceil(n / size)``): every rank gets nearly the same count and
+    the same number of tokens, and a similar spread of lengths (so its length-sorted batches pad
+    about as little as one process's). Deterministic: every rank computes the same split.
 
     Args:
         lengths: Token count (cost) of each item.
@@ -29,9 +29,11 @@ def split_by_length(lengths: Sequence[int], size: int) -> list[list[int]]:
         raise ValueError(f"size must be a positive int, got {size!r}")
     if len(lengths) < size:
         raise ValueError(f"{len(lengths)} items cannot be split over {size} ranks; give at least {size}")
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    cap = -(-len(lengths) // size)
     shards: list[list[int]] = [[] for _ in range(size)]
-    for k, i in enumerate(order):
-        lap, pos = divmod(k, size)
-        shards[pos if lap % 2 == 0 else size - 1 - pos].append(i)
+    tokens = [0] * size
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = min((r for r in range(size) if len(shards[r]) < cap), key=lambda r: (tokens[r], r))
+        shards[r].append(i)
+        tokens[r] += lengths[i]
     return [sorted(s) for s in shards]
