@@ -81,14 +81,23 @@ def plan_sites(
     return plans
 
 
-def check_plans(plans: Mapping[str, SitePlan], *, limit: int, prompt_len: int, what: str) -> None:
-    """Reject what can never apply: explicit indices at or past ``limit`` positions, and
-    front-aligned tensors longer than the prompt. Runs before anything is installed."""
+def check_plans(plans: Mapping[str, SitePlan], *, limit: int, prompt_len: int, what: str,
+                generating: bool = True) -> None:
+    """Reject what can never apply, before anything is installed: explicit indices at or past
+    ``limit`` (the positions every row reaches), front-aligned tensors longer than the prompt,
+    and — in a forward over prompts (``generating=False``) — selectors of generated tokens,
+    which would select nothing."""
     for plan in plans.values():
-        if plan.record is not None:
-            check_reachable(plan.record, limit, what=what)
+        selectors = [(plan.record, "recording")] if plan.record is not None else []
+        selectors += [(i.positions, "intervention") for i in plan.interventions]
+        for positions, use in selectors:
+            check_reachable(positions, limit, what=what)
+            if not generating and positions.kind in ("generated", "first_generated"):
+                raise ValueError(
+                    f"{use} at {plan.site.key!r} selects positions {positions}, but a forward over prompts "
+                    "(run/trace) generates nothing; use them while generating"
+                )
         for i in plan.interventions:
-            check_reachable(i.positions, limit, what=what)
             if isinstance(i, iv.AddVector) and i.front_aligned and i.vector.shape[0] > prompt_len:
                 raise ValueError(
                     f"front-aligned tensor at {plan.site.key!r} has {i.vector.shape[0]} positions but the "

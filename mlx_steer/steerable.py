@@ -103,7 +103,7 @@ class Hooks:
     def __init__(self, owner: Steerable, plans: Mapping[str, SitePlan], reduce: str | None):
         self._owner = owner
         self._undo: list[Undo] = []
-        owner.__dict__.setdefault("_live_hooks", weakref.WeakValueDictionary())[id(self)] = self
+        owner.__dict__.setdefault("_live_hooks", {})[id(self)] = self  # until removed, dropped or not
         self._programs = {key: owner._program(plan, reduce) for key, plan in plans.items()}
         self.recorders = {k: p.recorder for k, p in self._programs.items() if p.recorder is not None}
         try:
@@ -493,9 +493,11 @@ class Steerable:
         tokens = self.prompts.encode_batch(prompts, chat=chat)
         plans = self._plan(interventions=interventions, record=record, record_positions=record_positions,
                            reduce=reduce, rows=len(tokens), record_stage=record_stage)
-        L = max(len(t) for t in tokens)
+        L, shortest = max(len(t) for t in tokens), min(len(t) for t in tokens)
         self.check_length(L, "the prompt")
-        check_plans(plans, limit=L, prompt_len=L, what="a prompt")
+        # an explicit index must exist in every row: past a short row it would select nothing there
+        check_plans(plans, limit=shortest, prompt_len=shortest, generating=False,
+                    what="a prompt" if len(tokens) == 1 else "the shortest prompt in the batch")
         with self.calls("run"), Hooks(self, plans, reduce) as hooks:
             out = self._forward(tokens, hooks, keep_logits=logits)
             if check_finite and out is not None and not self.xp.finite_or_masked(out):

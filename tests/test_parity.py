@@ -147,6 +147,11 @@ def test_logits_for_every_intervention_and_selector(pair, arch):
     worst = (0.0, None)
     for sel_name, sel in _selectors(P).items():
         specs_mx, specs_pt = _interventions(mx_m, arch, sel), _interventions(pt_m, arch, sel)
+        if sel_name in ("generated", "first_generated"):  # a forward over prompts generates nothing
+            for m, spec in ((mx_m, specs_mx["add_vector"]), (pt_m, specs_pt["add_vector"])):
+                with pytest.raises(ValueError, match=r"generates nothing; use them while generating"):
+                    m.run(PROMPT, interventions=spec)
+            continue
         for kind in specs_mx:
             a = mx_m.run(PROMPT, interventions=specs_mx[kind], record=["layers.2"])
             b = pt_m.run(PROMPT, interventions=specs_pt[kind], record=["layers.2"])

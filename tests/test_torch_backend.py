@@ -111,7 +111,7 @@ def test_noops_are_bit_identical(backend_models, backend, arch):
         {"layers.1": iv.scale(1.0)},
         {"layers.1": iv.custom(lambda h: h)},
         {mlp_in: iv.add_vector(v, scale=0.0, positions="last")},
-        {"layers.1": iv.add_vector(v, positions=Positions.first_generated(3))},  # selects nothing in a prompt
+        {"layers.1": iv.add_vector(v).for_rows(5)},  # a row this batch does not have: selects nothing
     ):
         assert np.array_equal(np_(m, m.run(PROMPT, interventions=spec).logits), base), spec
     assert np.array_equal(np_(m, m.run(PROMPT, record=["layers.0", "layers.1:input", "layers.1.mlp"]).logits), base)
