@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from .host_array import host_array
 from .positions import Positions, as_positions
 
 
@@ -27,13 +28,7 @@ def as_vector(value: object, *, what: str, ndim: tuple[int, ...] = (1,)) -> np.n
         TypeError: complex, boolean or text values (a real-valued array is needed).
         ValueError: not numeric, wrong number of dims, empty, or non-finite values.
     """
-    _check_real(value, what)
-    if hasattr(value, "detach"):  # torch tensor, without importing torch
-        value = value.detach().float().cpu().numpy()
-    try:
-        arr = np.array(value, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be a numeric array, got {type(value).__name__}") from exc
+    arr = host_array(value, what=what, dtype=np.float32)
     if arr.ndim not in ndim:
         raise ValueError(f"{what} must have {' or '.join(map(str, ndim))} dims, got shape {arr.shape}")
     if arr.size == 0:
@@ -43,25 +38,6 @@ def as_vector(value: object, *, what: str, ndim: tuple[int, ...] = (1,)) -> np.n
         raise ValueError(f"{what} has {bad} non-finite values (NaN or inf); steering needs finite values")
     arr.setflags(write=False)
     return arr
-
-
-def _check_real(value: object, what: str) -> None:
-    """Reject what ``np.array(value, float32)`` would silently convert: complex (drops the
-    imaginary part), bool and text ("2" -> 2.0)."""
-    dtype = getattr(value, "dtype", None)
-    if dtype is None:  # a list or scalar: let numpy infer what it holds
-        try:
-            dtype = np.asarray(value).dtype
-        except (TypeError, ValueError):
-            return  # ragged or odd: as_vector's conversion reports it
-    name = str(dtype)
-    kind = dtype.kind if isinstance(dtype, np.dtype) else ""
-    if kind == "c" or "complex" in name:
-        raise TypeError(f"{what} must be real, got complex values ({name})")
-    if kind == "b" or name.endswith("bool"):
-        raise TypeError(f"{what} must be a real-valued array, got booleans ({name})")
-    if kind in "SUV" and kind:
-        raise TypeError(f"{what} must be a numeric array, got text ({name})")
 
 
 def _finite_scalar(value: object, what: str) -> float:

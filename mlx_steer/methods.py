@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .host_array import host_array
+
 __all__ = [
     "ProbeResult",
     "actadd_difference",
@@ -331,14 +333,7 @@ def actadd_difference(pos_seq: ArrayLike, neg_seq: ArrayLike) -> np.ndarray:
 # -- validation ----------------------------------------------------------------------------------
 def _matrix(value: ArrayLike, what: str) -> np.ndarray:
     """A finite float64 (rows, D) copy of ``value`` with at least one row and column."""
-    if hasattr(value, "detach"):  # torch tensor, without importing torch
-        value = value.detach().float().cpu().numpy()
-    if np.iscomplexobj(value):
-        raise ValueError(f"{what} must be real, got a complex array")
-    try:
-        arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be a numeric array, got {type(value).__name__}") from exc
+    arr = host_array(value, what=what, dtype=np.float64)
     if arr.ndim != 2 or 0 in arr.shape:
         raise ValueError(f"{what} has shape {arr.shape}; expected a non-empty 2-D (rows, hidden) array")
     finite = np.isfinite(arr)

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .host_array import host_array
+
 __all__ = ["cosine", "cosine_matrix", "norm_profile", "orthogonalize", "project", "top_singular_direction"]
 
 
@@ -152,14 +154,7 @@ def norm_profile(vector_norms: Mapping[str, float], residual_norms: Mapping[str,
 
 
 def _array(value: ArrayLike, what: str) -> np.ndarray:
-    if hasattr(value, "detach"):  # torch tensor, without importing torch
-        value = value.detach().float().cpu().numpy()
-    if np.iscomplexobj(value):
-        raise ValueError(f"{what} must be real, got a complex array")
-    try:
-        arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be a numeric array, got {type(value).__name__}") from exc
+    arr = host_array(value, what=what, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
         bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{what} {arr.shape} has {bad} non-finite values (NaN or inf)")

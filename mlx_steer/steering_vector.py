@@ -24,6 +24,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from . import interventions as iv
+from .host_array import host_array
 from .paths import HOOK_POINTS
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
@@ -350,14 +351,7 @@ def _check_path(site: object) -> str:
 
 def _as_array(value: object, site: str, dtype: str) -> np.ndarray:
     """A read-only ``dtype`` copy of ``value`` (numpy, list, mlx or torch), checked 1-D/2-D and finite."""
-    if hasattr(value, "detach"):  # torch tensor, without importing torch
-        t = value.detach().cpu()
-        value = t.float().numpy() if str(t.dtype) == "torch.bfloat16" else t.numpy()
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as inf, reported below
-            arr = np.array(value, dtype=dtype)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"direction at {site!r} must be a numeric array, got {type(value).__name__}") from exc
+    arr = host_array(value, what=f"direction at {site!r}", dtype=dtype)  # overflow shows as inf, reported below
     if arr.ndim not in (1, 2) or arr.size == 0:
         raise ValueError(f"direction at {site!r} must have shape (D,) or (n, D) with D, n > 0; got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):

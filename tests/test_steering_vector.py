@@ -220,7 +220,7 @@ def test_to_interventions_keys_carry_the_hook_point():
         (dict(directions={"a": np.ones(3), "b": np.ones(4)}), r"different sizes \(last dim\): a=3, b=4"),
         (dict(directions={"a": np.ones((2, 2, 2))}), r"shape \(D,\) or \(n, D\).*\(2, 2, 2\)"),
         (dict(directions={"a": np.array([1.0, np.nan, np.inf])}), "2 non-finite values"),
-        (dict(directions={"a": "abc"}), "must be a numeric array, got str"),
+        (dict(directions={"a": "abc"}), r"must be a numeric array, got text \(<U3\)"),
         (dict(directions={"model.layers.1:input": np.ones(3)}), "carries a hook point"),
         (dict(directions={"": np.ones(3)}), "non-empty strings"),
         (dict(directions={"a": np.ones(3)}, hook_point="middle"), "unknown hook point 'middle'; valid: output, input"),
