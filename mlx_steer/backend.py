@@ -69,8 +69,12 @@ class ArrayOps(Protocol):
     def schedule(self, xs: list[Array]) -> None:
         """Start computing ``xs`` (a lazy backend) without waiting; eager backends do nothing."""
 
-    def finite_or_masked(self, x: Array) -> bool:
-        """Whether ``x`` has no NaN and no +inf (-inf marks masked tokens); syncs."""
+    def nonfinite(self, x: Array) -> Array:
+        """A scalar flag: whether ``x`` holds NaN or +inf (-inf marks masked tokens). Lazy where
+        the backend is: schedule it, read it with :meth:`truth` later."""
+
+    def truth(self, flag: Array) -> bool:
+        """Read a scalar flag (syncs)."""
 
 
 class ModelBackend(Protocol):

@@ -499,7 +499,7 @@ class Steerable:
                     what="a prompt" if len(tokens) == 1 else "the shortest prompt in the batch")
         with self.calls("run"), Hooks(self, plans, reduce) as hooks:
             out = self._forward(tokens, hooks, keep_logits=logits)
-            if check_finite and out is not None and not self.xp.finite_or_masked(out):
+            if check_finite and out is not None and self.xp.truth(self.xp.nonfinite(out)):
                 raise ValueError("the logits are not finite (NaN or +inf): the interventions overflow the "
                                  "activations; use a smaller scale or vector")
             return Trace(hooks, out, tokens)
@@ -566,15 +566,26 @@ class Steerable:
             if hooks_out is not None:
                 hooks_out.append(hooks)
             text = TextStream(self.prompts.decode)  # the same text for the same tokens on every backend
+            # each step's logits are checked for NaN/+inf lazily and read one step later, so the
+            # check never waits behind the step the loop has in flight
+            checks: list[tuple[int, Any]] = []
             with self._layout(Layout([len(tokens)])):
                 for n, response in enumerate(self._stream(tokens, max_tokens=max_tokens, **options)):
+                    checks.append((n, self.xp.nonfinite(response.logprobs)))
                     hooks.flush()
-                    if not self.xp.finite_or_masked(response.logprobs):
-                        raise ValueError(f"the logits became non-finite (NaN or +inf) at generated token {n}: the "
-                                         "interventions overflow the activations; use a smaller scale or vector")
+                    self.xp.schedule([checks[-1][1]])
+                    if len(checks) > 1:
+                        self._check_step(*checks.pop(0))
                     stop, final = response.finish_reason == "stop", response.finish_reason is not None
                     segment = text.flush() if stop else text.add(int(response.token), final=final)
                     yield dataclasses.replace(response, text=segment)
+                for check in checks:
+                    self._check_step(*check)
+
+    def _check_step(self, n: int, flag: Any) -> None:
+        if self.xp.truth(flag):
+            raise ValueError(f"the logits became non-finite (NaN or +inf) at generated token {n}: the "
+                             "interventions overflow the activations; use a smaller scale or vector")
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> str:
         """Generated text (the continuation only): the generated tokens decoded together, so the

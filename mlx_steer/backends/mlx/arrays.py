@@ -71,8 +71,11 @@ class MLXArrays:
         # its compute/graph-building overlap
         mx.async_eval(xs)
 
-    def finite_or_masked(self, x: mx.array) -> bool:
-        return not bool(mx.any(mx.isnan(x) | (x == mx.inf)).item())
+    def nonfinite(self, x: mx.array) -> mx.array:
+        return mx.any(mx.isnan(x) | (x == mx.inf))
+
+    def truth(self, flag: mx.array) -> bool:
+        return bool(flag.item())
 
 
 XP = MLXArrays()

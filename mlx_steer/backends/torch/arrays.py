@@ -70,8 +70,11 @@ class TorchArrays:
     def schedule(self, xs: list[torch.Tensor]) -> None:
         """Nothing to do: torch computes eagerly."""
 
-    def finite_or_masked(self, x: torch.Tensor) -> bool:
-        return not bool((torch.isnan(x) | (x == torch.inf)).any().item())
+    def nonfinite(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.isnan(x) | (x == torch.inf)).any()
+
+    def truth(self, flag: torch.Tensor) -> bool:
+        return bool(flag.item())
 
 
 XP = TorchArrays()
