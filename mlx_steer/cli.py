@@ -1,9 +1,10 @@
-"""The ``mlx-steer`` command line: extract, generate, sweep, inspect, demo.
+"""The ``mlx-steer`` command line: extract, generate, sweep, inspect, serve, demo.
 
     mlx-steer extract pairs.jsonl --model PATH --layers 6 8 -o happy.safetensors
     mlx-steer generate "I think that" --model PATH --vector happy.safetensors --strength 4 8
     mlx-steer sweep --model PATH --vector happy.safetensors --target-tokens " happy" --contrast-tokens " sad"
     mlx-steer inspect happy.safetensors --model PATH
+    mlx-steer serve --model PATH --vector happy=happy.safetensors
     mlx-steer demo
 
 User errors (missing files, bad input lines, unknown sites, a vector that does not fit the model,
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .method_table import METHODS  # import-free: argument errors stay fast
+from .serve import command as serve_command  # import-free too: FastAPI loads when serving
 
 BACKENDS = ("mlx", "torch")
 DEFAULT_PROMPTS = (
@@ -824,7 +826,9 @@ _COMMANDS: list[tuple[str, str, tuple[str, ...], Callable, Callable[[argparse.Na
      ("backend", "pairs"), _fill_sweep, cmd_sweep),
     ("inspect", "show a vector file's metadata, norms and (with --model) top tokens",
      ("backend",), _fill_inspect, cmd_inspect),
+    ("serve", serve_command.SUMMARY, ("backend",), serve_command.fill, serve_command.run),
 ]
+_EXAMPLES["serve"] = serve_command.EXAMPLES
 
 
 if __name__ == "__main__":
