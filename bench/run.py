@@ -4,7 +4,8 @@
 
 Rows: MLX generation with steering (1 layer, all layers) and recording vs plain mlx-lm; batched vs
 one-prompt-per-forward extraction on both backends (with the matmul throughput that explains it);
-memory kept by recording the last token vs the full sequence; and the torch backend's generation
+memory kept by recording the last token vs the full sequence; an 8-strength sweep with its cells batched as
+rows of one forward vs one cell per forward (bench/sweep.py), on both backends; and the torch backend's generation
 overhead vs plain HF generate (torch_overhead.py, in its own process), with nnsight and
 steering-vectors rows when those import (e.g. installed with ``pip install --target DIR --no-deps``
 and put on ``PYTHONPATH``: a plain install would change transformers). Ratios are measured within
@@ -172,6 +173,7 @@ def main() -> None:
     has_torch = not args.skip_torch and _installed("torch") and _installed("transformers")
 
     import generate_overhead as go
+    import sweep as sweep_bench
 
     t0 = time.time()
     folder = str(prepare_smollm2(verbose=False))
@@ -187,13 +189,16 @@ def main() -> None:
             rows.append(row)
     del rand
     rows += bench_extraction(smol, "SmolLM2 (MLX)", n_pairs, max(1, repeats - 1))
+    rows += sweep_bench.bench(smol, "MLX", 1 if args.quick else 2)
     rows += bench_memory(smol, 64 if args.quick else 512)
     if has_torch:
         import torch
 
         from mlx_steer.torch_backend import load as torch_load
 
-        rows += bench_extraction(torch_load(folder, dtype=torch.float32), "SmolLM2 (torch CPU)", n_pairs, repeats)
+        tsmol = torch_load(folder, dtype=torch.float32)
+        rows += bench_extraction(tsmol, "SmolLM2 (torch CPU)", n_pairs, repeats)
+        rows += sweep_bench.bench(tsmol, "torch CPU, fp32", repeats, target=3.0)
         rows += bench_matmul()
         rows += bench_torch(24 if args.quick else 48, 1 if args.quick else 5)
     else:
