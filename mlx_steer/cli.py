@@ -480,6 +480,7 @@ def _fill_extract(sp: argparse.ArgumentParser) -> None:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """``mlx-steer extract``: contrast prompts -> vector file."""
+    from .distributed.group import launched_group
     from .extraction import extract
     from .vector_file import save_vector
 
@@ -498,14 +499,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
     model = _model(args)
     if gguf:
         _check_gguf_sites(model, sites, args.output)
+    group = launched_group(model)  # under mlx.launch / torchrun: ranks share the prompts
     vec = extract(model, *contrast, sites=sites, method=args.method, read=args.read, batch_size=args.batch_size,
                   chat=args.chat, system=args.system, assistant_prefix=args.assistant_prefix,
-                  progress=args.progress)
+                  progress=args.progress, group=group)
+    if group is not None and group.rank != 0:
+        return 0  # rank 0 alone writes and prints
     if gguf:
         save_vector(vec, out, model_hint=_model_type(model), layer_path_template=_layer_template(model))
     else:
         save_vector(vec, out)
-    print(f"wrote {out}: {_describe(vec)}; from {len(contrast[0])} positive and {len(contrast[1])} negative prompts")
+    ranks = f" on {group.size} ranks" if group is not None else ""
+    print(f"wrote {out}: {_describe(vec)}; from {len(contrast[0])} positive and {len(contrast[1])} negative "
+          f"prompts{ranks}")
     return 0
 
 
