@@ -576,8 +576,11 @@ class Steerable:
                     self.xp.schedule([checks[-1][1]])
                     if len(checks) > 1:
                         self._check_step(*checks.pop(0))
-                    stop, final = response.finish_reason == "stop", response.finish_reason is not None
-                    segment = text.flush() if stop else text.add(int(response.token), final=final)
+                    if response.finish_reason == "stop":  # the EOS is not text
+                        segment = text.flush()
+                    else:
+                        segment = text.add(int(response.token))
+                        segment += text.flush() if response.finish_reason is not None else ""
                     yield dataclasses.replace(response, text=segment)
                 for check in checks:
                     self._check_step(*check)

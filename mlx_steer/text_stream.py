@@ -1,41 +1,61 @@
-"""Streamed text of generated tokens, the same on every backend: each segment is what decoding
-all tokens so far adds, so the segments join to the tokens decoded together."""
+"""Incremental text of one generated sequence, the same on every backend: released piece by piece,
+stop strings honoured.
+
+Each token re-decodes every id so far and releases the new suffix, holding back a trailing
+U+FFFD (an incomplete character) and any suffix that could still grow into a stop string. So the
+pieces always join to ``decode(all ids)`` (up to a stop string, which is cut off with what follows).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-REPLACEMENT = "\ufffd"
-
 
 class TextStream:
-    """Feed tokens with :meth:`add`; each call returns the new text. A trailing incomplete UTF-8
-    character (decoded as U+FFFD) is held back until the next token completes it, or the end.
+    """The released text of one sequence.
 
     Args:
-        decode: Token ids -> text (the tokenizer's ``decode``).
+        decode: Token ids -> text (decoded together, e.g. ``model.prompts.decode``).
+        stop: Strings that end the text when they appear (not included).
     """
 
-    def __init__(self, decode: Callable[[Sequence[int]], str]):
-        self.decode, self.emitted = decode, ""
+    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str] = ()):
+        self.decode, self.stop = decode, tuple(stop)
         self.ids: list[int] = []
+        self.text = ""  # what has been released
+        self.stopped = False  # a stop string was found
 
-    def add(self, token: int, *, final: bool = False) -> str:
-        self.ids.append(int(token))
-        return self._segment(final)
+    def add(self, token: int) -> str:
+        """Take one token; returns the text released with it (may be empty)."""
+        self.ids.append(token)
+        full = self.decode(self.ids)
+        sent = len(self.text)
+        hits = [i for i in (full.find(s, sent) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped = True
+            return self._release(full[sent:min(hits)])
+        end = len(full)
+        while end > sent and full[end - 1] == "\ufffd":
+            end -= 1
+        end -= self._partial_stop(full[:end], sent)
+        return self._release(full[sent:end])
 
     def flush(self) -> str:
-        """The text still held back (at the end of generation)."""
-        return self._segment(True)
+        """The text not yet released, at the end of the sequence."""
+        if self.stopped:
+            return ""
+        return self._release(self.decode(self.ids)[len(self.text):])
 
-    def _segment(self, final: bool) -> str:
-        text = self.decode(self.ids) if self.ids else ""
-        if not final:
-            text = text.rstrip(REPLACEMENT)
-        if not text.startswith(self.emitted):  # a later token changed earlier text: emit from where it differs
-            common = 0
-            while common < min(len(text), len(self.emitted)) and text[common] == self.emitted[common]:
-                common += 1
-            text = self.emitted + text[common:]
-        seg, self.emitted = text[len(self.emitted):], text
-        return seg
+    def _partial_stop(self, text: str, sent: int) -> int:
+        """Length of the longest suffix of ``text`` (after ``sent``) that starts a stop string."""
+        longest = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(text) - sent), longest, -1):
+                if text.endswith(s[:k]):
+                    longest = k
+                    break
+        return longest
+
+    def _release(self, piece: str) -> str:
+        self.text += piece
+        return piece

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..continuous import Monitor
-from .textstream import TextStream
+from ..text_stream import TextStream
 
 
 @dataclass(frozen=True)
