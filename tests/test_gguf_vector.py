@@ -28,17 +28,24 @@ def read_raw(path) -> tuple[dict, dict]:
     return fields, {t.name: np.array(t.data) for t in r.tensors}
 
 
-def write_raw(path, tensors: dict, *, arch="controlvector", hint="llama") -> None:
-    """A control vector written the way repeng's ControlVector.export_gguf does."""
+def write_gguf(path, tensors: dict, fields: dict, *, arch="controlvector") -> None:
+    """A GGUF file holding ``tensors`` and metadata ``fields`` ({key: (kind, value)}, kind as in
+    ``GGUFWriter.add_<kind>``), written with gguf's own writer."""
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_string(f"{arch}.model_hint", hint)
-    w.add_uint32(f"{arch}.layer_count", len(tensors))
+    for key, (kind, value) in fields.items():
+        getattr(w, f"add_{kind}")(key, value)
     for name, arr in tensors.items():
         w.add_tensor(name, arr)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def write_raw(path, tensors: dict, *, arch="controlvector", hint="llama") -> None:
+    """A control vector written the way repeng's ControlVector.export_gguf does."""
+    write_gguf(path, tensors, {f"{arch}.model_hint": ("string", hint), f"{arch}.layer_count": ("uint32", len(tensors))},
+               arch=arch)
 
 
 def test_export_writes_llama_cpp_layout_with_identity_numbering(tmp_path):

@@ -23,16 +23,10 @@ NEG = ["I hate the rain", "This is terrible, awful and sad news", "sad news"]
 
 # -- item 12: GGUF control vectors ---------------------------------------------------------------
 def _write_gguf(path, tensors: dict, fields: dict) -> None:
-    gguf = pytest.importorskip("gguf")
-    w = gguf.GGUFWriter(str(path), "controlvector")
-    for key, (kind, value) in fields.items():
-        getattr(w, f"add_{kind}")(key, value)
-    for name, arr in tensors.items():
-        w.add_tensor(name, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    pytest.importorskip("gguf")
+    from test_gguf_vector import write_gguf
+
+    write_gguf(path, tensors, fields)
 
 
 def test_gguf_with_two_names_for_one_layer_is_an_error(tmp_path):
