@@ -22,7 +22,8 @@ from .layout import Layout
 from .site_plan import check_plans
 
 if TYPE_CHECKING:
-    from .steerable import Steerable, Watch
+    from .hooks import Watch
+    from .steerable import Steerable
 
 
 @dataclass(frozen=True)

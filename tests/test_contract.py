@@ -92,7 +92,7 @@ def test_backends_are_siblings_with_no_import_between_them():
         crossing = [(m, i) for m, deps in graph.items() if m.startswith(f"mlx_steer.backends.{a}")
                     for i in deps if i.startswith(f"mlx_steer.backends.{b}")]
         assert not crossing, crossing
-    core = ["mlx_steer.steerable", "mlx_steer.ops", "mlx_steer.recording", "mlx_steer.positions",
+    core = ["mlx_steer.steerable", "mlx_steer.hooks", "mlx_steer.call_guard", "mlx_steer.ops", "mlx_steer.recording", "mlx_steer.positions",
             "mlx_steer.site_plan", "mlx_steer.continuous", "mlx_steer.layout", "mlx_steer.backend"]
     for m in core:  # the shared engine imports no backend
         assert not [i for i in graph[m] if i.startswith("mlx_steer.backends")], m
