@@ -20,6 +20,7 @@ import numpy as np
 from .interventions import as_vector
 from .layout import Layout
 from .site_plan import check_plans
+from .steerable import check_loop
 
 if TYPE_CHECKING:
     from .hooks import Watch
@@ -131,11 +132,8 @@ class ContinuousBatch:
         Raises:
             ValueError: bad interventions, sites, positions, monitors or options.
         """
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
-        prompt = self.model.prompts.check_ids(prompt)
-        if not prompt:
-            raise ValueError("empty prompt; give at least one token id")
+        check_loop(max_tokens, sampling)
+        prompt = self.model.encode(prompt)
         self.model.check_length(len(prompt) + max_tokens, "prompt + max_tokens")
         plans = self.model._plan(interventions=interventions)
         check_plans(plans, limit=len(prompt) + max_tokens, prompt_len=len(prompt), what="prompt + max_tokens")

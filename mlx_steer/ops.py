@@ -72,19 +72,17 @@ class AddOp(Op):
 
 
 class FrontAlignedAddOp(AddOp):
-    """Adds row p of an (n, D) tensor at absolute position p < n."""
+    """Adds row p of an (n, D) tensor at absolute position p < n: the selection is the window
+    [0, n) of the op's rows."""
 
-    def __call__(self, h: Array, state: PositionState) -> Array:
+    def __init__(self, spec: iv.AddVector, xp: ArrayOps, site: str):
+        super().__init__(spec, xp, site)
+        self.sel = Positions.window(0, spec.vector.shape[0])
+
+    def apply(self, h: Array, state: PositionState) -> Array:
         self.check_dim(h, self.d)
-        n = self.v.value.shape[0]
-        valid = (state.pos >= 0) & (state.pos < n)
-        if self.rows is not None:
-            valid &= np.isin(state.rows, list(self.rows))[:, None]
-        if not valid.any():
-            return h
         delta = self.v.like(h)
-        added = h + delta[self.xp.index(np.clip(state.pos, 0, n - 1), like=h)]
-        return added if valid.all() else self.xp.where(self.xp.mask(valid[..., None], like=h), added, h)
+        return h + delta[self.xp.index(np.clip(state.pos, 0, delta.shape[0] - 1), like=h)]
 
 
 class ScaleOp(Op):

@@ -389,7 +389,7 @@ class Steerable:
                 ``generated`` and ``last`` refer to this call's tokens (the MLX backend passes
                 other options on to ``mlx_lm.stream_generate``).
         """
-        _check_loop(max_tokens, options)
+        check_loop(max_tokens, options)
         tokens = self.encode(prompt, chat=chat, system=system)
         plans = self._plan(interventions=interventions, record=record, record_positions=record_positions,
                            record_stage=record_stage)
@@ -465,7 +465,7 @@ class Steerable:
         Returns:
             A :class:`BatchResult` in prompt order.
         """
-        _check_loop(max_tokens, options)
+        check_loop(max_tokens, options)
         if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
             raise ValueError("batch_generate takes a non-empty list of prompts")
         tokens = [self.encode(p, chat=chat, system=system) for p in prompts]
@@ -485,7 +485,7 @@ class Steerable:
         return BatchResult(texts, out, reasons)
 
 
-def _check_loop(max_tokens: object, options: Mapping[str, Any]) -> None:
+def check_loop(max_tokens: object, options: Mapping[str, Any]) -> None:
     """Loop options are checked at the call, before anything is installed or computed."""
     for name, value in (("max_tokens", max_tokens), ("prefill_step_size", options.get("prefill_step_size", 1))):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
