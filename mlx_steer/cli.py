@@ -615,8 +615,6 @@ def _stream(model: Any, ids: list[int], label: str, gen: dict, spec: Any) -> Non
     Raises:
         NonFiniteError: the logits a token was sampled from hold NaN or are all infinite.
     """
-    import numpy as np
-
     indent = "\n" + " " * len(label)
     print(label, end="", flush=True)
     stream = model.stream_generate(ids, interventions=spec, **gen)

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .activation_reader import READS, ActivationReader, read_options
 from .method_table import METHODS, PAIRED, Method, actadd
 from .steering_vector import SteeringVector
 
 if TYPE_CHECKING:
     from .distributed.group import Group
 
-READS = ("last", "mean", "assistant_start")
+__all__ = ["READS", "extract"]
 
 
 def extract(
@@ -74,13 +75,7 @@ def extract(
         TypeError: ``method`` is neither a known name nor a callable.
     """
     fn, name = _method(method)
-    if not (read in READS or (isinstance(read, int) and not isinstance(read, bool) and read >= 0)):
-        raise ValueError(f"unknown read {read!r}; valid: {', '.join(READS)} or a non-negative index")
-    if read == "assistant_start" and not chat:
-        raise ValueError("read='assistant_start' needs chat=True")
-    unused = [k for k, v in (("system", system), ("assistant_prefix", assistant_prefix)) if v is not None]
-    if unused and not chat:
-        raise ValueError(f"{' and '.join(unused)} only apply to chat prompts; pass chat=True or drop them")
+    enc = read_options(read, chat=chat, system=system, assistant_prefix=assistant_prefix)
     if isinstance(sites, str):
         sites = [sites]
     resolved = [model.resolve(s) for s in sites]
@@ -96,7 +91,6 @@ def extract(
         raise ValueError(f"method {name!r} needs paired prompts; got {len(pos)} positive and {len(neg)} negative")
     if fn is actadd and len(pos) != 1:
         raise ValueError(f"method 'actadd' takes one prompt pair, got {len(pos)}")
-    enc = dict(chat=chat, system=system, assistant_prefix=assistant_prefix)
     keys = [s.key for s in resolved]
     if group is None:
         from .distributed.group import launched_group
@@ -111,7 +105,7 @@ def extract(
         directions = parallel_directions(model, name, pos, neg, keys, group=parallel, read=read,
                                          batch_size=batch_size, enc=enc, progress=progress)
     else:
-        reader = _Reader(model, keys, read, batch_size, enc, progress, n_total=len(pos) + len(neg))
+        reader = ActivationReader(model, keys, read, batch_size, enc, progress, n_total=len(pos) + len(neg))
         try:
             acts = reader(pos + neg)  # one pass: batches mix both sides, grouped by length
         finally:
@@ -156,69 +150,6 @@ def _direction(fn: Method, name: str, pos: np.ndarray, neg: np.ndarray, hidden: 
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"method {name!r} returned non-finite values (NaN or inf)")
     return arr.astype(np.float32)
-
-
-class _Reader:
-    """Reads (N, D) activations per site for a list of prompts, in batches."""
-
-    def __init__(self, model, keys, read, batch_size, enc, progress, *, n_total, n_local=None):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.model, self.keys, self.read, self.bs, self.enc = model, keys, read, batch_size, enc
-        # over several ranks the bar counts every rank's prompts, advancing with this rank's share
-        self.n_total, self.n_local, self.done = n_total, n_local or n_total, 0
-        n_batches = -(-n_total // batch_size)
-        show = progress if progress is not None else n_batches > 4
-        self.bar = None
-        if show:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=n_total, desc="extracting", unit="prompt")
-
-    def __call__(self, prompts: list[str]) -> dict[str, np.ndarray]:
-        """(N, D) per site, rows in the order of ``prompts``.
-
-        Prompts are batched in order of token length, so a batch pads as little as possible
-        (padding is computed and thrown away; with ragged prompts it can outweigh batching).
-        """
-        tokens = [self.model.encode(p, **self.enc) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(tokens[i]))
-        out: dict[str, np.ndarray] = {}
-        for i in range(0, len(order), self.bs):
-            rows = order[i : i + self.bs]
-            for k, arr in self._read([prompts[r] for r in rows], [tokens[r] for r in rows]).items():
-                if k not in out:
-                    out[k] = np.empty((len(prompts),) + arr.shape[1:], dtype=arr.dtype)
-                out[k][rows] = arr
-            if self.bar is not None:
-                self.done += len(rows)
-                self.bar.update(self.done * self.n_total // self.n_local - self.bar.n)
-        return out
-
-    def _read(self, prompts: list[str], tokens: list[list[int]]) -> dict[str, np.ndarray]:
-        m, read, keys = self.model, self.read, self.keys
-        if read == "last":
-            tr = m.run(tokens, record=keys, record_positions="last", logits=False)
-            return {k: m.to_numpy(tr.activations[k])[:, -1] for k in keys}
-        if read == "mean":
-            tr = m.run(tokens, record=keys, record_positions="prompt", reduce="mean", logits=False)
-            return {k: m.to_numpy(tr.activations[k]) for k in keys}
-        if isinstance(read, int):
-            short = min(len(t) for t in tokens)
-            if read >= short:
-                raise ValueError(f"read index {read} out of range for a prompt of {short} tokens; valid: 0..{short - 1}")
-            tr = m.run(tokens, record=keys, record_positions=[read], logits=False)
-            return {k: m.to_numpy(tr.activations[k])[:, 0] for k in keys}
-        # assistant_start: the first token of the assistant turn (the prefix's first token)
-        turn = [len(m.encode(p, chat=True, system=self.enc["system"])) for p in prompts]
-        idx = [min(s, len(t) - 1) for s, t in zip(turn, tokens)]
-        tr = m.run(tokens, record=keys, logits=False)
-        acts = {k: m.to_numpy(tr.activations[k]) for k in keys}
-        return {k: np.stack([a[b, tr.padding[b] + i] for b, i in enumerate(idx)]) for k, a in acts.items()}
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _actadd(model, pos: str, neg: str, keys: list[str], enc: dict) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .group import Group
 from .moments import REDUCIBLE, ContrastMoments
-from .partition import split_by_length
+from .data_parallel import agree, check_unsharded, my_share
 
 __all__ = ["parallel_directions"]
 
@@ -32,11 +32,9 @@ def parallel_directions(
             over the ranks, fewer prompts (pairs) than ranks, or what single-process extraction raises.
         RuntimeError: another rank failed (its own error is on its stderr).
     """
-    from ..extraction import _Reader
+    from ..activation_reader import ActivationReader
 
-    if getattr(model, "distributed", None) is not None:
-        raise ValueError(f"the model is sharded over the ranks ({model.distributed}), so every rank must run "
-                         "every prompt; extract with group=LocalGroup() (or no group) instead of sharing prompts")
+    check_unsharded(model, "extract")
     if name not in REDUCIBLE:
         raise ValueError(
             f"method {name!r} needs every activation row in one process, and data-parallel extraction "
@@ -46,16 +44,15 @@ def parallel_directions(
     paired = name == "pca"
     tok = [len(model.encode(p, **enc)) for p in list(pos) + list(neg)]
     if paired:
-        shards = split_by_length([tok[i] + tok[len(pos) + i] for i in range(len(pos))], group.size)
-        mine = shards[group.rank]
+        mine = my_share([tok[i] + tok[len(pos) + i] for i in range(len(pos))], group)
         my_pos, my_neg = [pos[i] for i in mine], [neg[i] for i in mine]
     else:
-        mine = split_by_length(tok, group.size)[group.rank]
+        mine = my_share(tok, group)
         my_pos = [pos[i] for i in mine if i < len(pos)]
         my_neg = [neg[i - len(pos)] for i in mine if i >= len(pos)]
     show = progress if group.rank == 0 else False
-    reader = _Reader(model, keys, read, batch_size, enc, show, n_total=len(pos) + len(neg),
-                     n_local=len(my_pos) + len(my_neg))
+    reader = ActivationReader(model, keys, read, batch_size, enc, show, n_total=len(pos) + len(neg),
+                              n_local=len(my_pos) + len(my_neg))
     failure: BaseException | None = None
     local: dict[str, ContrastMoments] = {}
     try:
@@ -65,13 +62,7 @@ def parallel_directions(
         failure = exc
     finally:
         reader.close()
-    header = np.array([float(failure is not None)] + [float(len(local[k].sum_pos)) if local else 0.0 for k in keys])
-    header = group.all_sum(header)
-    if failure is not None:
-        raise failure
-    if header[0]:
-        raise RuntimeError(f"{int(header[0])} other rank(s) failed during data-parallel extraction; "
-                           "see their errors")
+    agree(group, failure, [len(local[k].sum_pos) if local else 0 for k in keys], what="data-parallel extraction")
     dims = [len(local[k].sum_pos) for k in keys]
     total = group.all_sum(np.concatenate([local[k].pack() for k in keys]))
     out, at = {}, 0
