@@ -38,6 +38,7 @@ __version__ = _version()
 _MLX_NAMES = {"load", "SteerableModel", "Hooks", "Trace"}
 _NEUTRAL = {
     "extract": ("extraction", "extract"),
+    "record_dataset": ("dataset_recording", "record_dataset"),
     "SteeringVector": ("steering_vector", "SteeringVector"),
     "save_vector": ("vector_file", "save_vector"),
     "load_vector": ("vector_file", "load_vector"),

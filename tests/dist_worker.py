@@ -1,6 +1,6 @@
 """Run by 2-rank launches in test_distributed.py: ``python dist_worker.py MODE MODELS OUT_DIR``.
 
-MODE ``all``: data-parallel extraction on MODELS/llama, then greedy steered generation and
+MODE ``all``: data-parallel extraction, recording and sweep on MODELS/llama, then greedy steered generation and
 recording with MODELS/llama tensor-sharded and MODELS/qwen2 pipelined; each rank writes
 OUT_DIR/<part>.<rank>.npz and the test compares every rank with a single-process run. MODE
 ``fail``: rank 1 exits with an error while rank 0 waits for it in an all-reduce.
@@ -42,6 +42,17 @@ def extract_all(m, group=None) -> dict[str, np.ndarray]:
     return out
 
 
+def record_all(m, group=None) -> dict[str, np.ndarray]:
+    """Data-parallel recording over POS + NEG: every row, and the mean over the prompts."""
+    import mlx_steer as ms
+
+    rows = ms.record_dataset(m, POS + NEG, sites=["layers.1", "layers.2:input"], batch_size=2, progress=False,
+                             group=group)
+    mean = ms.record_dataset(m, POS + NEG, sites=["layers.3"], read="mean", reduce="mean", batch_size=3,
+                             progress=False, group=group)
+    return {f"record/{k}": v for k, v in {**rows, **mean}.items()}
+
+
 def sweep_all(m) -> dict[str, np.ndarray]:
     """A 2-layer x 3-strength sweep (cells shared over the ranks)."""
     from mlx_steer.analysis import sweep
@@ -68,6 +79,14 @@ def steer_all(m) -> dict[str, np.ndarray]:
     for k in ("layers.0", "layers.3"):  # padding positions are computed and thrown away: zero them
         out[f"rec/{k}"] = np.where(real, m.to_numpy(tr.activations[k]), 0)
     out["logits"] = np.where(real, m.to_numpy(tr.logits), 0)
+    # recorded while generating: the call's own recorders, and hooks installed around the call
+    calls: list = []
+    m.generate_tokens(PROMPT, max_tokens=4, record=["layers.0", "layers.3"], hooks_out=calls)
+    with m.record(["layers.0", "layers.3"], positions="all") as around:
+        m.generate_tokens(PROMPT, max_tokens=3)
+    for k in ("layers.0", "layers.3"):
+        out[f"grec/call/{k}"] = m.to_numpy(calls[0].activations[k])
+        out[f"grec/around/{k}"] = m.to_numpy(around.activations[k])
     try:
         m.run([PROMPT], record=["layers.1.self_attn.o_proj:input"])
         out["refused"] = np.array("")
@@ -82,7 +101,8 @@ def main(mode: str, model_dir: str, out_dir: str) -> None:
 
         import mlx_steer.torch_backend as mt
 
-        result = extract_all(mt.load(model_dir))  # extract finds the torchrun group itself
+        m = mt.load(model_dir)
+        result = {**extract_all(m), **record_all(m)}  # they find the torchrun group themselves
         np.savez(Path(out_dir) / f"torch.{dist.get_rank()}.npz", **result)
         dist.destroy_process_group()
         return
@@ -98,7 +118,7 @@ def main(mode: str, model_dir: str, out_dir: str) -> None:
         return
     root, out = Path(model_dir), Path(out_dir)
     whole = ms.load(str(root / "llama"))
-    np.savez(out / f"extract.{rank}.npz", **extract_all(whole), **sweep_all(whole))
+    np.savez(out / f"extract.{rank}.npz", **extract_all(whole), **record_all(whole), **sweep_all(whole))
     for part, arch in (("tensor", "llama"), ("pipeline", "qwen2")):
         np.savez(out / f"{part}.{rank}.npz", **steer_all(ms.load(str(root / arch), distributed=part)))
     # the command line under the launcher: rank 0 alone writes -o and prints
