@@ -80,6 +80,16 @@ def test_data_parallel_extraction_equals_single_process(two_ranks, shared_models
                 np.testing.assert_allclose(got[key], want, rtol=0, atol=1e-6 * max(1.0, float(np.abs(want).max())))
 
 
+def test_data_parallel_recording_equals_single_process(two_ranks, shared_models):
+    out, _ = two_ranks
+    expected = w.record_all(shared_models("llama"))
+    assert len(expected) == 3 and expected["record/model.layers.1"].shape == (len(w.POS) + len(w.NEG), 64)
+    for got in _ranks(out, "extract"):  # every rank holds the whole result
+        for key, want in expected.items():
+            np.testing.assert_allclose(got[key], want, rtol=0, atol=1e-6 * max(1.0, float(np.abs(want).max())),
+                                       err_msg=key)
+
+
 def test_data_parallel_sweep_equals_single_process(two_ranks, shared_models):
     out, _ = two_ranks
     expected = w.sweep_all(shared_models("llama"))
@@ -128,6 +138,36 @@ def test_a_failing_rank_fails_the_launch_and_leaves_nothing_running(tmp_path):
     assert "rank 1 failed on purpose" in r.stderr
 
 
+def test_mlx_launch_itself_runs_the_cli(tiny_dir, shared_models, tmp_path):
+    """``mlx.launch`` unchanged (the other launches use mlx_steer's launcher, which starts local
+    ring ranks itself): rank 0 alone writes the vector, equal to one process's."""
+    import mlx_steer as ms
+    from mlx_steer.distributed.launch import free_port_range
+
+    out = tmp_path / f"bare_{uuid.uuid4().hex[:8]}"
+    out.mkdir()
+    pairs = out / "pairs.jsonl"
+    pairs.write_text("".join(f'{{"positive": "{a}", "negative": "{b}"}}\n' for a, b in zip(w.POS, w.NEG)))
+    launcher = str(Path(sys.executable).parent / "mlx.launch")
+    runner = [launcher, "--backend", "ring", "-n", "2", "--starting-port", str(free_port_range(2)), "--"]
+    cli = [str(Path(sys.executable).parent / "mlx-steer"), "extract", str(pairs), "--model", str(tiny_dir("llama")),
+           "--layers", "1", "--batch-size", "2", "--no-progress", "-o", str(out / "v.safetensors")]
+    r = _launch(cli, runner=runner, marker=str(out))
+    assert r.returncode == 0 and r.stdout.count("wrote ") == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    single = ms.extract(shared_models("llama"), w.POS, w.NEG, sites=["layers.1"], batch_size=2)
+    vec = ms.load_vector(out / "v.safetensors")
+    assert vec.extra["world_size"] == "2"
+    np.testing.assert_allclose(vec["model.layers.1"], single["model.layers.1"], rtol=0, atol=1e-6)
+
+
+def test_the_launcher_stops_every_rank_after_its_timeout(tmp_path):
+    marker = str(tmp_path / f"sleep_{uuid.uuid4().hex[:8]}")
+    runner = [sys.executable, "-m", "mlx_steer.distributed.launch", "--timeout", "3", "--backend", "ring", "-n", "2",
+              "--"]
+    r = _launch([sys.executable, "-c", "import time; time.sleep(120)", marker], runner=runner, marker=marker, timeout=3)
+    assert r.returncode == 124 and "timed out after 3s" in r.stderr
+
+
 def test_torchrun_data_parallel_extraction_equals_single_process(tiny_dir, tmp_path):
     import mlx_steer.torch_backend as mt
 
@@ -137,7 +177,8 @@ def test_torchrun_data_parallel_extraction_equals_single_process(tiny_dir, tmp_p
     runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     r = _launch([str(HERE / "dist_worker.py"), "torch", str(folder), marker], runner=runner, marker=marker)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    expected = w.extract_all(mt.load(str(folder)))
+    single = mt.load(str(folder))
+    expected = {**w.extract_all(single), **w.record_all(single)}
     for rank in (0, 1):
         got = dict(np.load(Path(marker) / f"torch.{rank}.npz"))
         for key, want in expected.items():

@@ -1,22 +1,33 @@
-"""launch: ``mlx.launch`` with an exit status, and free loopback ports.
+"""launch: ``mlx.launch`` with an exit status, free loopback ports, and no busy-waiting.
 
 ``mlx.launch`` (mlx 0.32) stops the other ranks when one fails, but itself exits 0, so a script
-or CI job cannot tell that the run failed. This runs it unchanged and exits with the first failed
-rank's code (1 if a rank was killed), after killing anything of the run still alive. With no
-``--hosts``/``--hostfile`` (every rank on this machine, over 127.0.0.1) and no
-``--starting-port``, it picks free ports instead of mlx's fixed 32323, so runs can overlap::
+or CI job cannot tell that the run failed; and its output loop busy-waits (each rank's I/O thread
+selects on the rank's always-writable stdin pipe, and the main loop on a stdin at end of file):
+on this 2-core machine it burned ~1.2 cores while two ranks computed. This exits with the first
+failed rank's code (1 if a rank was killed), after killing anything of the run still alive.
+
+With every rank on this machine (no ``--hosts``/``--hostfile``) and the ring backend, it starts
+the ranks itself, with the environment ``mlx.launch`` gives them (``MLX_RANK``, and
+``MLX_HOSTFILE`` naming a ring over 127.0.0.1), their output going straight to this process's
+stdout and stderr, picking free ports instead of mlx's fixed 32323 unless ``--starting-port`` is
+given. Anything else (other hosts, other backends, ``--python``, ``--connections-per-ip``) runs
+``mlx.launch`` unchanged::
 
     python -m mlx_steer.distributed.launch --backend ring -n 2 -- mlx-steer extract pairs.jsonl ...
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 
 __all__ = ["free_port_range", "launch", "main"]
@@ -48,10 +59,14 @@ def free_port_range(n: int, *, host: str = "127.0.0.1", tries: int = 50) -> int:
 
 
 def launch(args: Sequence[str], *, timeout: float | None = None) -> int:
-    """Run ``mlx.launch ARGS`` and return its ranks' status: 0 when every rank succeeded, else
-    the first failed rank's exit code (1 if it was killed or the code was 0). The run's
-    processes are killed when it ends, times out (status 124) or this is interrupted."""
+    """Run ``mlx.launch ARGS`` (or, all ranks local over the ring, the same run without its busy
+    output loop) and return its ranks' status: 0 when every rank succeeded, else the first failed
+    rank's exit code (1 if it was killed or the code was 0). The run's processes are killed when it
+    ends, times out (status 124) or this is interrupted."""
     args = list(args)
+    local = _local_ring(args)
+    if local is not None:
+        return _run_local(*local, timeout=timeout)
     opts = args[: args.index("--")] if "--" in args else args
     if not any(o.split("=")[0] in ("--hosts", "--hostfile", "--starting-port", "-p") for o in opts):
         n = _ranks(opts)
@@ -86,6 +101,75 @@ def launch(args: Sequence[str], *, timeout: float | None = None) -> int:
     return (failed[0] if failed[0] > 0 else 1) if failed else 0
 
 
+def _local_ring(args: list[str]) -> tuple[int, int | None, list[str], list[str], str | None] | None:
+    """(ranks, starting port, environment assignments, command, cwd) when ``args`` ask for ring
+    ranks on this machine only, with options this launcher handles; else None (mlx.launch runs)."""
+    if "--" not in args:
+        return None
+    opts, command = args[: args.index("--")], args[args.index("--") + 1 :]
+    ap = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    ap.add_argument("--backend", default=None)
+    ap.add_argument("-n", "--repeat-hosts", type=int, default=1)
+    ap.add_argument("-p", "--starting-port", type=int, default=None)
+    ap.add_argument("--env", action="append", default=[])
+    ap.add_argument("--cwd", default=None)
+    ap.add_argument("--verbose", action="store_true")
+    try:
+        known, rest = ap.parse_known_args(opts)
+    except SystemExit:  # a malformed option: let mlx.launch say what is wrong
+        return None
+    if rest or not command or known.repeat_hosts < 1 or known.backend not in (None, "ring"):
+        return None
+    if known.backend is None:
+        try:
+            import mlx.core as mx
+
+            if mx.cuda.is_available():  # mlx.launch would pick nccl
+                return None
+        except (ImportError, AttributeError):
+            pass
+    env = list(known.env) + (["MLX_RING_VERBOSE=1"] if known.verbose else [])
+    return known.repeat_hosts, known.starting_port, env, command, known.cwd
+
+
+def _run_local(n: int, port: int | None, env: list[str], command: list[str], cwd: str | None, *,
+               timeout: float | None) -> int:
+    """Start ``n`` ring ranks of ``command`` on 127.0.0.1 and wait for them (see :func:`launch`)."""
+    port = free_port_range(n) if port is None else port
+    extra = {k: v for k, _, v in (e.partition("=") for e in env)}
+    with tempfile.NamedTemporaryFile("w", prefix="mlx_steer_ring_", suffix=".json", delete=False) as f:
+        f.write(json.dumps([[f"127.0.0.1:{port + r}"] for r in range(n)]) if n > 1 else "")
+    procs: list[subprocess.Popen] = []
+    try:
+        for rank in range(n):
+            rank_env = {**os.environ, **extra, "MLX_RANK": str(rank), "MLX_HOSTFILE": f.name}
+            try:
+                procs.append(subprocess.Popen(command, env=rank_env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                              start_new_session=True))
+            except OSError as exc:
+                print(f"[mlx_steer.launch] cannot start {command[0]!r}: {exc}", file=sys.stderr)
+                return 127
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                rank, code = failed[0]
+                print(f"[mlx_steer.launch] rank {rank} exited with code {code}; stopping the other ranks",
+                      file=sys.stderr)
+                return code if code > 0 else 1
+            if all(c == 0 for c in codes):
+                return 0
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"[mlx_steer.launch] timed out after {timeout:g}s; stopping every rank", file=sys.stderr)
+                return 124
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            _kill_group(p)
+        os.unlink(f.name)
+
+
 def _ranks(opts: list[str]) -> int:
     for i, o in enumerate(opts):
         if o in ("-n", "--repeat-hosts") and i + 1 < len(opts):
@@ -96,7 +180,7 @@ def _ranks(opts: list[str]) -> int:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill what is left of the run (the launcher and its ranks share one process group)."""
+    """Kill what is left of ``proc`` and whatever it started (it leads its own process group)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

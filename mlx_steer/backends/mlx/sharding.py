@@ -10,11 +10,13 @@ input of a sharded-to-all one such as ``o_proj``) is refused.
 Pipeline parallelism (``model.model.pipeline(group)``): each rank holds a run of whole layers
 (mlx-lm gives rank 0 the last ones). Paths and ``layers.i`` keep meaning the whole model's layer
 i on every rank; an intervention is installed only on the rank holding its layer, and what a
-forward records there is all-reduced so every rank (rank 0 included) gets it.
+forward records there is all-reduced so every rank (rank 0 included) gets it; what a generation
+records there, once the generation ends.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 import mlx.core as mx
@@ -149,6 +151,20 @@ class ShardedSteerableModel(SteerableModel):
         if self.distributed == "pipeline":
             self._share_recordings(hooks)
         return logits
+
+    def _stream_steps(self, tokens: list[int], plans: Any, *, max_tokens: int, hooks_out: list | None,
+                      options: dict[str, Any]) -> Generator[Any, None, None]:
+        """Generation; pipelined, once it ends, what each layer's rank recorded (the call's own
+        recorders and those of hooks installed around it) reaches every rank."""
+        if self.distributed != "pipeline":
+            yield from super()._stream_steps(tokens, plans, max_tokens=max_tokens, hooks_out=hooks_out, options=options)
+            return
+        around = [h for h in self.__dict__.get("_live_hooks", {}).values() if h.recorders]
+        mine: list = hooks_out if hooks_out is not None else []
+        start = len(mine)
+        yield from super()._stream_steps(tokens, plans, max_tokens=max_tokens, hooks_out=mine, options=options)
+        for hooks in [*mine[start:], *around]:  # every rank made the same calls: the same hooks, in order
+            self._share_recordings(hooks)
 
     def _share_recordings(self, hooks: Any) -> None:
         """Give every rank what the owner of each recorded layer recorded (two all-sums a site:
