@@ -1,5 +1,6 @@
-"""Data-parallel extraction on SmolLM2: 256 contrast pairs, one process vs 2 ranks of
-``mlx.launch --backend ring`` on this machine, and the bytes each rank all-reduces.
+"""Data-parallel extraction on SmolLM2: 256 contrast pairs, one process vs 2 ring ranks on this
+machine (started by ``python -m mlx_steer.distributed.launch``, which starts local ranks without
+mlx.launch's busy output loop), and the bytes each rank all-reduces.
 
     python bench/distributed.py [--pairs 256] [--repeats 1] [--json out.json]
 
