@@ -142,8 +142,13 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
 def _method_options(g: Any) -> None:
     g.add_argument("--method", choices=list(METHODS), default="mean_diff",
                    help="direction-finding method (default mean_diff)")
+    _read_option(g)
+
+
+def _read_option(g: Any) -> None:
     g.add_argument("--read", type=_read_spec, default="last", metavar="last|mean|assistant_start|INT",
-                   help="which prompt positions are read (default last)")
+                   help="which prompt positions are read: the last, their mean, the assistant turn's first, "
+                        "or an index (default last)")
 
 
 # -- option types: a bad value is a usage error (exit 2) before anything loads -------------------
@@ -467,11 +472,16 @@ def _fill_extract(sp: argparse.ArgumentParser) -> None:
     _add_output(sp, "-o", "--output", required=True,
                 help="vector file to write: .safetensors, or .gguf for a llama.cpp / repeng control vector")
     _add_model(sp)
+    _method_options(sp)
+    _add_reading(sp)
+
+
+def _add_reading(sp: argparse.ArgumentParser) -> None:
+    """Where and how prompts are read (extract, record)."""
     where = sp.add_mutually_exclusive_group(required=True)
     where.add_argument("--sites", nargs="+", metavar="SITE",
                        help="sites to read, e.g. layers.6 layers.8 or layers.6:input")
     where.add_argument("--layers", nargs="+", type=int, metavar="N", help="decoder layers to read (their outputs)")
-    _method_options(sp)
     sp.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="prompts per forward pass (default 16)")
     sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                     help="show a progress bar on stderr (default on)")
@@ -538,6 +548,45 @@ def _model_type(model: Any) -> str | None:
 def _layer_template(model: Any) -> str:
     """``model.layers.{}`` (or the model's own layer container) for GGUF's ``direction.N``."""
     return model.layer_paths[0].rsplit(".", 1)[0] + ".{}"
+
+
+# -- record ------------------------------------------------------------------------------------
+def _fill_record(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("prompts_file", metavar="PROMPTS", help="text file, one prompt per line")
+    _add_output(sp, "-o", "--output", required=True,
+                help="safetensors file to write: one (prompts, hidden) tensor per site, or (hidden,) with --mean")
+    _add_model(sp)
+    _read_option(sp)
+    sp.add_argument("--mean", action="store_true", help="write the mean over the prompts instead of every row")
+    _add_reading(sp)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """``mlx-steer record``: a prompt file -> activations at some sites, in a safetensors file."""
+    from .dataset_recording import record_dataset, save_recording
+    from .distributed.group import launched_group
+
+    _check_chat(args)
+    out = check_output(args.output, force=args.force)
+    if out.suffix.lower() != ".safetensors":
+        raise ValueError(f"{args.output}: record writes a .safetensors file (one tensor per site)")
+    prompts = read_prompts(args.prompts_file)
+    sites = args.sites or [f"layers.{n}" for n in args.layers]
+    model = _model(args)
+    group = launched_group(model)  # under mlx.launch / torchrun: ranks share the prompts
+    acts = record_dataset(model, prompts, sites=sites, read=args.read, reduce="mean" if args.mean else None,
+                          batch_size=args.batch_size, chat=args.chat, system=args.system,
+                          assistant_prefix=args.assistant_prefix, progress=args.progress, group=group)
+    if group is not None and group.rank != 0:
+        return 0  # rank 0 alone writes and prints
+    size = group.size if group is not None else 1
+    save_recording(acts, out, metadata={
+        "model_id": getattr(model, "model_id", None) or "", "read": str(args.read) + (" (chat)" if args.chat else ""),
+        "prompts": str(len(prompts)), "reduce": "mean" if args.mean else "none", "world_size": str(size)})
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in acts.items())
+    ranks = f" on {size} ranks" if group is not None else ""
+    print(f"wrote {out}: {shapes}; from {len(prompts)} prompts{ranks}")
+    return 0
 
 
 # -- generate ----------------------------------------------------------------------------------
@@ -785,6 +834,16 @@ examples:
   mlx-steer extract --positive-file pos.txt --negative-file neg.txt --model ./my-model \\
       --layers 12 --chat --read assistant_start --assistant-prefix "Sure," -o v.safetensors
   mlx-steer --backend torch extract pairs.jsonl --model ./hf-folder --layers 6 -o v.safetensors""",
+    "record": """\
+Reads one row per prompt (its last token by default) at each site and writes them, in prompt order, as
+one float32 tensor per site (named like model.layers.6, or model.layers.6:input); --mean writes the mean
+over the prompts instead. Under mlx.launch / torchrun the ranks share the prompts and rank 0 writes.
+
+examples:
+  mlx-steer record prompts.txt --model ./my-model --layers 6 8 -o acts.safetensors
+  mlx-steer record prompts.txt --model ./my-model --sites layers.10:input --read mean --mean -o mean.safetensors
+  python -m mlx_steer.distributed.launch --backend ring -n 2 -- \\
+      mlx-steer record prompts.txt --model ./my-model --layers 12 -o acts.safetensors""",
     "generate": """\
 Prints, for each prompt, the unsteered continuation and then one per strength, each as it streams.
 Every continuation starts from the same seed, so they differ only by the steering.
@@ -824,6 +883,8 @@ examples:
 _COMMANDS: list[tuple[str, str, tuple[str, ...], Callable, Callable[[argparse.Namespace], int]]] = [
     ("extract", "extract a steering vector from contrast prompts into a vector file",
      ("backend", "encode"), _fill_extract, cmd_extract),
+    ("record", "record activations at some sites over a file of prompts into a safetensors file",
+     ("backend", "encode"), _fill_record, cmd_record),
     ("generate", "print unsteered and steered continuations side by side",
      ("backend", "pairs", "encode"), _fill_generate, cmd_generate),
     ("sweep", "tabulate steering effect and fluency cost over layers x strengths",

@@ -9,7 +9,9 @@ every rank gets them all).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from .activation_reader import ActivationReader, read_options
 if TYPE_CHECKING:
     from .distributed.group import Group
 
-__all__ = ["REDUCES", "record_dataset"]
+__all__ = ["REDUCES", "record_dataset", "save_recording"]
 
 REDUCES = ("mean",)
 
@@ -126,3 +128,17 @@ def _shared(model: Any, prompts: list[str], keys: list[str], group: Group, *, re
         table[mine] = local[k]
         out[k] = group.all_sum(table)
     return out
+
+
+def save_recording(acts: Mapping[str, np.ndarray], path: str | os.PathLike, *,
+                   metadata: Mapping[str, str] | None = None) -> Path:
+    """Write :func:`record_dataset`'s result to a safetensors file (one tensor per site key,
+    replacing ``path`` atomically); ``metadata`` goes into the file's header as strings.
+    Read it back with ``safetensors.numpy.load_file``."""
+    from safetensors.numpy import save_file
+
+    from .vector_file import replace_atomically
+
+    tensors = {k: np.ascontiguousarray(v) for k, v in acts.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    return replace_atomically(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))

@@ -76,17 +76,17 @@ def save_vector(
         if not hint:
             raise ValueError(f"saving {path} as a GGUF control vector needs model_hint (the model type, e.g. 'llama'); "
                              f"the vector names no model folder to read it from")
-        return _replace(path, lambda tmp: export_gguf(vec, tmp, model_hint=hint,
+        return replace_atomically(path, lambda tmp: export_gguf(vec, tmp, model_hint=hint,
                                                       layer_path_template=layer_path_template))
     from safetensors.numpy import save_file
 
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "sites": json.dumps(list(vec.sites))}
     meta |= {k: str(getattr(vec, k)) for k in (*_REQUIRED, *_OPTIONAL) if getattr(vec, k) is not None}
     meta |= {f"extra.{k}": v for k, v in vec.extra.items()}
-    return _replace(path, lambda tmp: save_file({s: a.copy() for s, a in vec.directions.items()}, tmp, metadata=meta))
+    return replace_atomically(path, lambda tmp: save_file({s: a.copy() for s, a in vec.directions.items()}, tmp, metadata=meta))
 
 
-def _replace(path: Path, write: Callable[[str], object]) -> Path:
+def replace_atomically(path: Path, write: Callable[[str], object]) -> Path:
     """``write(tmp)`` to a temporary file beside ``path``, then rename it onto ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -127,10 +127,14 @@ def main(mode: str, model_dir: str, out_dir: str) -> None:
     pairs = out / "pairs.jsonl"
     if rank == 0:
         pairs.write_text("".join(json.dumps({"positive": p, "negative": n}) + "\n" for p, n in zip(POS, NEG)))
+        (out / "prompts.txt").write_text("\n".join(POS + NEG) + "\n")
     mx.eval(mx.distributed.all_sum(mx.array(1.0), stream=mx.cpu))  # the file is there for rank 1
     code = cli(["extract", str(pairs), "--model", str(root / "llama"), "--layers", "1", "2", "--batch-size", "2",
                 "--no-progress", "-o", str(out / "cli.safetensors")])
     (out / f"cli.{rank}.code").write_text(str(code))
+    code = cli(["record", str(out / "prompts.txt"), "--model", str(root / "llama"), "--sites", "layers.2:input",
+                "--batch-size", "3", "--no-progress", "-o", str(out / "acts.safetensors")])
+    (out / f"cli_record.{rank}.code").write_text(str(code))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,8 @@ def runs(ws) -> dict[str, Future]:
         "sweep_png": ["sweep", "--model", m, "--positive", "I love", "--negative", "I hate", "--layers", "1", "3",
                       "--strengths", "0", "2", "--target-tokens", " the", "--contrast-tokens", " is",
                       "--png", d / "sweep.png"],
+        "record": ["record", d / "prompts.txt", "--model", m, "--layers", "1", "3", "--batch-size", "2",
+                   "-o", d / "acts.safetensors"],
         "inspect": ["inspect", vec],
         "inspect_model": ["inspect", vec, "--model", m, "-k", "3"],
         "missing_pairs": ["extract", d / "nope.jsonl", "--model", m, "--layers", "1", "-o", d / "x.safetensors"],
@@ -165,6 +167,67 @@ def test_extract_with_the_torch_backend(ws, capsys):
         assert main([*argv, str(d / "pairs.jsonl"), "--model", m, "--layers", "2",
                      "-o", str(d / f"torch{i}.safetensors")]) == 0
         assert ms.load_vector(d / f"torch{i}.safetensors") == want
+
+
+# -- record ------------------------------------------------------------------------------------
+def _prompts(ws) -> list[str]:
+    return (ws["dir"] / "prompts.txt").read_text().split("\n")[:3]
+
+
+def test_record_writes_each_prompts_rows(runs, ws, model):
+    from safetensors import safe_open
+
+    r = runs["record"].result()
+    assert r.rc == 0, r.err
+    path = ws["dir"] / "acts.safetensors"
+    with safe_open(str(path), "numpy") as f:
+        got, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    for site in ("layers.1", "layers.3"):  # oracle: each prompt run alone, its last position
+        want = np.stack([np.array(model.run([p], record=[site]).activations[site])[0, -1] for p in _prompts(ws)])
+        np.testing.assert_allclose(got[f"model.{site}"], want, rtol=1e-5, atol=1e-5)
+    assert meta["prompts"] == "3" and meta["reduce"] == "none" and meta["read"] == "last" and meta["world_size"] == "1"
+    assert f"wrote {path}: model.layers.1 (3, 64), model.layers.3 (3, 64); from 3 prompts" in r.out
+    assert "recording" in r.err  # the progress bar
+
+
+def test_record_mean_sites_and_the_torch_backend(ws, model, capsys):
+    from safetensors.numpy import load_file
+
+    d, m = ws["dir"], ws["model"]
+    assert main(["record", str(d / "prompts.txt"), "--model", m, "--sites", "layers.2:input", "--read", "mean",
+                 "--mean", "--no-progress", "-o", str(d / "mean.safetensors")]) == 0
+    want = ms.record_dataset(model, _prompts(ws), sites=["layers.2:input"], read="mean", reduce="mean")
+    np.testing.assert_array_equal(load_file(str(d / "mean.safetensors"))["model.layers.2:input"],
+                                  want["model.layers.2:input"])
+    assert "recording" not in capsys.readouterr().err
+    torch_backend = pytest.importorskip("mlx_steer.backends.torch")
+    assert main(["--backend", "torch", "record", str(d / "prompts.txt"), "--model", m, "--layers", "2",
+                 "--chat", "--no-progress", "-o", str(d / "torch_acts.safetensors")]) == 0
+    want = ms.record_dataset(torch_backend.load(m), _prompts(ws), sites=["layers.2"], chat=True)
+    np.testing.assert_array_equal(load_file(str(d / "torch_acts.safetensors"))["model.layers.2"], want["model.layers.2"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-o", "{d}/acts.npy"], "acts.npy: record writes a .safetensors file"),
+    (["--read", "50"], "read index 50 out of range for a prompt of"),
+    (["--system", "Be brief."], "--system"),
+    (["--sites", "layers.9", "-o", "{d}/x.safetensors"], "layer 9 out of range for a 4-layer model; valid: -4..3"),
+])
+def test_record_errors_name_the_value(ws, capsys, argv, message):
+    d = ws["dir"]
+    args = ["record", str(d / "prompts.txt"), "--model", ws["model"], "--no-progress"]
+    args += [a.format(d=d) for a in argv]
+    if "--sites" not in argv:
+        args += ["--layers", "1"]
+    if "-o" not in argv:
+        args += ["-o", str(d / "err.safetensors"), "--force"]
+    try:
+        code = main(args)
+    except SystemExit as exc:  # a usage error: argparse's exit
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 # -- generate ----------------------------------------------------------------------------------
@@ -334,7 +397,7 @@ def test_usage_errors_keep_argparse_exit_code(runs, ws, capsys):
 
 
 # -- help --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", ["extract", "generate", "sweep", "inspect"])
+@pytest.mark.parametrize("command", ["extract", "record", "generate", "sweep", "inspect"])
 def test_help_has_examples(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])

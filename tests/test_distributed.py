@@ -123,12 +123,28 @@ def test_cli_extract_under_the_launcher_writes_once(two_ranks, shared_models):
 
     out, r = two_ranks
     assert [(out / f"cli.{rank}.code").read_text() for rank in (0, 1)] == ["0", "0"]
-    assert r.stdout.count("wrote ") == 1 and "on 2 ranks" in r.stdout
+    assert r.stdout.count(f"wrote {out / 'cli.safetensors'}") == 1
+    assert "prompts on 2 ranks" in r.stdout
     vec = ms.load_vector(out / "cli.safetensors")
     assert vec.extra["world_size"] == "2"
     single = ms.extract(shared_models("llama"), w.POS, w.NEG, sites=["layers.1", "layers.2"], batch_size=2)
     for site in single:
         np.testing.assert_allclose(vec[site], single[site], rtol=0, atol=1e-6)
+
+
+def test_cli_record_under_the_launcher_writes_once(two_ranks, shared_models):
+    from safetensors import safe_open
+
+    import mlx_steer as ms
+
+    out, r = two_ranks
+    assert [(out / f"cli_record.{rank}.code").read_text() for rank in (0, 1)] == ["0", "0"]
+    assert r.stdout.count("wrote ") == 2 and "from 14 prompts on 2 ranks" in r.stdout  # extract's, record's
+    with safe_open(str(out / "acts.safetensors"), "numpy") as f:
+        got, meta = f.get_tensor("model.layers.2:input"), f.metadata()
+    assert meta["world_size"] == "2"
+    want = ms.record_dataset(shared_models("llama"), w.POS + w.NEG, sites="layers.2:input", batch_size=3)
+    np.testing.assert_allclose(got, want["model.layers.2:input"], rtol=0, atol=1e-6)
 
 
 def test_a_failing_rank_fails_the_launch_and_leaves_nothing_running(tmp_path):
