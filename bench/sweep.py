@@ -1,7 +1,7 @@
 """An 8-strength sweep of one layer on SmolLM2: cells batched as rows of one forward vs one cell
 per forward, on both backends (same numbers; the time is what differs).
 
-    python bench/sweep.py [--repeats 3] [--json out.json]
+    python bench/sweep.py [--repeats 3] [--backends torch mlx] [--json out.json]
 
 MLX's Linux CPU matmul runs at a flat rate whatever the batch size, so the batching gain shows on
 the torch backend here; the MLX target is for Apple silicon.
@@ -59,14 +59,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--backends", nargs="+", choices=["torch", "mlx"], default=["torch", "mlx"])
     args = ap.parse_args()
     import mlx_steer as ms
     from mlx_steer.demo.real_model import prepare_smollm2
     from mlx_steer.torch_backend import load as torch_load
 
     path = str(prepare_smollm2(verbose=False))
-    rows = bench(torch_load(path, dtype="float32"), "torch CPU, fp32", args.repeats, target=3.0)
-    rows += bench(ms.load(path), "MLX", args.repeats)
+    rows = []
+    if "torch" in args.backends:
+        rows += bench(torch_load(path, dtype="float32"), "torch CPU, fp32", args.repeats, target=3.0)
+    if "mlx" in args.backends:
+        rows += bench(ms.load(path), "MLX", args.repeats)
     print("| benchmark | variant | value | ratio | target |\n|---|---|---:|---:|---|")
     for r in rows:
         ratio = f"{r['ratio']:.2f}×" if "ratio" in r else ""

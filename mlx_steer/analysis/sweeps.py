@@ -270,7 +270,7 @@ class _Measure:
     ):
         self.model, self.chunks, self.rows_per_forward = model, chunks, rows_per_forward
         self.read_key, self.unit, self.target, self.contrast = read_key, unit, target, contrast
-        self.base: list[np.ndarray] | None = None  # per batch: (real positions, V) log-probs
+        self.base: list[_Reference] | None = None  # per batch: the unsteered next-token distributions
 
     def cells(self, specs: list[dict | None], *, progress: Any = None) -> list[tuple[float, float]]:
         """(mean behaviour, mean KL to the unsteered pass) for each of ``specs``."""
@@ -283,14 +283,13 @@ class _Measure:
             kl, n_pos = np.zeros(len(group)), 0
             base = []
             for b, chunk in enumerate(self.chunks):
-                for c, (value, lp) in enumerate(self._run(chunk, group)):
+                for c, (value, logits) in enumerate(self._run(chunk, group)):
                     values[c].append(value)
                     if self.base is None:
-                        base.append(lp)
+                        base.append(_Reference.of(logits))
                     else:
-                        ref, lp64 = self.base[b].astype(np.float64), lp.astype(np.float64)
-                        kl[c] += float(np.sum(np.exp(ref) * (ref - lp64)))
-                n_pos += lp.shape[0]
+                        kl[c] += self.base[b].kl_sum(logits)
+                n_pos += len(logits)
             if self.base is None:
                 self.base, n_pos = base, 0
             out.extend((float(np.mean(np.concatenate(v))), float(kl[c] / n_pos) if n_pos else 0.0)
@@ -301,7 +300,7 @@ class _Measure:
 
     def _run(self, chunk: list[list[int]], group: list[dict | None]) -> list[tuple[np.ndarray, np.ndarray]]:
         """One forward of ``chunk`` repeated per cell of ``group``, each copy steered by its cell:
-        per cell, the behaviour of each prompt and the log-probs at every real position."""
+        per cell, the behaviour of each prompt and the logits at every real position."""
         m, n = self.model, len(chunk)
         record = [self.read_key] if self.read_key else None
         per_row = None if group == [None] else [spec for spec in group for _ in chunk]
@@ -316,7 +315,7 @@ class _Measure:
             rows = slice(c * n, (c + 1) * n)
             value = (similarity.project(acts[rows], self.unit) if acts is not None and self.unit is not None
                      else self._logit_diff(logits[rows, -1]))
-            out.append((value, _log_softmax(logits[rows][real]).astype(np.float32)))  # stored like the baseline
+            out.append((value, logits[rows][real]))
         return out
 
     def _logit_diff(self, last: np.ndarray) -> np.ndarray:
@@ -329,7 +328,33 @@ class _Measure:
         return last[:, target].mean(-1) - last[:, contrast].mean(-1)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+class _Reference:
+    """The unsteered next-token distributions of one batch, kept in the form KL is scored against.
+
+    KL(p || q) at a position, with ``q = softmax(x)``, is ``Σ p log p - Σ p x + logsumexp(x) Σ p``:
+    the first term and ``Σ p`` are computed once here, so a steered cell costs one exp pass over
+    its logits (for the logsumexp) and one dot product, never its own log-softmax (float64 throughout).
+    """
+
+    def __init__(self, probs: np.ndarray, neg_entropy: np.ndarray, mass: np.ndarray):
+        self.probs, self.neg_entropy, self.mass = probs, neg_entropy, mass
+
+    @classmethod
+    def of(cls, logits: np.ndarray) -> _Reference:
+        """From (positions, V) unsteered logits."""
+        x = logits.astype(np.float64)
+        logp = x - _logsumexp(x)[:, None]
+        probs = np.exp(logp)
+        return cls(probs, np.einsum("pv,pv->p", probs, logp), probs.sum(axis=-1))
+
+    def kl_sum(self, logits: np.ndarray) -> float:
+        """Σ over positions of KL(unsteered || steered), for (positions, V) steered logits."""
+        x = logits.astype(np.float64)
+        return float(np.sum(self.neg_entropy - np.einsum("pv,pv->p", self.probs, x) + _logsumexp(x) * self.mass))
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    """Row-wise log Σ exp of a float64 (positions, V) array (+inf or NaN rows stay so)."""
+    top = x.max(axis=-1)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    return safe + np.log(np.exp(x - safe[:, None]).sum(axis=-1))
