@@ -699,6 +699,7 @@ def _fill_sweep(sp: argparse.ArgumentParser) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``mlx-steer sweep``: the layers x strengths table (and heatmap) of :func:`analysis.sweep`."""
     from .analysis import sweep
+    from .distributed.group import launched_group
 
     contrast = _contrast(args, args.pairs)
     if args.vector and contrast:
@@ -717,13 +718,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sites = [f"layers.{x}" if isinstance(x, int) else x for x in args.layers] if args.layers else None
     vec = _fit(args, model, vec, contrast, sites if contrast else None)
     layers = args.layers or _layer_indices(model, vec.sites)
+    group = launched_group(model)  # under mlx.launch / torchrun: ranks share the cells
     result = sweep(model, vector=vec, layers=layers, strengths=args.strengths, prompts=prompts,
                    target_tokens=_tokens(args.target_tokens), contrast_tokens=_tokens(args.contrast_tokens),
-                   batch_size=args.batch_size, chat=args.chat)
-    print(f"sweep: {_describe(vec)}; {len(prompts)} prompts; "
-          f"target {args.target_tokens} vs contrast {args.contrast_tokens}")
-    print(result.to_text())
+                   batch_size=args.batch_size, chat=args.chat, group=group)
     bad = [r for r in result.table if not (math.isfinite(r.behaviour) and math.isfinite(r.kl))]
+    if group is not None and group.rank != 0:
+        return 2 if bad else 0  # rank 0 alone prints and writes
+    ranks = f"; on {group.size} ranks" if group is not None else ""
+    print(f"sweep: {_describe(vec)}; {len(prompts)} prompts; "
+          f"target {args.target_tokens} vs contrast {args.contrast_tokens}{ranks}")
+    print(result.to_text())
     if bad:
         cells = ", ".join(f"layer {r.layer} strength {r.strength:g}" for r in bad[:3]) + (", ..." if len(bad) > 3 else "")
         raise NonFiniteError(f"{len(bad)} cells are NaN/inf ({cells}): the model's logits are not finite there "

@@ -135,6 +135,10 @@ def main(mode: str, model_dir: str, out_dir: str) -> None:
     code = cli(["record", str(out / "prompts.txt"), "--model", str(root / "llama"), "--sites", "layers.2:input",
                 "--batch-size", "3", "--no-progress", "-o", str(out / "acts.safetensors")])
     (out / f"cli_record.{rank}.code").write_text(str(code))
+    code = cli(["sweep", "--model", str(root / "llama"), "--vector", str(out / "cli.safetensors"), "--strengths", "0",
+                "2", "-3", "--target-tokens", "5", "--contrast-tokens", "6", "--prompts-file", str(out / "prompts.txt"),
+                "--png", str(out / "sweep.png")])
+    (out / f"cli_sweep.{rank}.code").write_text(str(code))
 
 
 if __name__ == "__main__":

@@ -139,12 +139,26 @@ def test_cli_record_under_the_launcher_writes_once(two_ranks, shared_models):
 
     out, r = two_ranks
     assert [(out / f"cli_record.{rank}.code").read_text() for rank in (0, 1)] == ["0", "0"]
-    assert r.stdout.count("wrote ") == 2 and "from 14 prompts on 2 ranks" in r.stdout  # extract's, record's
+    assert r.stdout.count(f"wrote {out / 'acts.safetensors'}") == 1 and "from 14 prompts on 2 ranks" in r.stdout
     with safe_open(str(out / "acts.safetensors"), "numpy") as f:
         got, meta = f.get_tensor("model.layers.2:input"), f.metadata()
     assert meta["world_size"] == "2"
     want = ms.record_dataset(shared_models("llama"), w.POS + w.NEG, sites="layers.2:input", batch_size=3)
     np.testing.assert_allclose(got, want["model.layers.2:input"], rtol=0, atol=1e-6)
+
+
+def test_cli_sweep_under_the_launcher_prints_once(two_ranks, shared_models):
+    import mlx_steer as ms
+    from mlx_steer.analysis import sweep
+
+    out, r = two_ranks
+    assert [(out / f"cli_sweep.{rank}.code").read_text() for rank in (0, 1)] == ["0", "0"]
+    assert r.stdout.count("baseline logit_diff") == 1 and r.stdout.count(f"wrote {out / 'sweep.png'}") == 1
+    assert "on 2 ranks" in r.stdout.split("baseline logit_diff")[0]
+    m = shared_models("llama")
+    want = sweep(m, vector=ms.load_vector(out / "cli.safetensors"), layers=[1, 2], strengths=[0.0, 2.0, -3.0],
+                 prompts=w.POS + w.NEG, target_tokens=[5], contrast_tokens=[6], batch_size=16, progress=False)
+    assert want.to_text() in r.stdout  # the table the ranks shared == the one-process table
 
 
 def test_a_failing_rank_fails_the_launch_and_leaves_nothing_running(tmp_path):
