@@ -51,6 +51,24 @@ def test_sequences_join_and_leave_with_their_own_steering(backend_models, backen
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_seeded_sampled_sequences_draw_as_they_would_alone(backend_models, backend):
+    """Several sampled sequences in one batch: each seeded one draws the tokens it draws alone."""
+    m = backend_models(backend, "llama")
+    prompts, specs, _ = setup(m)
+    options = [dict(temp=0.9, seed=5), dict(temp=1.3, top_p=0.9, seed=77), {}, dict(temp=0.7, top_k=20, seed=5)]
+    out, proj = {}, {}
+    with m.batch_generator() as gen:
+        uids = [gen.insert(p, max_tokens=10, interventions=spec, **opt)
+                for p, spec, opt in zip(prompts, specs, options)]
+        drain(gen, out, proj)
+    for i, uid in enumerate(uids):
+        solo = m.generate_tokens(prompts[i], max_tokens=10, interventions=specs[i], **options[i])
+        assert out[uid] == solo, f"sequence {i}"
+    again = m.generate_tokens(prompts[1], max_tokens=10, interventions=specs[1], **{**options[1], "seed": 78})
+    assert again != out[uids[1]]  # the seed matters: another seed draws other tokens
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("before", [False, True])
 def test_monitor_reads_each_token_like_a_recording(backend_models, backend, before):
     """A monitor's per-token projection equals the solo run's recorded last position projected

@@ -189,6 +189,23 @@ def test_concurrent_requests_with_different_steering_equal_their_solo_runs(serve
     assert health(server)["active"] == 0
 
 
+def test_concurrent_seeded_sampling_draws_what_each_request_draws_alone(server, oracle):
+    cases = [("I love", 0.9, 3), ("Tell me a story", 1.2, 3), ("Once", 0.8, 11), ("The weather is", 1.0, 42)]
+
+    def ask(i):
+        prompt, temp, seed = cases[i]
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 10, "temperature": temp, "seed": seed,
+                "return_token_ids": True}
+        r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["token_ids"]
+
+    with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
+        served = list(pool.map(ask, range(len(cases))))
+    for i, (prompt, temp, seed) in enumerate(cases):
+        assert served[i] == oracle.generate_tokens(oracle.encode(prompt), max_tokens=10, temp=temp, seed=seed), i
+
+
 # -- bad input ---------------------------------------------------------------------------------
 BAD = [
     ("{not json", 400, None),

@@ -18,6 +18,7 @@ from ...steerable import Hooks, RowStep, Steerable, Trace
 from . import patching as hk
 from .arrays import XP
 from .batching import SteeredBatchGenerator, generate_rows
+from .seeded_sampler import SeededSampler
 
 __all__ = ["Hooks", "SteerableModel", "Trace", "load"]
 
@@ -290,12 +291,15 @@ def sampling(
     """mlx-lm's sampler and logits processors for the options (and the options left over)."""
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
+    if sampler is None and seed is not None and temp > 0:
+        # its own key sequence: the same draws as after mx.random.seed(seed), batched or not
+        sampler = SeededSampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k, seed=seed)
+    elif seed is not None:  # a sampler of the caller's (or greedy): seed the global generator it may use
+        mx.random.seed(seed)
     sampler = sampler or make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
     processors = make_logits_processors(
         repetition_penalty=repetition_penalty, repetition_context_size=repetition_context_size
     ) + list(logits_processors or [])
-    if seed is not None:
-        mx.random.seed(seed)
     return sampler, processors, rest
 
 
