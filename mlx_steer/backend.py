@@ -96,3 +96,7 @@ class ModelBackend(Protocol):
 
     def attach_tracker(self) -> Undo:
         """Install what computes each forward's absolute positions; returns what undoes it."""
+
+    def bypass(self, path: str, fn: Callable[[Array], Array]) -> Undo:
+        """Until undone, a call of the module at ``path`` returns ``fn(hidden)`` (``hidden``: its
+        first argument) without running the module; returns what undoes it."""

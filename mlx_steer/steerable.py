@@ -19,6 +19,7 @@ import numpy as np
 from .activations import Activations
 from .call_guard import CallGuard
 from .hooks import Hooks, SiteProgram, Watch
+from .layer_skip import LayerSkip
 from .layout import Layout
 from .ops import Op, compile_op
 from .paths import NORM_NAMES, Site, final_norm_path
@@ -143,6 +144,9 @@ class Steerable:
         raise NotImplementedError
 
     def attach_tracker(self) -> Undo:
+        raise NotImplementedError
+
+    def bypass(self, path: str, fn: Any) -> Undo:
         raise NotImplementedError
 
     def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> Array | None:
@@ -312,6 +316,8 @@ class Steerable:
         chat: bool = False,
         record_stage: str = "after",
         check_finite: bool = True,
+        from_layer: int | None = None,
+        hidden: Any = None,
     ) -> Trace:
         """One forward over a batch; prompts of different lengths are left-padded.
 
@@ -328,6 +334,11 @@ class Steerable:
                 interventions; ``"before"`` records the model's own value there.
             check_finite: Raise ValueError when the logits hold NaN or +inf (an intervention
                 that overflows); False returns them as they are.
+            from_layer: Start at this decoder layer (1 .. layers - 1) with ``hidden`` as its
+                input: the layers below are not run, and sites below it are refused.
+            hidden: (rows, padded length, hidden size) input of ``from_layer``, e.g. what
+                ``layers.{from_layer}:input`` recorded in an unsteered run of the same prompts,
+                which makes the result that of the full forward (see :mod:`mlx_steer.layer_skip`).
         """
         tokens = self.prompts.encode_batch(prompts, chat=chat)
         plans = self._plan(interventions=interventions, record=record, record_positions=record_positions,
@@ -337,7 +348,17 @@ class Steerable:
         # an explicit index must exist in every row: past a short row it would select nothing there
         check_plans(plans, limit=shortest, prompt_len=shortest, generating=False,
                     what="a prompt" if len(tokens) == 1 else "the shortest prompt in the batch")
-        with self.calls("run"), Hooks(self, plans, reduce) as hooks:
+        skip = None
+        if from_layer is not None or hidden is not None:
+            if from_layer is None or hidden is None:
+                raise ValueError("from_layer and hidden go together: the layer to start at and its input")
+            sharded = getattr(self, "distributed", None)
+            if sharded is not None:
+                raise ValueError(f"from_layer cannot skip layers of a model sharded over ranks ({sharded})")
+            skip = LayerSkip(self, from_layer, hidden, rows=len(tokens), length=L, plans=plans)
+        with self.calls("run"), Hooks(self, plans, reduce) as hooks, contextlib.ExitStack() as undo:
+            for u in skip.install() if skip is not None else []:
+                undo.callback(u)
             out = self._forward(tokens, hooks, keep_logits=logits)
             if check_finite and out is not None and self.xp.truth(self.xp.nonfinite(out)):
                 raise ValueError("the logits are not finite (NaN or +inf): the interventions overflow the "

@@ -96,6 +96,12 @@ class SteerableModel(Steerable):
         hk.attach(self.model, entry)
         return lambda: hk.detach(self.model, entry)
 
+    def bypass(self, path: str, fn: Any) -> Any:
+        module = self.modules[path]
+        entry = hk.Entry(instead=fn)
+        hk.attach(module, entry)
+        return lambda: hk.detach(module, entry)
+
     def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> mx.array | None:
         lengths = [len(t) for t in tokens]
         L = max(lengths)

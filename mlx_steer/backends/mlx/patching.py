@@ -64,7 +64,8 @@ class _ModuleHooks:
         for e in self.entries:
             if e.before is not None:
                 args = e.before(args, kwargs)
-        out = call(*args, **kwargs)
+        instead = next((e.instead for e in reversed(self.entries) if e.instead is not None), None)
+        out = call(*args, **kwargs) if instead is None else instead(args[0])
         for e in self.entries:
             if e.after is not None:
                 out = e.after(out)
@@ -72,10 +73,12 @@ class _ModuleHooks:
 
 
 class Entry:
-    """One installed hook: ``before(args, kwargs) -> args`` and/or ``after(out) -> out``."""
+    """One installed hook: ``before(args, kwargs) -> args`` and/or ``after(out) -> out``, or
+    ``instead(first_arg) -> out`` run in place of the module (the newest such entry wins)."""
 
-    def __init__(self, *, before: Callable | None = None, after: Callable | None = None):
-        self.before, self.after = before, after
+    def __init__(self, *, before: Callable | None = None, after: Callable | None = None,
+                 instead: Callable | None = None):
+        self.before, self.after, self.instead = before, after, instead
 
 
 def attach(module: nn.Module, entry: Entry) -> None:

@@ -121,3 +121,20 @@ def _on_output(fn: Fn) -> Callable:
         raise ValueError(f"cannot hook the output of {type(mod).__name__}: {type(out).__name__} is not a tensor")
 
     return hook
+
+
+def bypass(module: nn.Module, fn: Fn) -> Callable[[], None]:
+    """Until the returned function is called, ``module(hidden, ...)`` returns ``fn(hidden)``
+    without running the module (an instance ``forward`` shadows the class's; its hooks still run)."""
+    if "forward" in module.__dict__:
+        raise RuntimeError(f"{type(module).__name__} already has its forward replaced")
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return fn(args[0] if args else kwargs["hidden_states"])
+
+    module.forward = forward
+
+    def undo() -> None:
+        module.__dict__.pop("forward", None)
+
+    return undo

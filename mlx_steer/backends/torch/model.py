@@ -97,6 +97,9 @@ class TorchSteerableModel(Steerable):
     def attach_tracker(self) -> Any:
         return hk.attach_tracker(self.tracked, self.state).remove
 
+    def bypass(self, path: str, fn: Any) -> Any:
+        return hk.bypass(self.modules[path], fn)
+
     def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> torch.Tensor | None:
         lengths = [len(t) for t in tokens]
         L = max(lengths)
