@@ -288,13 +288,48 @@ def test_sweep_batches_cells_as_rows(shared_models, tiny_dir, backend, monkeypat
     calls = []
     real_run = type(m).run
     monkeypatch.setattr(type(m), "run", lambda self, prompts, **k: calls.append(len(prompts)) or real_run(self, prompts, **k))
-    one = an.sweep(m, **kw, batch_size=len(NEUTRAL))
+    starts = []
+    monkeypatch.setattr(type(m), "bypass", lambda self, path, fn, _b=type(m).bypass: starts.append(path) or _b(self, path, fn))
+    one = an.sweep(m, **kw, batch_size=len(NEUTRAL), share_layers=False)
     n_one, calls[:] = len(calls), []
-    batched = an.sweep(m, **kw, batch_size=64)
+    batched = an.sweep(m, **kw, batch_size=64, share_layers=False)
     assert n_one == 1 + 6 and len(calls) == 1 + 1  # baseline + the six steered cells
     assert calls[1] == 6 * len(NEUTRAL)
     np.testing.assert_allclose(np.array(batched.table, dtype=float), np.array(one.table, dtype=float), atol=1e-5)
     assert len({round(r.behaviour, 3) for r in batched.table}) == 7  # every cell measured its own steering
+    assert starts == []
+    calls[:] = []
+    shared = an.sweep(m, **kw, batch_size=64)  # the layers below the steered ones run once
+    assert calls == [len(NEUTRAL), 6 * len(NEUTRAL) + 1]  # baseline; the cells, plus one prompt unsteered (the check)
+    assert starts == [m.layer_paths[0]]  # the cells' forward starts at layer 1: layer 0 is skipped
+    np.testing.assert_allclose(np.array(shared.table, dtype=float), np.array(one.table, dtype=float), atol=1e-5)
+
+
+@pytest.mark.parametrize("broken", ["wrong input", "raises"])
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_sweep_runs_whole_forwards_where_skipping_layers_differs(shared_models, tiny_dir, backend, broken, monkeypatch):
+    """A model where a forward that starts at a layer does not match the whole one (the skipped
+    layers hand on a wrong input), or cannot start there, is caught by the check: forwards run whole."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+        from mlx_steer.torch_backend import load
+
+        m = load(str(tiny_dir("qwen2")))
+    else:
+        m = shared_models("qwen2")
+    kw = dict(vector=_rand(m, 5, norm=4.0), layers=[2, 3], strengths=[-2.0, 2.0], prompts=NEUTRAL,
+              target_tokens=[10], contrast_tokens=[11], progress=False, batch_size=64)
+    whole = an.sweep(m, **kw, share_layers=False)
+    real = type(m).bypass
+    if broken == "raises":
+        monkeypatch.setattr(type(m), "bypass", lambda self, path, fn: (_ for _ in ()).throw(TypeError("no skipping")))
+    else:
+        monkeypatch.setattr(type(m), "bypass", lambda self, path, fn: real(self, path, lambda h: fn(h) * 0.5))
+    checked = an.sweep(m, **kw)
+    np.testing.assert_allclose(np.array(checked.table, dtype=float), np.array(whole.table, dtype=float), atol=1e-5)
+    monkeypatch.undo()  # nothing of the skipping attempt is left installed: a whole sweep is unchanged
+    again = an.sweep(m, **kw, share_layers=False)
+    np.testing.assert_array_equal(np.array(again.table, dtype=float), np.array(whole.table, dtype=float))
 
 
 def test_sweep_unembedding_direction_is_monotonic(shared_models):

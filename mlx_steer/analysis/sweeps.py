@@ -11,8 +11,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import interventions as iv
-from .. import similarity
 from ._inputs import batches, directions, is_vector_set, prompt_list, site_key, unit_direction, vector_hook_point
+from .cell_scoring import CellScorer, steered_layer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -125,6 +125,7 @@ def sweep(
     chat: bool = False,
     progress: bool = True,
     group: Group | None = None,
+    share_layers: bool = True,
 ) -> SweepResult:
     """Steer one layer at a time at each strength; measure behaviour and fluency cost.
 
@@ -158,6 +159,10 @@ def sweep(
             group this process was launched into (``mlx.launch``/``torchrun``), if any. Each rank
             scores its share of the cells against its own unsteered pass, and the ranks add the
             (cells × 2) table of scores; every rank returns the whole result.
+        share_layers: Keep, from the unsteered pass, the input of each steered layer and start
+            the steered forwards there (``run(from_layer=...)``): the unsteered layers below run
+            once, not once per cell. The same numbers (checked on one prompt first; a model where
+            a forward that skips layers differs runs whole); False runs every forward whole.
 
     Returns:
         A :class:`SweepResult`.
@@ -186,12 +191,14 @@ def sweep(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     chunks = batches([model.encode(p, chat=chat) for p in prompt_list(prompts)], batch_size)
-    measure = _Measure(model, chunks, read_key, unit, target, contrast, rows_per_forward=batch_size)
-    base_behaviour, _ = measure.cells([None])[0]
     cells = [(layer, s) for layer in layers for s in strengths]
     steered = [(layer, s) for layer, s in cells if s != 0.0]
     specs: list[dict | None] = [{steer_at[layer][0]: iv.add_vector(steer_at[layer][1], scale=s, positions=positions)}
              for layer, s in steered]
+    at = [steered_layer(model, spec) for spec in specs]
+    measure = CellScorer(model, chunks, read_key, unit, target, contrast, rows_per_forward=batch_size,
+                         steered_layers=at, share_layers=share_layers)
+    base_behaviour = measure.baseline()
     if group is None:
         from ..distributed.group import launched_group
 
@@ -199,22 +206,23 @@ def sweep(
     shown = progress and (group is None or group.rank == 0)
     with tqdm(total=len(cells), desc="sweep", unit="cell", disable=not shown) as bar:
         bar.update(len(cells) - len(steered))  # strength 0 is the unsteered pass
-        scores = dict(zip(steered, _shared_cells(measure, specs, group, bar.update)))
+        scores = dict(zip(steered, _shared_cells(measure, specs, at, group, bar.update)))
     rows = [SweepRow(layer, s, *scores.get((layer, s), (base_behaviour, 0.0))) for layer, s in cells]
     return SweepResult(tuple(rows), base_behaviour, metric, tuple(layers), tuple(strengths))
 
 
-def _shared_cells(measure: _Measure, specs: list[dict | None], group: Group | None,
+def _shared_cells(measure: CellScorer, specs: list[dict | None], layers: list[int | None], group: Group | None,
                   progress: Any) -> list[tuple[float, float]]:
     """``measure.cells(specs)``, the cells dealt round-robin over ``group``'s ranks and the scores
     all-reduced (plus a row saying whether a rank failed, so all raise together)."""
     if group is None or group.size == 1:
-        return measure.cells(specs, progress=progress)
+        return measure.cells(specs, progress=progress, layers=layers)
     mine = list(range(group.rank, len(specs), group.size))
     table = np.zeros((len(specs) + 1, 2))
     failure: Exception | None = None
     try:
-        local = measure.cells([specs[i] for i in mine], progress=lambda n: progress(n * group.size))
+        local = measure.cells([specs[i] for i in mine], progress=lambda n: progress(n * group.size),
+                              layers=[layers[i] for i in mine])
         table[mine] = np.array(local, dtype=np.float64).reshape(-1, 2)
     except Exception as exc:  # re-raised below, after the other ranks learn of it
         failure, table[-1, 0] = exc, 1.0
@@ -257,104 +265,3 @@ def _token_ids(model: Steerable, tokens: Any, what: str) -> list[int]:
             raise ValueError(f"{what}: {t!r} is {len(enc)} tokens {enc}; give single tokens or ids")
         ids.append(int(enc[0]))
     return ids
-
-
-class _Measure:
-    """Scores interventions over the prompt batches. Several interventions (cells) share one
-    forward as blocks of rows, each block steered by its own cell (per-row steering), up to
-    ``rows_per_forward`` rows; the first call, unsteered, keeps the log-probs KL is scored against."""
-
-    def __init__(
-        self, model: Steerable, chunks: list[list[list[int]]], read_key: str | None,
-        unit: np.ndarray | None, target: list[int] | None, contrast: list[int] | None, *, rows_per_forward: int,
-    ):
-        self.model, self.chunks, self.rows_per_forward = model, chunks, rows_per_forward
-        self.read_key, self.unit, self.target, self.contrast = read_key, unit, target, contrast
-        self.base: list[_Reference] | None = None  # per batch: the unsteered next-token distributions
-
-    def cells(self, specs: list[dict | None], *, progress: Any = None) -> list[tuple[float, float]]:
-        """(mean behaviour, mean KL to the unsteered pass) for each of ``specs``."""
-        width = max(len(c) for c in self.chunks)
-        per_forward = max(1, self.rows_per_forward // width)
-        out: list[tuple[float, float]] = []
-        for start in range(0, len(specs), per_forward):
-            group = specs[start : start + per_forward]
-            values: list[list[np.ndarray]] = [[] for _ in group]
-            kl, n_pos = np.zeros(len(group)), 0
-            base = []
-            for b, chunk in enumerate(self.chunks):
-                for c, (value, logits) in enumerate(self._run(chunk, group)):
-                    values[c].append(value)
-                    if self.base is None:
-                        base.append(_Reference.of(logits))
-                    else:
-                        kl[c] += self.base[b].kl_sum(logits)
-                n_pos += len(logits)
-            if self.base is None:
-                self.base, n_pos = base, 0
-            out.extend((float(np.mean(np.concatenate(v))), float(kl[c] / n_pos) if n_pos else 0.0)
-                       for c, v in enumerate(values))
-            if progress is not None:
-                progress(len(group))
-        return out
-
-    def _run(self, chunk: list[list[int]], group: list[dict | None]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One forward of ``chunk`` repeated per cell of ``group``, each copy steered by its cell:
-        per cell, the behaviour of each prompt and the logits at every real position."""
-        m, n = self.model, len(chunk)
-        record = [self.read_key] if self.read_key else None
-        per_row = None if group == [None] else [spec for spec in group for _ in chunk]
-        # a cell whose strength overflows shows as NaN, not as an error for the whole sweep
-        tr = m.run(chunk * len(group), interventions=per_row, record=record, record_positions="last", logits=True,
-                   check_finite=False)
-        logits = m.to_numpy(tr.logits)
-        acts = m.to_numpy(tr.activations[self.read_key])[:, -1] if self.read_key and self.unit is not None else None
-        real = np.arange(logits.shape[1])[None, :] >= np.asarray(tr.padding[:n])[:, None]
-        out = []
-        for c in range(len(group)):
-            rows = slice(c * n, (c + 1) * n)
-            value = (similarity.project(acts[rows], self.unit) if acts is not None and self.unit is not None
-                     else self._logit_diff(logits[rows, -1]))
-            out.append((value, logits[rows][real]))
-        return out
-
-    def _logit_diff(self, last: np.ndarray) -> np.ndarray:
-        target, contrast = self.target or [], self.contrast or []
-        V = last.shape[-1]
-        bad = [t for t in target + contrast if not 0 <= t < V]
-        if bad:
-            raise ValueError(f"token ids {bad} out of range for a vocabulary of {V}; valid: 0..{V - 1}")
-        last = last.astype(np.float64)
-        return last[:, target].mean(-1) - last[:, contrast].mean(-1)
-
-
-class _Reference:
-    """The unsteered next-token distributions of one batch, kept in the form KL is scored against.
-
-    KL(p || q) at a position, with ``q = softmax(x)``, is ``Σ p log p - Σ p x + logsumexp(x) Σ p``:
-    the first term and ``Σ p`` are computed once here, so a steered cell costs one exp pass over
-    its logits (for the logsumexp) and one dot product, never its own log-softmax (float64 throughout).
-    """
-
-    def __init__(self, probs: np.ndarray, neg_entropy: np.ndarray, mass: np.ndarray):
-        self.probs, self.neg_entropy, self.mass = probs, neg_entropy, mass
-
-    @classmethod
-    def of(cls, logits: np.ndarray) -> _Reference:
-        """From (positions, V) unsteered logits."""
-        x = logits.astype(np.float64)
-        logp = x - _logsumexp(x)[:, None]
-        probs = np.exp(logp)
-        return cls(probs, np.einsum("pv,pv->p", probs, logp), probs.sum(axis=-1))
-
-    def kl_sum(self, logits: np.ndarray) -> float:
-        """Σ over positions of KL(unsteered || steered), for (positions, V) steered logits."""
-        x = logits.astype(np.float64)
-        return float(np.sum(self.neg_entropy - np.einsum("pv,pv->p", self.probs, x) + _logsumexp(x) * self.mass))
-
-
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    """Row-wise log Σ exp of a float64 (positions, V) array (+inf or NaN rows stay so)."""
-    top = x.max(axis=-1)
-    safe = np.where(np.isfinite(top), top, 0.0)
-    return safe + np.log(np.exp(x - safe[:, None]).sum(axis=-1))
