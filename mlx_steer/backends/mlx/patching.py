@@ -59,13 +59,16 @@ class _ModuleHooks:
     def __init__(self, module: nn.Module):
         self.module, self.original_class = module, type(module)
         self.entries: list[Entry] = []
+        self.instead: Callable | None = None  # the newest entry's ``instead``, kept up to date
+
+    def update(self) -> None:
+        self.instead = next((e.instead for e in reversed(self.entries) if e.instead is not None), None)
 
     def call(self, call: Callable, args: tuple, kwargs: dict) -> Any:
         for e in self.entries:
             if e.before is not None:
                 args = e.before(args, kwargs)
-        instead = next((e.instead for e in reversed(self.entries) if e.instead is not None), None)
-        out = call(*args, **kwargs) if instead is None else instead(args[0])
+        out = call(*args, **kwargs) if self.instead is None else self.instead(args[0])
         for e in self.entries:
             if e.after is not None:
                 out = e.after(out)
@@ -88,6 +91,7 @@ def attach(module: nn.Module, entry: Entry) -> None:
         object.__setattr__(module, _ATTR, hooks)
         module.__class__ = _patched_class(type(module))
     hooks.entries.append(entry)
+    hooks.update()
 
 
 def detach(module: nn.Module, entry: Entry) -> None:
@@ -95,6 +99,7 @@ def detach(module: nn.Module, entry: Entry) -> None:
     if hooks is None or entry not in hooks.entries:
         return
     hooks.entries.remove(entry)
+    hooks.update()
     if not hooks.entries:
         module.__class__ = hooks.original_class
         del module.__dict__[_ATTR]
