@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .site_plan import SitePlan
     from .steerable import Steerable
 
-__all__ = ["LayerSkip"]
+__all__ = ["LayerSkip", "latest_start"]
 
 
 class LayerSkip:
@@ -53,13 +53,11 @@ class LayerSkip:
         if shape != (rows, length, model.hidden_size):
             raise ValueError(f"hidden must have shape (rows, padded length, hidden size) = "
                              f"({rows}, {length}, {model.hidden_size}) for this forward, got {shape}")
-        ran = list(model.layer_paths[self.layer :])
-        after = [p for p in (model.final_norm_path, model.unembedding_path) if p]
-        outside = [key for key, plan in plans.items()
-                   if not any(_within(plan.site.path, p) for p in ran + after)]
+        outside = [key for key, plan in plans.items() if latest_start(model, plan.site.path) < self.layer]
         if outside:
-            raise ValueError(f"from_layer={self.layer} runs only {ran[0]} .. {ran[-1]}, the final norm and the "
-                             f"unembedding, so nothing can be steered or recorded at {', '.join(outside)}")
+            raise ValueError(f"from_layer={self.layer} runs only {model.layer_paths[self.layer]} .. "
+                             f"{model.layer_paths[-1]}, the final norm and the unembedding, so nothing can be "
+                             f"steered or recorded at {', '.join(outside)}")
 
     def install(self) -> list[Callable[[], None]]:
         """Bypass the layers below; returns the undo functions (call them newest first)."""
@@ -86,5 +84,12 @@ class LayerSkip:
         return value[xp.index(rows, like=h)][:, total - t :]
 
 
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root + ".")
+def latest_start(model: Steerable, path: str) -> int:
+    """The highest ``from_layer`` at which the module at ``path`` still runs: its decoder layer's
+    index; the number of layers for the final norm and the unembedding (they run after every
+    layer); 0 for anything else (the embeddings: they run only in a whole forward)."""
+    after = [p for p in (model.final_norm_path, model.unembedding_path) if p]
+    for i, root in enumerate([*model.layer_paths, *after]):
+        if path == root or path.startswith(root + "."):
+            return min(i, len(model.layer_paths))
+    return 0

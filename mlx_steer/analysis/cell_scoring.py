@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import similarity
+from ..layer_skip import latest_start
 
 if TYPE_CHECKING:
     from ..steerable import Steerable
@@ -38,7 +39,7 @@ class CellScorer:
         target: Token ids whose logits ``logit_diff`` raises.
         contrast: Token ids it subtracts.
         rows_per_forward: Rows one forward may carry (prompts x cells).
-        steered_layers: The decoder layer of each cell's steering (None where it is not inside one).
+        steered_layers: Per cell, the highest layer its forward may start at (see :func:`steered_layer`).
         share_layers: Start steered forwards at their lowest steered layer (see above).
     """
 
@@ -53,9 +54,9 @@ class CellScorer:
         self.inputs: list[dict[int, Any]] = []  # per batch: {layer: its (rows, length, D) unsteered input}
         self.floor = _read_floor(model, read_key)
         starts = {min(layer, self.floor) for layer in steered_layers if layer is not None}
-        self.starts = sorted(s for s in starts if s >= 1) if share_layers else []
-        width = sum(len(c) * max(len(t) for t in c) for c in chunks) * model.hidden_size * 4
-        if width * len(self.starts) > SHARED_INPUT_BUDGET:
+        self.starts = sorted(s for s in starts if 1 <= s < len(model.layer_paths)) if share_layers else []
+        kept = sum(len(c) * max(len(t) for t in c) for c in chunks) * model.hidden_size * 4  # bytes per layer
+        if kept * len(self.starts) > SHARED_INPUT_BUDGET:
             self.starts = []
         self.checked: bool | None = None  # whether a forward that skips layers matched the whole one
 
@@ -162,31 +163,13 @@ class CellScorer:
 
 
 def steered_layer(model: Steerable, spec: dict | None) -> int | None:
-    """The lowest decoder layer ``spec``'s sites sit in (None if one sits outside every layer)."""
-    if not spec:
-        return None
-    found = [_layer_of(model, key.split(":", 1)[0]) for key in spec]
-    return None if None in found else min(x for x in found if x is not None)
-
-
-def _layer_of(model: Steerable, path: str) -> int | None:
-    for i, root in enumerate(model.layer_paths):
-        if path == root or path.startswith(root + "."):
-            return i
-    return None
+    """The highest layer a forward steered by ``spec`` may start at (None for no steering)."""
+    return min(latest_start(model, key.split(":", 1)[0]) for key in spec) if spec else None
 
 
 def _read_floor(model: Steerable, read_key: str | None) -> int:
     """The highest layer a forward may start at and still run ``read_key``'s module."""
-    n = len(model.layer_paths)
-    if read_key is None:
-        return n
-    path = read_key.split(":", 1)[0]
-    layer = _layer_of(model, path)
-    if layer is not None:
-        return layer
-    after = [p for p in (model.final_norm_path, model.unembedding_path) if p]
-    return n if any(path == p or path.startswith(p + ".") for p in after) else 0
+    return len(model.layer_paths) if read_key is None else latest_start(model, read_key.split(":", 1)[0])
 
 
 class Reference:
