@@ -87,8 +87,12 @@ class LayerSkip:
 def latest_start(model: Steerable, path: str) -> int:
     """The highest ``from_layer`` at which the module at ``path`` still runs: its decoder layer's
     index; the number of layers for the final norm and the unembedding (they run after every
-    layer); 0 for anything else (the embeddings: they run only in a whole forward)."""
-    after = [p for p in (model.final_norm_path, model.unembedding_path) if p]
+    layer); 0 for anything else (the embeddings: they run only in a whole forward). A tied
+    model's unembedding that is its embedding module (MLX's ``as_linear``) also runs first: 0."""
+    head: str | None = model.unembedding_path
+    if "embedding" in type(model.modules[model.unembedding_path]).__name__.lower():
+        head = None
+    after = [p for p in (model.final_norm_path, head) if p]
     for i, root in enumerate([*model.layer_paths, *after]):
         if path == root or path.startswith(root + "."):
             return min(i, len(model.layer_paths))

@@ -88,3 +88,21 @@ def test_bad_input_is_refused_and_leaves_the_model_untouched(backend_models, bac
         m.run(PROMPTS, **kwargs)
     again = m.run(PROMPTS)  # the full model still runs, unpatched
     np.testing.assert_array_equal(m.to_numpy(again.logits), m.to_numpy(base.logits))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_embeddings_run_before_the_skipped_layers_so_they_are_refused(backend_models, backend):
+    """A tied model's unembedding on MLX is its embedding module (``as_linear``): it runs first, so a
+    site there is below any start layer; torch's tied ``lm_head`` runs last and stays allowed."""
+    m = backend_models(backend, "qwen2")
+    embed = next(p for p in m.modules if p.endswith("embed_tokens"))
+    base = m.run(PROMPTS, record=["layers.2:input"])
+    with pytest.raises(ValueError, match=f"nothing can be steered or recorded at {embed}"):
+        m.run(PROMPTS, from_layer=2, hidden=base.activations["layers.2:input"], interventions={embed: iv.scale(2.0)})
+    head = {m.unembedding_path: iv.scale(0.5)} if m.unembedding_path != embed else None
+    if head is not None:  # a head that runs after the layers: steered as in the whole forward
+        full = m.run(PROMPTS, interventions=head)
+        part = m.run(PROMPTS, interventions=head, from_layer=2, hidden=base.activations["layers.2:input"])
+        keep = _padded(m, full)
+        np.testing.assert_allclose(np.where(keep, m.to_numpy(part.logits), 0),
+                                   np.where(keep, m.to_numpy(full.logits), 0), rtol=1e-5, atol=1e-5)
