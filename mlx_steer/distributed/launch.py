@@ -91,8 +91,7 @@ def launch(args: Sequence[str], *, timeout: float | None = None) -> int:
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            print(f"[mlx_steer.launch] timed out after {timeout:g}s; stopping every rank", file=sys.stderr)
-            return 124
+            return _timed_out(timeout)
         t.join(timeout=5)
     finally:
         _kill_group(proc)
@@ -107,15 +106,8 @@ def _local_ring(args: list[str]) -> tuple[int, int | None, list[str], list[str],
     if "--" not in args:
         return None
     opts, command = args[: args.index("--")], args[args.index("--") + 1 :]
-    ap = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    ap.add_argument("--backend", default=None)
-    ap.add_argument("-n", "--repeat-hosts", type=int, default=1)
-    ap.add_argument("-p", "--starting-port", type=int, default=None)
-    ap.add_argument("--env", action="append", default=[])
-    ap.add_argument("--cwd", default=None)
-    ap.add_argument("--verbose", action="store_true")
     try:
-        known, rest = ap.parse_known_args(opts)
+        known, rest = _options().parse_known_args(opts)
     except SystemExit:  # a malformed option: let mlx.launch say what is wrong
         return None
     if rest or not command or known.repeat_hosts < 1 or known.backend not in (None, "ring"):
@@ -161,8 +153,7 @@ def _run_local(n: int, port: int | None, env: list[str], command: list[str], cwd
             if all(c == 0 for c in codes):
                 return 0
             if deadline is not None and time.monotonic() > deadline:
-                print(f"[mlx_steer.launch] timed out after {timeout:g}s; stopping every rank", file=sys.stderr)
-                return 124
+                return _timed_out(timeout)
             time.sleep(0.05)
     finally:
         for p in procs:
@@ -171,12 +162,28 @@ def _run_local(n: int, port: int | None, env: list[str], command: list[str], cwd
 
 
 def _ranks(opts: list[str]) -> int:
-    for i, o in enumerate(opts):
-        if o in ("-n", "--repeat-hosts") and i + 1 < len(opts):
-            return int(opts[i + 1])
-        if o.startswith("--repeat-hosts="):
-            return int(o.split("=", 1)[1])
-    return 1
+    """How many ranks ``opts`` ask for (1 when they do not parse: mlx.launch then says why)."""
+    try:
+        return _options().parse_known_args(opts)[0].repeat_hosts
+    except SystemExit:
+        return 1
+
+
+def _options() -> argparse.ArgumentParser:
+    """The mlx.launch options this launcher reads (others are left to mlx.launch)."""
+    ap = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    ap.add_argument("--backend", default=None)
+    ap.add_argument("-n", "--repeat-hosts", type=int, default=1)
+    ap.add_argument("-p", "--starting-port", type=int, default=None)
+    ap.add_argument("--env", action="append", default=[])
+    ap.add_argument("--cwd", default=None)
+    ap.add_argument("--verbose", action="store_true")
+    return ap
+
+
+def _timed_out(timeout: float | None) -> int:
+    print(f"[mlx_steer.launch] timed out after {timeout:g}s; stopping every rank", file=sys.stderr)
+    return 124
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
