@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +70,17 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def serving(args: list[str], log_dir: Path) -> Iterator[ServerProcess]:
+    """``with serving(args, folder) as server:`` the started server, stopped when the block ends
+    (also when a test in a fixture's ``yield`` failed); its log in ``folder/server.log``."""
+    srv = ServerProcess(args, log_dir / "server.log")
+    try:
+        yield srv.start()
+    finally:
+        srv.stop()
 
 
 def write_vectors(model, folder: Path) -> dict:

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_helpers import ServerProcess, write_vectors
+from serve_helpers import serving, write_vectors
 
 ARCH = "llama"
 MODEL = ARCH  # the served id is the --model path; its last part is accepted too
@@ -37,12 +37,9 @@ def vectors(oracle, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_dir, vectors, tmp_path_factory):
-    srv = ServerProcess(["--model", str(tiny_dir(ARCH)), "--vectors-dir", str(vectors[0]), "--max-queue", "16"],
-                        tmp_path_factory.mktemp("serve_log") / "server.log")
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    with serving(["--model", str(tiny_dir(ARCH)), "--vectors-dir", str(vectors[0]), "--max-queue", "16"],
+                 tmp_path_factory.mktemp("serve_log")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +53,13 @@ def steer(vecs, name, scale, layers=None, positions="all"):
     if layers is not None:
         vec = vec.select([vec.sites[0].rsplit(".", 1)[0] + f".{i}" for i in layers])
     return vec.to_interventions(scale=scale, positions=positions)
+
+
+def completion(server, body: dict) -> dict:
+    """The first choice of a ``/v1/completions`` answer, which must be a 200."""
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]
 
 
 def health(server) -> dict:
@@ -176,9 +180,7 @@ def test_concurrent_requests_with_different_steering_equal_their_solo_runs(serve
         body = {"model": MODEL, "prompt": prompt, "max_tokens": 8 + i, "return_token_ids": True}
         if s is not None:
             body["steering"] = [{"vector": s[0], "scale": s[1], "positions": s[3], **({"layers": s[2]} if s[2] else {})}]
-        r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
-        assert r.status_code == 200, r.text
-        return r.json()["choices"][0]["token_ids"]
+        return completion(server, body)["token_ids"]
 
     with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
         served = list(pool.map(ask, range(len(cases))))
@@ -196,9 +198,7 @@ def test_concurrent_seeded_sampling_draws_what_each_request_draws_alone(server, 
         prompt, temp, seed = cases[i]
         body = {"model": MODEL, "prompt": prompt, "max_tokens": 10, "temperature": temp, "seed": seed,
                 "return_token_ids": True}
-        r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
-        assert r.status_code == 200, r.text
-        return r.json()["choices"][0]["token_ids"]
+        return completion(server, body)["token_ids"]
 
     with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
         served = list(pool.map(ask, range(len(cases))))
@@ -311,12 +311,9 @@ def test_disconnect_mid_stream_frees_the_row(server):
 @pytest.fixture(scope="module")
 def small_server(tiny_dir, vectors, tmp_path_factory):
     """A second server: queue of 2, an API key."""
-    srv = ServerProcess(["--model", str(tiny_dir(ARCH)), "--vector", f"love={vectors[0] / 'love.safetensors'}",
-                         "--max-queue", "2", "--api-key", "s3cret"], tmp_path_factory.mktemp("serve_log2") / "server.log")
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    with serving(["--model", str(tiny_dir(ARCH)), "--vector", f"love={vectors[0] / 'love.safetensors'}",
+                  "--max-queue", "2", "--api-key", "s3cret"], tmp_path_factory.mktemp("serve_log2")) as srv:
+        yield srv
 
 
 def test_api_key_is_required(small_server):
@@ -358,12 +355,9 @@ def test_full_queue_answers_429(small_server):
 @pytest.fixture(scope="module")
 def torch_server(tiny_dir, vectors, tmp_path_factory):
     pytest.importorskip("torch")
-    srv = ServerProcess(["--model", str(tiny_dir(ARCH)), "--vectors-dir", str(vectors[0]), "--backend", "torch"],
-                        tmp_path_factory.mktemp("serve_log3") / "server.log")
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    with serving(["--model", str(tiny_dir(ARCH)), "--vectors-dir", str(vectors[0]), "--backend", "torch"],
+                 tmp_path_factory.mktemp("serve_log3")) as srv:
+        yield srv
 
 
 def test_torch_backend_serves_the_same_contract(torch_server, tiny_dir, vectors):
@@ -379,9 +373,7 @@ def test_torch_backend_serves_the_same_contract(torch_server, tiny_dir, vectors)
         body = {"model": MODEL, "prompt": prompt, "max_tokens": 8, "return_token_ids": True, "monitor": ["calm"]}
         if s is not None:
             body["steering"] = [{"vector": s[0], "scale": s[1], **({"layers": s[2]} if s[2] else {})}]
-        r = httpx.post(f"{torch_server.url}/v1/completions", json=body, timeout=60)
-        assert r.status_code == 200, r.text
-        return r.json()["choices"][0]
+        return completion(torch_server, body)
 
     with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
         served = list(pool.map(ask, cases))

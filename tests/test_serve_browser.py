@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_helpers import ServerProcess, write_vectors
+from serve_helpers import serving, write_vectors
 
 ARCH = "llama"
 PROMPT = "Tell me a story about a cat"
@@ -55,12 +55,9 @@ def setup(tiny_dir, shared_models, tmp_path_factory):
     oracle = shared_models(ARCH)
     folder = tmp_path_factory.mktemp("browser_vectors")
     vectors = write_vectors(oracle, folder)
-    srv = ServerProcess(["--model", str(tiny_dir(ARCH)), "--vectors-dir", str(folder)],
-                        tmp_path_factory.mktemp("browser_log") / "server.log")
-    try:
-        yield srv.start(), oracle, vectors
-    finally:
-        srv.stop()
+    with serving(["--model", str(tiny_dir(ARCH)), "--vectors-dir", str(folder)],
+                 tmp_path_factory.mktemp("browser_log")) as server:
+        yield server, oracle, vectors
 
 
 def test_playground_streams_base_and_steered_side_by_side(browser, setup, tmp_path):
