@@ -240,6 +240,47 @@ def test_methods_that_need_every_row_are_refused_over_ranks(shared_models, metho
                    method=custom if method == "custom" else method)
 
 
+class _PartnerFailed:
+    """Rank 0 of a pretend 2-rank group whose rank 1 failed: it adds 1 to the failure count of
+    the first reduction (and nothing else), and records what it was handed."""
+
+    rank, size, bytes_reduced = 0, 2, 0
+
+    def __init__(self) -> None:
+        self.reduced: list[np.ndarray] = []
+
+    def all_sum(self, x):
+        self.reduced.append(np.array(x, copy=True))
+        out = np.array(x, dtype=np.float64, copy=True)
+        if len(self.reduced) == 1:
+            out[0] += 1.0
+        return out
+
+
+def test_a_sweep_rank_raises_with_its_partner_and_reduces_no_scores(shared_models, monkeypatch):
+    from mlx_steer.analysis import cell_scoring, sweep
+
+    m = shared_models("llama")
+    kw = dict(vector=np.ones(m.hidden_size, np.float32), layers=[1], strengths=[2.0], prompts=w.POS[:2],
+              target_tokens=[5], contrast_tokens=[6], progress=False)
+    group = _PartnerFailed()
+    with pytest.raises(RuntimeError, match=r"1 other rank\(s\) failed during the sweep; see their errors"):
+        sweep(m, **kw, group=group)
+    assert len(group.reduced) == 1 and group.reduced[0].tolist() == [0.0]  # only "did I fail?": no scores sent
+    real = cell_scoring.CellScorer.cells
+
+    def fail_steered(self, specs, **k):
+        if specs != [None]:
+            raise ValueError("this rank's cells failed")
+        return real(self, specs, **k)
+
+    monkeypatch.setattr(cell_scoring.CellScorer, "cells", fail_steered)
+    group = _PartnerFailed()
+    with pytest.raises(ValueError, match="this rank's cells failed"):  # its own error, after telling the others
+        sweep(m, **kw, group=group)
+    assert len(group.reduced) == 1 and group.reduced[0].tolist() == [1.0]
+
+
 def test_split_by_length_balances_counts_and_tokens():
     from mlx_steer.distributed import split_by_length
 

@@ -214,24 +214,22 @@ def sweep(
 def _shared_cells(measure: CellScorer, specs: list[dict | None], layers: list[int | None], group: Group | None,
                   progress: Any) -> list[tuple[float, float]]:
     """``measure.cells(specs)``, the cells dealt round-robin over ``group``'s ranks and the scores
-    all-reduced (plus a row saying whether a rank failed, so all raise together)."""
+    all-reduced, after the ranks agree that none failed (so all raise together)."""
     if group is None or group.size == 1:
         return measure.cells(specs, progress=progress, layers=layers)
+    from ..distributed.data_parallel import agree
+
     mine = list(range(group.rank, len(specs), group.size))
-    table = np.zeros((len(specs) + 1, 2))
+    table = np.zeros((len(specs), 2))
     failure: Exception | None = None
     try:
         local = measure.cells([specs[i] for i in mine], progress=lambda n: progress(n * group.size),
                               layers=[layers[i] for i in mine])
         table[mine] = np.array(local, dtype=np.float64).reshape(-1, 2)
-    except Exception as exc:  # re-raised below, after the other ranks learn of it
-        failure, table[-1, 0] = exc, 1.0
-    table = group.all_sum(table)
-    if failure is not None:
-        raise failure
-    if table[-1, 0]:
-        raise RuntimeError(f"{int(table[-1, 0])} other rank(s) failed during the sweep; see their errors")
-    return [(float(b), float(k)) for b, k in table[:-1]]
+    except Exception as exc:  # re-raised by agree, after the other ranks learn of it
+        failure = exc
+    agree(group, failure, [], what="the sweep")
+    return [(float(b), float(k)) for b, k in group.all_sum(table)]
 
 
 def _layer_direction(model: Steerable, vector: object, layer: int | str) -> tuple[str, np.ndarray]:
