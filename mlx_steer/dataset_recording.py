@@ -103,21 +103,20 @@ def _mean(rows: np.ndarray) -> np.ndarray:
 def _shared(model: Any, prompts: list[str], keys: list[str], group: Group, *, read: str | int, reduce: str | None,
             batch_size: int, enc: dict, progress: bool | None) -> dict[str, np.ndarray]:
     """This rank reads its share; the ranks all-reduce sums (``mean``) or the rows (zeros elsewhere)."""
-    from .distributed.data_parallel import agree, check_unsharded, my_share
+    from .distributed.data_parallel import check_unsharded, my_share, together
 
     check_unsharded(model, "record_dataset")
     mine = my_share([len(model.encode(p, **enc)) for p in prompts], group)
     reader = ActivationReader(model, keys, read, batch_size, enc, progress if group.rank == 0 else False,
                               n_total=len(prompts), n_local=len(mine), desc="recording")
-    failure: BaseException | None = None
-    local: dict[str, np.ndarray] = {}
-    try:
-        local = reader([prompts[i] for i in mine])
-    except Exception as exc:  # re-raised below, after the other ranks learn of it
-        failure = exc
-    finally:
-        reader.close()
-    agree(group, failure, [local[k].shape[-1] if local else 0 for k in keys], what="data-parallel recording")
+
+    def rows() -> dict[str, np.ndarray]:
+        try:
+            return reader([prompts[i] for i in mine])
+        finally:
+            reader.close()
+
+    local = together(group, rows, what="data-parallel recording")
     if reduce == "mean":
         sums = group.all_sum(np.concatenate([local[k].astype(np.float64).sum(axis=0) for k in keys]))
         dims = np.cumsum([0] + [local[k].shape[-1] for k in keys])

@@ -217,18 +217,13 @@ def _shared_cells(measure: CellScorer, specs: list[dict | None], layers: list[in
     all-reduced, after the ranks agree that none failed (so all raise together)."""
     if group is None or group.size == 1:
         return measure.cells(specs, progress=progress, layers=layers)
-    from ..distributed.data_parallel import agree
+    from ..distributed.data_parallel import together
 
     mine = list(range(group.rank, len(specs), group.size))
+    local = together(group, lambda: measure.cells([specs[i] for i in mine], progress=lambda n: progress(n * group.size),
+                                                  layers=[layers[i] for i in mine]), what="the sweep")
     table = np.zeros((len(specs), 2))
-    failure: Exception | None = None
-    try:
-        local = measure.cells([specs[i] for i in mine], progress=lambda n: progress(n * group.size),
-                              layers=[layers[i] for i in mine])
-        table[mine] = np.array(local, dtype=np.float64).reshape(-1, 2)
-    except Exception as exc:  # re-raised by agree, after the other ranks learn of it
-        failure = exc
-    agree(group, failure, [], what="the sweep")
+    table[mine] = np.array(local, dtype=np.float64).reshape(-1, 2)
     return [(float(b), float(k)) for b, k in group.all_sum(table)]
 
 

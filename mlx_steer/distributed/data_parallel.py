@@ -2,22 +2,23 @@
 share of the work, and make the ranks fail together.
 
 A rank that raises while the others wait in an all-reduce would leave them waiting forever, so
-each rank catches its error, the ranks all-reduce a header that says how many failed (with any
-numbers they must agree on), and only then does every rank raise: its own error, or one naming
-how many other ranks failed.
+each rank catches its error, the ranks all-reduce how many failed, and only then does every rank
+raise: its own error, or one naming how many other ranks failed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .group import Group
 from .partition import split_by_length
 
-__all__ = ["agree", "check_unsharded", "my_share"]
+T = TypeVar("T")
+
+__all__ = ["check_unsharded", "my_share", "together"]
 
 
 def check_unsharded(model: Any, what: str) -> None:
@@ -34,12 +35,17 @@ def my_share(costs: Sequence[int], group: Group) -> list[int]:
     return split_by_length(costs, group.size)[group.rank]
 
 
-def agree(group: Group, failure: BaseException | None, values: Sequence[float], *, what: str) -> np.ndarray:
-    """All-reduce ``[failed?, *values]``; raise this rank's ``failure`` or, when another rank
-    failed, a RuntimeError; else return the summed ``values``."""
-    header = group.all_sum(np.array([float(failure is not None), *map(float, values)]))
+def together(group: Group, work: Callable[[], T], *, what: str) -> T:
+    """``work()`` on this rank, then one all-reduce of whether it failed: every rank raises when
+    any did (its own error, or a RuntimeError naming how many others failed); else the result."""
+    failure: Exception | None = None
+    try:
+        result = work()
+    except Exception as exc:  # re-raised below, after the other ranks learn of it
+        failure = exc
+    failed = group.all_sum(np.array([float(failure is not None)]))[0]
     if failure is not None:
         raise failure
-    if header[0]:
-        raise RuntimeError(f"{int(header[0])} other rank(s) failed during {what}; see their errors")
-    return header[1:]
+    if failed:
+        raise RuntimeError(f"{int(failed)} other rank(s) failed during {what}; see their errors")
+    return result  # set: had work() raised, this rank raised above

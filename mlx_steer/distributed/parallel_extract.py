@@ -2,8 +2,8 @@
 
 Ranks split the prompts (pairs, for ``pca``) balanced by token length, read their share in
 batches exactly as one process would, and all-reduce :class:`ContrastMoments` per site: two sums,
-one of a header (each site's width, and whether the rank failed, so every rank raises together
-instead of waiting forever on a rank that died) and one of the sums. Traffic is O(sites × D)
+one of whether any rank failed (so every rank raises together instead of waiting forever on a
+rank that died, see :func:`~mlx_steer.distributed.data_parallel.together`) and one of the sums. Traffic is O(sites × D)
 for ``mean_diff`` and O(sites × D²) for ``pca``, whatever the number of prompts.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from .group import Group
 from .moments import REDUCIBLE, ContrastMoments
-from .data_parallel import agree, check_unsharded, my_share
+from .data_parallel import check_unsharded, my_share, together
 
 __all__ = ["parallel_directions"]
 
@@ -53,16 +53,15 @@ def parallel_directions(
     show = progress if group.rank == 0 else False
     reader = ActivationReader(model, keys, read, batch_size, enc, show, n_total=len(pos) + len(neg),
                               n_local=len(my_pos) + len(my_neg))
-    failure: BaseException | None = None
-    local: dict[str, ContrastMoments] = {}
-    try:
-        acts = reader(my_pos + my_neg)
-        local = {k: ContrastMoments.of(a[: len(my_pos)], a[len(my_pos):], paired=paired) for k, a in acts.items()}
-    except Exception as exc:  # re-raised below, after the other ranks learn of it
-        failure = exc
-    finally:
-        reader.close()
-    agree(group, failure, [len(local[k].sum_pos) if local else 0 for k in keys], what="data-parallel extraction")
+
+    def moments() -> dict[str, ContrastMoments]:
+        try:
+            acts = reader(my_pos + my_neg)
+        finally:
+            reader.close()
+        return {k: ContrastMoments.of(a[: len(my_pos)], a[len(my_pos):], paired=paired) for k, a in acts.items()}
+
+    local = together(group, moments, what="data-parallel extraction")
     dims = [len(local[k].sum_pos) for k in keys]
     total = group.all_sum(np.concatenate([local[k].pack() for k in keys]))
     out, at = {}, 0
