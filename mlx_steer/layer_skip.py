@@ -76,7 +76,9 @@ class LayerSkip:
         """Layer ``layer``'s input for the rows and positions this call runs (a padded batch runs
         them all; a backend that runs rows one at a time, unpadded, runs one row's last positions)."""
         xp = self.model.xp
-        value = xp.constant(self.hidden, like=h) if isinstance(self.hidden, np.ndarray) else xp.astype(self.hidden, h)
+        if isinstance(self.hidden, np.ndarray):  # converted once: rows run one at a time reuse it
+            self.hidden = xp.constant(self.hidden, like=h)
+        value = xp.astype(self.hidden, h)
         rows = np.asarray(self.model.state.rows, dtype=np.int64)
         total, t = int(value.shape[1]), int(h.shape[1])
         if len(rows) == int(value.shape[0]) and np.array_equal(rows, np.arange(len(rows))) and t == total:
