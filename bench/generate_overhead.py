@@ -15,10 +15,11 @@ import platform
 import statistics
 import time
 
-import mlx.core as mx
-import numpy as np
+import mlx_steer as ms  # before mlx: on Linux it gives MLX the optimized BLAS
 
-import mlx_steer as ms
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
 from mlx_steer import interventions as iv
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."

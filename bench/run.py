@@ -28,10 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import mlx_steer as ms  # noqa: E402  -- before mlx: on Linux it gives MLX the optimized BLAS
+
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-import mlx_steer as ms  # noqa: E402
 from mlx_steer.demo.real_model import prepare_smollm2  # noqa: E402
 
 SUBJECTS = ["the movie", "my job", "this city", "the weather", "our team", "the food", "this book", "the music",

@@ -4,8 +4,8 @@ cells batched as rows of one forward, whole or starting at the steered layer, on
 
     python bench/sweep.py [--repeats 3] [--backends torch mlx] [--json out.json]
 
-MLX's Linux CPU matmul runs at a flat rate whatever the batch size, so the batching gain shows on
-the torch backend here; the MLX target is for Apple silicon.
+Also the same cells scored by generation (:func:`bench_generation`): one ``batch_generate`` per cell vs one
+for all cells. On Linux, MLX needs the optimized BLAS mlx_steer loads (docs/blas.md) for batching to pay.
 """
 
 from __future__ import annotations
@@ -68,6 +68,60 @@ def bench(model, label: str, repeats: int, target: float | None = None) -> list[
     return rows
 
 
+def bench_generation(model, label: str, repeats: int, target: float | None = None, max_tokens: int = 16) -> list[dict]:
+    """The same 8 cells scored by generation: each cell's 6 prompts generate ``max_tokens`` greedy tokens
+    and the cell scores the share of generated tokens that are " good" minus those that are " bad". One
+    ``batch_generate`` per cell (6 rows) vs one for all cells (48 rows, each steered by its cell); the
+    generated tokens are checked equal."""
+    import mlx_steer as ms
+
+    site = f"layers.{LAYER}"
+    vec = ms.extract(model, POS, NEG, sites=[site], progress=False)
+    good, bad = (model.tokenizer.encode(t, add_special_tokens=False)[0] for t in (" good", " bad"))
+    cells = [vec.to_interventions(scale=s) for s in STRENGTHS]
+
+    def score(token_ids: list[list[int]]) -> list[float]:
+        n = len(PROMPTS)
+        cell_ids = [np.concatenate([token_ids[c * n + i] for i in range(n)]) for c in range(len(cells))]
+        return [float((ids == good).mean() - (ids == bad).mean()) for ids in cell_ids]
+
+    gen = dict(max_tokens=max_tokens)
+
+    def one_per_call() -> list[list[int]]:
+        return [ids for cell in cells for ids in model.batch_generate(PROMPTS, interventions=cell, **gen).token_ids]
+
+    def all_in_one() -> list[list[int]]:
+        every = [cell for cell in cells for _ in PROMPTS]
+        return model.batch_generate(PROMPTS * len(cells), interventions=every, **gen).token_ids
+
+    model.batch_generate(PROMPTS[:2], max_tokens=2)  # warm-up
+    variants = {"one cell per batch_generate (6 rows)": one_per_call,
+                f"8 cells in one batch_generate ({8 * len(PROMPTS)} rows)": all_in_one}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    scores = {}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            t = time.perf_counter()
+            ids = run()
+            times[name].append(time.perf_counter() - t)
+            scores[name] = (ids, score(ids))
+    (ids_a, score_a), (ids_b, score_b) = scores.values()
+    assert ids_a == ids_b, "each row must generate what its cell generates alone"
+    medians = {k: float(np.median(t)) for k, t in times.items()}
+    one = medians[next(iter(variants))]
+    name = f"8-strength sweep of layers.{LAYER} scored by {max_tokens} generated tokens, SmolLM2 ({label})"
+    rows = []
+    for i, (variant, value) in enumerate(medians.items()):
+        row = {"benchmark": name, "variant": variant, "value": value, "unit": "s"}
+        if i:
+            row["ratio"] = one / value
+            if target is not None:
+                row.update(target=f">= {target:.3f}", met=one / value >= target)
+        rows.append(row)
+    rows[0]["note"] = "scores " + " ".join(f"{x:+.2f}" for x in score_a)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -81,9 +135,13 @@ def main() -> None:
     path = str(prepare_smollm2(verbose=False))
     rows = []
     if "torch" in args.backends:
-        rows += bench(torch_load(path, dtype="float32"), "torch CPU, fp32", args.repeats, target=3.0)
+        tmodel = torch_load(path, dtype="float32")
+        rows += bench(tmodel, "torch CPU, fp32", args.repeats, target=3.0)
+        rows += bench_generation(tmodel, "torch CPU, fp32", args.repeats, target=3.0)
     if "mlx" in args.backends:
-        rows += bench(ms.load(path), "MLX", args.repeats)
+        mmodel = ms.load(path)
+        rows += bench(mmodel, "MLX", args.repeats, target=3.0)
+        rows += bench_generation(mmodel, "MLX", args.repeats, target=3.0)
     print("| benchmark | variant | value | ratio | target |\n|---|---|---:|---:|---|")
     for r in rows:
         ratio = f"{r['ratio']:.2f}×" if "ratio" in r else ""

@@ -17,6 +17,7 @@ import argparse
 import time
 from dataclasses import dataclass
 
+import mlx_steer  # noqa: F401  -- before mlx: on Linux it gives MLX the optimized BLAS
 import mlx.core as mx
 import numpy as np
 

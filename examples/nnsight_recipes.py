@@ -19,10 +19,11 @@ import argparse
 import time
 from dataclasses import dataclass
 
-import mlx.core as mx
-import numpy as np
+import mlx_steer as ms  # before mlx: on Linux it gives MLX the optimized BLAS
 
-import mlx_steer as ms
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
 from mlx_steer import analysis, similarity
 from mlx_steer import interventions as iv
 from mlx_steer.demo.real_model import prepare_smollm2

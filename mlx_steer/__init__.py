@@ -12,15 +12,23 @@
 
 The MLX names (``load``, ``SteerableModel``, ``Hooks``, ``Trace``) import MLX on first use, so the
 backend-neutral parts and the torch backend work where MLX is not installed.
+
+On Linux, importing mlx_steer first makes MLX's CPU build use an optimized BLAS when one is installed
+(``MLX_STEER_BLAS=off`` turns that off; ``mlx-steer doctor`` shows which BLAS MLX uses): see
+``mlx_steer.runtime.blas``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from .runtime.blas import prefer_fast_blas as _prefer_fast_blas
 
-from . import interventions
-from .paths import Site
-from .positions import Positions
+_prefer_fast_blas()  # before anything imports mlx.core: afterwards MLX's BLAS cannot change
+
+from typing import Any  # noqa: E402
+
+from . import interventions  # noqa: E402
+from .paths import Site  # noqa: E402
+from .positions import Positions  # noqa: E402
 
 
 def _version() -> str:

@@ -7,6 +7,7 @@ order of the prompts.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -58,10 +59,16 @@ class ActivationReader:
         """(N, D) per site, rows in the order of ``prompts``.
 
         Prompts are batched in order of token length, so a batch pads as little as possible
-        (padding is computed and thrown away; with ragged prompts it can outweigh batching).
+        (padding is computed and thrown away; with ragged prompts it can outweigh batching). Prompts
+        with the same token ids are read once and share the row: an optimized BLAS rounds a row
+        differently at another place in another batch, and identical prompts must read identical
+        activations (an identical contrast pair gives an exactly zero direction).
         """
         tokens = [self.model.encode(p, **self.enc) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(tokens[i]))
+        first: dict[tuple[int, ...], int] = {}
+        same = [first.setdefault(tuple(t), i) for i, t in enumerate(tokens)]  # each prompt's first twin
+        copies = Counter(same)
+        order = sorted(copies, key=lambda i: len(tokens[i]))
         out: dict[str, np.ndarray] = {}
         for i in range(0, len(order), self.bs):
             rows = order[i : i + self.bs]
@@ -70,9 +77,9 @@ class ActivationReader:
                     out[k] = np.empty((len(prompts),) + arr.shape[1:], dtype=arr.dtype)
                 out[k][rows] = arr
             if self.bar is not None:
-                self.done += len(rows)
+                self.done += sum(copies[r] for r in rows)
                 self.bar.update(self.done * self.n_total // self.n_local - self.bar.n)
-        return out
+        return {k: a if len(copies) == len(prompts) else a[same] for k, a in out.items()}
 
     def _read(self, prompts: list[str], tokens: list[list[int]]) -> dict[str, np.ndarray]:
         m, read, keys = self.model, self.read, self.keys

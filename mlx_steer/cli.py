@@ -792,6 +792,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 _DEMO_SUMMARY = "run the offline SmolLM2-135M sentiment-steering demo (options pass through)"
 
 
+def _fill_doctor(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--json", action="store_true", help="print the facts as one JSON object")
+    sp.add_argument("--no-measure", action="store_true", help="skip the matmul timing")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .runtime import doctor
+
+    return doctor.main(as_json=args.json, measure=not args.no_measure)
+
+
 def _demo(argv: list[str]) -> int:
     """The demo's own ``main``, its options checked here first (before the model is prepared)
     and its errors reported like every command's."""
@@ -825,6 +836,14 @@ def _demo_checks() -> argparse.ArgumentParser:
 
 # -- help text ---------------------------------------------------------------------------------
 _EXAMPLES = {
+    "doctor": """\
+On Linux, MLX's CPU build bundles the reference (netlib) BLAS; mlx_steer loads an optimized one (system
+OpenBLAS, or Intel MKL from `pip install mkl`) before MLX is imported, and this says which one MLX uses.
+MLX_STEER_BLAS=off keeps the bundled one; MLX_STEER_BLAS=/path/to/libblas.so picks a library.
+
+examples:
+  mlx-steer doctor
+  MLX_STEER_BLAS=off mlx-steer doctor --json""",
     "extract": """\
 input formats:
   JSONL   {"positive": "I love it", "negative": "I hate it"}   one pair per line
@@ -897,6 +916,8 @@ _COMMANDS: list[tuple[str, str, tuple[str, ...], Callable, Callable[[argparse.Na
     ("inspect", "show a vector file's metadata, norms and (with --model) top tokens",
      ("backend",), _fill_inspect, cmd_inspect),
     ("serve", serve_command.SUMMARY, ("backend",), serve_command.fill, serve_command.run),
+    ("doctor", "show the platform, versions, MLX device and which BLAS MLX uses, with a measured matmul rate",
+     (), _fill_doctor, cmd_doctor),
 ]
 _EXAMPLES["serve"] = serve_command.EXAMPLES
 

@@ -158,5 +158,5 @@ def _actadd(model, pos: str, neg: str, keys: list[str], enc: dict) -> dict[str, 
     space = model.encode(" ", chat=False)[-1]
     n = max(len(a), len(b))
     a, b = a + [space] * (n - len(a)), b + [space] * (n - len(b))
-    tr = model.run([a, b], record=keys, logits=False)
-    return {k: actadd(model.to_numpy(tr.activations[k])[0], model.to_numpy(tr.activations[k])[1]) for k in keys}
+    tr = model.run([a] if a == b else [a, b], record=keys, logits=False)  # identical: read once, exactly zero
+    return {k: actadd(model.to_numpy(tr.activations[k])[0], model.to_numpy(tr.activations[k])[-1]) for k in keys}

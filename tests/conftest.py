@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import mlx_steer  # noqa: F401  -- first: on Linux it gives MLX the optimized BLAS before anything imports mlx
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_models  # noqa: E402

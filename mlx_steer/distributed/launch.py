@@ -124,6 +124,12 @@ def _local_ring(args: list[str]) -> tuple[int, int | None, list[str], list[str],
     return known.repeat_hosts, known.starting_port, env, command, known.cwd
 
 
+def _blas_threads(n: int) -> dict[str, str]:
+    """OpenBLAS threads per rank: the cores shared out (its busy-waiting threads slow down when they
+    outnumber the cores); a setting the user made wins (it comes later in the rank's environment)."""
+    return {"OPENBLAS_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
+
+
 def _run_local(n: int, port: int | None, env: list[str], command: list[str], cwd: str | None, *,
                timeout: float | None) -> int:
     """Start ``n`` ring ranks of ``command`` on 127.0.0.1 and wait for them (see :func:`launch`)."""
@@ -134,7 +140,7 @@ def _run_local(n: int, port: int | None, env: list[str], command: list[str], cwd
     procs: list[subprocess.Popen] = []
     try:
         for rank in range(n):
-            rank_env = {**os.environ, **extra, "MLX_RANK": str(rank), "MLX_HOSTFILE": f.name}
+            rank_env = {**_blas_threads(n), **os.environ, **extra, "MLX_RANK": str(rank), "MLX_HOSTFILE": f.name}
             try:
                 procs.append(subprocess.Popen(command, env=rank_env, cwd=cwd, stdin=subprocess.DEVNULL,
                                               start_new_session=True))
