@@ -2,14 +2,17 @@
 
     python bench/run.py [--quick] [--json out.json]
 
-Rows: MLX generation with steering (1 layer, all layers) and recording vs plain mlx-lm; batched vs
-one-prompt-per-forward extraction on both backends (with the matmul throughput that explains it);
-memory kept by recording the last token vs the full sequence; an 8-strength sweep with its cells batched as
-rows of one forward vs one cell per forward (bench/sweep.py), on both backends; and the torch backend's generation
+Rows: on Linux first, MLX with the bundled reference BLAS vs the optimized one mlx_steer loads, each in its
+own process (bench/blas.py: matmul GFLOP/s, SmolLM2 prefill and decode); then, with the optimized BLAS, MLX
+generation with steering (1 layer, all layers) and recording vs plain mlx-lm; batched vs one-prompt-per-forward
+extraction on both backends (with the matmul throughput that explains it); an 8-strength sweep with its cells
+batched as rows of one forward vs one cell per forward, scored by forwards and by generation (bench/sweep.py),
+on both backends; memory kept by recording the last token vs the full sequence; the steered server with 8
+concurrent clients vs 8 sequential on MLX (bench/serve.py, in its own process); the torch backend's generation
 overhead vs plain HF generate (torch_overhead.py, in its own process), with nnsight and
 steering-vectors rows when those import (e.g. installed with ``pip install --target DIR --no-deps``
-and put on ``PYTHONPATH``: a plain install would change transformers). Ratios are measured within
-one run, interleaved, on the same machine.
+and put on ``PYTHONPATH``: a plain install would change transformers); and MLX decode ÷ torch decode.
+Ratios are measured within one run, interleaved, on the same machine.
 """
 
 from __future__ import annotations
@@ -145,6 +148,45 @@ def bench_torch(tokens: int, repeats: int) -> list[dict]:
     return rows
 
 
+def bench_serve(max_tokens: int, repeats: int) -> list[dict]:
+    """bench/serve.py on MLX in its own process (the server is a process of its own too), rows merged here."""
+    name = f"mlx-steer serve, 8 clients x {max_tokens} tokens, SmolLM2 (MLX)"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "serve.json"
+        cmd = [sys.executable, str(Path(__file__).with_name("serve.py")), "--backend", "mlx", "--max-tokens",
+               str(max_tokens), "--repeats", str(repeats), "--json", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return [{"benchmark": name, "variant": f"failed: {tail[0]}", "value": float("nan"), "unit": ""}]
+        data = json.loads(out.read_text())
+    by = {r["variant"]: r for r in data["rows"]}
+    none, steered, seq = (by[k] for k in ("8 concurrent, none steered", "8 concurrent, each steered by its own vector",
+                                          "8 sequential, none steered"))
+    note = lambda r: f"TTFT p50 {r['ttft_p50']:.2f} s, latency p50 {r['lat_p50']:.2f} s"  # noqa: E731
+    return [
+        {"benchmark": name, "variant": "8 sequential, none steered", "value": seq["tok_s"], "unit": "tok/s",
+         "note": note(seq)},
+        {"benchmark": name, "variant": "8 concurrent, none steered", "value": none["tok_s"], "unit": "tok/s",
+         "ratio": none["tok_s"] / seq["tok_s"], "target": ">= 2x vs sequential",
+         "met": none["tok_s"] / seq["tok_s"] >= 2, "note": note(none)},
+        {"benchmark": name, "variant": "8 concurrent, each steered by its own vector", "value": steered["tok_s"],
+         "unit": "tok/s", "ratio": steered["tok_s"] / none["tok_s"], "target": ">= 0.9 vs none steered",
+         "met": steered["tok_s"] / none["tok_s"] >= 0.9, "note": note(steered)},
+    ]
+
+
+def decode_vs_torch(rows: list[dict]) -> list[dict]:
+    """MLX decode ÷ torch decode on SmolLM2: plain mlx-lm vs plain HF generate, from this run's rows."""
+    mlx_row = next((r for r in rows if r["benchmark"] == "MLX generate, SmolLM2-135M" and r["variant"] == "plain mlx-lm"), None)
+    torch_row = next((r for r in rows if r["benchmark"].startswith("torch generate") and "HF" in r["variant"]), None)
+    if mlx_row is None or torch_row is None:
+        return []
+    return [{"benchmark": "MLX decode / torch decode, SmolLM2 fp32, 48 greedy tokens", "variant": "plain mlx-lm / plain HF generate",
+             "value": mlx_row["value"] / torch_row["value"], "unit": "x",
+             "note": f"{mlx_row['value']:.2f} vs {torch_row['value']:.2f} tok/s"}]
+
+
 def machine() -> str:
     from machine import cpu_name
 
@@ -152,6 +194,13 @@ def machine() -> str:
     versions = ", ".join(f"{d} {md.version(d)}" for d in ("mlx", "mlx-lm", "torch", "transformers") if _installed(d))
     return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, python {platform.python_version()}, "
             f"{versions}; MLX device {mx.default_device()}")
+
+
+def blas_applies() -> bool:
+    """MLX here is the Linux CPU build whose reference BLAS mlx_steer replaces (the BLAS rows apply)."""
+    from mlx_steer.runtime import blas
+
+    return blas.setup().applies
 
 
 def _installed(dist: str) -> bool:
@@ -173,11 +222,13 @@ def main() -> None:
     n_pairs = 8 if args.quick else 64
     has_torch = not args.skip_torch and _installed("torch") and _installed("transformers")
 
+    import blas as blas_bench
     import generate_overhead as go
     import sweep as sweep_bench
 
     t0 = time.time()
     folder = str(prepare_smollm2(verbose=False))
+    rows_blas = blas_bench.rows(blas_bench.run_variants(1 if args.quick else 3)) if blas_applies() else []
     smol = ms.load(folder)
     rows: list[dict] = []
     rand = go.random_llama_100m(smol.tokenizer)
@@ -189,9 +240,11 @@ def main() -> None:
                 row.update(target=f">= {go.TARGETS[label]:.3f}", met=ok == "yes")
             rows.append(row)
     del rand
-    rows += bench_extraction(smol, "SmolLM2 (MLX)", n_pairs, max(1, repeats - 1))
-    rows += sweep_bench.bench(smol, "MLX", 1 if args.quick else 2)
+    rows += bench_extraction(smol, "SmolLM2 (MLX)", n_pairs, repeats)
+    rows += sweep_bench.bench(smol, "MLX", repeats, target=3.0)
+    rows += sweep_bench.bench_generation(smol, "MLX", repeats, target=3.0)
     rows += bench_memory(smol, 64 if args.quick else 512)
+    rows += bench_serve(8 if args.quick else 32, 1 if args.quick else 2)
     if has_torch:
         import torch
 
@@ -200,12 +253,16 @@ def main() -> None:
         tsmol = torch_load(folder, dtype=torch.float32)
         rows += bench_extraction(tsmol, "SmolLM2 (torch CPU)", n_pairs, repeats)
         rows += sweep_bench.bench(tsmol, "torch CPU, fp32", repeats, target=3.0)
+        rows += sweep_bench.bench_generation(tsmol, "torch CPU, fp32", repeats, target=3.0)
+        del tsmol
         rows += bench_matmul()
         rows += bench_torch(24 if args.quick else 48, 1 if args.quick else 5)
+        rows += decode_vs_torch(rows)
     else:
         rows.append({"benchmark": "torch rows", "variant": "skipped (--skip-torch or torch not installed)",
                      "value": float("nan"), "unit": ""})
 
+    rows = rows_blas + rows
     where = machine()
     print(f"\nmachine: {where}\n{'quick run, ' if args.quick else ''}total {time.time() - t0:.0f}s; "
           "ratio = variant / plain (speed) or one-at-a-time / batched (extraction)\n")
