@@ -1,6 +1,6 @@
 """Every benchmark, one table: the numbers in docs/benchmarks.md come from this command.
 
-    python bench/run.py [--quick] [--json out.json]
+    python bench/run.py [--quick] [--json out.json] [--markdown table.md]
 
 Rows: on Linux first, MLX with the bundled reference BLAS vs the optimized one mlx_steer loads, each in its
 own process (bench/blas.py: matmul GFLOP/s, SmolLM2 prefill and decode); then, with the optimized BLAS, MLX
@@ -216,6 +216,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer tokens, pairs and repeats (a smoke run)")
     ap.add_argument("--json", help="also write the machine and the rows here")
     ap.add_argument("--skip-torch", action="store_true", help="MLX rows only")
+    ap.add_argument("--markdown", help="also write the table as markdown here (as docs/benchmarks.md shows it)")
     args = ap.parse_args()
     repeats = 1 if args.quick else 3
     gen_tokens, gen_repeats = (16, 1) if args.quick else (48, 9)
@@ -275,6 +276,23 @@ def main() -> None:
         print(f"{r['benchmark']:<{w}} {r['variant']:<34} {r['value']:>9.2f} {r['unit']:<8} {ratio:>7}  {target}{note}")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": where, "quick": args.quick, "rows": rows}, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows))
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as the table in docs/benchmarks.md (a benchmark's name once, on its first row)."""
+    out = ["| benchmark | variant | value | ratio | target |", "|---|---|---:|---:|---|"]
+    last = None
+    for r in rows:
+        name = "" if r["benchmark"] == last else r["benchmark"]
+        last = r["benchmark"]
+        value = f"{r['value']:.2f} {r['unit']}".strip()
+        ratio = f"{r['ratio']:.3f}" if "ratio" in r else ""
+        target = f"{r['target']} {'met' if r['met'] else '**not met**'}" if "target" in r else ""
+        note = f" ({r['note']})" if r.get("note") else ""
+        out.append(f"| {name} | {r['variant']}{note} | {value} | {ratio} | {target} |")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
