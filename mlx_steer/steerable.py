@@ -226,7 +226,8 @@ class Steerable:
         if final_norm and norm_path is None:
             raise ValueError(f"final_norm=True but no final norm ({', '.join(NORM_NAMES)}) was found "
                              "after the decoder layers")
-        out = self.to_numpy(self._unembed(np.atleast_2d(x), norm_path))
+        with self.calls("unembed"):  # its modules run bypassed: no other call may run them meanwhile
+            out = self.to_numpy(self._unembed(np.atleast_2d(x), norm_path))
         return out[0] if x.ndim == 1 else out
 
     # -- planning ----------------------------------------------------------------------------

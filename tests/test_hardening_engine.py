@@ -2,6 +2,7 @@
 model left untouched), or the right result against an oracle — never a crash, a leak or a silent
 wrong result. Each test pins one item of the hardening issue."""
 
+import sys
 import threading
 
 import numpy as np
@@ -110,6 +111,80 @@ def test_a_forward_from_inside_an_intervention_is_refused(backend_models, backen
     with pytest.raises(RuntimeError, match=r"run started while this model is still running run"):
         m.run(PROMPTS[0], interventions={"layers.1": iv.custom(lambda h: m.run(PROMPTS[1]) and h)})
     m.run(PROMPTS[0])  # and the model is usable again
+
+
+def hold_final_norm(m, entered: threading.Event, release: threading.Event):
+    """Make ``m``'s final norm wait for ``release`` when unembed runs it (a test-owned wrapper, not
+    mlx_steer's hooks: unembed runs the model's modules as if unpatched)."""
+    norm = m.modules[m.final_norm_path]
+
+    def wait() -> None:
+        entered.set()
+        assert release.wait(timeout=60)
+
+    if hasattr(norm, "forward"):  # torch: unembed calls .forward
+        original = norm.forward
+
+        def forward(*args, **kwargs):
+            wait()
+            return original(*args, **kwargs)
+
+        norm.forward = forward
+        return lambda: delattr(norm, "forward")
+    cls = type(norm)
+
+    class Held(cls):  # MLX: __call__ is looked up on the class
+        def __call__(self, *args, **kwargs):
+            wait()
+            return super().__call__(*args, **kwargs)
+
+    Held.__name__ = Held.__qualname__ = cls.__name__  # still found as the final norm by its name
+    norm.__class__ = Held
+    return lambda: setattr(norm, "__class__", cls)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_models_in_two_threads_keep_their_own_steering(fresh_models, backend):
+    """While one model's unembed runs (its modules as if unpatched) in one thread, another model's
+    steered forwards in another thread stay steered: each equals the steered forward computed alone.
+    The first model is held inside unembed, so the overlap is certain, not left to the scheduler."""
+    a, b = fresh_models(backend, "llama"), fresh_models(backend, "llama")
+    steer = {"layers.1": iv.add_vector(vector(b), positions="all")}
+    expected = b.to_numpy(b.run(PROMPTS, interventions=steer).logits)
+    assert not np.allclose(expected, b.to_numpy(b.run(PROMPTS).logits))  # the steering shows in the logits
+    entered, release, errors = threading.Event(), threading.Event(), []
+    restore = hold_final_norm(a, entered, release)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+
+    def lens() -> None:
+        try:
+            a.unembed(vector(a, seed=1), final_norm=True)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=lens)
+    t.start()
+    try:
+        assert entered.wait(timeout=60)  # a is inside its unembed now
+        unsteered = sum(not np.array_equal(b.to_numpy(b.run(PROMPTS, interventions=steer).logits), expected)
+                        for _ in range(20))
+    finally:
+        release.set()
+        t.join(timeout=60)
+        sys.setswitchinterval(interval)
+        restore()
+    assert not errors and not t.is_alive()
+    assert unsteered == 0, f"{unsteered} of 20 steered forwards differed from the steered forward alone"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unembed_inside_a_running_call_is_refused(backend_models, backend):
+    m = backend_models(backend, "llama")
+    d = vector(m)
+    with pytest.raises(RuntimeError, match=r"unembed started while this model is still running run"):
+        m.run(PROMPTS[0], interventions={"layers.1": iv.custom(lambda h: m.unembed(d) is not None and h)})
+    assert m.unembed(d).shape == (m.vocab_size,)  # and the model is usable again
 
 
 # -- 3, 4: recording shapes and empty selections -----------------------------------------------------

@@ -130,7 +130,7 @@ class SteerableModel(Steerable):
             # identical 2-token rows, alternately padded: the reference is two single-row forwards
             probe_pad = [b % 2 for b in range(B)]
             x = mx.array([[0] * p + [3, 4][p:] for p in probe_pad])
-            with hk.bypassed():
+            with hk.bypassed(self.modules.values()):
                 try:
                     batch = self.model(x, cache=self._batch_cache(probe_pad))[:, -1]
                     single = mx.concatenate([self.model(mx.array([[3, 4][p:]]))[:, -1] for p in (0, 1)])
@@ -259,7 +259,7 @@ class SteerableModel(Steerable):
     def _unembed(self, x: np.ndarray, norm_path: str | None) -> mx.array:
         h = mx.array(x).astype(self.dtype)
         head = self.modules[self.unembedding_path]
-        with hk.bypassed():  # user hooks on the norm or head must not touch this
+        with hk.bypassed(self.modules.values()):  # user hooks on the norm or head must not touch this
             if norm_path is not None:
                 h = self.modules[norm_path](h)
             return head(h) if isinstance(head, (nn.Linear, nn.QuantizedLinear)) else head.as_linear(h)

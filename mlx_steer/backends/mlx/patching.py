@@ -13,7 +13,8 @@ site hook then shares.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 import mlx.core as mx
@@ -24,17 +25,24 @@ from ...positions import PositionState
 
 _ATTR = "_mlx_steer_hooks"
 _SUBCLASSES: dict[type, type] = {}
-_BYPASS: list[bool] = [False]
 
 
 @contextlib.contextmanager
-def bypassed() -> Iterator[None]:
-    """Run patched modules as if unpatched (for internal probe forwards)."""
-    previous, _BYPASS[0] = _BYPASS[0], True
+def bypassed(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Run these modules as if unpatched, in this thread only (internal probe forwards).
+
+    Scoped to the modules (one model's) and to the calling thread: another model, or this model
+    called from another thread, keeps its hooks meanwhile.
+    """
+    me = threading.get_ident()
+    hooks = [h for h in (m.__dict__.get(_ATTR) for m in modules) if h is not None and me not in h.bypassing]
+    for h in hooks:
+        h.bypassing.add(me)
     try:
         yield
     finally:
-        _BYPASS[0] = previous
+        for h in hooks:
+            h.bypassing.discard(me)
 
 
 def _patched_class(cls: type) -> type:
@@ -43,9 +51,10 @@ def _patched_class(cls: type) -> type:
 
         class Patched(cls):
             def __call__(self, *args: Any, **kwargs: Any) -> Any:
-                if _BYPASS[0]:
+                hooks = self.__dict__[_ATTR]
+                if hooks.bypassing and threading.get_ident() in hooks.bypassing:
                     return super().__call__(*args, **kwargs)
-                return self.__dict__[_ATTR].call(super().__call__, args, kwargs)
+                return hooks.call(super().__call__, args, kwargs)
 
         Patched.__name__, Patched.__qualname__ = cls.__name__, cls.__qualname__
         Patched.__module__ = cls.__module__
@@ -60,6 +69,7 @@ class _ModuleHooks:
         self.module, self.original_class = module, type(module)
         self.entries: list[Entry] = []
         self.instead: Callable | None = None  # the newest entry's ``instead``, kept up to date
+        self.bypassing: set[int] = set()  # threads running this module as if unpatched (bypassed())
 
     def update(self) -> None:
         self.instead = next((e.instead for e in reversed(self.entries) if e.instead is not None), None)
