@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata
 import numbers
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,10 +31,11 @@ _COMMON = ("model_id", "method", "read_positions")  # kept by + and - only when 
 
 
 def _library_version() -> str:
-    try:
-        return importlib.metadata.version("mlx-steer")
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        return "0.1.0"
+    """``mlx_steer.__version__``, the one version source (the distribution is mlx-steer-lab; the name
+    mlx-steer on the package index is someone else's)."""
+    from . import __version__
+
+    return __version__
 
 
 @dataclass(frozen=True, eq=False)

@@ -273,3 +273,13 @@ def test_module_imports_neither_mlx_nor_torch():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_created_by_is_the_package_version(monkeypatch):
+    """One version source: a vector records mlx_steer.__version__ (not the version of the unrelated
+    distribution named mlx-steer), read when the vector is made."""
+    import mlx_steer
+
+    assert SteeringVector({"model.layers.0": np.ones(4)}).created_by == mlx_steer.__version__
+    monkeypatch.setattr(mlx_steer, "__version__", "9.8.7")
+    assert SteeringVector({"model.layers.0": np.ones(4)}).created_by == "9.8.7"
