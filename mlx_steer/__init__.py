@@ -10,7 +10,8 @@
         pass
     tr.activations["layers.4"]          # (B, L, D)
 
-The MLX names (``load``, ``SteerableModel``, ``Hooks``, ``Trace``) import MLX on first use, so the
+``load(path, backend="mlx" | "torch", device=None)`` loads either backend's model and imports only that
+backend; the MLX names (``SteerableModel``, ``Hooks``, ``Trace``) import MLX on first use, so the
 backend-neutral parts and the torch backend work where MLX is not installed.
 
 On Linux, importing mlx_steer first makes MLX's CPU build use an optimized BLAS when one is installed
@@ -43,8 +44,9 @@ def _version() -> str:
 
 __version__ = _version()
 
-_MLX_NAMES = {"load", "SteerableModel", "Hooks", "Trace"}
+_MLX_NAMES = {"SteerableModel", "Hooks", "Trace"}
 _NEUTRAL = {
+    "load": ("loading", "load"),
     "extract": ("extraction", "extract"),
     "record_dataset": ("dataset_recording", "record_dataset"),
     "SteeringVector": ("steering_vector", "SteeringVector"),

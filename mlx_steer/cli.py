@@ -390,59 +390,11 @@ def _contrast(args: argparse.Namespace, pairs_file: str | None) -> tuple[list[st
 
 # -- models and vectors ------------------------------------------------------------------------
 def load_model(spec: str, *, backend: str = "mlx", device: str | None = None) -> Any:
-    """A SteerableModel (mlx) or TorchSteerableModel from a folder or hub id.
+    """:func:`mlx_steer.load`, with a device error naming the ``--device`` option."""
+    from .loading import check_device, load
 
-    A missing local-looking path (``./x``, ``/x``, ``~/x``, ``a/b/c``) is reported as
-    ``no such file`` instead of being looked up on the hub.
-    """
-    local = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
-    if local and not Path(spec).expanduser().exists():
-        raise FileNotFoundError(f"no such file: {spec}")
-    path = str(Path(spec).expanduser()) if spec.startswith("~") else spec
-    if backend == "torch":
-        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
-            raise ImportError("--backend torch needs torch and transformers: pip install torch transformers")
-        if device is not None:
-            _check_device(device)
-        from .backends.torch import load as torch_load
-
-        return _loaded(spec, lambda: torch_load(path, device=device))
-    if device is not None:
-        raise ValueError(f"--device {device} applies to --backend torch; mlx picks its device itself")
-    from .backends.mlx import load as mlx_load
-
-    return _loaded(spec, lambda: mlx_load(path))
-
-
-def _check_device(device: str) -> None:
-    """``device`` names a torch device this build and machine have."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"--device {device!r} is not a torch device ({exc}); e.g. cpu, cuda, cuda:1, mps") from None
-    if dev.type == "meta":
-        raise ValueError("--device meta holds no weights; use cpu, cuda or mps")
-    module = getattr(torch, dev.type, None) if dev.type != "cpu" else None
-    available = getattr(module, "is_available", None)
-    if available is not None and not available():
-        raise ValueError(f"--device {device}: no {dev.type} device is available to this torch "
-                         f"({torch.__version__}); use --device cpu")
-    count = getattr(module, "device_count", None)
-    if dev.index is not None and count is not None and dev.index >= count():
-        raise ValueError(f"--device {device}: this machine has {count()} {dev.type} device(s); "
-                         f"valid: {', '.join(f'{dev.type}:{i}' for i in range(count()))}")
-
-
-def _loaded(spec: str, load: Callable[[], Any]) -> Any:
-    """``load()``, with its file errors (truncated or corrupt weights, bad JSON) reported as the model's."""
-    from safetensors import SafetensorError
-
-    try:
-        return load()
-    except (RuntimeError, SafetensorError, ValueError, OSError) as exc:
-        raise ValueError(f"cannot load the model {spec}: {exc}") from exc
+    check_device(backend, device, option="--device")
+    return load(spec, backend=backend, device=device)
 
 
 def _model(args: argparse.Namespace) -> Any:

@@ -119,3 +119,26 @@ def test_no_import_cycles_at_module_level():
     for m in sorted(edges):
         if m not in state:
             visit(m)
+
+
+def test_one_load_for_both_backends(tiny_dir):
+    """mlx_steer.load(path, backend=...) gives each backend's own model: the same logits as that
+    backend's loader, and bad choices named before anything loads."""
+    import mlx_steer as ms
+    from mlx_steer.backends.mlx import SteerableModel, load as mlx_load
+    from mlx_steer.torch_backend import TorchSteerableModel, load as torch_load
+
+    folder = tiny_dir("llama")
+    mine = {"mlx": ms.load(folder), "torch": ms.load(str(folder), backend="torch", device="cpu")}
+    assert type(mine["mlx"]) is SteerableModel and type(mine["torch"]) is TorchSteerableModel
+    for backend, theirs in (("mlx", mlx_load(str(folder))), ("torch", torch_load(str(folder)))):
+        m = mine[backend]
+        assert np.array_equal(m.to_numpy(m.run(PROMPT).logits), theirs.to_numpy(theirs.run(PROMPT).logits))
+    with pytest.raises(ValueError, match=r"unknown backend 'jax'; valid: mlx, torch"):
+        ms.load(folder, backend="jax")
+    with pytest.raises(ValueError, match=r"device cpu applies to the torch backend; MLX picks its device itself"):
+        ms.load(folder, device="cpu")
+    with pytest.raises(ValueError, match=r"device 'bogus' is not a torch device"):
+        ms.load(folder, backend="torch", device="bogus")
+    with pytest.raises(FileNotFoundError, match=r"no such file: \./no/such/model"):
+        ms.load("./no/such/model", backend="torch")

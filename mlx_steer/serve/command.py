@@ -81,12 +81,13 @@ def run(args: argparse.Namespace) -> int:
     _check_listen(args.host, args.port)
     api_key = args.api_key if args.api_key is not None else os.environ.get("MLX_STEER_API_KEY") or None
 
-    from ..cli import load_model
+    from ..loading import check_device, load
     from .app import context_length_of, create_app
     from .registry import VectorRegistry
 
     backend = getattr(args, "backend", "mlx")
-    model = load_model(args.model, backend=backend, device=args.device)
+    check_device(backend, args.device, option="--device")
+    model = load(args.model, backend=backend, device=args.device)
     registry = VectorRegistry(model)
     for name, path in specs:
         registry.add_file(name, path)
