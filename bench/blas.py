@@ -112,11 +112,9 @@ def main() -> None:
         args.json.write_text(json.dumps(measure(args.repeats)))
         return
     table = rows(run_variants(args.repeats))
-    print("| benchmark | variant | value | ratio | target |\n|---|---|---:|---:|---|")
-    for r in table:
-        ratio = f"{r['ratio']:.2f}×" if "ratio" in r else ""
-        target = f"{r['target']} ({'met' if r['met'] else 'NOT met'})" if "target" in r else ""
-        print(f"| {r['benchmark']} | {r['variant']} ({r['note']}) | {r['value']:.2f} {r['unit']} | {ratio} | {target} |")
+    from table import markdown
+
+    print(markdown(table))
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
 

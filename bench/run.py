@@ -277,22 +277,9 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": where, "quick": args.quick, "rows": rows}, indent=2))
     if args.markdown:
+        from table import markdown
+
         Path(args.markdown).write_text(markdown(rows))
-
-
-def markdown(rows: list[dict]) -> str:
-    """The rows as the table in docs/benchmarks.md (a benchmark's name once, on its first row)."""
-    out = ["| benchmark | variant | value | ratio | target |", "|---|---|---:|---:|---|"]
-    last = None
-    for r in rows:
-        name = "" if r["benchmark"] == last else r["benchmark"]
-        last = r["benchmark"]
-        value = f"{r['value']:.2f} {r['unit']}".strip()
-        ratio = f"{r['ratio']:.3f}" if "ratio" in r else ""
-        target = f"{r['target']} {'met' if r['met'] else '**not met**'}" if "target" in r else ""
-        note = f" ({r['note']})" if r.get("note") else ""
-        out.append(f"| {name} | {r['variant']}{note} | {value} | {ratio} | {target} |")
-    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

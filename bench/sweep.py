@@ -20,6 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from table import markdown, speedup_rows  # noqa: E402
+
 PROMPTS = ["I think that", "The weather today is", "My neighbour told me that", "Yesterday at work, I",
            "In my opinion, the movie was", "When I look at the world, I feel"]
 POS = ["I love this.", "What a wonderful day.", "I am so happy.", "This is great."]
@@ -55,17 +57,7 @@ def bench(model, label: str, repeats: int, target: float | None = None) -> list[
     for other in rest:
         assert np.allclose(first, other, atol=1e-3), "every variant must give the same table"
     medians = {k: float(np.median(t)) for k, t in times.items()}
-    one = medians[next(iter(variants))]
-    name = f"8-strength sweep of layers.{LAYER}, SmolLM2 ({label})"
-    rows = []
-    for i, (variant, value) in enumerate(medians.items()):
-        row = {"benchmark": name, "variant": variant, "value": value, "unit": "s"}
-        if i:
-            row["ratio"] = one / value
-        if i == len(medians) - 1 and target is not None:
-            row.update(target=f">= {target:.3f}", met=one / value >= target)
-        rows.append(row)
-    return rows
+    return speedup_rows(f"8-strength sweep of layers.{LAYER}, SmolLM2 ({label})", medians, target)
 
 
 def bench_generation(model, label: str, repeats: int, target: float | None = None, max_tokens: int = 16) -> list[dict]:
@@ -108,16 +100,8 @@ def bench_generation(model, label: str, repeats: int, target: float | None = Non
     (ids_a, score_a), (ids_b, score_b) = scores.values()
     assert ids_a == ids_b, "each row must generate what its cell generates alone"
     medians = {k: float(np.median(t)) for k, t in times.items()}
-    one = medians[next(iter(variants))]
     name = f"8-strength sweep of layers.{LAYER} scored by {max_tokens} generated tokens, SmolLM2 ({label})"
-    rows = []
-    for i, (variant, value) in enumerate(medians.items()):
-        row = {"benchmark": name, "variant": variant, "value": value, "unit": "s"}
-        if i:
-            row["ratio"] = one / value
-            if target is not None:
-                row.update(target=f">= {target:.3f}", met=one / value >= target)
-        rows.append(row)
+    rows = speedup_rows(name, medians, target)
     rows[0]["note"] = "scores " + " ".join(f"{x:+.2f}" for x in score_a)
     return rows
 
@@ -142,11 +126,7 @@ def main() -> None:
         mmodel = ms.load(path)
         rows += bench(mmodel, "MLX", args.repeats, target=3.0)
         rows += bench_generation(mmodel, "MLX", args.repeats, target=3.0)
-    print("| benchmark | variant | value | ratio | target |\n|---|---|---:|---:|---|")
-    for r in rows:
-        ratio = f"{r['ratio']:.2f}×" if "ratio" in r else ""
-        target = f"{r['target']} ({'met' if r['met'] else 'NOT met'})" if "target" in r else ""
-        print(f"| {r['benchmark']} | {r['variant']} | {r['value']:.2f} {r['unit']} | {ratio} | {target} |")
+    print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
