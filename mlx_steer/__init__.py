@@ -11,8 +11,8 @@
     tr.activations["layers.4"]          # (B, L, D)
 
 ``load(path, backend="mlx" | "torch", device=None)`` loads either backend's model and imports only that
-backend; the MLX names (``SteerableModel``, ``Hooks``, ``Trace``) import MLX on first use, so the
-backend-neutral parts and the torch backend work where MLX is not installed.
+backend; ``SteerableModel`` (the MLX backend's class) imports MLX on first use, so the backend-neutral
+parts (``Hooks``, ``Trace`` ...) and the torch backend work where MLX is not installed.
 
 On Linux, importing mlx_steer first makes MLX's CPU build use an optimized BLAS when one is installed
 (``MLX_STEER_BLAS=off`` turns that off; ``mlx-steer doctor`` shows which BLAS MLX uses): see
@@ -44,9 +44,11 @@ def _version() -> str:
 
 __version__ = _version()
 
-_MLX_NAMES = {"SteerableModel", "Hooks", "Trace"}
+_MLX_NAMES = {"SteerableModel"}
 _NEUTRAL = {
     "load": ("loading", "load"),
+    "Hooks": ("hooks", "Hooks"),
+    "Trace": ("steerable", "Trace"),
     "extract": ("extraction", "extract"),
     "record_dataset": ("dataset_recording", "record_dataset"),
     "SteeringVector": ("steering_vector", "SteeringVector"),

@@ -142,3 +142,18 @@ def test_one_load_for_both_backends(tiny_dir):
         ms.load(folder, backend="torch", device="bogus")
     with pytest.raises(FileNotFoundError, match=r"no such file: \./no/such/model"):
         ms.load("./no/such/model", backend="torch")
+
+
+def test_backend_neutral_names_import_without_mlx():
+    """Hooks and Trace belong to the shared engine: mlx_steer gives them where MLX cannot be imported,
+    while the MLX backend's class, which needs MLX, says so."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['mlx'] = None  # import mlx now raises ImportError\n"
+            "import mlx_steer as ms\n"
+            "print(ms.Hooks.__module__, ms.Trace.__module__)\n"
+            "try:\n    ms.SteerableModel\nexcept ImportError:\n    print('SteerableModel needs mlx')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["mlx_steer.hooks mlx_steer.steerable", "SteerableModel needs mlx"]
