@@ -7,36 +7,27 @@ sequences join, finish and leave.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ...continuous import ContinuousBatch, SequenceLayout
 from ...steerable import RowStep
+from .generator_rows import RunningBatches, track
 
 if TYPE_CHECKING:
     from .model import SteerableModel
 
 
 class GeneratorLayout(SequenceLayout):
-    """The rows of a ``BatchGenerator``'s forwards.
+    """The rows of a ``BatchGenerator``'s forwards: the uids of the batch running the forward, which
+    the generator's batches register while they run (:mod:`.generator_rows`)."""
 
-    The generator runs batches (prompt processing and decoding), each with its own KV cache and
-    uids, some before the generator holds them; a forward's rows are the uids of the batch
-    whose cache it was given: the caller that owns that cache.
-    """
+    def __init__(self, running: RunningBatches, *, key_base: int | None = None) -> None:
+        super().__init__(key_base=key_base)
+        self.running = running
 
     def current(self, cache: object) -> tuple[list[int], bool]:
-        frame: FrameType | None = sys._getframe(1)
-        for _ in range(16):
-            if frame is None:
-                break
-            owner = frame.f_locals.get("self")
-            if owner is not None and getattr(owner, "prompt_cache", None) is cache and hasattr(owner, "uids"):
-                return list(owner.uids), type(owner).__name__ == "GenerationBatch"
-            frame = frame.f_back
-        raise RuntimeError("a forward inside batch generation that is not one of the BatchGenerator's batches")
+        return self.running.current(cache)
 
 
 def generate_rows(
@@ -50,7 +41,7 @@ def generate_rows(
     gen = BatchGenerator(model.model, max_tokens=max_tokens, stop_tokens=[[t] for t in stop_tokens],
                          sampler=sampler, completion_batch_size=B, prefill_batch_size=B,
                          prefill_step_size=prefill_step_size)
-    layout = GeneratorLayout(key_base=0)
+    layout = GeneratorLayout(track(gen), key_base=0)
     try:
         uids = gen.insert(tokens, max_tokens=[max_tokens] * B, logits_processors=[list(processors)] * B)
         for uid, t in zip(uids, tokens):  # uids are 0..B-1: row keys are prompt indices
@@ -84,7 +75,7 @@ class SteeredBatchGenerator(ContinuousBatch):
             completion_batch_size=completion_batch_size, prefill_batch_size=prefill_batch_size,
             prefill_step_size=prefill_step_size, max_kv_size=max_kv_size,
         )
-        super().__init__(model, GeneratorLayout())
+        super().__init__(model, GeneratorLayout(track(self.generator)))
 
     def _enqueue(self, prompt: list[int], *, max_tokens: int, sampler: Any, logits_processors: list) -> int:
         return int(self.generator.insert([prompt], max_tokens=[max_tokens],
