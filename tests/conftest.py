@@ -58,7 +58,7 @@ def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct, prepared once per cache (CI sets MLX_STEER_CACHE)."""
     import os
 
-    from mlx_steer.real_model import prepare_smollm2
+    from mlx_steer.demo.real_model import prepare_smollm2
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a model hub
     return prepare_smollm2(cache_dir=os.environ.get("MLX_STEER_CACHE") or None, verbose=False)

@@ -157,3 +157,17 @@ def test_backend_neutral_names_import_without_mlx():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["mlx_steer.hooks mlx_steer.steerable", "SteerableModel needs mlx"]
+
+
+def test_tests_import_no_private_name_of_the_package():
+    """Tests use the package as users do: no ``from mlx_steer... import _name``, and not the
+    deprecated ``mlx_steer.real_model`` path (the module is mlx_steer.demo.real_model)."""
+    found = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mlx_steer"):
+                found += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") or node.module == "mlx_steer.real_model"]
+            elif isinstance(node, ast.Import):
+                found += [f"{path.name}: {a.name}" for a in node.names if a.name == "mlx_steer.real_model"]
+    assert found == []

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_steer.real_model import SMOLLM2_ID, fix_rope_theta, prepare_smollm2
+from mlx_steer.demo.real_model import SMOLLM2_ID, fix_rope_theta, prepare_smollm2
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 
@@ -91,7 +91,7 @@ def test_second_call_is_fast_and_leaves_files_alone(smollm2_dir):
     # In a fresh interpreter: the cached path must not need torch or transformers at all.
     code = (
         "import sys, time\n"
-        "from mlx_steer.real_model import prepare_smollm2\n"
+        "from mlx_steer.demo.real_model import prepare_smollm2\n"
         "assert 'torch' not in sys.modules\n"
         "t = time.perf_counter()\n"
         f"path = prepare_smollm2(cache_dir={str(smollm2_dir.parent)!r})\n"

@@ -248,11 +248,11 @@ def test_arrays_are_read_only_copies():
 
 
 def test_inferred_fields_and_defaults():
-    from mlx_steer.steering_vector import _library_version
+    import mlx_steer
 
     v = SteeringVector({"a": [1, 2, 3]})
     assert v.hidden_size == 3 and v.dtype == "float32" and v["a"].dtype == np.float32
-    assert v.hook_point == "output" and v.created_by == _library_version() and v.created_by
+    assert v.hook_point == "output" and v.created_by == mlx_steer.__version__ and v.created_by
     assert dict(v.extra) == {}
 
 

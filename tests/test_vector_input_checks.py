@@ -1,4 +1,4 @@
-"""Hardening (issue 10, items 7, 9, 11, 12 and one method table): vector files, GGUF, intervention
+"""Checks of what users hand in: vector files, GGUF, intervention
 input types and extraction methods, each checked against what the file or the math says."""
 
 from __future__ import annotations

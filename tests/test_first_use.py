@@ -1,4 +1,4 @@
-"""What a newcomer meets first (issue 10, "From the newcomer trial"): an install command that
+"""What a newcomer meets first: an install command that
 installs this package, a version, tab completion, doc snippets that run on a CPU-only machine,
 and how to list a model's sites."""
 

@@ -1,6 +1,6 @@
 """The engine under bad or unusual input, on both backends: a clear error naming the value (the
 model left untouched), or the right result against an oracle — never a crash, a leak or a silent
-wrong result. Each test pins one item of the hardening issue."""
+wrong result."""
 
 import sys
 import threading

@@ -1,4 +1,4 @@
-"""Hardening of the command line (issue 10, items 7 and 9): a user's mistake is one ``error:`` line
+"""The command line under a user's mistakes: a user's mistake is one ``error:`` line
 and exit status 2, never a traceback; outputs are checked before the work; results that are NaN
 are reported, not printed as if they were text. Each case runs ``main()`` in-process and checks
 the outcome against the library called directly on the same inputs."""
@@ -274,7 +274,7 @@ def test_sweep_with_nan_cells_exits_non_zero(ws, nan_model_dir, capsys):
 @pytest.fixture
 def tiny_demo(ws, monkeypatch):
     """The demo on the tiny llama instead of SmolLM2 (its preparation is what is replaced)."""
-    import mlx_steer.real_model as rm
+    import mlx_steer.demo.real_model as rm
 
     monkeypatch.setattr(rm, "prepare_smollm2", lambda **kw: Path(ws["model"]))
 

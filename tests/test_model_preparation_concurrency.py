@@ -1,4 +1,4 @@
-"""Concurrent first-time preparation of the demo model (issue 10, item 13): two processes build at
+"""Concurrent first-time preparation of the demo model: two processes build at
 once; the first to finish publishes, the other discards its build, and the ready folder, once
 there, never goes away or changes under a reader.
 
@@ -17,12 +17,12 @@ import threading
 import time
 from pathlib import Path
 
-from mlx_steer.real_model import _FOLDER_NAME, _MARKER
+from mlx_steer.demo.real_model import FOLDER_NAME, READY_MARKER
 
 WORKER = textwrap.dedent('''
     import json, sys, time
     from pathlib import Path
-    import mlx_steer.real_model as rm
+    import mlx_steer.demo.real_model as rm
 
     root, me, delay = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
     rm._find_gguf = lambda: root / "model.gguf"
@@ -57,7 +57,7 @@ class Watcher(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                ready = (self.folder / _MARKER).is_file() and (self.folder / "who.txt").is_file()
+                ready = (self.folder / READY_MARKER).is_file() and (self.folder / "who.txt").is_file()
                 inode = self.folder.stat().st_ino if ready else None
             except OSError:
                 ready, inode = False, None
@@ -69,7 +69,7 @@ class Watcher(threading.Thread):
 
 def test_two_processes_preparing_at_once(tmp_path):
     (tmp_path / "model.gguf").write_bytes(b"GGUF fake")
-    folder = tmp_path / "cache" / _FOLDER_NAME
+    folder = tmp_path / "cache" / FOLDER_NAME
     watcher = Watcher(folder)
     watcher.start()
     procs = [_start(tmp_path, "first", 0.0, 2), _start(tmp_path, "second", 1.0, 2)]
@@ -81,18 +81,18 @@ def test_two_processes_preparing_at_once(tmp_path):
         assert out.strip() == str(folder)
     assert (folder / "who.txt").read_text() == "first"  # the second build was discarded, not swapped in
     assert watcher.first_inode is not None and watcher.lapses == 0
-    assert sorted(p.name for p in folder.parent.iterdir()) == [f".{_FOLDER_NAME}.lock", _FOLDER_NAME]  # no temp left
+    assert sorted(p.name for p in folder.parent.iterdir()) == [f".{FOLDER_NAME}.lock", FOLDER_NAME]  # no temp left
 
 
 def test_a_stale_folder_is_replaced(tmp_path):
     (tmp_path / "model.gguf").write_bytes(b"GGUF fake")
-    folder = tmp_path / "cache" / _FOLDER_NAME
+    folder = tmp_path / "cache" / FOLDER_NAME
     folder.mkdir(parents=True)
-    (folder / _MARKER).write_text(json.dumps({"format": 0}))  # built by an older mlx_steer
+    (folder / READY_MARKER).write_text(json.dumps({"format": 0}))  # built by an older mlx_steer
     p = _start(tmp_path, "new", 0.0, 1)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert (folder / "who.txt").read_text() == "new"
-    assert json.loads((folder / _MARKER).read_text())["format"] != 0
-    assert not [q for q in folder.parent.iterdir() if q.name.startswith(f".{_FOLDER_NAME}.") and not q.name.endswith(".lock")]
+    assert json.loads((folder / READY_MARKER).read_text())["format"] != 0
+    assert not [q for q in folder.parent.iterdir() if q.name.startswith(f".{FOLDER_NAME}.") and not q.name.endswith(".lock")]
     assert os.stat(folder).st_mode & 0o755 == 0o755 and time.time() - folder.stat().st_mtime < 120
