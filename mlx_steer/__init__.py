@@ -11,7 +11,7 @@
     tr.activations["layers.4"]          # (B, L, D)
 
 ``load(path, backend="mlx" | "torch", device=None)`` loads either backend's model and imports only that
-backend; ``SteerableModel`` (the MLX backend's class) imports MLX on first use, so the backend-neutral
+backend; ``MLXSteerableModel`` (the MLX backend's class, also ``SteerableModel``) imports MLX on first use, so the backend-neutral
 parts (``Hooks``, ``Trace`` ...) and the torch backend work where MLX is not installed.
 
 On Linux, importing mlx_steer first makes MLX's CPU build use an optimized BLAS when one is installed
@@ -44,7 +44,7 @@ def _version() -> str:
 
 __version__ = _version()
 
-_MLX_NAMES = {"SteerableModel"}
+_MLX_NAMES = {"MLXSteerableModel", "SteerableModel"}
 _NEUTRAL = {
     "load": ("loading", "load"),
     "Hooks": ("hooks", "Hooks"),

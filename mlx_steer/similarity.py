@@ -14,7 +14,7 @@ from numpy.typing import ArrayLike
 
 from .host_array import host_array
 
-__all__ = ["cosine", "cosine_matrix", "norm_profile", "orthogonalize", "project", "top_singular_direction"]
+__all__ = ["cosine", "cosine_matrix", "norm_ratios", "orthogonalize", "project", "top_singular_direction"]
 
 
 def cosine_matrix(vectors: ArrayLike) -> np.ndarray:
@@ -125,7 +125,7 @@ def orthogonalize(v: ArrayLike, against: ArrayLike) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def norm_profile(vector_norms: Mapping[str, float], residual_norms: Mapping[str, float]) -> dict[str, float]:
+def norm_ratios(vector_norms: Mapping[str, float], residual_norms: Mapping[str, float]) -> dict[str, float]:
     """Per site, the steering vector's norm divided by the residual stream's (mean) norm there.
 
     Args:

@@ -14,7 +14,7 @@ PACKAGE = Path(an.__file__).parent
 MODULES = {
     "vocabulary_lens": {"TokenReport", "top_tokens"},
     "norms": {"NormRow", "norm_profile", "relative_scale"},
-    "monitor": {"Monitor", "Persistence", "projection_monitor", "persistence_run"},
+    "monitor": {"MonitoredGeneration", "Persistence", "projection_monitor", "persistence_run"},
     "sweeps": {"METRICS", "SweepRow", "SweepResult", "sweep"},
 }
 

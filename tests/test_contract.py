@@ -171,3 +171,15 @@ def test_tests_import_no_private_name_of_the_package():
             elif isinstance(node, ast.Import):
                 found += [f"{path.name}: {a.name}" for a in node.names if a.name == "mlx_steer.real_model"]
     assert found == []
+
+
+def test_one_meaning_per_name(load_tiny):
+    """The MLX backend's class is named for its backend (its earlier name kept as an alias); the result
+    of a projection monitor is not called Monitor (that is the continuous batch's monitor spec); one
+    norm_profile (the model-level one in analysis; the dict arithmetic under it is norm_ratios)."""
+    import mlx_steer as ms
+    from mlx_steer import analysis, continuous, similarity
+
+    assert ms.SteerableModel is ms.MLXSteerableModel and type(load_tiny("llama")).__name__ == "MLXSteerableModel"
+    assert not hasattr(analysis, "Monitor") and analysis.MonitoredGeneration is not continuous.Monitor
+    assert not hasattr(similarity, "norm_profile") and similarity.norm_ratios({"a": 2.0}, {"a": 4.0}) == {"a": 0.5}

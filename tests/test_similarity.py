@@ -84,8 +84,8 @@ def test_orthogonalize_against_a_dependent_set():
     np.testing.assert_allclose(out, v - q @ (q.T @ v), atol=1e-6)
 
 
-def test_norm_profile():
-    out = S.norm_profile({"b": 2.0, "a": 0.0}, {"a": 4.0, "b": 8.0, "c": 1.0})
+def test_norm_ratios():
+    out = S.norm_ratios({"b": 2.0, "a": 0.0}, {"a": 4.0, "b": 8.0, "c": 1.0})
     assert out == {"b": 0.25, "a": 0.0} and list(out) == ["b", "a"]
 
 
@@ -119,10 +119,10 @@ def test_shape_and_value_errors():
         S.cosine_matrix([[1.0, np.nan], [1.0, 2.0]])
 
 
-def test_norm_profile_errors():
+def test_norm_ratios_errors():
     with pytest.raises(ValueError, match=r"no residual norm for sites \['x'\]; residual_norms has \['a'\]"):
-        S.norm_profile({"a": 1.0, "x": 1.0}, {"a": 2.0})
+        S.norm_ratios({"a": 1.0, "x": 1.0}, {"a": 2.0})
     with pytest.raises(ValueError, match=r"residual norm at 'a' must be finite and > 0, got 0"):
-        S.norm_profile({"a": 1.0}, {"a": 0})
+        S.norm_ratios({"a": 1.0}, {"a": 0})
     with pytest.raises(ValueError, match=r"vector norm at 'a' must be finite and >= 0, got -1"):
-        S.norm_profile({"a": -1.0}, {"a": 2.0})
+        S.norm_ratios({"a": -1.0}, {"a": 2.0})

@@ -14,14 +14,14 @@ Everything here is numpy over a model's public API (:class:`~mlx_steer.steerable
              target_tokens=["love"], contrast_tokens=["hate"]).to_text()
 """
 
-from .monitor import Monitor, Persistence, persistence_run, projection_monitor
+from .monitor import MonitoredGeneration, Persistence, persistence_run, projection_monitor
 from .norms import NormRow, norm_profile, relative_scale
 from .sweeps import METRICS, SweepResult, SweepRow, sweep
 from .vocabulary_lens import TokenReport, top_tokens
 
 __all__ = [
     "METRICS",
-    "Monitor",
+    "MonitoredGeneration",
     "NormRow",
     "Persistence",
     "SweepResult",

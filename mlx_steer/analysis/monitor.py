@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, eq=False)
-class Monitor:
+class MonitoredGeneration:
     """A generation and, per generated token, the projection of ``site`` onto a unit direction.
 
     ``projections[i]`` is read at absolute position ``prompt_len - 1 + i``: the position whose
@@ -43,8 +43,8 @@ class Monitor:
 
 
 @dataclass(frozen=True, eq=False)
-class Persistence(Monitor):
-    """A :class:`Monitor` of a generation steered for its first ``steer_tokens`` tokens."""
+class Persistence(MonitoredGeneration):
+    """A :class:`MonitoredGeneration` of a generation steered for its first ``steer_tokens`` tokens."""
 
     steer_tokens: int = 0
 
@@ -75,7 +75,7 @@ def projection_monitor(
     chat: bool = False,
     system: str | None = None,
     **gen_kwargs: Any,
-) -> Monitor:
+) -> MonitoredGeneration:
     """Generate and read, per token, ``site``'s activation projected on ``direction`` (unit).
 
     Args:
@@ -90,11 +90,11 @@ def projection_monitor(
         gen_kwargs: Other ``stream_generate`` options (``temp``, ``seed``...).
 
     Returns:
-        A :class:`Monitor`.
+        A :class:`MonitoredGeneration`.
     """
     key, unit = unit_direction(model, site, direction)
     ids = model.encode(prompt, chat=chat, system=system)
-    return Monitor(**_monitored(model, ids, key, unit, max_tokens=max_tokens,
+    return MonitoredGeneration(**_monitored(model, ids, key, unit, max_tokens=max_tokens,
                                 interventions=interventions, **gen_kwargs))
 
 
@@ -179,7 +179,7 @@ def persistence_run(
 
 
 def _monitored(model: Steerable, ids: list[int], key: str, unit: np.ndarray, **gen: Any) -> dict[str, Any]:
-    """Generate from ``ids``, recording ``key`` at each last position; the fields of a Monitor."""
+    """Generate from ``ids``, recording ``key`` at each last position; the fields of a MonitoredGeneration."""
     hooks_out: list = []
     text, tokens, finish = [], [], None
     for r in model.stream_generate(ids, record=[key], record_positions="last", hooks_out=hooks_out, **gen):

@@ -42,7 +42,7 @@ def norm_profile(
     dirs = {site_key(model, path, point): d for path, d in directions(model, vector).items()}
     means = _mean_norms(model, list(dirs), prompt_list(prompts), batch_size, chat)
     norms = {k: float(np.linalg.norm(np.asarray(d, dtype=np.float64))) for k, d in dirs.items()}
-    ratios = similarity.norm_profile(norms, means)
+    ratios = similarity.norm_ratios(norms, means)
     return [NormRow(k, norms[k], means[k], ratios[k]) for k in dirs]
 
 

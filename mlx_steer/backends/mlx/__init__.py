@@ -2,6 +2,6 @@
 
 from ...steerable import BatchResult, Hooks, Trace
 from .batching import SteeredBatchGenerator
-from .model import SteerableModel, load
+from .model import MLXSteerableModel, SteerableModel, load
 
-__all__ = ["BatchResult", "Hooks", "SteerableModel", "SteeredBatchGenerator", "Trace", "load"]
+__all__ = ["BatchResult", "Hooks", "MLXSteerableModel", "SteerableModel", "SteeredBatchGenerator", "Trace", "load"]

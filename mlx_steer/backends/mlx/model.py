@@ -1,4 +1,4 @@
-"""SteerableModel: an mlx-lm model plus recording and interventions keyed by site path."""
+"""MLXSteerableModel: an mlx-lm model plus recording and interventions keyed by site path."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from .arrays import XP
 from .batching import SteeredBatchGenerator, generate_rows
 from .seeded_sampler import SeededSampler
 
-__all__ = ["Hooks", "SteerableModel", "Trace", "load"]
+__all__ = ["Hooks", "MLXSteerableModel", "SteerableModel", "Trace", "load"]
 
 
 def load(path_or_hf_repo: str, *, lazy: bool = False, distributed: str | None = None,
-         **kwargs: Any) -> SteerableModel:
-    """Load an mlx-lm model (local folder or hub id) as a :class:`SteerableModel`.
+         **kwargs: Any) -> MLXSteerableModel:
+    """Load an mlx-lm model (local folder or hub id) as a :class:`MLXSteerableModel`.
 
     Args:
         path_or_hf_repo: Folder or Hugging Face repo id (mlx-community quantized models work).
@@ -43,11 +43,12 @@ def load(path_or_hf_repo: str, *, lazy: bool = False, distributed: str | None = 
 
     # mlx_lm.load is annotated with a Union of 2- and 3-tuples (no overload on return_config)
     model, tokenizer = mlx_load(str(path_or_hf_repo), lazy=lazy, **kwargs)  # type: ignore[misc]
-    return SteerableModel(model, tokenizer, model_id=str(path_or_hf_repo))
+    return MLXSteerableModel(model, tokenizer, model_id=str(path_or_hf_repo))
 
 
-class SteerableModel(Steerable):
-    """An mlx-lm model and tokenizer with site-keyed recording and steering.
+class MLXSteerableModel(Steerable):
+    """An mlx-lm model and tokenizer with site-keyed recording and steering (the MLX backend's model;
+    ``SteerableModel`` is the same class under its earlier name).
 
     Args:
         model: An mlx-lm ``Model`` (anything with a ``layers`` property).
@@ -320,7 +321,7 @@ def _left_pad(a: mx.array, length: int) -> mx.array:
 def _vocab_size(model: nn.Module) -> int | None:
     """Rows of the token embedding (token ids must be below it)."""
     for name, m in model.named_modules():
-        if name.rsplit(".", 1)[-1] not in SteerableModel._EMBED_NAMES:
+        if name.rsplit(".", 1)[-1] not in MLXSteerableModel._EMBED_NAMES:
             continue
         if isinstance(m, nn.QuantizedEmbedding):
             return int(m.num_embeddings)
@@ -351,3 +352,6 @@ def _site_dim(module: nn.Module, point: str, hidden: int) -> int | None:
     if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding)):
         return hidden if point == "output" else None
     return hidden
+
+
+SteerableModel = MLXSteerableModel  # the earlier name, kept
