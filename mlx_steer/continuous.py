@@ -142,7 +142,7 @@ class ContinuousBatch:
         sampler, processors = self.model._sampling(**sampling)
         uid = self._enqueue(prompt, max_tokens=max_tokens, sampler=sampler, logits_processors=processors)
         try:
-            self.hooks.assign(self.layout.base + uid, interventions)
+            self.hooks.assign(self.layout.base + uid, plans=plans)  # planned and checked above: once
             self._monitors[uid] = {name: (self._watch(site.key, m.before_interventions), unit)
                                    for name, (site, unit, m) in reads.items()}
         except BaseException:

@@ -104,10 +104,13 @@ class Hooks:
     def _attach(self, program: SiteProgram) -> None:
         self._undo.append(self._owner.attach(program.site.path, program.site.point, program))
 
-    def assign(self, row: int, interventions: Mapping | Any) -> None:
+    def assign(self, row: int, interventions: Mapping | Any = None, *,
+               plans: Mapping[str, SitePlan] | None = None) -> None:
         """Steer batch row ``row`` (a row key) with ``interventions`` from the next forward on,
-        replacing what it had. Validated in full before anything changes."""
-        plans = self._owner._plan(interventions=interventions)
+        replacing what it had. Validated in full before anything changes; ``plans``: the
+        interventions already planned (what the model's planning made of them), not planned again."""
+        if plans is None:
+            plans = self._owner._plan(interventions=interventions)
         compiled = {key: [self._owner._compile(plan.site, i.for_rows(row)) for i in plan.interventions]
                     for key, plan in plans.items()}
         self.release(row)

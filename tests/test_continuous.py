@@ -128,3 +128,27 @@ def test_bad_insert_leaves_nothing_behind(backend_models, backend):
         out, proj = {}, {}
         drain(gen, out, proj)
     assert out[uid] == m.generate_tokens(prompts[0], max_tokens=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_insert_plans_a_sequences_steering_once(backend_models, backend, monkeypatch):
+    """A sequence's steering is resolved and checked once on insert, and that plan is what its row gets."""
+    m = backend_models(backend, "llama")
+    calls = []
+    original = type(m)._plan
+
+    def counting(self, **kwargs):
+        calls.append(kwargs)
+        return original(self, **kwargs)
+
+    v = np.random.default_rng(5).normal(size=m.hidden_size).astype(np.float32)
+    steer = {"layers.1": iv.add_vector(v, scale=12.0)}
+    alone = m.generate_tokens(PROMPTS[0], max_tokens=3, interventions=steer)
+    with m.batch_generator() as gen:
+        monkeypatch.setattr(type(m), "_plan", counting)
+        uid = gen.insert(m.encode(PROMPTS[0]), max_tokens=3, interventions=steer)
+        assert len(calls) == 1
+        tokens = []
+        while events := gen.step():
+            tokens += [e.token for e in events if e.uid == uid]
+    assert tokens == alone
