@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -90,33 +90,45 @@ class SequenceLayout(Layout):
         raise NotImplementedError
 
 
+class BatchLoop(Protocol):
+    """What a backend supplies to a continuous batch: its scheduler, and the layout that says which
+    sequences each of its forwards holds. :class:`ContinuousBatch` holds one."""
+
+    @property
+    def layout(self) -> SequenceLayout:
+        """Which sequences each forward of the loop holds."""
+        ...
+
+    def enqueue(self, prompt: list[int], *, max_tokens: int, sampler: Any, logits_processors: list) -> int:
+        """Queue a checked sequence; returns its uid."""
+        ...
+
+    def dequeue(self, uid: int) -> None:
+        """Drop a sequence, queued or running."""
+        ...
+
+    def next(self) -> list[tuple[int, int, Any, str | None]]:
+        """Run until some sequence has a token: ``(uid, token, logprobs, finish_reason)`` each."""
+        ...
+
+    def close(self) -> None:
+        """Release the loop."""
+        ...
+
+
 class ContinuousBatch:
-    """The shared part of a backend's continuous batch: validation, per-uid steering, monitors.
+    """The shared part of a backend's continuous batch: validation, per-uid steering, monitors, over
+    the backend's :class:`BatchLoop`.
 
     Use from one thread; close it (or use ``with``) to undo every patch.
     """
 
-    def __init__(self, model: Steerable, layout: SequenceLayout):
-        self.model, self.layout = model, layout
+    def __init__(self, model: Steerable, loop: BatchLoop):
+        self.model, self.loop, self.layout = model, loop, loop.layout
         self.hooks = model.hooks()
         self._watches: dict[tuple[str, bool], Watch] = {}
         self._monitors: dict[int, dict[str, tuple[Watch, np.ndarray]]] = {}
 
-    # -- what a backend supplies ------------------------------------------------------------
-    def _enqueue(self, prompt: list[int], *, max_tokens: int, sampler: Any, logits_processors: list) -> int:
-        raise NotImplementedError
-
-    def _dequeue(self, uid: int) -> None:
-        raise NotImplementedError
-
-    def _next(self) -> list[tuple[int, int, Any, str | None]]:
-        """Run until some sequence has a token: ``(uid, token, logprobs, finish_reason)`` each."""
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        """Release the backend's loop."""
-
-    # -- the shared API ----------------------------------------------------------------------
     def insert(self, prompt: Sequence[int], *, max_tokens: int, interventions: Any = None,
                monitors: dict[str, Monitor] | None = None, **sampling: Any) -> int:
         """Queue a sequence; returns its uid. Everything is validated before it is queued.
@@ -140,7 +152,7 @@ class ContinuousBatch:
         reads = {name: (self.model.resolve(m.site), _unit(m.direction, self.model.hidden_size, name), m)
                  for name, m in (monitors or {}).items()}
         sampler, processors = self.model._sampling(**sampling)
-        uid = self._enqueue(prompt, max_tokens=max_tokens, sampler=sampler, logits_processors=processors)
+        uid = self.loop.enqueue(prompt, max_tokens=max_tokens, sampler=sampler, logits_processors=processors)
         try:
             self.hooks.assign(self.layout.base + uid, plans=plans)  # planned and checked above: once
             self._monitors[uid] = {name: (self._watch(site.key, m.before_interventions), unit)
@@ -153,7 +165,7 @@ class ContinuousBatch:
 
     def remove(self, uid: int) -> None:
         """Drop a sequence at once (e.g. its client went away); its row leaves the batch."""
-        self._dequeue(uid)
+        self.loop.dequeue(uid)
         self._forget(uid)
 
     def step(self) -> list[StepEvent]:
@@ -161,7 +173,7 @@ class ContinuousBatch:
         with self.model.calls("a batch generator step"):
             self.model.state.layouts.append(self.layout)
             try:
-                raw = self._next()
+                raw = self.loop.next()
             finally:
                 self.model.state.layouts.remove(self.layout)
         events = []
@@ -184,7 +196,7 @@ class ContinuousBatch:
     def close(self) -> None:
         """Undo every patch and release the backend's loop (idempotent)."""
         self.hooks.remove()
-        self._close()
+        self.loop.close()
 
     def __enter__(self) -> ContinuousBatch:
         return self

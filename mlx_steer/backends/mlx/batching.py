@@ -15,7 +15,7 @@ from ...steerable import RowStep
 from .generator_rows import RunningBatches, track
 
 if TYPE_CHECKING:
-    from .model import SteerableModel
+    from .model import MLXSteerableModel
 
 
 class GeneratorLayout(SequenceLayout):
@@ -31,7 +31,7 @@ class GeneratorLayout(SequenceLayout):
 
 
 def generate_rows(
-    model: SteerableModel, tokens: list[list[int]], *, max_tokens: int, sampler: Any, processors: list,
+    model: MLXSteerableModel, tokens: list[list[int]], *, max_tokens: int, sampler: Any, processors: list,
     prefill_step_size: int, stop_tokens: list[int],
 ) -> Iterator[RowStep]:
     """Every row's tokens as mlx-lm's ``BatchGenerator`` makes them; row keys are prompt indices."""
@@ -56,6 +56,36 @@ def generate_rows(
 
 
 
+class GeneratorLoop:
+    """The MLX backend's :class:`~mlx_steer.continuous.BatchLoop`: mlx-lm's ``BatchGenerator``
+    schedules prefill and decoding; its batches say which sequences each forward holds."""
+
+    def __init__(self, model: MLXSteerableModel, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
+                 prefill_step_size: int = 2048, max_kv_size: int | None = None):
+        from mlx_lm.generate import BatchGenerator
+
+        self.generator = BatchGenerator(
+            model.model, stop_tokens=[[t] for t in sorted(model.eos_token_ids)],
+            completion_batch_size=completion_batch_size, prefill_batch_size=prefill_batch_size,
+            prefill_step_size=prefill_step_size, max_kv_size=max_kv_size,
+        )
+        self.layout = GeneratorLayout(track(self.generator))
+
+    def enqueue(self, prompt: list[int], *, max_tokens: int, sampler: Any, logits_processors: list) -> int:
+        return int(self.generator.insert([prompt], max_tokens=[max_tokens],
+                                         samplers=None if sampler is None else [sampler],
+                                         logits_processors=[logits_processors])[0])
+
+    def dequeue(self, uid: int) -> None:
+        self.generator.remove([uid])
+
+    def next(self) -> list[tuple[int, int, Any, str | None]]:
+        return [(r.uid, int(r.token), r.logprobs, r.finish_reason) for r in self.generator.next_generated()]
+
+    def close(self) -> None:
+        self.generator.close()
+
+
 class SteeredBatchGenerator(ContinuousBatch):
     """Continuous batching with per-sequence steering on mlx-lm's ``BatchGenerator`` (which
     schedules prefill and decoding); see :class:`~mlx_steer.continuous.ContinuousBatch`.
@@ -66,27 +96,8 @@ class SteeredBatchGenerator(ContinuousBatch):
             mlx-lm's ``BatchGenerator``.
     """
 
-    def __init__(self, model: SteerableModel, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
+    def __init__(self, model: MLXSteerableModel, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
                  prefill_step_size: int = 2048, max_kv_size: int | None = None):
-        from mlx_lm.generate import BatchGenerator
-
-        self.generator = BatchGenerator(
-            model.model, stop_tokens=[[t] for t in sorted(model.eos_token_ids)],
-            completion_batch_size=completion_batch_size, prefill_batch_size=prefill_batch_size,
-            prefill_step_size=prefill_step_size, max_kv_size=max_kv_size,
-        )
-        super().__init__(model, GeneratorLayout(track(self.generator)))
-
-    def _enqueue(self, prompt: list[int], *, max_tokens: int, sampler: Any, logits_processors: list) -> int:
-        return int(self.generator.insert([prompt], max_tokens=[max_tokens],
-                                         samplers=None if sampler is None else [sampler],
-                                         logits_processors=[logits_processors])[0])
-
-    def _dequeue(self, uid: int) -> None:
-        self.generator.remove([uid])
-
-    def _next(self) -> list[tuple[int, int, Any, str | None]]:
-        return [(r.uid, int(r.token), r.logprobs, r.finish_reason) for r in self.generator.next_generated()]
-
-    def _close(self) -> None:
-        self.generator.close()
+        super().__init__(model, GeneratorLoop(model, completion_batch_size=completion_batch_size,
+                                              prefill_batch_size=prefill_batch_size,
+                                              prefill_step_size=prefill_step_size, max_kv_size=max_kv_size))

@@ -83,14 +83,9 @@ class CohortLayout(SequenceLayout):
         return cohort.uids, cohort.batch.sampling
 
 
-class TorchContinuousBatch(ContinuousBatch):
-    """Continuous batching with per-sequence steering (see :class:`~mlx_steer.continuous.ContinuousBatch`).
-
-    Args:
-        model: The steerable model.
-        completion_batch_size: Most sequences decoding at once (others wait in the queue).
-        prefill_step_size: Prompt tokens per prefill forward.
-    """
+class CohortLoop:
+    """The torch backend's :class:`~mlx_steer.continuous.BatchLoop`: cohorts of sequences admitted
+    together, stepped in turn (see the module doc)."""
 
     def __init__(self, model: TorchSteerableModel, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
                  prefill_step_size: int = 2048):
@@ -100,15 +95,14 @@ class TorchContinuousBatch(ContinuousBatch):
         self._queue: deque[_Sequence] = deque()
         self._cohorts: list[_Cohort] = []
         self._uids = 0
-        self._layout = CohortLayout()
-        super().__init__(model, self._layout)
+        self.layout = CohortLayout()
 
-    def _enqueue(self, prompt: list[int], *, max_tokens: int, sampler: Any, logits_processors: list) -> int:
+    def enqueue(self, prompt: list[int], *, max_tokens: int, sampler: Any, logits_processors: list) -> int:
         uid, self._uids = self._uids, self._uids + 1
         self._queue.append(_Sequence(uid, prompt, max_tokens, sampler, logits_processors))
         return uid
 
-    def _dequeue(self, uid: int) -> None:
+    def dequeue(self, uid: int) -> None:
         self._queue = deque(s for s in self._queue if s.uid != uid)
         for cohort in self._cohorts:
             for s in cohort.seqs:
@@ -119,18 +113,37 @@ class TorchContinuousBatch(ContinuousBatch):
     def _drop_finished(self) -> None:
         for cohort in [c for c in self._cohorts if not any(s.alive for s in c.seqs)]:
             self._cohorts.remove(cohort)
-            self._layout.cohorts.pop(id(cohort.batch.cache), None)
+            self.layout.cohorts.pop(id(cohort.batch.cache), None)
 
-    def _next(self) -> list[tuple[int, int, Any, str | None]]:
+    def next(self) -> list[tuple[int, int, Any, str | None]]:
         while True:
             running = sum(s.alive for c in self._cohorts for s in c.seqs)
             n = min(len(self._queue), self.prefill_batch_size, self.completion_batch_size - running)
             if n > 0:
                 cohort = _Cohort(self.tmodel, [self._queue.popleft() for _ in range(n)], self.prefill_step_size)
-                self._layout.cohorts[id(cohort.batch.cache)] = cohort
+                self.layout.cohorts[id(cohort.batch.cache)] = cohort
                 self._cohorts.append(cohort)
                 cohort.logits = cohort.batch.prefill()
             events = [e for c in list(self._cohorts) for e in c.advance(self.tmodel.eos_token_ids)]
             self._drop_finished()
             if events or not (self._cohorts or self._queue):
                 return events
+
+    def close(self) -> None:
+        """Nothing to release: the cohorts' KV caches are plain tensors, freed with the batch."""
+
+
+class TorchContinuousBatch(ContinuousBatch):
+    """Continuous batching with per-sequence steering (see :class:`~mlx_steer.continuous.ContinuousBatch`).
+
+    Args:
+        model: The steerable model.
+        completion_batch_size: Most sequences decoding at once (others wait in the queue).
+        prefill_batch_size: Most sequences admitted into one new cohort.
+        prefill_step_size: Prompt tokens per prefill forward.
+    """
+
+    def __init__(self, model: TorchSteerableModel, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
+                 prefill_step_size: int = 2048):
+        super().__init__(model, CohortLoop(model, completion_batch_size=completion_batch_size,
+                                           prefill_batch_size=prefill_batch_size, prefill_step_size=prefill_step_size))
