@@ -92,6 +92,7 @@ class Steerable:
     resolver: PathResolver
     state: PositionState
     prompts: PromptEncoder
+    model: Any  # the framework's own model: an mlx-lm Model, a transformers PreTrainedModel
     tokenizer: Any
     model_id: str | None
     vocab_size: int | None  # rows of the input embedding

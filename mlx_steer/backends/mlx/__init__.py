@@ -2,6 +2,7 @@
 
 from ...steerable import BatchResult, Hooks, Trace
 from .batching import SteeredBatchGenerator
-from .model import MLXSteerableModel, SteerableModel, load
+from .loading import load
+from .model import MLXSteerableModel, SteerableModel
 
 __all__ = ["BatchResult", "Hooks", "MLXSteerableModel", "SteerableModel", "SteeredBatchGenerator", "Trace", "load"]

@@ -7,15 +7,12 @@ sequences join, finish and leave.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Iterator
+from typing import Any
 
 from ...continuous import ContinuousBatch, SequenceLayout
-from ...steerable import RowStep
+from ...steerable import RowStep, Steerable
 from .generator_rows import RunningBatches, track
-
-if TYPE_CHECKING:
-    from .model import MLXSteerableModel
 
 
 class GeneratorLayout(SequenceLayout):
@@ -31,7 +28,7 @@ class GeneratorLayout(SequenceLayout):
 
 
 def generate_rows(
-    model: MLXSteerableModel, tokens: list[list[int]], *, max_tokens: int, sampler: Any, processors: list,
+    model: Steerable, tokens: list[list[int]], *, max_tokens: int, sampler: Any, processors: list,
     prefill_step_size: int, stop_tokens: list[int],
 ) -> Iterator[RowStep]:
     """Every row's tokens as mlx-lm's ``BatchGenerator`` makes them; row keys are prompt indices."""
@@ -60,12 +57,12 @@ class GeneratorLoop:
     """The MLX backend's :class:`~mlx_steer.continuous.BatchLoop`: mlx-lm's ``BatchGenerator``
     schedules prefill and decoding; its batches say which sequences each forward holds."""
 
-    def __init__(self, model: MLXSteerableModel, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
-                 prefill_step_size: int = 2048, max_kv_size: int | None = None):
+    def __init__(self, mlx_model: Any, *, eos: Collection[int], completion_batch_size: int = 32,
+                 prefill_batch_size: int = 8, prefill_step_size: int = 2048, max_kv_size: int | None = None):
         from mlx_lm.generate import BatchGenerator
 
         self.generator = BatchGenerator(
-            model.model, stop_tokens=[[t] for t in sorted(model.eos_token_ids)],
+            mlx_model, stop_tokens=[[t] for t in sorted(eos)],
             completion_batch_size=completion_batch_size, prefill_batch_size=prefill_batch_size,
             prefill_step_size=prefill_step_size, max_kv_size=max_kv_size,
         )
@@ -96,8 +93,9 @@ class SteeredBatchGenerator(ContinuousBatch):
             mlx-lm's ``BatchGenerator``.
     """
 
-    def __init__(self, model: MLXSteerableModel, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
+    def __init__(self, model: Steerable, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
                  prefill_step_size: int = 2048, max_kv_size: int | None = None):
-        super().__init__(model, GeneratorLoop(model, completion_batch_size=completion_batch_size,
+        super().__init__(model, GeneratorLoop(model.model, eos=model.eos_token_ids,
+                                              completion_batch_size=completion_batch_size,
                                               prefill_batch_size=prefill_batch_size,
                                               prefill_step_size=prefill_step_size, max_kv_size=max_kv_size))

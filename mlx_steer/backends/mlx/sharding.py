@@ -140,7 +140,7 @@ class ShardedSteerableModel(SteerableModel):
         # the probe builds one graph of several forwards; under pipelining each forward sends and
         # receives, and one graph can pair a send of one forward with a receive of another
         model = self.model
-        self.model = _EachCallEvaluated(model)  # type: ignore[assignment]  # duck-typed for the probe
+        self.model = _EachCallEvaluated(model)  # duck-typed for the probe
         try:
             return super()._batch_padding_works(pad)
         finally:

@@ -9,15 +9,13 @@ live cohort is masked out of sampling (its row still computes until the cohort e
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection
+from typing import Any
 
 import torch
 
-from ...continuous import ContinuousBatch, SequenceLayout
+from ...continuous import SequenceLayout
 from .generation import PaddedBatch, log_probs
-
-if TYPE_CHECKING:
-    from .model import TorchSteerableModel
 
 
 class _Sequence:
@@ -31,10 +29,11 @@ class _Sequence:
 class _Cohort:
     """Sequences prefilled together and decoded as one batch."""
 
-    def __init__(self, model: TorchSteerableModel, seqs: list[_Sequence], prefill_step_size: int):
+    def __init__(self, hf_model: Any, seqs: list[_Sequence], *, pad_id: int, prefill_step_size: int,
+                 logits_to_keep: Callable[[int], int]):
         self.seqs = seqs
-        self.batch = PaddedBatch(model.model, [s.prompt for s in seqs], pad_id=model.prompts.pad_id,
-                                 prefill_step_size=prefill_step_size, logits_to_keep=model._logits_to_keep)
+        self.batch = PaddedBatch(hf_model, [s.prompt for s in seqs], pad_id=pad_id,
+                                 prefill_step_size=prefill_step_size, logits_to_keep=logits_to_keep)
         self.contexts = [torch.tensor(s.prompt, dtype=torch.long, device=self.batch.device) for s in seqs]
         self.logits: torch.Tensor | None = None
 
@@ -42,7 +41,7 @@ class _Cohort:
     def uids(self) -> list[int]:
         return [s.uid for s in self.seqs]
 
-    def advance(self, eos: set[int]) -> list[tuple[int, int, Any, str | None]]:
+    def advance(self, eos: Collection[int]) -> list[tuple[int, int, Any, str | None]]:
         """Sample every live row from the pending logits, then compute the next logits."""
         assert self.logits is not None
         logprobs = log_probs(self.logits, [s.processors for s in self.seqs], self.contexts)
@@ -85,11 +84,20 @@ class CohortLayout(SequenceLayout):
 
 class CohortLoop:
     """The torch backend's :class:`~mlx_steer.continuous.BatchLoop`: cohorts of sequences admitted
-    together, stepped in turn (see the module doc)."""
+    together, stepped in turn (see the module doc).
 
-    def __init__(self, model: TorchSteerableModel, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
-                 prefill_step_size: int = 2048):
-        self.tmodel = model
+    Args:
+        hf_model: The transformers model.
+        pad_id, eos: The padding token and the tokens that end a sequence.
+        logits_to_keep: ``wanted -> n`` positions of logits a forward keeps (all while the head is hooked).
+        completion_batch_size: Most sequences decoding at once (others wait in the queue).
+        prefill_batch_size: Most sequences admitted into one new cohort.
+        prefill_step_size: Prompt tokens per prefill forward.
+    """
+
+    def __init__(self, hf_model: Any, *, pad_id: int, eos: Collection[int], logits_to_keep: Callable[[int], int],
+                 completion_batch_size: int = 32, prefill_batch_size: int = 8, prefill_step_size: int = 2048):
+        self.hf_model, self.pad_id, self.eos, self.logits_to_keep = hf_model, pad_id, eos, logits_to_keep
         self.completion_batch_size, self.prefill_batch_size = completion_batch_size, prefill_batch_size
         self.prefill_step_size = prefill_step_size
         self._queue: deque[_Sequence] = deque()
@@ -120,30 +128,15 @@ class CohortLoop:
             running = sum(s.alive for c in self._cohorts for s in c.seqs)
             n = min(len(self._queue), self.prefill_batch_size, self.completion_batch_size - running)
             if n > 0:
-                cohort = _Cohort(self.tmodel, [self._queue.popleft() for _ in range(n)], self.prefill_step_size)
+                cohort = _Cohort(self.hf_model, [self._queue.popleft() for _ in range(n)], pad_id=self.pad_id,
+                                 prefill_step_size=self.prefill_step_size, logits_to_keep=self.logits_to_keep)
                 self.layout.cohorts[id(cohort.batch.cache)] = cohort
                 self._cohorts.append(cohort)
                 cohort.logits = cohort.batch.prefill()
-            events = [e for c in list(self._cohorts) for e in c.advance(self.tmodel.eos_token_ids)]
+            events = [e for c in list(self._cohorts) for e in c.advance(self.eos)]
             self._drop_finished()
             if events or not (self._cohorts or self._queue):
                 return events
 
     def close(self) -> None:
         """Nothing to release: the cohorts' KV caches are plain tensors, freed with the batch."""
-
-
-class TorchContinuousBatch(ContinuousBatch):
-    """Continuous batching with per-sequence steering (see :class:`~mlx_steer.continuous.ContinuousBatch`).
-
-    Args:
-        model: The steerable model.
-        completion_batch_size: Most sequences decoding at once (others wait in the queue).
-        prefill_batch_size: Most sequences admitted into one new cohort.
-        prefill_step_size: Prompt tokens per prefill forward.
-    """
-
-    def __init__(self, model: TorchSteerableModel, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
-                 prefill_step_size: int = 2048):
-        super().__init__(model, CohortLoop(model, completion_batch_size=completion_batch_size,
-                                           prefill_batch_size=prefill_batch_size, prefill_step_size=prefill_step_size))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...continuous import ContinuousBatch
 from ...layout import Layout
 from ...model_sizes import model_sizes, position_table_path
 from ...paths import PathResolver, is_attention_output
@@ -17,7 +18,7 @@ from ...prompts import PromptEncoder
 from ...steerable import Hooks, RowStep, Steerable
 from . import hooks as hk
 from .arrays import XP
-from .continuous import TorchContinuousBatch
+from .continuous import CohortLoop
 from .generation import GenerationResponse, eos_token_ids, generate_rows, generate_step
 from .layers import decoder_layer_container, is_projection, site_dim
 from .sampling import make_logits_processors, make_sampler
@@ -161,10 +162,12 @@ class TorchSteerableModel(Steerable):
                                      pad_id=self.prompts.pad_id, eos=self.eos_token_ids,
                                      logits_to_keep=self._logits_to_keep)
 
-    def batch_generator(self, **options: Any) -> TorchContinuousBatch:
-        """Continuous batching with per-sequence steering (see :class:`TorchContinuousBatch`);
-        ``options`` go to it (``completion_batch_size``, ``prefill_step_size``...)."""
-        return TorchContinuousBatch(self, **options)
+    def batch_generator(self, **options: Any) -> ContinuousBatch:
+        """Continuous batching with per-sequence steering (see :class:`~mlx_steer.continuous.ContinuousBatch`)
+        on cohorts of sequences; ``options`` go to :class:`~mlx_steer.backends.torch.continuous.CohortLoop`
+        (``completion_batch_size``, ``prefill_batch_size``, ``prefill_step_size``)."""
+        return ContinuousBatch(self, CohortLoop(self.model, pad_id=self.prompts.pad_id, eos=self.eos_token_ids,
+                                                logits_to_keep=self._logits_to_keep, **options))
 
     def _responses(self, tokens: list[int], max_tokens: int, sampler: Any, processors: list,
                    prefill_step_size: int, prompt_cache: Any = None) -> Iterator[GenerationResponse]:
