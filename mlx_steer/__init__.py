@@ -11,8 +11,9 @@
     tr.activations["layers.4"]          # (B, L, D)
 
 ``load(path, backend="mlx" | "torch", device=None)`` loads either backend's model and imports only that
-backend; ``MLXSteerableModel`` (the MLX backend's class, also ``SteerableModel``) imports MLX on first use, so the backend-neutral
-parts (``Hooks``, ``Trace`` ...) and the torch backend work where MLX is not installed.
+backend; ``MLXSteerableModel`` (the MLX backend's class, also ``SteerableModel``) imports MLX on first
+use, so the backend-neutral parts (``Hooks``, ``Trace`` ...) and the torch backend work where MLX is not
+installed.
 
 On Linux, importing mlx_steer first makes MLX's CPU build use an optimized BLAS when one is installed
 (``MLX_STEER_BLAS=off`` turns that off; ``mlx-steer doctor`` shows which BLAS MLX uses): see

@@ -9,7 +9,7 @@ that import is the one MLX uses; one loaded after is not. ``import mlx_steer`` c
 
 - Linux, and the installed MLX is the ``mlx-cpu`` build that bundles the reference BLAS (not macOS, where
   MLX uses Accelerate, and not another MLX backend);
-- ``MLX_STEER_BLAS`` unset or ``auto``: the first installed of :data:`AUTO_CANDIDATES` (system OpenBLAS,
+- ``MLX_STEER_BLAS`` unset or ``auto``: the first installed of :func:`auto_candidates` (system OpenBLAS,
   then Intel MKL from ``pip install mkl`` in this environment); a path: that library; ``off``: nothing.
 
 Nothing of MLX is imported here. When ``mlx.core`` was imported before ``mlx_steer`` (too late to change),
@@ -97,7 +97,8 @@ def prefer_fast_blas() -> BlasSetup:
         _SETUP = _decide()
         if _SETUP.error is not None:
             warnings.warn(_SETUP.error, RuntimeWarning, stacklevel=3)
-        elif _SETUP.mlx_was_imported and _SETUP.wanted is not None and bound_library() != os.path.realpath(_SETUP.wanted):
+        elif (_SETUP.mlx_was_imported and _SETUP.wanted is not None
+              and bound_library() != os.path.realpath(_SETUP.wanted)):
             warnings.warn("mlx was imported before mlx_steer, so MLX runs on the reference BLAS bundled with "
                           "the mlx-cpu wheel (20-50x slower prefill and batched work) instead of "
                           f"{_SETUP.wanted}; import mlx_steer before mlx, or set {ENV}=off to keep the "
@@ -107,12 +108,13 @@ def prefer_fast_blas() -> BlasSetup:
 
 def _decide() -> BlasSetup:
     setting = os.environ.get(ENV, "").strip() or "auto"
+    if setting.lower() in (*OFF_VALUES, "auto"):
+        setting = setting.lower()  # a path keeps its case
     applies = sys.platform.startswith("linux") and bundled_reference() is not None
     mlx_was_imported = "mlx.core" in sys.modules
-    if not applies or setting.lower() in OFF_VALUES:
-        return BlasSetup(applies=applies, setting=setting.lower() if setting.lower() in OFF_VALUES else setting,
-                         mlx_was_imported=mlx_was_imported)
-    path = _installed_fast() if setting.lower() == "auto" else setting
+    if not applies or setting in OFF_VALUES:
+        return BlasSetup(applies=applies, setting=setting, mlx_was_imported=mlx_was_imported)
+    path = _installed_fast() if setting == "auto" else setting
     if path is None or mlx_was_imported:
         return BlasSetup(applies=True, setting=setting, wanted=path, mlx_was_imported=mlx_was_imported)
     try:
