@@ -38,7 +38,8 @@ def measure(repeats: int) -> dict:
 
     model = ms.load(str(prepare_smollm2(verbose=False)))
     ids = (model.encode("The quick brown fox jumps over the lazy dog. ") * PREFILL_TOKENS)[:PREFILL_TOKENS]
-    out: dict = {"blas": blas.describe(blas.bound_library()), "library": blas.bound_library(),
+    library = blas.bound_library()
+    out: dict = {"blas": blas.describe(library), "library": library,
                  "matmul_gflops": doctor.matmul_gflops(seconds=1.0)}
 
     def prefill(batch: int) -> float:
@@ -48,11 +49,7 @@ def measure(repeats: int) -> dict:
         mx.eval(model.model(x, cache=cache))
         return batch * PREFILL_TOKENS / (time.perf_counter() - t)
 
-    eos = list(model.tokenizer.eos_token_ids)
-
-    def eos_free(toks, logits):
-        logits[:, eos] = -mx.inf
-        return logits
+    eos_free = go.eos_banned(model)
 
     def decode() -> float:  # plain mlx-lm stream_generate, as the generation-overhead rows time it
         return go.decode_tps(model, {}, DECODE_TOKENS, eos_free)[0]

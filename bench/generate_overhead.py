@@ -73,13 +73,19 @@ def decode_tps(m: ms.SteerableModel, opts: dict, tokens: int, eos_free) -> tuple
     return last.generation_tps, last.generation_tokens
 
 
-def bench_model(name: str, m: ms.SteerableModel, tokens: int, repeats: int) -> list[tuple]:
+def eos_banned(m: ms.SteerableModel):
+    """A logits processor that makes EOS impossible: every variant generates the same number of tokens."""
     eos = list(m.tokenizer.eos_token_ids)
 
     def eos_free(toks, logits):
         logits[:, eos] = -mx.inf
         return logits
 
+    return eos_free
+
+
+def bench_model(name: str, m: ms.SteerableModel, tokens: int, repeats: int) -> list[tuple]:
+    eos_free = eos_banned(m)
     runs = variants(m)
     for opts in runs.values():  # warm-up
         decode_tps(m, opts, 16, eos_free)
