@@ -20,7 +20,7 @@ import mlx_steer as ms  # before mlx: on Linux it gives MLX the optimized BLAS
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlx_steer import interventions as iv
+from mlx_steer.engine import interventions as iv
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 TARGETS = {"steer 1 layer": 0.97, "steer all layers": 0.93, "record last (1 layer)": 1 / 1.05}

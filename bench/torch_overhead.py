@@ -105,7 +105,7 @@ def requirement_note(dist: str) -> str:
 
 # -- variants ---------------------------------------------------------------------------------
 def build_variants(tm: Any, path: str, ids: list[int], layer: int, v: np.ndarray, device: torch.device) -> list[Variant]:
-    from mlx_steer import interventions as iv
+    from mlx_steer.engine import interventions as iv
 
     hf, tok = tm.model, tm.tokenizer
     P = len(ids)

@@ -24,8 +24,9 @@ import mlx_steer as ms  # before mlx: on Linux it gives MLX the optimized BLAS
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlx_steer import analysis, similarity
-from mlx_steer import interventions as iv
+from mlx_steer import analysis
+from mlx_steer.vectors import similarity
+from mlx_steer.engine import interventions as iv
 from mlx_steer.demo.real_model import prepare_smollm2
 
 POSITIVE = [

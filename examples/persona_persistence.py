@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 import mlx_steer as ms
-from mlx_steer import analysis, similarity
-from mlx_steer import interventions as iv
+from mlx_steer import analysis
+from mlx_steer.vectors import similarity
+from mlx_steer.engine import interventions as iv
 from mlx_steer.demo.real_model import prepare_smollm2
 
 SYSTEM = "You are a helpful assistant."  # short, instead of the template's default system prompt

@@ -28,9 +28,13 @@ _prefer_fast_blas()  # before anything imports mlx.core: afterwards MLX's BLAS c
 
 from typing import Any  # noqa: E402
 
-from . import interventions  # noqa: E402
-from .paths import Site  # noqa: E402
-from .positions import Positions  # noqa: E402
+from . import moved_modules as _moved_modules  # noqa: E402
+
+_moved_modules.install()  # the module paths from before engine/, vectors/ and extraction/
+
+from .engine import interventions  # noqa: E402
+from .engine.paths import Site  # noqa: E402
+from .engine.positions import Positions  # noqa: E402
 
 
 def _version() -> str:
@@ -48,13 +52,13 @@ __version__ = _version()
 _MLX_NAMES = {"MLXSteerableModel", "SteerableModel"}
 _NEUTRAL = {
     "load": ("loading", "load"),
-    "Hooks": ("hooks", "Hooks"),
-    "Trace": ("steerable", "Trace"),
-    "extract": ("extraction", "extract"),
-    "record_dataset": ("dataset_recording", "record_dataset"),
-    "SteeringVector": ("steering_vector", "SteeringVector"),
-    "save_vector": ("vector_file", "save_vector"),
-    "load_vector": ("vector_file", "load_vector"),
+    "Hooks": ("engine.hooks", "Hooks"),
+    "Trace": ("engine.results", "Trace"),
+    "extract": ("extraction.directions", "extract"),
+    "record_dataset": ("extraction.dataset_recording", "record_dataset"),
+    "SteeringVector": ("vectors.steering_vector", "SteeringVector"),
+    "save_vector": ("vectors.vector_file", "save_vector"),
+    "load_vector": ("vectors.vector_file", "load_vector"),
 }
 
 __all__ = sorted(["Positions", "Site", "interventions", *_MLX_NAMES, *_NEUTRAL])

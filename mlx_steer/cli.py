@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .method_table import METHODS  # import-free: argument errors stay fast
+from .extraction.method_table import METHODS  # import-free: argument errors stay fast
 from .serve import command as serve_command  # import-free too: FastAPI loads when serving
 
 BACKENDS = ("mlx", "torch")
@@ -403,7 +403,7 @@ def _model(args: argparse.Namespace) -> Any:
 
 def _vector_file(args: argparse.Namespace) -> Any:
     """The --vector file, read without a model (checked against the model later)."""
-    from .vector_file import load_vector
+    from .vectors.vector_file import load_vector
 
     return load_vector(_existing(args.vector))
 
@@ -443,8 +443,8 @@ def _add_reading(sp: argparse.ArgumentParser) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     """``mlx-steer extract``: contrast prompts -> vector file."""
     from .distributed.group import launched_group
-    from .extraction import extract
-    from .vector_file import save_vector
+    from .extraction.directions import extract
+    from .vectors.vector_file import save_vector
 
     _check_chat(args)
     out = check_output(args.output, force=args.force)
@@ -515,7 +515,7 @@ def _fill_record(sp: argparse.ArgumentParser) -> None:
 
 def cmd_record(args: argparse.Namespace) -> int:
     """``mlx-steer record``: a prompt file -> activations at some sites, in a safetensors file."""
-    from .dataset_recording import record_dataset, save_recording
+    from .extraction.dataset_recording import record_dataset, save_recording
     from .distributed.group import launched_group
 
     _check_chat(args)
@@ -598,8 +598,8 @@ def _fit(
 ) -> Any:
     """The steering vector for ``model``: the --vector file checked against it (restricted to
     ``sites`` when given), or one extracted from the contrast prompts at ``sites``."""
-    from .extraction import extract
-    from .vector_file import load_vector
+    from .extraction.directions import extract
+    from .vectors.vector_file import load_vector
 
     if vec is None:
         assert contrast is not None and sites, "the commands check: contrast prompts come with --layer(s)"
@@ -712,7 +712,7 @@ def _fill_inspect(sp: argparse.ArgumentParser) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``mlx-steer inspect``: metadata and norms; with --model, the fit and top tokens per site."""
     from .analysis import top_tokens
-    from .vector_file import load_vector
+    from .vectors.vector_file import load_vector
 
     path = _existing(args.vector)
     vec = load_vector(path)

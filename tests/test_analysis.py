@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mlx_steer import analysis as an
-from mlx_steer import interventions as iv
+from mlx_steer.engine import interventions as iv
 from oracles import block_outputs, layer_delta
 
 PROMPT = "Tell me a story about a cat"
@@ -18,7 +18,7 @@ EOS = 2
 
 
 def _sv(directions: dict, hook_point: str = "output"):
-    from mlx_steer.steering_vector import SteeringVector
+    from mlx_steer.vectors.steering_vector import SteeringVector
 
     return SteeringVector(directions={k: np.asarray(v, np.float32) for k, v in directions.items()},
                           hook_point=hook_point, hidden_size=len(next(iter(directions.values()))))
@@ -289,7 +289,8 @@ def test_sweep_batches_cells_as_rows(shared_models, tiny_dir, backend, monkeypat
     real_run = type(m).run
     monkeypatch.setattr(type(m), "run", lambda self, prompts, **k: calls.append(len(prompts)) or real_run(self, prompts, **k))
     starts = []
-    monkeypatch.setattr(type(m), "bypass", lambda self, path, fn, _b=type(m).bypass: starts.append(path) or _b(self, path, fn))
+    monkeypatch.setattr(type(m.backend), "bypass",
+                        lambda self, path, fn, _b=type(m.backend).bypass: starts.append(path) or _b(self, path, fn))
     one = an.sweep(m, **kw, batch_size=len(NEUTRAL), share_layers=False)
     n_one, calls[:] = len(calls), []
     batched = an.sweep(m, **kw, batch_size=64, share_layers=False)
@@ -320,11 +321,12 @@ def test_sweep_runs_whole_forwards_where_skipping_layers_differs(shared_models, 
     kw = dict(vector=_rand(m, 5, norm=4.0), layers=[2, 3], strengths=[-2.0, 2.0], prompts=NEUTRAL,
               target_tokens=[10], contrast_tokens=[11], progress=False, batch_size=64)
     whole = an.sweep(m, **kw, share_layers=False)
-    real = type(m).bypass
+    real = type(m.backend).bypass
     if broken == "raises":
-        monkeypatch.setattr(type(m), "bypass", lambda self, path, fn: (_ for _ in ()).throw(TypeError("no skipping")))
+        monkeypatch.setattr(type(m.backend), "bypass",
+                            lambda self, path, fn: (_ for _ in ()).throw(TypeError("no skipping")))
     else:
-        monkeypatch.setattr(type(m), "bypass", lambda self, path, fn: real(self, path, lambda h: fn(h) * 0.5))
+        monkeypatch.setattr(type(m.backend), "bypass", lambda self, path, fn: real(self, path, lambda h: fn(h) * 0.5))
     checked = an.sweep(m, **kw)
     np.testing.assert_allclose(np.array(checked.table, dtype=float), np.array(whole.table, dtype=float), atol=1e-5)
     monkeypatch.undo()  # nothing of the skipping attempt is left installed: a whole sweep is unchanged

@@ -1,5 +1,5 @@
 """The analysis package's surface: every name importable where it was, one concept per module,
-written against the models' public API only (mlx_steer.steerable.Steerable), importable without a backend."""
+written against the models' public API only (mlx_steer.engine.model.Steerable), importable without a backend."""
 
 import ast
 import subprocess

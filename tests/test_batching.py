@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mlx_steer import interventions as iv
+from mlx_steer.engine import interventions as iv
 from tiny_models import ARCHS
 
 PROMPTS = ["I love", "The weather is great, happy people walk", "Tell me a story about a cat"]

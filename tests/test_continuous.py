@@ -4,8 +4,9 @@ steps, each keeps its own steering by uid, and each equals its solo generation (
 import numpy as np
 import pytest
 
-from mlx_steer import interventions as iv
-from mlx_steer.continuous import Monitor
+from mlx_steer.engine import interventions as iv
+from mlx_steer.engine import compiling
+from mlx_steer.engine.continuous import Monitor
 from torch_fixtures import *  # noqa: F403  (fixtures)
 from torch_fixtures import BACKENDS
 
@@ -135,17 +136,17 @@ def test_insert_plans_a_sequences_steering_once(backend_models, backend, monkeyp
     """A sequence's steering is resolved and checked once on insert, and that plan is what its row gets."""
     m = backend_models(backend, "llama")
     calls = []
-    original = type(m)._plan
+    original = compiling.plan_sites
 
-    def counting(self, **kwargs):
+    def counting(resolver, **kwargs):
         calls.append(kwargs)
-        return original(self, **kwargs)
+        return original(resolver, **kwargs)
 
     v = np.random.default_rng(5).normal(size=m.hidden_size).astype(np.float32)
     steer = {"layers.1": iv.add_vector(v, scale=12.0)}
     alone = m.generate_tokens(PROMPTS[0], max_tokens=3, interventions=steer)
     with m.batch_generator() as gen:
-        monkeypatch.setattr(type(m), "_plan", counting)
+        monkeypatch.setattr(compiling, "plan_sites", counting)
         uid = gen.insert(m.encode(PROMPTS[0]), max_tokens=3, interventions=steer)
         assert len(calls) == 1
         tokens = []

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_steer import interventions as iv
+from mlx_steer.engine import interventions as iv
 from torch_fixtures import *  # noqa: F403  (fixtures)
 from torch_fixtures import BACKENDS
 
@@ -92,8 +92,8 @@ def test_backends_are_siblings_with_no_import_between_them():
         crossing = [(m, i) for m, deps in graph.items() if m.startswith(f"mlx_steer.backends.{a}")
                     for i in deps if i.startswith(f"mlx_steer.backends.{b}")]
         assert not crossing, crossing
-    core = ["mlx_steer.steerable", "mlx_steer.hooks", "mlx_steer.call_guard", "mlx_steer.ops", "mlx_steer.recording", "mlx_steer.positions",
-            "mlx_steer.site_plan", "mlx_steer.continuous", "mlx_steer.layout", "mlx_steer.backend"]
+    core = ["mlx_steer.engine.model", "mlx_steer.engine.hooks", "mlx_steer.engine.call_guard", "mlx_steer.engine.ops", "mlx_steer.engine.recording", "mlx_steer.engine.positions",
+            "mlx_steer.engine.plan", "mlx_steer.engine.continuous", "mlx_steer.engine.layout", "mlx_steer.engine.protocols"]
     for m in core:  # the shared engine imports no backend
         assert not [i for i in graph[m] if i.startswith("mlx_steer.backends")], m
 
@@ -156,7 +156,7 @@ def test_backend_neutral_names_import_without_mlx():
             "try:\n    ms.SteerableModel\nexcept ImportError:\n    print('SteerableModel needs mlx')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == ["mlx_steer.hooks mlx_steer.steerable", "SteerableModel needs mlx"]
+    assert done.stdout.split("\n")[:2] == ["mlx_steer.engine.hooks mlx_steer.engine.results", "SteerableModel needs mlx"]
 
 
 def test_tests_import_no_private_name_of_the_package():
@@ -178,7 +178,9 @@ def test_one_meaning_per_name(load_tiny):
     of a projection monitor is not called Monitor (that is the continuous batch's monitor spec); one
     norm_profile (the model-level one in analysis; the dict arithmetic under it is norm_ratios)."""
     import mlx_steer as ms
-    from mlx_steer import analysis, continuous, similarity
+    from mlx_steer import analysis
+    from mlx_steer.engine import continuous
+    from mlx_steer.vectors import similarity
 
     assert ms.SteerableModel is ms.MLXSteerableModel and type(load_tiny("llama")).__name__ == "MLXSteerableModel"
     assert not hasattr(analysis, "Monitor") and analysis.MonitoredGeneration is not continuous.Monitor

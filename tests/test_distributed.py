@@ -295,7 +295,7 @@ def test_split_by_length_balances_counts_and_tokens():
 
 
 def test_summed_moments_give_the_single_process_directions():
-    from mlx_steer import methods
+    from mlx_steer.extraction import methods
     from mlx_steer.distributed import ContrastMoments
 
     rng = np.random.default_rng(0)

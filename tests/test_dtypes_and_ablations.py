@@ -5,7 +5,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_steer import interventions as iv
+from mlx_steer.engine import interventions as iv
 
 PROMPT = "The weather is great, happy people walk"
 

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from mlx_steer import interventions as iv
-from mlx_steer.positions import Positions
+from mlx_steer.engine import interventions as iv
+from mlx_steer.engine.positions import Positions
 from torch_fixtures import *  # noqa: F403  (fixtures)
 from torch_fixtures import BACKENDS, assert_untouched, snapshot
 
@@ -241,7 +241,7 @@ def test_positions_continue_across_turns(backend_models, backend):
     turn1, turn2 = m.encode(PROMPTS[0]), m.encode(" and then", )
     cache = m.make_prompt_cache()
     said = m.generate_tokens(turn1, max_tokens=4, prompt_cache=cache)
-    past = m._cache_offset(cache)
+    past = m.backend.cache_offset(cache)
     history = (turn1 + said)[:past]
     v = np.random.default_rng(0).normal(size=m.hidden_size).astype(np.float32)
     v *= 30.0 / np.linalg.norm(v)

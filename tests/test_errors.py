@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mlx_steer import interventions as iv
-from mlx_steer.positions import Positions
+from mlx_steer.engine import interventions as iv
+from mlx_steer.engine.positions import Positions
 from test_lifetime import assert_untouched, snapshot
 
 PROMPT = "I love this wonderful day"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import mlx_steer as ms
-from mlx_steer import interventions as niv
-from mlx_steer import similarity
-from mlx_steer.positions import Positions
+from mlx_steer.engine import interventions as niv
+from mlx_steer.vectors import similarity
+from mlx_steer.engine.positions import Positions
 
 pytestmark = pytest.mark.slow
 

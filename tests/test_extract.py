@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import mlx_steer as ms
-from mlx_steer import methods
+from mlx_steer.extraction import methods
 
 POS = ["I love this wonderful day", "happy people walk in the sun", "This is great", "I love the sun and the rain"]
 NEG = ["I hate the rain", "This is terrible, awful and sad news", "sad news", "I hate this terrible day"]

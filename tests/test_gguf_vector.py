@@ -1,7 +1,7 @@
 """GGUF control vectors: the repeng / llama.cpp layout and its layer numbering.
 
 ``direction.N`` is added to the output of block N (0-based) in llama.cpp, i.e. our
-``model.layers.N`` output; see the module docstring of mlx_steer.gguf_vector for the sources.
+``model.layers.N`` output; see the module docstring of mlx_steer.vectors.gguf_vector for the sources.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from mlx_steer.gguf_vector import export_gguf, import_gguf  # noqa: E402
-from mlx_steer.steering_vector import SteeringVector  # noqa: E402
+from mlx_steer.vectors.gguf_vector import export_gguf, import_gguf  # noqa: E402
+from mlx_steer.vectors.steering_vector import SteeringVector  # noqa: E402
 
 D = 8
 rng = np.random.default_rng(2)

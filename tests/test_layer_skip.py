@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlx_steer import interventions as iv
+from mlx_steer.engine import interventions as iv
 from tiny_models import ARCHS
 from torch_fixtures import *  # noqa: F403
 from torch_fixtures import BACKENDS
@@ -62,7 +62,7 @@ def test_a_backend_that_runs_rows_one_at_a_time_gets_each_rows_input(load_tiny, 
     steer = [{"layers.2": iv.scale(1.5)}, None, {"layers.3": iv.add_vector(np.ones(m.hidden_size, np.float32))}]
     base = m.run(PROMPTS, record=["layers.2:input"])
     full = m.run(PROMPTS, interventions=steer)
-    monkeypatch.setattr(type(m), "_batch_padding_works", lambda self, pad: False)
+    monkeypatch.setattr(type(m.backend), "_batch_padding_works", lambda self, pad: False)
     rows = m.run(PROMPTS, interventions=steer, from_layer=2, hidden=base.activations["layers.2:input"])
     keep = _padded(m, full)
     np.testing.assert_allclose(np.where(keep, m.to_numpy(rows.logits), 0), np.where(keep, m.to_numpy(full.logits), 0),

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-import mlx_steer.backends.mlx.patching as hk
-from mlx_steer import interventions as iv
+import mlx_steer.backends.mlx.hooks as hk
+from mlx_steer.engine import interventions as iv
 
 PROMPT = "I love this wonderful day"
 

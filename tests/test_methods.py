@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from mlx_steer import methods as M
+from mlx_steer.extraction import methods as M
 
 D, N = 64, 64
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mlx_steer as ms
-from mlx_steer import interventions as niv
+from mlx_steer.engine import interventions as niv
 from mlx_steer.compat.mlxterp import InterpretableModel, OutputProxy
 from mlx_steer.compat.mlxterp import interventions as iv
 from oracles import block_outputs, greedy_recompute, layer_delta

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlx_steer import interventions as iv
-from mlx_steer.positions import Positions
+from mlx_steer.engine import interventions as iv
+from mlx_steer.engine.positions import Positions
 from torch_fixtures import load_torch, np_, torch_models  # noqa: F401 - fixtures
 
 ARCHS = ("llama", "qwen2", "gemma2", "phi3", "gpt2")

@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_steer import interventions as iv
+from mlx_steer.engine import interventions as iv
 from oracles import block_outputs
 from tiny_models import ARCHS
 

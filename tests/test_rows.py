@@ -4,8 +4,8 @@ row; every row equals its solo run. The oracle is the same model run one prompt 
 import numpy as np
 import pytest
 
-from mlx_steer import interventions as iv
-from mlx_steer.positions import Positions
+from mlx_steer.engine import interventions as iv
+from mlx_steer.engine.positions import Positions
 from tiny_models import ARCHS
 from torch_fixtures import *  # noqa: F403  (fixtures)
 from torch_fixtures import BACKENDS, patch_attach

@@ -104,8 +104,8 @@ def test_several_vectors_inline_and_first_generated(client, oracle, vectors):
             {"vector": inline.tolist(), "scale": 5.0, "layers": [2], "positions": {"first_generated": 4}}]
     out = client.completions.create(model=MODEL, prompt="The weather is", max_tokens=10,
                                     extra_body={"steering": body, "return_token_ids": True})
-    from mlx_steer import interventions as iv
-    from mlx_steer.positions import Positions
+    from mlx_steer.engine import interventions as iv
+    from mlx_steer.engine.positions import Positions
 
     interventions = {k: [v] for k, v in steer(vecs, "love", -3.0).items()}
     key = oracle.resolve("layers.2").key

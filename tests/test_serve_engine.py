@@ -10,10 +10,10 @@ import socket
 import numpy as np
 import pytest
 
-from mlx_steer import interventions as iv
-from mlx_steer.continuous import Monitor
+from mlx_steer.engine import interventions as iv
+from mlx_steer.engine.continuous import Monitor
 from mlx_steer.serve.engine import Accepted, Busy, Engine, Finished, Job, Rejected, Token
-from mlx_steer.text_stream import TextStream
+from mlx_steer.engine.text_stream import TextStream
 
 PROMPTS = ["I love", "The weather is great, happy people walk", "Tell me a story"]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mlx_steer import similarity as S
+from mlx_steer.vectors import similarity as S
 
 
 def unit(v):

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from mlx_steer import interventions as iv
-from mlx_steer.steering_vector import SteeringVector
+from mlx_steer.engine import interventions as iv
+from mlx_steer.vectors.steering_vector import SteeringVector
 
 D = 16
 SITES = ("model.layers.3", "model.layers.10", "model.layers.7")  # deliberately not sorted
@@ -268,7 +268,7 @@ def test_equality_copy_and_pickle():
 
 def test_module_imports_neither_mlx_nor_torch():
     code = (
-        "import sys, mlx_steer.steering_vector, mlx_steer.vector_file, mlx_steer.gguf_vector\n"
+        "import sys, mlx_steer.vectors.steering_vector, mlx_steer.vectors.vector_file, mlx_steer.vectors.gguf_vector\n"
         "bad = [m for m in ('mlx', 'torch') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlx_steer import interventions as iv
-from mlx_steer.positions import Positions
+from mlx_steer.engine import interventions as iv
+from mlx_steer.engine.positions import Positions
 from tiny_models import ARCHS
 from torch_fixtures import (  # noqa: F401 - fixtures
     BACKENDS, FINAL_NORM, assert_untouched, backend_models, fresh_models, greedy_recompute, is_patched,
@@ -517,7 +517,7 @@ def test_position_tracker_reads_the_cache_under_either_name(keyword):
 
     from mlx_steer.backends.torch.arrays import XP
     from mlx_steer.backends.torch.hooks import attach_tracker, cache_keyword
-    from mlx_steer.positions import PositionState
+    from mlx_steer.engine.positions import PositionState
 
     class Decoder(torch.nn.Module):  # the signature is all the tracker reads
         def forward(self, input_ids=None, attention_mask=None, **kwargs):

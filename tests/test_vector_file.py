@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from mlx_steer.paths import PathResolver
-from mlx_steer.steering_vector import SteeringVector
-from mlx_steer.vector_file import load_vector, save_vector, validate_against
+from mlx_steer.engine.paths import PathResolver
+from mlx_steer.vectors.steering_vector import SteeringVector
+from mlx_steer.vectors.vector_file import load_vector, save_vector, validate_against
 
 rng = np.random.default_rng(1)
 D = 8

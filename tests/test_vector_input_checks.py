@@ -10,10 +10,10 @@ import pytest
 from safetensors.numpy import save_file
 
 import mlx_steer as ms
-from mlx_steer import interventions as iv
-from mlx_steer import method_table, methods
-from mlx_steer.steering_vector import SteeringVector
-from mlx_steer.vector_file import load_vector, save_vector
+from mlx_steer.engine import interventions as iv
+from mlx_steer.extraction import method_table, methods
+from mlx_steer.vectors.steering_vector import SteeringVector
+from mlx_steer.vectors.vector_file import load_vector, save_vector
 
 D = 8
 rng = np.random.default_rng(5)
@@ -30,7 +30,7 @@ def _write_gguf(path, tensors: dict, fields: dict) -> None:
 
 
 def test_gguf_with_two_names_for_one_layer_is_an_error(tmp_path):
-    from mlx_steer.gguf_vector import import_gguf
+    from mlx_steer.vectors.gguf_vector import import_gguf
 
     path = tmp_path / "dup.gguf"
     a, b = np.ones(D, np.float32), np.full(D, 2.0, np.float32)
@@ -46,7 +46,7 @@ def test_gguf_with_two_names_for_one_layer_is_an_error(tmp_path):
     ({"controlvector.layer_count": ("uint32", 3)}, "metadata controlvector.layer_count is 3, but it holds 1 directions"),
 ])
 def test_gguf_malformed_metadata_names_the_file(tmp_path, fields, message):
-    from mlx_steer.gguf_vector import import_gguf
+    from mlx_steer.vectors.gguf_vector import import_gguf
 
     path = tmp_path / "bad.gguf"
     _write_gguf(path, {"direction.7": np.ones(D, np.float32)}, fields)
@@ -55,7 +55,7 @@ def test_gguf_malformed_metadata_names_the_file(tmp_path, fields, message):
 
 
 def test_gguf_nan_direction_names_the_file(tmp_path):
-    from mlx_steer.gguf_vector import import_gguf
+    from mlx_steer.vectors.gguf_vector import import_gguf
 
     path = tmp_path / "nan.gguf"
     _write_gguf(path, {"direction.3": np.array([1.0, np.nan], np.float32)}, {})
@@ -170,7 +170,8 @@ def test_scale_times_vector_overflowing_float32_is_rejected():
 
 # -- one table of extraction methods -------------------------------------------------------------
 def test_cli_and_api_share_one_method_table():
-    from mlx_steer import cli, extraction
+    from mlx_steer import cli
+    from mlx_steer.extraction import directions as extraction
 
     assert extraction.METHODS is method_table.METHODS
     assert cli.METHODS is method_table.METHODS

@@ -5,7 +5,7 @@ import pytest
 
 import mlx_steer as ms
 from mlx_steer import SteeringVector
-from mlx_steer.vector_file import load_vector, save_vector
+from mlx_steer.vectors.vector_file import load_vector, save_vector
 
 rng = np.random.default_rng(0)
 A = {"model.layers.1": rng.normal(size=8).astype(np.float32), "model.layers.2": rng.normal(size=8).astype(np.float32)}
@@ -77,7 +77,7 @@ def test_vector_files_load_on_the_other_layer_naming(tmp_path, shared_models):
 
 
 def test_steer_with_a_vector_equals_explicit_interventions(shared_models):
-    from mlx_steer import interventions as iv
+    from mlx_steer.engine import interventions as iv
 
     m = shared_models("qwen2")
     v = SteeringVector({"model.layers.1": rng.normal(size=m.hidden_size), "model.layers.2": rng.normal(size=m.hidden_size)})

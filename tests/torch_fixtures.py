@@ -161,14 +161,14 @@ def patch_attach(m, monkeypatch, wrapper) -> None:
     if _is_torch(m):
         import mlx_steer.backends.torch.hooks as hk
     else:
-        import mlx_steer.backends.mlx.patching as hk
+        import mlx_steer.backends.mlx.hooks as hk
     monkeypatch.setattr(hk, "attach", wrapper(hk.attach))
 
 
 def is_patched(m, path: str) -> bool:
     if _is_torch(m):
         return bool(m.modules[path]._forward_hooks or m.modules[path]._forward_pre_hooks)
-    import mlx_steer.backends.mlx.patching as hk
+    import mlx_steer.backends.mlx.hooks as hk
 
     return hk.is_patched(m.modules[path])
 

@@ -4,7 +4,7 @@
 once released (:mod:`~mlx_steer.analysis.monitor`), and a layer x strength sweep of effect against
 fluency cost (:mod:`~mlx_steer.analysis.sweeps`).
 
-Everything here is numpy over a model's public API (:class:`~mlx_steer.steerable.Steerable`, the API both backends share:
+Everything here is numpy over a model's public API (:class:`~mlx_steer.engine.model.Steerable`, the API both backends share:
 ``run``, ``stream_generate``, ``unembed``, ``encode``, ``resolve``...), so the same code serves
 ``mlx_steer.SteerableModel`` and the torch backend's ``TorchSteerableModel``.
 

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from .. import interventions as iv
+from ..engine import interventions as iv
 
 if TYPE_CHECKING:
-    from ..paths import Site
-    from ..steerable import Steerable
+    from ..engine.paths import Site
+    from ..engine.model import Steerable
 
 T = TypeVar("T")
 

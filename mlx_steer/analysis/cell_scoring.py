@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import similarity
-from ..layer_skip import latest_start
+from ..vectors import similarity
+from ..engine.layer_skip import latest_start
 
 if TYPE_CHECKING:
-    from ..steerable import Steerable
+    from ..engine.model import Steerable
 
 __all__ = ["CellScorer", "Reference"]
 
@@ -164,12 +164,12 @@ class CellScorer:
 
 def steered_layer(model: Steerable, spec: dict | None) -> int | None:
     """The highest layer a forward steered by ``spec`` may start at (None for no steering)."""
-    return min(latest_start(model, key.split(":", 1)[0]) for key in spec) if spec else None
+    return min(latest_start(model.backend, key.split(":", 1)[0]) for key in spec) if spec else None
 
 
 def _read_floor(model: Steerable, read_key: str | None) -> int:
     """The highest layer a forward may start at and still run ``read_key``'s module."""
-    return len(model.layer_paths) if read_key is None else latest_start(model, read_key.split(":", 1)[0])
+    return len(model.layer_paths) if read_key is None else latest_start(model.backend, read_key.split(":", 1)[0])
 
 
 class Reference:

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import interventions as iv
-from .. import similarity
-from ..positions import Positions
+from ..engine import interventions as iv
+from ..vectors import similarity
+from ..engine.positions import Positions
 from ._inputs import is_vector_set, unit_direction
 
 if TYPE_CHECKING:
-    from ..paths import Site
-    from ..steerable import Steerable
+    from ..engine.paths import Site
+    from ..engine.model import Steerable
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from .. import similarity
+from ..vectors import similarity
 from ._inputs import batches, directions, is_vector_set, pick, prompt_list, site_key, vector_hook_point
 
 if TYPE_CHECKING:
-    from ..paths import Site
-    from ..steerable import Steerable
+    from ..engine.paths import Site
+    from ..engine.model import Steerable
 
 
 class NormRow(NamedTuple):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from .. import interventions as iv
+from ..engine import interventions as iv
 from ._inputs import batches, directions, is_vector_set, prompt_list, site_key, unit_direction, vector_hook_point
 from .cell_scoring import CellScorer, steered_layer
 
@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..distributed.group import Group
-    from ..paths import Site
-    from ..steerable import Steerable
+    from ..engine.paths import Site
+    from ..engine.model import Steerable
 
 METRICS = ("logit_diff", "projection")
 

@@ -11,8 +11,8 @@ import numpy as np
 from ._inputs import pick
 
 if TYPE_CHECKING:
-    from ..paths import Site
-    from ..steerable import Steerable
+    from ..engine.paths import Site
+    from ..engine.model import Steerable
 
 
 @dataclass(frozen=True)

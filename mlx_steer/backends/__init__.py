@@ -1,1 +1,1 @@
-"""Backends: each a folder implementing :mod:`mlx_steer.backend`'s protocols (no imports between them)."""
+"""Backends: each a folder implementing :mod:`mlx_steer.engine.protocols`'s protocols (no imports between them)."""

@@ -43,10 +43,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .. import interventions as _iv
+from ..engine import interventions as _iv
 from ..backends.mlx import SteerableModel, load
 from ..backends.mlx.arrays import XP
-from ..ops import Op, compile_op
+from ..engine.ops import Op, compile_op
 
 __all__ = [
     "GenerationResult", "InterpretableModel", "Intervention", "InterventionComposer", "OutputProxy",

@@ -38,7 +38,7 @@ STRENGTHS = (-3.0, 0.0, 2.0, 4.0)
 
 def sentiment_vector(model, *, layer: str = LAYER):
     """love - hate mean difference of the mean residual stream over each prompt."""
-    from ..extraction import extract
+    from ..extraction.directions import extract
 
     return extract(model, POSITIVE, NEGATIVE, sites=[layer], method="mean_diff", read="mean")
 

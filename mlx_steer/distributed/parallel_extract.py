@@ -32,7 +32,7 @@ def parallel_directions(
             over the ranks, fewer prompts (pairs) than ranks, or what single-process extraction raises.
         RuntimeError: another rank failed (its own error is on its stderr).
     """
-    from ..activation_reader import ActivationReader
+    from ..extraction.reader import ActivationReader
 
     check_unsharded(model, "extract")
     if name not in REDUCIBLE:

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..steering_vector import SteeringVector
+from ..vectors.steering_vector import SteeringVector
 from . import errors
 from .deps import ServerState
 from .engine import Engine

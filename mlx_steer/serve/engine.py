@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..continuous import Monitor
-from ..text_stream import TextStream
+from ..engine.compiling import CompiledSteering
+from ..engine.continuous import Monitor
+from ..engine.text_stream import TextStream
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class Job:
         sampling: ``temp, top_p, top_k, min_p, repetition_penalty, seed`` for the batch's sampler.
         stop: Strings that end the text (not included in it).
         top_logprobs: None for no log-probabilities; k >= 0 for the token's own plus the top k.
+        steering: ``interventions`` planned, checked and compiled once, by the planner
+            (``model.compile_steering``): what the batch gets when given (None: the batch plans
+            ``interventions`` itself).
     """
 
     prompt: list[int]
@@ -45,6 +49,7 @@ class Job:
     sampling: dict[str, Any] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
+    steering: CompiledSteering | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ class Ticket:
     def cancel(self) -> None:
         """Drop the sequence before the engine's next step (no-op once it finished)."""
         if not self.done:
-            self.engine._inbox.put(("cancel", self))
+            self.engine.cancel(self)
 
 
 class _Live:
@@ -186,6 +191,10 @@ class Engine:
         self._inbox.put(("insert", ticket))
         return ticket
 
+    def cancel(self, ticket: Ticket) -> None:
+        """Drop ``ticket``'s sequence before the next step (done on the worker thread)."""
+        self._inbox.put(("cancel", ticket))
+
     def stats(self) -> dict[str, Any]:
         """Counters and the current load."""
         with self._lock:
@@ -248,8 +257,9 @@ class Engine:
     def _insert(self, gen: Any, ticket: Ticket) -> None:
         job = ticket.job
         try:
-            uid = gen.insert(job.prompt, max_tokens=job.max_tokens, interventions=job.interventions,
-                             monitors=job.monitors, **job.sampling)
+            steer = ({"interventions": job.interventions} if job.steering is None or self.batching == "serial"
+                     else {"steering": job.steering})
+            uid = gen.insert(job.prompt, max_tokens=job.max_tokens, monitors=job.monitors, **steer, **job.sampling)
         except (ValueError, TypeError) as exc:
             self.counts["rejected"] += 1
             self._close(ticket, Rejected(str(exc)))

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import interventions as iv
-from ..continuous import Monitor
-from ..positions import Positions, as_positions
+from ..engine import interventions as iv
+from ..engine.continuous import Monitor
+from ..engine.positions import Positions, as_positions
 from .engine import Job
 from .registry import VectorRegistry
-from .schemas import MAX_INLINE, ChatCompletionRequest, CompletionRequest, MonitorSpec, SteeringSpec, _Generation
+from .schemas import MAX_INLINE, ChatCompletionRequest, CompletionRequest, MonitorSpec, SteeringSpec, GenerationRequest
 
 DEFAULT_MAX_TOKENS = 256
 MAX_TOKENS_WITHOUT_CONTEXT = 32768  # when the model's context length is unknown
@@ -46,7 +46,7 @@ class Planner:
     """Plans requests for one model.
 
     Args:
-        model: The served model (only its tokenizer, paths and sizes are read).
+        model: The served model (its tokenizer, paths and sizes are read; steering is compiled for it).
         vectors: The registered vectors.
         context_length: The model's context window in tokens (None: unknown).
         default_max_tokens: ``max_tokens`` when a request gives none (cut to fit the context).
@@ -93,7 +93,7 @@ class Planner:
             raise FieldError("messages", "the messages encode to no tokens")
         return ids
 
-    def _plan(self, req: _Generation, prompt: list[int], prompt_field: str, max_tokens: int | None,
+    def _plan(self, req: GenerationRequest, prompt: list[int], prompt_field: str, max_tokens: int | None,
               top_logprobs: int | None) -> Plan:
         max_tokens = self._max_tokens(len(prompt), prompt_field, max_tokens)
         interventions, steering = self._steering(req.steering or [], len(prompt) + max_tokens)
@@ -106,7 +106,14 @@ class Planner:
             sampling["seed"] = req.seed
         if req.ignore_eos:
             sampling["logits_processors"] = [self.model.ban_tokens_processor(sorted(self.model.eos_token_ids))]
-        job = Job(prompt, max_tokens, interventions, monitors, sampling, tuple(req.stop or ()), top_logprobs)
+        compiled = None
+        if interventions is not None:  # resolved, checked and compiled here, once: the batch takes it as is
+            try:
+                compiled = self.model.compile_steering(interventions, prompt_len=len(prompt), max_tokens=max_tokens)
+            except ValueError as exc:
+                raise FieldError("steering", str(exc)) from None
+        job = Job(prompt, max_tokens, interventions, monitors, sampling, tuple(req.stop or ()), top_logprobs,
+                  steering=compiled)
         return Plan(job, len(prompt), steering if req.steering is not None else None,
                     monitor if req.monitor is not None else None)
 

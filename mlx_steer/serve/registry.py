@@ -11,8 +11,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..steering_vector import SteeringVector
-from ..vector_file import load_vector
+from ..vectors.steering_vector import SteeringVector
+from ..vectors.vector_file import load_vector
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 SUFFIXES = (".safetensors", ".gguf")

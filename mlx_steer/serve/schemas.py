@@ -48,7 +48,7 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class _Generation(BaseModel):
+class GenerationRequest(BaseModel):
     """Fields shared by chat and text completions."""
 
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
@@ -113,7 +113,7 @@ class Message(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class ChatCompletionRequest(_Generation):
+class ChatCompletionRequest(GenerationRequest):
     """``POST /v1/chat/completions``."""
 
     messages: list[Message] = Field(min_length=1, max_length=1024)
@@ -122,7 +122,7 @@ class ChatCompletionRequest(_Generation):
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
-class CompletionRequest(_Generation):
+class CompletionRequest(GenerationRequest):
     """``POST /v1/completions``."""
 
     prompt: str | list[int] | list[str]

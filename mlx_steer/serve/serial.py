@@ -1,6 +1,6 @@
 """One sequence at a time, for a backend without continuous batching (``batch_generator`` raises
 NotImplementedError): the same ``insert / step / remove / active / close`` as
-:class:`~mlx_steer.continuous.ContinuousBatch`, over the model's ``stream_generate``.
+:class:`~mlx_steer.engine.continuous.ContinuousBatch`, over the model's ``stream_generate``.
 
 Requests still queue and stream; they just run one after another. Monitors record the monitored
 sites' last position at every forward and project them, as the batch's monitors do.
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..continuous import Monitor, StepEvent
+from ..engine.continuous import Monitor, StepEvent
 
 
 @dataclass
@@ -38,7 +38,8 @@ class SerialBatch:
 
     def insert(self, prompt: Sequence[int], *, max_tokens: int, interventions: Any = None,
                monitors: dict[str, Monitor] | None = None, **sampling: Any) -> int:
-        """Queue a sequence (validated now, as ``stream_generate`` checks its arguments at the call)."""
+        """Queue a sequence (validated now, as ``stream_generate`` checks its arguments at the call);
+        it plans ``interventions`` itself, so the engine gives it those rather than compiled steering."""
         monitors = monitors or {}
         stages = {m.before_interventions for m in monitors.values()}
         if len(stages) > 1:

@@ -1,8 +1,10 @@
 """The MLX backend: mlx-lm models patched per instance (``mlx_steer.load``)."""
 
-from ...steerable import BatchResult, Hooks, Trace
-from .batching import SteeredBatchGenerator
+from ...engine.model import BatchResult, Hooks, Trace
+from .backend import MLXBackend
+from .batch_loop import SteeredBatchGenerator
 from .loading import load
 from .model import MLXSteerableModel, SteerableModel
 
-__all__ = ["BatchResult", "Hooks", "MLXSteerableModel", "SteerableModel", "SteeredBatchGenerator", "Trace", "load"]
+__all__ = ["BatchResult", "Hooks", "MLXBackend", "MLXSteerableModel", "SteerableModel", "SteeredBatchGenerator",
+           "Trace", "load"]

@@ -1,4 +1,4 @@
-"""MLX array functions for the shared engine (:class:`mlx_steer.backend.ArrayOps`)."""
+"""MLX array functions for the shared engine (:class:`mlx_steer.engine.arrays.ArrayOps`)."""
 
 from __future__ import annotations
 

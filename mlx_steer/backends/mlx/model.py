@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
-from ...layout import Layout
-from ...model_sizes import model_sizes, position_table_path
-from ...paths import PathResolver, is_attention_output
-from ...positions import PositionState
-from ...prompts import PromptEncoder
-from ...steerable import Hooks, RowStep, Steerable, Trace
-from . import patching as hk
-from .arrays import XP
-from .batching import SteeredBatchGenerator, generate_rows
-from .seeded_sampler import SeededSampler
+from ...engine.model import Hooks, Steerable, Trace
+from .backend import MLXBackend
 
 __all__ = ["Hooks", "MLXSteerableModel", "SteerableModel", "Trace"]
 
 
 class MLXSteerableModel(Steerable):
-    """An mlx-lm model and tokenizer with site-keyed recording and steering (the MLX backend's model;
-    ``SteerableModel`` is the same class under its earlier name).
+    """An mlx-lm model and tokenizer with site-keyed recording and steering: the engine's model
+    holding an :class:`~mlx_steer.backends.mlx.backend.MLXBackend` (``SteerableModel`` is the same
+    class under its earlier name).
 
     Args:
         model: An mlx-lm ``Model`` (anything with a ``layers`` property).
@@ -33,302 +24,15 @@ class MLXSteerableModel(Steerable):
         model_id: Name stored in vector files.
     """
 
+    backend: MLXBackend
+
     def __init__(self, model: nn.Module, tokenizer: Any, *, model_id: str | None = None):
-        self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
-        self.modules = dict(model.named_modules())
-        by_id = {id(m): n for n, m in self.modules.items()}
-        missing = [i for i, layer in enumerate(model.layers) if id(layer) not in by_id]
-        if missing:
-            raise ValueError(f"decoder layers {missing} are not in the model tree")
-        self.layer_paths = [by_id[id(layer)] for layer in model.layers]
-        self.resolver = PathResolver(list(self.modules), self.layer_paths)
-        args = getattr(model, "args", None)
-        self.hidden_size, self.n_heads = model_sizes(args)
-        self.dtype = _activation_dtype(model)
-        self.xp = XP
-        self.state = PositionState(XP)
-        self._padded_batches: dict[int, bool] = {}  # batch size -> padded batches are right
-        self.vocab_size = _vocab_size(model)
-        table = position_table_path(list(self.modules))
-        self.max_positions = None if table is None else int(self.modules[table].weight.shape[0])
-        self.prompts = PromptEncoder(tokenizer, vocab_size=self.vocab_size)
-
-    # -- the backend contract (mlx_steer.backend.ModelBackend) ---------------------------------
-    def site_dim(self, path: str, point: str) -> int | None:
-        return _site_dim(self.modules[path], point, self.hidden_size)
-
-    def site_heads(self, path: str, point: str) -> int | None:
-        # heads sit side by side on an attention output projection's input
-        module = self.modules[path]
-        linear = isinstance(module, (nn.Linear, nn.QuantizedLinear))
-        return self.n_heads if point == "input" and linear and is_attention_output(path) else None
-
-    def attach(self, path: str, point: str, fn: Any) -> Any:
-        module = self.modules[path]
-        entry = hk.Entry(before=hk.on_first_arg(fn)) if point == "input" else hk.Entry(after=hk.on_output(fn))
-        hk.attach(module, entry)
-        return lambda: hk.detach(module, entry)
-
-    def attach_tracker(self) -> Any:
-        entry = hk.position_tracker(self.state)
-        hk.attach(self.model, entry)
-        return lambda: hk.detach(self.model, entry)
-
-    def bypass(self, path: str, fn: Any) -> Any:
-        module = self.modules[path]
-        entry = hk.Entry(instead=fn)
-        hk.attach(module, entry)
-        return lambda: hk.detach(module, entry)
-
-    def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> mx.array | None:
-        lengths = [len(t) for t in tokens]
-        L = max(lengths)
-        pad = [L - n for n in lengths]
-        if any(pad) and not self._batch_padding_works(pad):
-            logits = self._forward_rows(tokens, hooks)
-        else:
-            pad_id = self.prompts.pad_id
-            x = mx.array([[pad_id] * p + t for p, t in zip(pad, tokens)])
-            cache = self._batch_cache(pad) if any(pad) else None
-            with self._layout(Layout(lengths, pad)):
-                logits = self.model(x, cache=cache)
-        results = [a for a in (r.result() for r in hooks.recorders.values()) if a is not None]
-        mx.eval(results + ([logits] if keep_logits else []))
-        return logits if keep_logits else None
-
-    def _batch_padding_works(self, pad: list[int]) -> bool:
-        """Whether a left-padded batch of this size gives the rows' own results.
-
-        Checked by value, once per batch size, on a 2-token probe: mlx-lm's gemma2 raises for some
-        batch sizes and silently misaligns its mask when the batch size equals its KV-head count.
-        """
-        B = len(pad)
-        ok = self._padded_batches.get(B)
-        if ok is None:
-            # identical 2-token rows, alternately padded: the reference is two single-row forwards
-            probe_pad = [b % 2 for b in range(B)]
-            x = mx.array([[0] * p + [3, 4][p:] for p in probe_pad])
-            with hk.bypassed(self.modules.values()):
-                try:
-                    batch = self.model(x, cache=self._batch_cache(probe_pad))[:, -1]
-                    single = mx.concatenate([self.model(mx.array([[3, 4][p:]]))[:, -1] for p in (0, 1)])
-                    expected = single[mx.array(probe_pad)]
-                    diff = float(mx.abs(batch - expected).max())
-                    ok = diff <= 2e-2 * max(float(mx.abs(single).max()), 1.0)
-                except ValueError as exc:
-                    if "batch KV cache" in str(exc):
-                        raise
-                    ok = False
-            self._padded_batches[B] = ok
-        return ok
-
-    def _forward_rows(self, tokens: list[list[int]], hooks: Hooks) -> mx.array:
-        """Run rows one at a time and left-pad the results as a padded batch would be."""
-        L = max(len(t) for t in tokens)
-        per_row: dict[str, list] = {k: [] for k in hooks.recorders}
-        logits = []
-        for row, t in enumerate(tokens):
-            for r in hooks.recorders.values():
-                r.reset()
-            with self._layout(Layout([len(t)], rows=[row])):
-                logits.append(_left_pad(self.model(mx.array([t])), L))
-            for k, r in hooks.recorders.items():
-                per_row[k].append(r.result())
-        for k, r in hooks.recorders.items():
-            rows = per_row[k]
-            if all(a is not None for a in rows):
-                n = max(a.shape[1] for a in rows)
-                r.set_result(mx.concatenate([_left_pad(a, n) if a.ndim == 3 else a for a in rows], axis=0))
-        return mx.concatenate(logits, axis=0)
-
-    def _batch_cache(self, pad: list[int]) -> list:
-        from mlx_lm.models import cache as C
-
-        base = self.model.make_cache() if hasattr(self.model, "make_cache") else [C.KVCache() for _ in self.model.layers]
-        out: list[C.BatchKVCache | C.BatchRotatingKVCache] = []
-        for c in base:
-            if type(c) is C.KVCache:
-                out.append(C.BatchKVCache(left_padding=pad))
-            elif type(c) is C.RotatingKVCache:
-                out.append(C.BatchRotatingKVCache(max_size=c.max_size, left_padding=pad))
-            else:
-                raise ValueError(
-                    f"prompts of different lengths need a batch KV cache; {type(c).__name__} has none. "
-                    "Pass prompts of equal length or one at a time."
-                )
-        return out
-
-    # -- generation --------------------------------------------------------------------------
-    def _stream(self, tokens: list[int], *, max_tokens: int, prefill_step_size: int = 2048,
-                **options: Any) -> Iterator[Any]:
-        """mlx-lm's own loop; options other than sampling go to ``mlx_lm.stream_generate``
-        (e.g. ``max_kv_size``)."""
-        from mlx_lm import stream_generate
-
-        sampler, processors, rest = sampling(**options)
-        yield from stream_generate(
-            self.model, self.tokenizer, mx.array(tokens), max_tokens=max_tokens, sampler=sampler,
-            logits_processors=processors, prefill_step_size=prefill_step_size, **rest,
-        )
-
-    def _generate_rows(self, tokens: list[list[int]], *, max_tokens: int, prefill_step_size: int = 2048,
-                       **options: Any) -> Iterator[RowStep]:
-        """mlx-lm's ``BatchGenerator`` over every row at once (row by row where this model's
-        padded batches are wrong, see :meth:`_batch_padding_works`)."""
-        sampler, processors, rest = sampling(**options)
-        if rest:
-            raise ValueError(f"unsupported option(s) for batch generation: {', '.join(sorted(rest))}")
-        lengths = [len(t) for t in tokens]
-        pad = [max(lengths) - n for n in lengths]
-        if len(tokens) > 1 and any(pad) and not self._batch_padding_works(pad):
-            for row, t in enumerate(tokens):
-                with self._layout(Layout([len(t)], rows=[row])):
-                    for r in self._stream(t, max_tokens=max_tokens, sampler=sampler,
-                                          logits_processors=processors, prefill_step_size=prefill_step_size):
-                        yield RowStep(row, int(r.token), r.finish_reason)
-            return
-        yield from generate_rows(self, tokens, max_tokens=max_tokens, sampler=sampler, processors=processors,
-                                 prefill_step_size=prefill_step_size, stop_tokens=sorted(self.eos_token_ids))
-
-    def make_prompt_cache(self) -> list[Any]:
-        """An empty KV cache (mlx-lm's) to pass as ``prompt_cache=`` and reuse across turns."""
-        from mlx_lm.models.cache import make_prompt_cache
-
-        return make_prompt_cache(self.model)
-
-    def _cache_offset(self, cache: Any) -> int:
-        return int(cache[0].offset) if cache else 0
-
-    def _sampling(self, **options: Any) -> tuple[Any, list]:
-        """mlx-lm's sampler and logits processors for sampling options (others raise ValueError)."""
-        sampler, processors, rest = sampling(**options)
-        if rest:
-            raise ValueError(f"unsupported sampling option(s): {', '.join(sorted(rest))}")
-        return sampler, processors
-
-    def batch_generator(self, **options: Any) -> SteeredBatchGenerator:
-        """Continuous batching with per-sequence steering (see :class:`SteeredBatchGenerator`);
-        ``options`` go to it (``completion_batch_size``, ``prefill_step_size``...)."""
-        return SteeredBatchGenerator(self, **options)
-
-    # -- unembedding and generation helpers (the backend contract of mlx_steer.analysis) -----
-    _HEAD_NAMES = ("lm_head", "output", "embed_out")
-    _EMBED_NAMES = ("embed_tokens", "wte", "word_embeddings", "tok_embeddings", "token_embeddings",
-                    "embedding", "embeddings")
+        super().__init__(MLXBackend(model, tokenizer, model_id=model_id))
 
     @property
-    def unembedding_path(self) -> str:
-        """Path of the module mapping the final residual to logits: the LM head, or (tied
-        weights) the token embedding, used through ``as_linear``."""
-        for name in self._HEAD_NAMES:
-            if isinstance(self.modules.get(name), (nn.Linear, nn.QuantizedLinear)):
-                return name
-        embeds = [n for n, m in self.modules.items() if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding))]
-        vocab = getattr(getattr(self.model, "args", None), "vocab_size", None)
-        sized = [n for n in embeds if vocab is None or self.modules[n].weight.shape[0] == vocab]
-        named = [n for n in sized if n.rsplit(".", 1)[-1] in self._EMBED_NAMES]
-        if not (named or sized):
-            raise ValueError(
-                f"cannot find the unembedding: no head named {', '.join(self._HEAD_NAMES)} and no "
-                f"token embedding with {vocab} rows among {embeds or 'no embeddings'}"
-            )
-        return (named or sized)[0]
-
-    def _unembed(self, x: np.ndarray, norm_path: str | None) -> mx.array:
-        h = mx.array(x).astype(self.dtype)
-        head = self.modules[self.unembedding_path]
-        with hk.bypassed(self.modules.values()):  # user hooks on the norm or head must not touch this
-            if norm_path is not None:
-                h = self.modules[norm_path](h)
-            return head(h) if isinstance(head, (nn.Linear, nn.QuantizedLinear)) else head.as_linear(h)
-
-    @property
-    def eos_token_ids(self) -> set[int]:
-        """Token ids that end generation."""
-        ids = getattr(self.tokenizer, "eos_token_ids", None)
-        if ids is None:
-            eos = getattr(self.tokenizer, "eos_token_id", None)
-            ids = [] if eos is None else [eos]
-        return {int(i) for i in ids}
-
-    def ban_tokens_processor(self, token_ids: Sequence[int]) -> Any:
-        """A logits processor for :meth:`stream_generate` that makes ``token_ids`` impossible."""
-        ids = sorted({int(t) for t in token_ids})
-        bias_by_vocab: dict[int, mx.array] = {}
-
-        def processor(tokens: mx.array, logits: mx.array) -> mx.array:
-            V = logits.shape[-1]
-            if V not in bias_by_vocab:
-                bias = np.zeros(V, dtype=np.float32)
-                bias[[i for i in ids if 0 <= i < V]] = -np.inf
-                bias_by_vocab[V] = mx.array(bias)
-            return logits + bias_by_vocab[V].astype(logits.dtype)
-
-        return processor
-
-
-def sampling(
-    *, temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, top_k: int = 0,
-    repetition_penalty: float | None = None, repetition_context_size: int = 20,
-    logits_processors: list | None = None, sampler: Any = None, seed: int | None = None, **rest: Any,
-) -> tuple[Any, list, dict[str, Any]]:
-    """mlx-lm's sampler and logits processors for the options (and the options left over)."""
-    from mlx_lm.sample_utils import make_logits_processors, make_sampler
-
-    if sampler is None and seed is not None and temp > 0:
-        # its own key sequence: the same draws as after mx.random.seed(seed), batched or not
-        sampler = SeededSampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k, seed=seed)
-    elif seed is not None:  # a sampler of the caller's (or greedy): seed the global generator it may use
-        mx.random.seed(seed)
-    sampler = sampler or make_sampler(temp=temp, top_p=top_p, min_p=min_p, top_k=top_k)
-    processors = make_logits_processors(
-        repetition_penalty=repetition_penalty, repetition_context_size=repetition_context_size
-    ) + list(logits_processors or [])
-    return sampler, processors, rest
-
-
-def _left_pad(a: mx.array, length: int) -> mx.array:
-    """Zero-pad (1, n, ...) on the left to (1, length, ...)."""
-    n = a.shape[1]
-    if n == length:
-        return a
-    return mx.concatenate([mx.zeros((a.shape[0], length - n, *a.shape[2:]), dtype=a.dtype), a], axis=1)
-
-
-def _vocab_size(model: nn.Module) -> int | None:
-    """Rows of the token embedding (token ids must be below it)."""
-    for name, m in model.named_modules():
-        if name.rsplit(".", 1)[-1] not in MLXSteerableModel._EMBED_NAMES:
-            continue
-        if isinstance(m, nn.QuantizedEmbedding):
-            return int(m.num_embeddings)
-        if isinstance(m, nn.Embedding):
-            return int(m.weight.shape[0])
-    vocab = getattr(getattr(model, "args", None), "vocab_size", None)
-    return None if vocab is None else int(vocab)
-
-
-def _activation_dtype(model: nn.Module) -> mx.Dtype:
-    """The residual stream dtype: the embedding's (its scales' when quantized)."""
-    for _, m in model.named_modules():
-        if isinstance(m, nn.QuantizedEmbedding):
-            return m.scales.dtype
-        if isinstance(m, nn.Embedding):
-            return m.weight.dtype
-    return mx.float32
-
-
-def _site_dim(module: nn.Module, point: str, hidden: int) -> int | None:
-    """Activation size at a site when it can be known before running (None otherwise)."""
-    if isinstance(module, nn.QuantizedLinear):
-        out_dim, packed = module.weight.shape
-        return out_dim if point == "output" else packed * 32 // module.bits
-    if isinstance(module, nn.Linear):
-        out_dim, in_dim = module.weight.shape
-        return out_dim if point == "output" else in_dim
-    if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding)):
-        return hidden if point == "output" else None
-    return hidden
+    def dtype(self) -> mx.Dtype:
+        """The residual stream dtype (the embedding's)."""
+        return self.backend.dtype
 
 
 SteerableModel = MLXSteerableModel  # the earlier name, kept

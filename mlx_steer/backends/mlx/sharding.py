@@ -1,5 +1,5 @@
-"""ShardedSteerableModel: a model sharded over ``mx.distributed`` ranks by mlx-lm, steered by
-the same site paths as the whole model.
+"""ShardedMLXBackend and ShardedSteerableModel: a model sharded over ``mx.distributed`` ranks by
+mlx-lm, steered by the same site paths as the whole model.
 
 Tensor parallelism (``model.shard(group)``): every rank holds every layer, with attention heads
 and MLP columns split; the residual stream between blocks is all-reduced, so it is the same on
@@ -16,17 +16,23 @@ records there, once the generation ends.
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...paths import PathResolver
-from .model import SteerableModel
+from ...engine.model import Steerable
+from ...engine.paths import PathResolver
+from ...engine.recording import Recorder
+from .backend import MLXBackend
+from .model import MLXSteerableModel
 
-__all__ = ["MODES", "ShardedSteerableModel", "load_sharded"]
+if TYPE_CHECKING:
+    from ...engine.protocols import Backend
+
+__all__ = ["MODES", "ShardedMLXBackend", "ShardedSteerableModel", "load_sharded"]
 
 MODES = ("tensor", "pipeline")
 _SHARDED_OUT = ("AllToShardedLinear", "QuantizedAllToShardedLinear")  # output: this rank's columns
@@ -66,13 +72,51 @@ def load_sharded(path_or_hf_repo: str, mode: str, *, group: Any = None, **kwargs
                                  model_id=str(path_or_hf_repo))
 
 
-class ShardedSteerableModel(SteerableModel):
-    """A :class:`SteerableModel` whose mlx-lm model is sharded over ``group`` (see the module doc).
+class ShardedSteerableModel(MLXSteerableModel):
+    """A :class:`MLXSteerableModel` whose mlx-lm model is sharded over ``group`` (see the module doc):
+    the engine's model holding a :class:`ShardedMLXBackend`.
 
     Every rank must make the same calls with the same arguments: each forward is collective.
+    """
+
+    backend: ShardedMLXBackend
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, mode: str, group: Any, names: list[str],
+                 n_layers: int, model_id: str | None = None):
+        Steerable.__init__(self, ShardedMLXBackend(model, tokenizer, mode=mode, group=group, names=names,
+                                                   n_layers=n_layers, model_id=model_id))
+
+    @property
+    def distributed(self) -> str:
+        """``"tensor"`` or ``"pipeline"``."""
+        return self.backend.mode
+
+    @property
+    def group(self) -> Any:
+        return self.backend.group
+
+    @property
+    def rank(self) -> int:
+        """This rank."""
+        return self.backend.rank
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks."""
+        return self.backend.world_size
+
+    @property
+    def layer_owner(self) -> list[int]:
+        """For pipelining, the rank holding each layer."""
+        return self.backend.layer_owner
+
+
+class ShardedMLXBackend(MLXBackend):
+    """The MLX backend of a sharded model: sites resolved against the whole model, interventions
+    installed where their layer lives, recordings gathered to every rank.
 
     Attributes:
-        distributed: ``"tensor"`` or ``"pipeline"``.
+        mode: ``"tensor"`` or ``"pipeline"``.
         rank: This rank.
         world_size: Number of ranks.
         layer_owner: For pipelining, the rank holding each layer.
@@ -81,7 +125,8 @@ class ShardedSteerableModel(SteerableModel):
     def __init__(self, model: nn.Module, tokenizer: Any, *, mode: str, group: Any, names: list[str],
                  n_layers: int, model_id: str | None = None):
         super().__init__(model, tokenizer, model_id=model_id)
-        self.distributed, self.group = mode, group
+        self.mode, self.group = mode, group
+        self.distributed = mode
         self.rank, self.world_size = group.rank(), group.size()
         self.layer_owner: list[int] = [self.rank] * n_layers
         if mode == "pipeline":
@@ -120,7 +165,7 @@ class ShardedSteerableModel(SteerableModel):
                 "block output (layers.i), the attention or MLP output, or load the model whole"
             )
 
-    # -- the backend contract ------------------------------------------------------------------
+    # -- sites -----------------------------------------------------------------------------------
     def site_dim(self, path: str, point: str) -> int | None:
         self._check_site(path, point)
         return super().site_dim(self._twin(path), point)
@@ -140,41 +185,35 @@ class ShardedSteerableModel(SteerableModel):
         # the probe builds one graph of several forwards; under pipelining each forward sends and
         # receives, and one graph can pair a send of one forward with a receive of another
         model = self.model
-        self.model = _EachCallEvaluated(model)  # duck-typed for the probe
+        self.model = _EachCallEvaluated(model)  # type: ignore[assignment]  # duck-typed for the probe
         try:
             return super()._batch_padding_works(pad)
         finally:
             self.model = model
 
-    def _forward(self, tokens: list[list[int]], hooks: Any, *, keep_logits: bool) -> mx.array | None:
-        logits = super()._forward(tokens, hooks, keep_logits=keep_logits)
+    def forward(self, tokens: list[list[int]], recorders: Mapping[str, Recorder], *,
+                keep_logits: bool) -> mx.array | None:
+        logits = super().forward(tokens, recorders, keep_logits=keep_logits)
         if self.distributed == "pipeline":
-            self._share_recordings(hooks)
+            self._share(recorders)
         return logits
 
-    def _stream_steps(self, tokens: list[int], plans: Any, *, max_tokens: int, hooks_out: list | None,
-                      options: dict[str, Any]) -> Generator[Any, None, None]:
-        """Generation; pipelined, once it ends, what each layer's rank recorded (the call's own
-        recorders and those of hooks installed around it) reaches every rank."""
-        if self.distributed != "pipeline":
-            yield from super()._stream_steps(tokens, plans, max_tokens=max_tokens, hooks_out=hooks_out, options=options)
-            return
-        around = [h for h in self.__dict__.get("_live_hooks", {}).values() if h.recorders]
-        mine: list = hooks_out if hooks_out is not None else []
-        start = len(mine)
-        yield from super()._stream_steps(tokens, plans, max_tokens=max_tokens, hooks_out=mine, options=options)
-        for hooks in [*mine[start:], *around]:  # every rank made the same calls: the same hooks, in order
-            self._share_recordings(hooks)
+    def gather_recordings(self, recorders: Sequence[Mapping[str, Recorder]]) -> None:
+        """Pipelined, what each layer's rank recorded reaches every rank (every rank made the same
+        calls: the same recorders, in order)."""
+        if self.distributed == "pipeline":
+            for each in recorders:
+                self._share(each)
 
-    def _share_recordings(self, hooks: Any) -> None:
+    def _share(self, recorders: Mapping[str, Recorder]) -> None:
         """Give every rank what the owner of each recorded layer recorded (two all-sums a site:
         the shape, then the values; the other ranks add zeros)."""
-        for key in sorted(hooks.recorders):
+        for key in sorted(recorders):
             path = key.split(":", 1)[0]
             i = self._layer_of(path)
             if i is None:
                 continue
-            recorder = hooks.recorders[key]
+            recorder = recorders[key]
             owner = self.layer_owner[i] == self.rank
             value = recorder.result() if owner else None
             shape = np.zeros(5, dtype=np.float32)
@@ -204,3 +243,8 @@ class _EachCallEvaluated:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
+
+
+if TYPE_CHECKING:
+    def _implements(backend: ShardedMLXBackend) -> Backend:  # mypy checks it against the protocol
+        return backend

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...steerable import BatchResult, Hooks, Trace
+from ...engine.model import BatchResult, Hooks, Trace
+from .backend import TorchBackend
 from .generation import GenerationResponse
 from .model import TorchSteerableModel
 
-__all__ = ["BatchResult", "GenerationResponse", "Hooks", "TorchSteerableModel", "Trace", "load"]
+__all__ = ["BatchResult", "GenerationResponse", "Hooks", "TorchBackend", "TorchSteerableModel", "Trace", "load"]
 
 
 def load(path: str, *, device: Any = None, dtype: Any = None, **kwargs: Any) -> TorchSteerableModel:

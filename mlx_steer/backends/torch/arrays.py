@@ -1,4 +1,4 @@
-"""Torch tensor functions for the shared engine (:class:`mlx_steer.backend.ArrayOps`)."""
+"""Torch tensor functions for the shared engine (:class:`mlx_steer.engine.arrays.ArrayOps`)."""
 
 from __future__ import annotations
 

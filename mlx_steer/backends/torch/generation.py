@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...steerable import RowStep
+from ...engine.model import RowStep
 from .hooks import cache_keyword
 from .sampling import LogitsProcessor, Sampler
 

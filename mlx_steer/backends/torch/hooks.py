@@ -4,7 +4,7 @@ Hooks are plain ``register_forward_pre_hook`` / ``register_forward_hook`` regist
 kwargs), so the module tree, its classes and parameter names are never touched; each returns a
 handle whose ``remove()`` undoes it. The decoder model (the parent of the layer container) gets a
 pre-hook that computes the absolute position of every token of the forward from the KV cache
-(a :class:`~mlx_steer.positions.PositionState`) before any block runs; every site shares it.
+(a :class:`~mlx_steer.engine.positions.PositionState`) before any block runs; every site shares it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...positions import PositionState
+from ...engine.positions import PositionState
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from ...model_sizes import first_attr
+from ...engine.model_sizes import first_attr
 
 
 def decoder_layer_container(model: nn.Module) -> str:

@@ -1,34 +1,23 @@
-"""TorchSteerableModel: a Hugging Face causal LM with the API of :class:`mlx_steer.SteerableModel`."""
+"""TorchSteerableModel: a Hugging Face causal LM with the API of :class:`mlx_steer.MLXSteerableModel`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from torch import nn
 
-from ...continuous import ContinuousBatch
-from ...layout import Layout
-from ...model_sizes import model_sizes, position_table_path
-from ...paths import PathResolver, is_attention_output
-from ...positions import PositionState
-from ...prompts import PromptEncoder
-from ...steerable import Hooks, RowStep, Steerable
-from . import hooks as hk
-from .arrays import XP
-from .continuous import CohortLoop
-from .generation import GenerationResponse, eos_token_ids, generate_rows, generate_step
-from .layers import decoder_layer_container, is_projection, site_dim
-from .sampling import make_logits_processors, make_sampler
+from ...engine.model import Steerable
+from .backend import TorchBackend
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+__all__ = ["TorchSteerableModel"]
+
 
 class TorchSteerableModel(Steerable):
-    """A transformers causal LM and tokenizer with site-keyed recording and steering.
+    """A transformers causal LM and tokenizer with site-keyed recording and steering: the engine's
+    model holding a :class:`~mlx_steer.backends.torch.backend.TorchBackend`.
 
     Args:
         hf_model: A ``PreTrainedModel`` for causal LM (``LlamaForCausalLM``, ``GPT2LMHeadModel``...).
@@ -36,186 +25,16 @@ class TorchSteerableModel(Steerable):
         model_id: Name stored in vector files.
     """
 
+    backend: TorchBackend
+
     def __init__(self, hf_model: PreTrainedModel, tokenizer: Any, *, model_id: str | None = None):
-        self.model, self.tokenizer, self.model_id = hf_model, tokenizer, model_id
-        self.modules = dict(hf_model.named_modules())
-        container = decoder_layer_container(hf_model)
-        self.layer_paths = [f"{container}.{i}" for i in range(len(self.modules[container]))]
-        # positions are computed where the blocks' inputs are made: the container's parent
-        self.tracked = self.modules[container.rpartition(".")[0]] if "." in container else hf_model
-        self.resolver = PathResolver(list(self.modules), self.layer_paths)
-        config = hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
-        self.hidden_size, self.n_heads = model_sizes(config)
-        self.xp = XP
-        self.state = PositionState(XP)
-        self._head_sites = 0
-        emb = hf_model.get_input_embeddings() if hasattr(hf_model, "get_input_embeddings") else None
-        self.vocab_size = int(emb.num_embeddings) if isinstance(emb, nn.Embedding) else None
-        self.prompts = PromptEncoder(tokenizer, vocab_size=self.vocab_size)
-        table = position_table_path(list(self.modules))
-        self.max_positions = None if table is None else int(self.modules[table].num_embeddings)
-        self._eos_ids = eos_token_ids(hf_model, tokenizer)
+        super().__init__(TorchBackend(hf_model, tokenizer, model_id=model_id))
 
     @property
     def dtype(self) -> torch.dtype:
         """The residual stream dtype (the input embedding's)."""
-        emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
-        weight = getattr(emb, "weight", None)
-        return weight.dtype if isinstance(weight, torch.Tensor) else next(self.model.parameters()).dtype
+        return self.backend.dtype
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    # -- the backend contract (mlx_steer.backend.ModelBackend) ---------------------------------
-    def site_dim(self, path: str, point: str) -> int | None:
-        return site_dim(self.modules[path], point, self.hidden_size)
-
-    def site_heads(self, path: str, point: str) -> int | None:
-        # heads sit side by side on an attention output projection's input
-        projection = is_projection(self.modules[path])
-        return self.n_heads if point == "input" and projection and is_attention_output(path) else None
-
-    def attach(self, path: str, point: str, fn: Any) -> Any:
-        handle = hk.attach(self.modules[path], point, fn)
-        head = self.unembedding_path
-        if path != head and not path.startswith(head + "."):
-            return handle.remove
-        # transformers slices the hidden states before the head (logits_to_keep): a site there
-        # must see every position, as on MLX
-        self._head_sites += 1
-
-        def undo() -> None:
-            handle.remove()
-            self._head_sites -= 1
-
-        return undo
-
-    def _logits_to_keep(self, wanted: int) -> int:
-        """``wanted`` (1: the last position only), or 0 (all) while a site on the head is hooked."""
-        return 0 if self._head_sites else wanted
-
-    def attach_tracker(self) -> Any:
-        return hk.attach_tracker(self.tracked, self.state).remove
-
-    def bypass(self, path: str, fn: Any) -> Any:
-        return hk.bypass(self.modules[path], fn)
-
-    def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> torch.Tensor | None:
-        lengths = [len(t) for t in tokens]
-        L = max(lengths)
-        pad = np.array([L - n for n in lengths], dtype=np.int64)
-        device = self.device
-        x = torch.tensor([[self.prompts.pad_id] * int(p) + t for p, t in zip(pad, tokens)], device=device)
-        kwargs: dict[str, Any] = {}
-        if pad.any():  # rows must see exactly what a single run sees: mask the padding, shift positions
-            cols = np.arange(L)[None] - pad[:, None]
-            kwargs["attention_mask"] = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
-            kwargs["position_ids"] = torch.from_numpy(np.maximum(cols, 0)).to(device)
-        with torch.no_grad(), self._layout(Layout(lengths, pad)):
-            out = self.model(input_ids=x, use_cache=False, logits_to_keep=self._logits_to_keep(0 if keep_logits else 1),
-                             **kwargs)
-        return out.logits if keep_logits else None
-
-    # -- generation --------------------------------------------------------------------------
-    def _sampling(
-        self, *, temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, top_k: int = 0,
-        repetition_penalty: float | None = None, repetition_context_size: int = 20,
-        logits_processors: list | None = None, sampler: Any = None, seed: int | None = None, **kwargs: Any,
-    ) -> tuple[Any, list]:
-        """Sampler and logits processors. Samplers take (B, V) log-probabilities, logits
-        processors ``(tokens 1-D, logits (1, V))`` tensors; ``seed`` seeds a private
-        ``torch.Generator`` (the global RNG is left alone). mlx-lm-only options raise ValueError."""
-        if kwargs:
-            raise ValueError(f"unsupported option(s) for the torch backend: {', '.join(sorted(kwargs))}")
-        if sampler is None:
-            gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-            sampler = make_sampler(temp, top_p, min_p, top_k, generator=gen)
-        return sampler, make_logits_processors(repetition_penalty, repetition_context_size) + list(logits_processors or [])
-
-    def _stream(self, tokens: list[int], *, max_tokens: int, prefill_step_size: int = 2048,
-                prompt_cache: Any = None, **options: Any) -> Iterator[GenerationResponse]:
-        """The generation loop, step for step like mlx-lm's (options: see :meth:`_sampling`);
-        ``prompt_cache`` (from :meth:`make_prompt_cache`) carries a conversation across calls."""
-        sampler, processors = self._sampling(**options)
-        yield from self._responses(tokens, max_tokens, sampler, processors, prefill_step_size, prompt_cache)
-
-    def make_prompt_cache(self) -> Any:
-        """An empty KV cache to pass as ``prompt_cache=`` and reuse across turns."""
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.model.config)
-
-    def _cache_offset(self, cache: Any) -> int:
-        return int(cache.get_seq_length())
-
-    def _generate_rows(self, tokens: list[list[int]], *, max_tokens: int, prefill_step_size: int = 2048,
-                       **options: Any) -> Iterator[RowStep]:
-        """Every row in one left-padded batch with a shared KV cache; rows stop at EOS or
-        ``max_tokens`` (finished rows ride along until the batch is done, their tokens unused)."""
-        sampler, processors = self._sampling(**options)
-        lengths = [len(t) for t in tokens]
-        pad = [max(lengths) - n for n in lengths]
-        with self._layout(Layout(lengths, pad)):
-            yield from generate_rows(self.model, tokens, max_tokens=max_tokens, sampler=sampler,
-                                     logits_processors=processors, prefill_step_size=prefill_step_size,
-                                     pad_id=self.prompts.pad_id, eos=self.eos_token_ids,
-                                     logits_to_keep=self._logits_to_keep)
-
-    def batch_generator(self, **options: Any) -> ContinuousBatch:
-        """Continuous batching with per-sequence steering (see :class:`~mlx_steer.continuous.ContinuousBatch`)
-        on cohorts of sequences; ``options`` go to :class:`~mlx_steer.backends.torch.continuous.CohortLoop`
-        (``completion_batch_size``, ``prefill_batch_size``, ``prefill_step_size``)."""
-        return ContinuousBatch(self, CohortLoop(self.model, pad_id=self.prompts.pad_id, eos=self.eos_token_ids,
-                                                logits_to_keep=self._logits_to_keep, **options))
-
-    def _responses(self, tokens: list[int], max_tokens: int, sampler: Any, processors: list,
-                   prefill_step_size: int, prompt_cache: Any = None) -> Iterator[GenerationResponse]:
-        """mlx-lm's ``stream_generate`` protocol: stop at EOS (reported, not added to the text).
-        The text of each response is filled in by the shared loop (``Steerable.stream_generate``)."""
-        P = len(tokens)
-        steps = generate_step(self.model, tokens, max_tokens=max_tokens, sampler=sampler,
-                              logits_processors=processors, prefill_step_size=prefill_step_size,
-                              prompt_cache=prompt_cache, logits_to_keep=self._logits_to_keep)
-        for n, (token, logprobs) in enumerate(steps):
-            if token in self.eos_token_ids:
-                break
-            if n + 1 == max_tokens:
-                break
-            yield GenerationResponse("", token, logprobs, P, n + 1)
-        steps.close()
-        reason = "stop" if token in self.eos_token_ids else "length"
-        yield GenerationResponse("", token, logprobs, P, n + 1, reason)
-
-    # -- unembedding and generation helpers (the backend contract of mlx_steer.analysis) -----
-    @property
-    def unembedding_path(self) -> str:
-        """Path of the module mapping the final residual to logits (``lm_head``; tied or not)."""
-        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
-        path = next((n for n, m in self.modules.items() if m is head and n), None)
-        if path is None:
-            raise ValueError(f"cannot find the unembedding: {type(self.model).__name__} has no output embeddings")
-        return path
-
-    @property
-    def eos_token_ids(self) -> set[int]:
-        """Token ids that end generation (tokenizer, generation config and model config)."""
-        return self._eos_ids
-
-    def _unembed(self, x: np.ndarray, norm_path: str | None) -> torch.Tensor:
-        h = torch.from_numpy(x.copy()).to(self.device, self.dtype)
-        with torch.no_grad():  # .forward, not __call__: user hooks on the norm or head must not run
-            if norm_path is not None:
-                h = self.modules[norm_path].forward(h)
-            return self.modules[self.unembedding_path].forward(h)
-
-    def ban_tokens_processor(self, token_ids: Sequence[int]) -> Any:
-        """A logits processor for :meth:`stream_generate` that makes ``token_ids`` impossible."""
-        ids = sorted({int(t) for t in token_ids})
-
-        def processor(tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-            V = logits.shape[-1]
-            return logits.index_fill(-1, torch.tensor([i for i in ids if 0 <= i < V], dtype=torch.long,
-                                                      device=logits.device), float("-inf"))
-
-        return processor
+        return self.backend.device

@@ -22,9 +22,9 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from . import interventions as iv
-from .host_array import host_array
-from .paths import HOOK_POINTS
+from ..engine import interventions as iv
+from ..engine.host_array import host_array
+from ..engine.paths import HOOK_POINTS
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
 _COMMON = ("model_id", "method", "read_positions")  # kept by + and - only when both sides agree
@@ -33,7 +33,7 @@ _COMMON = ("model_id", "method", "read_positions")  # kept by + and - only when 
 def _library_version() -> str:
     """``mlx_steer.__version__``, the one version source (the distribution is mlx-steer-lab; the name
     mlx-steer on the package index is someone else's)."""
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

@@ -12,13 +12,15 @@ last position" when it is computed, which makes cached generation equal a full r
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from .backend import ArrayOps
+    from .arrays import ArrayOps
     from .layout import Layout
 
 NAMED = ("all", "last", "prompt", "generated")
@@ -154,6 +156,16 @@ class PositionState:
             self.prompt_len = self.pos[:, -1] + 1 if length else offsets
             self.rows = np.arange(B, dtype=np.int64)
         self._masks = {}
+
+    @contextlib.contextmanager
+    def laid_out(self, layout: Layout) -> Iterator[None]:
+        """Within the block, forwards are laid out as ``layout`` says (lengths, padding, row keys):
+        the engine's and a backend's own calls tell the position tracker what they run."""
+        self.layouts.append(layout)
+        try:
+            yield
+        finally:
+            self.layouts.remove(layout)
 
     @property
     def padding(self) -> np.ndarray | None:

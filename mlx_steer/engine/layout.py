@@ -9,6 +9,7 @@ innermost layout for the rows of each forward; a layout may answer differently p
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,3 +44,36 @@ class Layout:
         start = np.broadcast_to(self.start, (batch,)) if self.start.size in (1, batch) else self.start[:batch]
         lengths = np.broadcast_to(self.lengths, (batch,))
         return start, start + lengths, np.broadcast_to(self.keys, (batch,))
+
+
+_KEY_SPACES = itertools.count(1)
+
+
+class SequenceLayout(Layout):
+    """Rows of a continuous batch: uid -> prompt length; a backend says which uids a forward holds."""
+
+    def __init__(self, *, key_base: int | None = None) -> None:
+        super().__init__([0])
+        self.padding = None
+        self.length_of: dict[int, int] = {}
+        # row keys are base + uid: by default a range no other call's row keys (prompt indices) reach
+        self.base = next(_KEY_SPACES) << 32 if key_base is None else key_base
+        self.decoding = False  # whether the current forward samples tokens (monitors read those)
+
+    def add(self, uid: int, *, prompt_len: int) -> None:
+        self.length_of[uid] = prompt_len
+
+    def drop(self, uid: int) -> None:
+        self.length_of.pop(uid, None)
+
+    def rows_of(self, batch: int, cache: object, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        uids, self.decoding = self.current(cache)
+        if len(uids) != batch:
+            raise RuntimeError(f"a batch forward of {batch} rows holds {len(uids)} sequences")
+        # a row whose sequence already left (its batch still computes it) has no steering left
+        ends = np.array([self.length_of.get(u, 0) for u in uids], dtype=np.int64)
+        return np.zeros(batch, dtype=np.int64), ends, self.base + np.array(uids, dtype=np.int64)
+
+    def current(self, cache: object) -> tuple[list[int], bool]:
+        """The uids of the forward now running (in row order), and whether it is a decode step."""
+        raise NotImplementedError

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ...continuous import SequenceLayout
+from ...engine.layout import SequenceLayout
 from .generation import PaddedBatch, log_probs
 
 
@@ -83,7 +83,7 @@ class CohortLayout(SequenceLayout):
 
 
 class CohortLoop:
-    """The torch backend's :class:`~mlx_steer.continuous.BatchLoop`: cohorts of sequences admitted
+    """The torch backend's :class:`~mlx_steer.engine.protocols.BatchLoop`: cohorts of sequences admitted
     together, stepped in turn (see the module doc).
 
     Args:

@@ -1,5 +1,5 @@
 """Vector files: a SteeringVector as safetensors (or, named ``*.gguf``, as a llama.cpp / repeng
-control vector, see :mod:`mlx_steer.gguf_vector`). No pickle: raw arrays plus a JSON header.
+control vector, see :mod:`mlx_steer.vectors.gguf_vector`). No pickle: raw arrays plus a JSON header.
 
 Layout, format version 1:
 
@@ -60,7 +60,7 @@ def save_vector(
 
     Raises:
         ValueError: ``vec`` is not a SteeringVector; for GGUF, a vector GGUF cannot hold (see
-            :func:`mlx_steer.gguf_vector.export_gguf`) or no model hint.
+            :func:`mlx_steer.vectors.gguf_vector.export_gguf`) or no model hint.
         FileNotFoundError: the destination folder does not exist.
         ImportError: GGUF needs the ``gguf`` package.
     """

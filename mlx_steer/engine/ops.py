@@ -1,8 +1,8 @@
 """Compile backend-neutral interventions into array ops, once for every backend.
 
 Every op is ``op(h, state) -> h`` for the current forward's
-:class:`~mlx_steer.positions.PositionState`; array work goes through the backend's
-:class:`~mlx_steer.backend.ArrayOps`. Vectors are cast to the activation's dtype (and device)
+:class:`~mlx_steer.engine.positions.PositionState`; array work goes through the backend's
+:class:`~mlx_steer.engine.arrays.ArrayOps`. Vectors are cast to the activation's dtype (and device)
 once and cached. Unselected positions and rows go through ``where`` untouched, so they stay
 bit-identical.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import interventions as iv
-from .backend import Array, ArrayOps
+from .arrays import Array, ArrayOps
 from .positions import Positions, PositionState
 
 

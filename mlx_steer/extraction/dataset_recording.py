@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .activation_reader import ActivationReader, read_options
+from .reader import ActivationReader, read_options
 
 if TYPE_CHECKING:
-    from .distributed.group import Group
+    from ..distributed.group import Group
 
 __all__ = ["REDUCES", "record_dataset", "save_recording"]
 
@@ -80,7 +80,7 @@ def record_dataset(
         raise ValueError("no sites given; e.g. sites=['layers.8']")
     keys = list(dict.fromkeys(s.key for s in resolved))  # a site named twice is read once
     if group is None:
-        from .distributed.group import launched_group
+        from ..distributed.group import launched_group
 
         group = launched_group(model)
     if group is not None and group.size > 1:
@@ -103,7 +103,7 @@ def _mean(rows: np.ndarray) -> np.ndarray:
 def _shared(model: Any, prompts: list[str], keys: list[str], group: Group, *, read: str | int, reduce: str | None,
             batch_size: int, enc: dict, progress: bool | None) -> dict[str, np.ndarray]:
     """This rank reads its share; the ranks all-reduce sums (``mean``) or the rows (zeros elsewhere)."""
-    from .distributed.data_parallel import check_unsharded, my_share, together
+    from ..distributed.data_parallel import check_unsharded, my_share, together
 
     check_unsharded(model, "record_dataset")
     mine = my_share([len(model.encode(p, **enc)) for p in prompts], group)
@@ -136,7 +136,7 @@ def save_recording(acts: Mapping[str, np.ndarray], path: str | os.PathLike, *,
     Read it back with ``safetensors.numpy.load_file``."""
     from safetensors.numpy import save_file
 
-    from .vector_file import replace_atomically
+    from ..vectors.vector_file import replace_atomically
 
     tensors = {k: np.ascontiguousarray(v) for k, v in acts.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}

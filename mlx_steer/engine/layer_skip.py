@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .host_array import host_array
+from .paths import final_norm_path
 
 if TYPE_CHECKING:
-    from .site_plan import SitePlan
-    from .steerable import Steerable
+    from .plan import SitePlan
+    from .protocols import Backend
 
 __all__ = ["LayerSkip", "latest_start"]
 
@@ -28,7 +29,7 @@ class LayerSkip:
     """Checked before anything is installed; :meth:`install` returns the undo functions.
 
     Args:
-        model: The steerable model.
+        backend: The model's backend.
         layer: The first decoder layer to run, 1 .. layers - 1.
         hidden: Its input, (rows, padded length, hidden size): a numpy array or the backend's.
         rows: The forward's batch rows.
@@ -40,8 +41,9 @@ class LayerSkip:
             below ``layer`` (each named).
     """
 
-    def __init__(self, model: Steerable, layer: object, hidden: object, *, rows: int, length: int,
+    def __init__(self, backend: Backend, layer: object, hidden: object, *, rows: int, length: int,
                  plans: Mapping[str, SitePlan]):
+        model = backend
         n = len(model.layer_paths)
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 1 <= int(layer) < n:
             raise ValueError(f"from_layer must be a decoder layer index in 1..{n - 1} (the layers below it are "
@@ -86,7 +88,7 @@ class LayerSkip:
         return value[xp.index(rows, like=h)][:, total - t :]
 
 
-def latest_start(model: Steerable, path: str) -> int:
+def latest_start(model: Backend, path: str) -> int:
     """The highest ``from_layer`` at which the module at ``path`` still runs: its decoder layer's
     index; the number of layers for the final norm and the unembedding (they run after every
     layer); 0 for anything else (the embeddings: they run only in a whole forward). A tied
@@ -94,7 +96,7 @@ def latest_start(model: Steerable, path: str) -> int:
     head: str | None = model.unembedding_path
     if "embedding" in type(model.modules[model.unembedding_path]).__name__.lower():
         head = None
-    after = [p for p in (model.final_norm_path, head) if p]
+    after = [p for p in (final_norm_path(model.modules, model.resolver.container), head) if p]
     for i, root in enumerate([*model.layer_paths, *after]):
         if path == root or path.startswith(root + "."):
             return min(i, len(model.layer_paths))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .host_array import host_array
+from ..engine.host_array import host_array
 
 __all__ = [
     "ProbeResult",

@@ -10,21 +10,26 @@ which uids a forward's rows are.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .call_guard import CallGuard
+from .compiling import CompiledSteering, sequence_steering
+from .hooks import HookRegistry, Hooks
 from .interventions import as_vector
-from .layout import Layout
-from .site_plan import check_plans
-from .steerable import check_loop
+from .layout import SequenceLayout
+from .limits import check_length, check_loop
+
+from .protocols import BatchLoop
 
 if TYPE_CHECKING:
-    from .hooks import Watch
-    from .steerable import Steerable
+    from .protocols import Backend
+    from .site_program import Watch
+
+__all__ = ["BatchLoop", "ContinuousBatch", "Monitor", "SequenceLayout", "StepEvent"]
 
 
 @dataclass(frozen=True)
@@ -57,80 +62,28 @@ class StepEvent:
     projections: dict[str, float] = field(default_factory=dict)
 
 
-_KEY_SPACES = itertools.count(1)
-
-
-class SequenceLayout(Layout):
-    """Rows of a continuous batch: uid -> prompt length; a backend says which uids a forward holds."""
-
-    def __init__(self, *, key_base: int | None = None) -> None:
-        super().__init__([0])
-        self.padding = None
-        self.length_of: dict[int, int] = {}
-        # row keys are base + uid: by default a range no other call's row keys (prompt indices) reach
-        self.base = next(_KEY_SPACES) << 32 if key_base is None else key_base
-        self.decoding = False  # whether the current forward samples tokens (monitors read those)
-
-    def add(self, uid: int, *, prompt_len: int) -> None:
-        self.length_of[uid] = prompt_len
-
-    def drop(self, uid: int) -> None:
-        self.length_of.pop(uid, None)
-
-    def rows_of(self, batch: int, cache: object, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        uids, self.decoding = self.current(cache)
-        if len(uids) != batch:
-            raise RuntimeError(f"a batch forward of {batch} rows holds {len(uids)} sequences")
-        # a row whose sequence already left (its batch still computes it) has no steering left
-        ends = np.array([self.length_of.get(u, 0) for u in uids], dtype=np.int64)
-        return np.zeros(batch, dtype=np.int64), ends, self.base + np.array(uids, dtype=np.int64)
-
-    def current(self, cache: object) -> tuple[list[int], bool]:
-        """The uids of the forward now running (in row order), and whether it is a decode step."""
-        raise NotImplementedError
-
-
-class BatchLoop(Protocol):
-    """What a backend supplies to a continuous batch: its scheduler, and the layout that says which
-    sequences each of its forwards holds. :class:`ContinuousBatch` holds one."""
-
-    @property
-    def layout(self) -> SequenceLayout:
-        """Which sequences each forward of the loop holds."""
-        ...
-
-    def enqueue(self, prompt: list[int], *, max_tokens: int, sampler: Any, logits_processors: list) -> int:
-        """Queue a checked sequence; returns its uid."""
-        ...
-
-    def dequeue(self, uid: int) -> None:
-        """Drop a sequence, queued or running."""
-        ...
-
-    def next(self) -> list[tuple[int, int, Any, str | None]]:
-        """Run until some sequence has a token: ``(uid, token, logprobs, finish_reason)`` each."""
-        ...
-
-    def close(self) -> None:
-        """Release the loop."""
-        ...
-
-
 class ContinuousBatch:
     """The shared part of a backend's continuous batch: validation, per-uid steering, monitors, over
-    the backend's :class:`BatchLoop`.
+    the backend's :class:`~mlx_steer.engine.protocols.BatchLoop`.
 
     Use from one thread; close it (or use ``with``) to undo every patch.
+
+    Args:
+        backend: The model's backend.
+        loop: The backend's batch loop.
+        calls: The model's call guard (each step is one call).
+        registry: The model's registry of live hooks.
     """
 
-    def __init__(self, model: Steerable, loop: BatchLoop):
-        self.model, self.loop, self.layout = model, loop, loop.layout
-        self.hooks = model.hooks()
+    def __init__(self, backend: Backend, loop: BatchLoop, *, calls: CallGuard, registry: HookRegistry | None = None):
+        self.backend, self.loop, self.layout, self.calls = backend, loop, loop.layout, calls
+        self.hooks = Hooks(backend, {}, None, registry=registry)
         self._watches: dict[tuple[str, bool], Watch] = {}
         self._monitors: dict[int, dict[str, tuple[Watch, np.ndarray]]] = {}
 
     def insert(self, prompt: Sequence[int], *, max_tokens: int, interventions: Any = None,
-               monitors: dict[str, Monitor] | None = None, **sampling: Any) -> int:
+               monitors: dict[str, Monitor] | None = None, steering: CompiledSteering | None = None,
+               **sampling: Any) -> int:
         """Queue a sequence; returns its uid. Everything is validated before it is queued.
 
         Args:
@@ -138,6 +91,9 @@ class ContinuousBatch:
             max_tokens: Tokens to generate at most.
             interventions: ``{site: intervention(s)}`` or a SteeringVector, for this sequence only.
             monitors: ``{name: Monitor}`` read for every token of this sequence.
+            steering: Instead of ``interventions``: this sequence's steering already planned,
+                checked against its prompt and ``max_tokens`` and compiled (the model's
+                ``compile_steering``), e.g. by a server's request planner.
             sampling: ``temp, top_p, min_p, top_k, repetition_penalty, repetition_context_size,
                 logits_processors, sampler`` as for ``stream_generate`` (default greedy).
 
@@ -145,16 +101,18 @@ class ContinuousBatch:
             ValueError: bad interventions, sites, positions, monitors or options.
         """
         check_loop(max_tokens, sampling)
-        prompt = self.model.encode(prompt)
-        self.model.check_length(len(prompt) + max_tokens, "prompt + max_tokens")
-        plans = self.model._plan(interventions=interventions)
-        check_plans(plans, limit=len(prompt) + max_tokens, prompt_len=len(prompt), what="prompt + max_tokens")
-        reads = {name: (self.model.resolve(m.site), _unit(m.direction, self.model.hidden_size, name), m)
+        prompt = self.backend.prompts.encode(prompt)
+        check_length(self.backend.max_positions, len(prompt) + max_tokens, "prompt + max_tokens")
+        if steering is None:
+            steering = sequence_steering(self.backend, interventions, prompt_len=len(prompt), max_tokens=max_tokens)
+        elif interventions is not None:
+            raise ValueError("give interventions or compiled steering, not both")
+        reads = {name: (self.backend.resolver.resolve(m.site), _unit(m.direction, self.backend.hidden_size, name), m)
                  for name, m in (monitors or {}).items()}
-        sampler, processors = self.model._sampling(**sampling)
+        sampler, processors = self.backend.sampling(**sampling)
         uid = self.loop.enqueue(prompt, max_tokens=max_tokens, sampler=sampler, logits_processors=processors)
         try:
-            self.hooks.assign(self.layout.base + uid, plans=plans)  # planned and checked above: once
+            self.hooks.assign(self.layout.base + uid, steering=steering)  # planned and checked once
             self._monitors[uid] = {name: (self._watch(site.key, m.before_interventions), unit)
                                    for name, (site, unit, m) in reads.items()}
         except BaseException:
@@ -170,12 +128,8 @@ class ContinuousBatch:
 
     def step(self) -> list[StepEvent]:
         """Run until some sequence has a new token; [] when nothing is queued or running."""
-        with self.model.calls("a batch generator step"):
-            self.model.state.layouts.append(self.layout)
-            try:
-                raw = self.loop.next()
-            finally:
-                self.model.state.layouts.remove(self.layout)
+        with self.calls("a batch generator step"), self.backend.state.laid_out(self.layout):
+            raw = self.loop.next()
         events = []
         for uid, token, logprobs, reason in raw:
             projections = {}
@@ -183,7 +137,7 @@ class ContinuousBatch:
                 value = watch.take(self.layout.base + uid)
                 if value is not None:
                     projections[name] = float(value @ unit)
-            events.append(StepEvent(uid, token, self.model.to_numpy(logprobs), reason, projections))
+            events.append(StepEvent(uid, token, self.backend.xp.to_numpy(logprobs), reason, projections))
             if reason is not None:
                 self._forget(uid)
         return events

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .host_array import host_array
+from ..engine.host_array import host_array
 
 __all__ = ["cosine", "cosine_matrix", "norm_ratios", "orthogonalize", "project", "top_singular_direction"]
 

@@ -1,7 +1,7 @@
 """Steering-vector extraction from contrast prompts, for either backend.
 
 Activations are read in padded batches (each backend makes batches equal one-at-a-time runs),
-turned into numpy, and handed to the direction-finding math in :mod:`mlx_steer.methods`.
+turned into numpy, and handed to the direction-finding math in :mod:`mlx_steer.extraction.methods`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .activation_reader import READS, ActivationReader, read_options
+from .reader import READS, ActivationReader, read_options
 from .method_table import METHODS, PAIRED, Method, actadd
-from .steering_vector import SteeringVector
+from ..vectors.steering_vector import SteeringVector
 
 if TYPE_CHECKING:
-    from .distributed.group import Group
+    from ..distributed.group import Group
 
 __all__ = ["READS", "extract"]
 
@@ -45,7 +45,7 @@ def extract(
         sites: Sites to read, e.g. ``["layers.8"]`` or ``"layers.8:input"`` (one hook point).
         method: A function ``(pos (N, D), neg (M, D)) -> (D,)`` of numpy activations (one row
             per prompt, as read by ``read``), or the name of a built-in one in
-            :data:`mlx_steer.method_table.METHODS`: ``mean_diff`` (CAA), ``pca`` (first PC of
+            :data:`mlx_steer.extraction.method_table.METHODS`: ``mean_diff`` (CAA), ``pca`` (first PC of
             paired differences, sign toward positive), ``probe`` (logistic regression, unit
             direction), ``actadd`` (front-aligned per-position difference of one prompt pair;
             the shorter is padded with spaces). The vector's ``method`` is the name, or the
@@ -93,14 +93,14 @@ def extract(
         raise ValueError(f"method 'actadd' takes one prompt pair, got {len(pos)}")
     keys = [s.key for s in resolved]
     if group is None:
-        from .distributed.group import launched_group
+        from ..distributed.group import launched_group
 
         group = launched_group(model)
     parallel = group if group is not None and group.size > 1 and fn is not actadd else None
     if fn is actadd:
         directions = _actadd(model, pos[0], neg[0], keys, enc)
     elif parallel is not None:
-        from .distributed.parallel_extract import parallel_directions
+        from ..distributed.parallel_extract import parallel_directions
 
         directions = parallel_directions(model, name, pos, neg, keys, group=parallel, read=read,
                                          batch_size=batch_size, enc=enc, progress=progress)

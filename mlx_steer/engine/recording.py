@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import Array, ArrayOps
+from .arrays import Array, ArrayOps
 from .positions import Positions, PositionState, Selection, plan_selection
 
 REDUCTIONS = (None, "mean")

@@ -6,7 +6,7 @@ the original. The module's dict (its parameters) is never touched, so parameter 
 are unchanged while patched. The hook list lives in a ``_``-prefixed attribute: not a parameter.
 
 The root model is patched too: before each forward it reads the KV-cache offset and computes the
-absolute position of every token (a :class:`~mlx_steer.positions.PositionState`), which every
+absolute position of every token (a :class:`~mlx_steer.engine.positions.PositionState`), which every
 site hook then shares.
 """
 
@@ -21,7 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...positions import PositionState
+from ...engine.positions import PositionState
 
 _ATTR = "_mlx_steer_hooks"
 _SUBCLASSES: dict[type, type] = {}

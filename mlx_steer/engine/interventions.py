@@ -142,7 +142,7 @@ def add_vector(vector: object, *, scale: float = 1.0, positions: object = "all")
         vector: (D,) direction, or a front-aligned (n, D) tensor added at absolute positions 0..n-1
             (ActAdd); a tensor ignores ``positions``.
         scale: Multiplier (a real number; not bool or str); 0 makes the intervention a no-op.
-        positions: Position selector (see :func:`mlx_steer.positions.as_positions`).
+        positions: Position selector (see :func:`mlx_steer.engine.positions.as_positions`).
 
     Raises:
         TypeError: a complex/bool/text vector or a scale that is not a real number.

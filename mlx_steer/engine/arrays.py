@@ -1,9 +1,4 @@
-"""What a backend provides: the typed protocols the shared engine is written against.
-
-The engine (site plans, intervention ops, recording, positions, the Steerable API) is written
-once over these. A backend is a folder under ``mlx_steer/backends/`` implementing them; backends
-never import each other.
-"""
+"""The array functions a backend gives the engine (:class:`ArrayOps`), and the names of its types."""
 
 from __future__ import annotations
 
@@ -75,28 +70,3 @@ class ArrayOps(Protocol):
 
     def truth(self, flag: Array) -> bool:
         """Read a scalar flag (syncs)."""
-
-
-class ModelBackend(Protocol):
-    """What a steerable model must provide beyond :class:`ArrayOps` (see ``Steerable``)."""
-
-    xp: ArrayOps
-    modules: dict[str, Any]
-    layer_paths: list[str]
-    hidden_size: int
-
-    def site_dim(self, path: str, point: str) -> int | None:
-        """Activation size at a site when it is known before running (None otherwise)."""
-
-    def site_heads(self, path: str, point: str) -> int | None:
-        """Number of concatenated attention heads at a site (None where heads are not concatenated)."""
-
-    def attach(self, path: str, point: str, fn: Callable[[Array], Array]) -> Undo:
-        """Run ``fn`` on a module's input or output; returns what undoes it."""
-
-    def attach_tracker(self) -> Undo:
-        """Install what computes each forward's absolute positions; returns what undoes it."""
-
-    def bypass(self, path: str, fn: Callable[[Array], Array]) -> Undo:
-        """Until undone, a call of the module at ``path`` returns ``fn(hidden)`` (``hidden``: its
-        first argument) without running the module; returns what undoes it."""

@@ -8,11 +8,16 @@ sequences join, finish and leave.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...continuous import ContinuousBatch, SequenceLayout
-from ...steerable import RowStep, Steerable
+from ...engine.continuous import ContinuousBatch
+from ...engine.layout import SequenceLayout
+from ...engine.positions import PositionState
+from ...engine.results import RowStep
 from .generator_rows import RunningBatches, track
+
+if TYPE_CHECKING:
+    from ...engine.model import Steerable
 
 
 class GeneratorLayout(SequenceLayout):
@@ -28,14 +33,14 @@ class GeneratorLayout(SequenceLayout):
 
 
 def generate_rows(
-    model: Steerable, tokens: list[list[int]], *, max_tokens: int, sampler: Any, processors: list,
+    mlx_model: Any, state: PositionState, tokens: list[list[int]], *, max_tokens: int, sampler: Any, processors: list,
     prefill_step_size: int, stop_tokens: list[int],
 ) -> Iterator[RowStep]:
     """Every row's tokens as mlx-lm's ``BatchGenerator`` makes them; row keys are prompt indices."""
     from mlx_lm.generate import BatchGenerator
 
     B = len(tokens)
-    gen = BatchGenerator(model.model, max_tokens=max_tokens, stop_tokens=[[t] for t in stop_tokens],
+    gen = BatchGenerator(mlx_model, max_tokens=max_tokens, stop_tokens=[[t] for t in stop_tokens],
                          sampler=sampler, completion_batch_size=B, prefill_batch_size=B,
                          prefill_step_size=prefill_step_size)
     layout = GeneratorLayout(track(gen), key_base=0)
@@ -43,18 +48,15 @@ def generate_rows(
         uids = gen.insert(tokens, max_tokens=[max_tokens] * B, logits_processors=[list(processors)] * B)
         for uid, t in zip(uids, tokens):  # uids are 0..B-1: row keys are prompt indices
             layout.add(uid, prompt_len=len(t))
-        with model._layout(layout):
+        with state.laid_out(layout):
             while responses := gen.next_generated():
                 for r in responses:
                     yield RowStep(r.uid, int(r.token), r.finish_reason)
     finally:
         gen.close()
 
-
-
-
 class GeneratorLoop:
-    """The MLX backend's :class:`~mlx_steer.continuous.BatchLoop`: mlx-lm's ``BatchGenerator``
+    """The MLX backend's :class:`~mlx_steer.engine.protocols.BatchLoop`: mlx-lm's ``BatchGenerator``
     schedules prefill and decoding; its batches say which sequences each forward holds."""
 
     def __init__(self, mlx_model: Any, *, eos: Collection[int], completion_batch_size: int = 32,
@@ -85,7 +87,7 @@ class GeneratorLoop:
 
 class SteeredBatchGenerator(ContinuousBatch):
     """Continuous batching with per-sequence steering on mlx-lm's ``BatchGenerator`` (which
-    schedules prefill and decoding); see :class:`~mlx_steer.continuous.ContinuousBatch`.
+    schedules prefill and decoding); see :class:`~mlx_steer.engine.continuous.ContinuousBatch`.
 
     Args:
         model: The steerable model.
@@ -95,7 +97,7 @@ class SteeredBatchGenerator(ContinuousBatch):
 
     def __init__(self, model: Steerable, *, completion_batch_size: int = 32, prefill_batch_size: int = 8,
                  prefill_step_size: int = 2048, max_kv_size: int | None = None):
-        super().__init__(model, GeneratorLoop(model.model, eos=model.eos_token_ids,
-                                              completion_batch_size=completion_batch_size,
-                                              prefill_batch_size=prefill_batch_size,
-                                              prefill_step_size=prefill_step_size, max_kv_size=max_kv_size))
+        loop = model.backend.batch_loop(completion_batch_size=completion_batch_size,
+                                        prefill_batch_size=prefill_batch_size,
+                                        prefill_step_size=prefill_step_size, max_kv_size=max_kv_size)
+        super().__init__(model.backend, loop, calls=model.calls, registry=model.registry)

@@ -1,116 +1,74 @@
-"""What both backends' steerable models share: the forward and generation API, and traces.
-
-A backend (``mlx_steer/backends/<name>/``) supplies the :class:`~mlx_steer.backend.ModelBackend`
-protocol — find a module, attach a function to its input or output, track positions — plus one
-padded forward and its generation loops. Planning, validation, intervention ops and recording
-are done here, once, before anything is attached.
+"""The model class of both backends: it holds a backend (:class:`~mlx_steer.engine.protocols.Backend`)
+and offers the user's verbs — forward and generation with interventions and recording, traces,
+hooks, the unembedding. Planning, validation, intervention ops and recording are done here, once,
+before anything is attached; the backend only finds modules, attaches functions to them, tracks
+positions and runs its forward and generation loops.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .activations import Activations
+from .backend_facts import BackendFacts
 from .call_guard import CallGuard
-from .hooks import Hooks, SiteProgram, Watch
+from .compiling import CompiledSteering, sequence_steering
+from .continuous import ContinuousBatch
+from .generation import generate_batch, stream_steps
+from .hooks import HookRegistry, Hooks, SiteProgram, Watch
 from .layer_skip import LayerSkip
-from .layout import Layout
-from .ops import Op, compile_op
+from .limits import check_length, check_loop
 from .paths import NORM_NAMES, Site, final_norm_path
-from .positions import PositionState
-from .recording import Recorder
-from .site_plan import SitePlan, as_interventions, check_plans, plan_sites
-from .text_stream import TextStream
-
-__all__ = ["BatchResult", "CallGuard", "Hooks", "RowStep", "SiteProgram", "Steerable", "Trace", "Watch"]
+from .plan import SitePlan, as_interventions, check_plans, plan_sites
+from .results import BatchResult, RowStep, Trace
 
 if TYPE_CHECKING:
-    from .backend import Array, ArrayOps, Undo
-    from .continuous import ContinuousBatch
-    from .paths import PathResolver
-    from .prompts import PromptEncoder
+    from .arrays import Array
+    from .protocols import Backend
+
+__all__ = ["BatchResult", "CallGuard", "Hooks", "RowStep", "SiteProgram", "Steerable", "Trace", "Watch",
+           "check_loop"]
 
 
-class Trace:
-    """Result of ``model.trace`` / ``model.run``: activations, logits and the token layout."""
+class Steerable(BackendFacts):
+    """A language model with site-keyed recording and steering: the user's API, the same on every
+    backend. It holds the backend it runs on (``backend``); each backend's model class
+    (``MLXSteerableModel``, ``TorchSteerableModel``) only builds that backend.
 
-    def __init__(self, hooks: Hooks, logits: Any, tokens: list[list[int]]):
-        self._hooks = hooks
-        self.logits = logits
-        self.tokens = tokens
-        self.lengths = [len(t) for t in tokens]
-        self.padding = [max(self.lengths) - n for n in self.lengths]
-
-    @property
-    def activations(self) -> Activations:
-        return self._hooks.activations
-
-
-@dataclass
-class BatchResult:
-    """What :meth:`Steerable.batch_generate` returns, one entry per prompt, in prompt order.
-
-    Attributes:
-        texts: The generated text of each row (its tokens decoded together).
-        token_ids: The generated token ids of each row (EOS excluded).
-        finish_reasons: ``"stop"`` (EOS) or ``"length"`` per row.
+    Args:
+        backend: What runs the framework's model (see :class:`~mlx_steer.engine.protocols.Backend`).
     """
 
-    texts: list[str]
-    token_ids: list[list[int]]
-    finish_reasons: list[str]
+    def __init__(self, backend: Backend):
+        super().__init__(backend)
+        self.calls = CallGuard()  # keeps calls on this model from overlapping
+        self.registry = HookRegistry()  # the live hooks: remove_all_hooks removes them
 
+    def ban_tokens_processor(self, token_ids: Sequence[int]) -> Any:
+        """A logits processor for :meth:`stream_generate` that makes ``token_ids`` impossible."""
+        return self.backend.ban_tokens_processor(token_ids)
 
-@dataclass
-class RowStep:
-    """One generated token of one batch row, as a backend's batch loop reports it."""
+    def make_prompt_cache(self) -> Any:
+        """An empty KV cache to pass to :meth:`stream_generate` as ``prompt_cache=`` and reuse
+        across turns of a conversation (positions then continue from the cache's offset)."""
+        return self.backend.make_prompt_cache()
 
-    row: int
-    token: int
-    finish_reason: str | None = None
-
-
-class Steerable:
-    """The public API both backends share.
-
-    A backend sets ``xp``, ``modules``, ``layer_paths``, ``hidden_size``, ``resolver``,
-    ``state``, ``prompts`` and implements the :class:`~mlx_steer.backend.ModelBackend` methods
-    (``site_dim``, ``site_heads``, ``attach``, ``attach_tracker``) plus ``_forward`` (one padded
-    forward), ``_stream`` (its generation loop) and ``_generate_rows`` (its batch loop).
-    """
-
-    xp: ArrayOps
-    modules: dict[str, Any]
-    layer_paths: list[str]
-    hidden_size: int
-    resolver: PathResolver
-    state: PositionState
-    prompts: PromptEncoder
-    model: Any  # the framework's own model: an mlx-lm Model, a transformers PreTrainedModel
-    tokenizer: Any
-    model_id: str | None
-    vocab_size: int | None  # rows of the input embedding
-    max_positions: int | None  # rows of a learned position table (None: rotary, no hard limit)
-
-    @property
-    def calls(self) -> CallGuard:
-        """The guard that keeps calls on this model from overlapping."""
-        guard = self.__dict__.get("_calls")
-        if guard is None:
-            guard = self.__dict__["_calls"] = CallGuard()
-        return guard
+    def batch_generator(self, **options: Any) -> ContinuousBatch:
+        """Continuous batching with per-sequence steering: ``insert(prompt_ids, max_tokens=...,
+        interventions=..., monitors=..., temp=...) -> uid``, ``step() -> [StepEvent]``,
+        ``remove(uid)``, ``close()`` (see :class:`~mlx_steer.engine.continuous.ContinuousBatch`);
+        ``options`` go to the backend's batch loop (``completion_batch_size``, ``prefill_step_size``...)."""
+        return ContinuousBatch(self.backend, self.backend.batch_loop(**options), calls=self.calls,
+                               registry=self.registry)
 
     def remove_all_hooks(self) -> int:
         """Remove every hook mlx_steer installed on this model (``steer`` handles, recorders,
         abandoned streams, batch generators); safe to call at any time. Returns how many
         :class:`Hooks` were removed."""
-        live = list(self.__dict__.get("_live_hooks", {}).values())
+        live = self.registry.live()
         for hooks in live:
             hooks.remove()
         return len(live)
@@ -133,70 +91,6 @@ class Steerable:
     def to_numpy(self, x: Array) -> np.ndarray:
         """A float32 numpy copy of a backend array."""
         return self.xp.to_numpy(x)
-
-    # -- the backend contract (see mlx_steer.backend.ModelBackend) ------------------------------
-    def site_dim(self, path: str, point: str) -> int | None:
-        raise NotImplementedError
-
-    def site_heads(self, path: str, point: str) -> int | None:
-        raise NotImplementedError
-
-    def attach(self, path: str, point: str, fn: Any) -> Undo:
-        raise NotImplementedError
-
-    def attach_tracker(self) -> Undo:
-        raise NotImplementedError
-
-    def bypass(self, path: str, fn: Any) -> Undo:
-        raise NotImplementedError
-
-    def _forward(self, tokens: list[list[int]], hooks: Hooks, *, keep_logits: bool) -> Array | None:
-        raise NotImplementedError
-
-    def _stream(self, tokens: list[int], *, max_tokens: int, **options: Any) -> Iterator[Any]:
-        raise NotImplementedError
-
-    def _generate_rows(self, tokens: list[list[int]], *, max_tokens: int, **options: Any) -> Iterator[RowStep]:
-        raise NotImplementedError
-
-    def batch_generator(self, **options: Any) -> ContinuousBatch:
-        """Continuous batching with per-sequence steering: ``insert(prompt_ids, max_tokens=...,
-        interventions=..., monitors=..., temp=...) -> uid``, ``step() -> [StepEvent]``,
-        ``remove(uid)``, ``close()`` (see :class:`~mlx_steer.continuous.ContinuousBatch`)."""
-        raise NotImplementedError
-
-    def make_prompt_cache(self) -> Any:
-        """An empty KV cache to pass to :meth:`stream_generate` as ``prompt_cache=`` and reuse
-        across turns of a conversation (positions then continue from the cache's offset)."""
-        raise NotImplementedError
-
-    def _cache_offset(self, cache: Any) -> int:
-        """Tokens a KV cache already holds."""
-        raise NotImplementedError
-
-    def _sampling(self, **options: Any) -> tuple[Any, list]:
-        """The backend's sampler and logits processors for sampling options
-        (``temp, top_p, min_p, top_k, repetition_penalty, ...``); unknown options raise ValueError."""
-        raise NotImplementedError
-
-    def _unembed(self, x: np.ndarray, norm_path: str | None) -> Array:
-        """(K, D) float32 host rows through the final norm (when given) and the unembedding,
-        bypassing any installed hooks."""
-        raise NotImplementedError
-
-    @property
-    def unembedding_path(self) -> str:
-        """Path of the module mapping the final residual to logits."""
-        raise NotImplementedError
-
-    @property
-    def eos_token_ids(self) -> set[int]:
-        """Token ids that end generation."""
-        raise NotImplementedError
-
-    def ban_tokens_processor(self, token_ids: Sequence[int]) -> Any:
-        """A logits processor for :meth:`stream_generate` that makes ``token_ids`` impossible."""
-        raise NotImplementedError
 
     # -- unembedding -------------------------------------------------------------------------
     @property
@@ -228,31 +122,32 @@ class Steerable:
             raise ValueError(f"final_norm=True but no final norm ({', '.join(NORM_NAMES)}) was found "
                              "after the decoder layers")
         with self.calls("unembed"):  # its modules run bypassed: no other call may run them meanwhile
-            out = self.to_numpy(self._unembed(np.atleast_2d(x), norm_path))
+            out = self.to_numpy(self.backend.unembed(np.atleast_2d(x), norm_path))
         return out[0] if x.ndim == 1 else out
 
     # -- planning ----------------------------------------------------------------------------
-    def _plan(self, *, interventions: Mapping | Any = None, record: object = None,
-              record_positions: object = "all", reduce: str | None = None, rows: int | None = None,
-              record_stage: str = "after") -> dict[str, SitePlan]:
+    def plan(self, *, interventions: Mapping | Any = None, record: object = None,
+             record_positions: object = "all", reduce: str | None = None, rows: int | None = None,
+             record_stage: str = "after") -> dict[str, SitePlan]:
+        """What a call would install at each site, resolved and validated (nothing is installed):
+        options as for :meth:`run`; ``rows`` the batch size a per-prompt list of interventions is for."""
         return plan_sites(self.resolver, interventions=as_interventions(interventions, rows=rows),
                           record=record, record_positions=record_positions, reduce=reduce,
                           record_stage=record_stage)
 
+    def compile_steering(self, interventions: Mapping | Any, *, prompt_len: int, max_tokens: int) -> CompiledSteering:
+        """One sequence's interventions planned, checked against its prompt length and
+        ``max_tokens``, and compiled once: what :meth:`batch_generator`'s ``insert`` takes as
+        ``steering=`` (a server resolves each request's steering once, off the batch's thread).
+
+        Raises:
+            ValueError: bad interventions, sites or positions, or a sequence too long for the model.
+        """
+        return sequence_steering(self.backend, interventions, prompt_len=prompt_len, max_tokens=max_tokens)
+
     def check_length(self, n_tokens: int, what: str) -> None:
         """Refuse sequences longer than a learned position table (GPT-2-style models)."""
-        if self.max_positions is not None and n_tokens > self.max_positions:
-            raise ValueError(f"{what} is {n_tokens} tokens but this model has {self.max_positions} positions "
-                             f"(a learned position table); at most {self.max_positions} tokens fit")
-
-    def _compile(self, site: Site, spec: Any) -> Op:
-        return compile_op(spec, xp=self.xp, site=site.key, dim=self.site_dim(site.path, site.point),
-                          n_heads=self.site_heads(site.path, site.point))
-
-    def _program(self, plan: SitePlan, reduce: str | None) -> SiteProgram:
-        ops = [self._compile(plan.site, i) for i in plan.interventions]
-        rec = None if plan.record is None else Recorder(self.state, plan.record, reduce, site=plan.site.key)
-        return SiteProgram(plan.site, ops, rec, self.state, record_before=plan.record_before)
+        check_length(self.max_positions, n_tokens, what)
 
     # -- patching --------------------------------------------------------------------------
     def hooks(
@@ -271,9 +166,9 @@ class Steerable:
         Interventions scoped to rows (``for_rows``) act on those batch rows only; more can be
         given to a row later with :meth:`Hooks.assign`.
         """
-        plans = self._plan(interventions=interventions, record=record,
+        plans = self.plan(interventions=interventions, record=record,
                            record_positions=record_positions, reduce=reduce, record_stage=record_stage)
-        return Hooks(self, plans, reduce)
+        return Hooks(self.backend, plans, reduce, registry=self.registry)
 
     def steer(self, interventions: Mapping | Any, *, scale: float = 1.0, positions: object = "all") -> Hooks:
         """A persistent edit: stays installed across calls until ``handle.remove()``.
@@ -288,15 +183,6 @@ class Steerable:
         """Record ``sites`` over whatever runs inside the ``with`` block (e.g. generation);
         ``stage="before"`` reads the model's own values, before any intervention at the site."""
         return self.hooks(record=sites, record_positions=positions, reduce=reduce, record_stage=stage)
-
-    @contextlib.contextmanager
-    def _layout(self, layout: Layout) -> Iterator[None]:
-        """Tell the position tracker how our own forwards are laid out (lengths, padding, rows)."""
-        self.state.layouts.append(layout)
-        try:
-            yield
-        finally:
-            self.state.layouts.remove(layout)
 
     # -- forward ---------------------------------------------------------------------------
     def encode(
@@ -340,10 +226,10 @@ class Steerable:
                 input: the layers below are not run, and sites below it are refused.
             hidden: (rows, padded length, hidden size) input of ``from_layer``, e.g. what
                 ``layers.{from_layer}:input`` recorded in an unsteered run of the same prompts,
-                which makes the result that of the full forward (see :mod:`mlx_steer.layer_skip`).
+                which makes the result that of the full forward (see :mod:`mlx_steer.engine.layer_skip`).
         """
         tokens = self.prompts.encode_batch(prompts, chat=chat)
-        plans = self._plan(interventions=interventions, record=record, record_positions=record_positions,
+        plans = self.plan(interventions=interventions, record=record, record_positions=record_positions,
                            reduce=reduce, rows=len(tokens), record_stage=record_stage)
         L, shortest = max(len(t) for t in tokens), min(len(t) for t in tokens)
         self.check_length(L, "the prompt")
@@ -354,18 +240,19 @@ class Steerable:
         if from_layer is not None or hidden is not None:
             if from_layer is None or hidden is None:
                 raise ValueError("from_layer and hidden go together: the layer to start at and its input")
-            sharded = getattr(self, "distributed", None)
+            sharded = self.distributed
             if sharded is not None:
                 raise ValueError(f"from_layer cannot skip layers of a model sharded over ranks ({sharded})")
-            skip = LayerSkip(self, from_layer, hidden, rows=len(tokens), length=L, plans=plans)
-        with self.calls("run"), Hooks(self, plans, reduce) as hooks, contextlib.ExitStack() as undo:
+            skip = LayerSkip(self.backend, from_layer, hidden, rows=len(tokens), length=L, plans=plans)
+        with self.calls("run"), Hooks(self.backend, plans, reduce, registry=self.registry) as hooks, \
+                contextlib.ExitStack() as undo:
             for u in skip.install() if skip is not None else []:
                 undo.callback(u)
-            out = self._forward(tokens, hooks, keep_logits=logits)
+            out = self.backend.forward(tokens, hooks.recorders, keep_logits=logits)
             if check_finite and out is not None and self.xp.truth(self.xp.nonfinite(out)):
                 raise ValueError("the logits are not finite (NaN or +inf): the interventions overflow the "
                                  "activations; use a smaller scale or vector")
-            return Trace(hooks, out, tokens)
+            return Trace(hooks.activations, out, tokens)
 
     @contextlib.contextmanager
     def trace(self, prompts: str | Sequence[str] | Sequence[Sequence[int]], **kwargs: Any) -> Iterator[Trace]:
@@ -414,44 +301,15 @@ class Steerable:
         """
         check_loop(max_tokens, options)
         tokens = self.encode(prompt, chat=chat, system=system)
-        plans = self._plan(interventions=interventions, record=record, record_positions=record_positions,
+        plans = self.plan(interventions=interventions, record=record, record_positions=record_positions,
                            record_stage=record_stage)
-        past = 0 if options.get("prompt_cache") is None else self._cache_offset(options["prompt_cache"])
+        past = 0 if options.get("prompt_cache") is None else self.backend.cache_offset(options["prompt_cache"])
         self.check_length(past + len(tokens) + max_tokens, "earlier turns + prompt + max_tokens" if past
                           else "prompt + max_tokens")
         check_plans(plans, limit=past + len(tokens) + max_tokens, prompt_len=len(tokens),
                     what="earlier turns + prompt + max_tokens" if past else "prompt + max_tokens")
-        return self._stream_steps(tokens, plans, max_tokens=max_tokens, hooks_out=hooks_out, options=options)
-
-    def _stream_steps(self, tokens: list[int], plans: Mapping[str, SitePlan], *, max_tokens: int,
-                      hooks_out: list | None, options: dict[str, Any]) -> Generator[Any, None, None]:
-        with self.calls("stream_generate"), Hooks(self, plans, None) as hooks:
-            if hooks_out is not None:
-                hooks_out.append(hooks)
-            text = TextStream(self.prompts.decode)  # the same text for the same tokens on every backend
-            # each step's logits are checked for NaN/+inf lazily and read one step later, so the
-            # check never waits behind the step the loop has in flight
-            checks: list[tuple[int, Any]] = []
-            with self._layout(Layout([len(tokens)])):
-                for n, response in enumerate(self._stream(tokens, max_tokens=max_tokens, **options)):
-                    checks.append((n, self.xp.nonfinite(response.logprobs)))
-                    hooks.flush()
-                    self.xp.schedule([checks[-1][1]])
-                    if len(checks) > 1:
-                        self._check_step(*checks.pop(0))
-                    if response.finish_reason == "stop":  # the EOS is not text
-                        segment = text.flush()
-                    else:
-                        segment = text.add(int(response.token))
-                        segment += text.flush() if response.finish_reason is not None else ""
-                    yield dataclasses.replace(response, text=segment)
-                for check in checks:
-                    self._check_step(*check)
-
-    def _check_step(self, n: int, flag: Any) -> None:
-        if self.xp.truth(flag):
-            raise ValueError(f"the logits became non-finite (NaN or +inf) at generated token {n}: the "
-                             "interventions overflow the activations; use a smaller scale or vector")
+        return stream_steps(self.backend, tokens, plans, calls=self.calls, registry=self.registry,
+                            max_tokens=max_tokens, hooks_out=hooks_out, options=options)
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> str:
         """Generated text (the continuation only): the generated tokens decoded together, so the
@@ -492,24 +350,11 @@ class Steerable:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
             raise ValueError("batch_generate takes a non-empty list of prompts")
         tokens = [self.encode(p, chat=chat, system=system) for p in prompts]
-        plans = self._plan(interventions=interventions, rows=len(tokens))
+        plans = self.plan(interventions=interventions, rows=len(tokens))
         self.check_length(max(map(len, tokens)) + max_tokens, "the longest prompt + max_tokens")
         check_plans(plans, limit=max(map(len, tokens)) + max_tokens, prompt_len=min(map(len, tokens)),
                     what="prompt + max_tokens")
-        out: list[list[int]] = [[] for _ in tokens]
-        reasons = ["length"] * len(tokens)
-        with self.calls("batch_generate"), Hooks(self, plans, None):
-            for step in self._generate_rows(tokens, max_tokens=max_tokens, **options):
-                if step.finish_reason == "stop":
-                    reasons[step.row] = "stop"
-                else:
-                    out[step.row].append(step.token)
+        out, reasons = generate_batch(self.backend, tokens, plans, calls=self.calls, registry=self.registry,
+                                      max_tokens=max_tokens, options=options)
         texts = [self.prompts.decode(ids) for ids in out]
         return BatchResult(texts, out, reasons)
-
-
-def check_loop(max_tokens: object, options: Mapping[str, Any]) -> None:
-    """Loop options are checked at the call, before anything is installed or computed."""
-    for name, value in (("max_tokens", max_tokens), ("prefill_step_size", options.get("prefill_step_size", 1))):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -2,7 +2,7 @@
 
 A method is a function ``(pos (N, D), neg (M, D)) -> (D,)`` of recorded activations; the names
 below are aliases for the built-in ones, and ``extract(method=...)`` also takes any such function.
-This module imports nothing at import time (numpy and :mod:`mlx_steer.methods` load on the first
+This module imports nothing at import time (numpy and :mod:`mlx_steer.extraction.methods` load on the first
 call), so the CLI can list the names without paying for numpy.
 """
 
