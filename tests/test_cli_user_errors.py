@@ -126,7 +126,7 @@ def test_damaged_model_folder(ws, tmp_path, backend, damage, capsys):
 
 
 def test_deeply_nested_json_pairs(ws, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_model", _no_model)
+    monkeypatch.setattr("mlx_steer.cli.loading.load_model", _no_model)
     deep = '{"positive": ' + "[" * 100_000 + "]" * 100_000 + ', "negative": "x"}'
     (tmp_path / "deep.jsonl").write_text(deep + "\n")
     (tmp_path / "deep.json").write_text("[" + deep + "]")
@@ -138,7 +138,7 @@ def test_deeply_nested_json_pairs(ws, tmp_path, monkeypatch, capsys):
 
 # -- outputs: checked first, not overwritten, GGUF by name ---------------------------------------
 def test_output_checked_before_the_work(ws, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_model", _no_model)
+    monkeypatch.setattr("mlx_steer.cli.loading.load_model", _no_model)
     args = ["extract", str(ws["dir"] / "pairs.jsonl"), "--model", ws["model"], "--layers", "1", "-o"]
     assert user_error([*args, str(tmp_path)], capsys).startswith(f"{tmp_path} is a folder; give a file name")
     assert user_error([*args, str(tmp_path / "gone" / "v.safetensors")], capsys) == \
@@ -154,7 +154,7 @@ def test_output_checked_before_the_work(ws, tmp_path, monkeypatch, capsys):
 def test_unwritable_folder_as_a_user(ws, tmp_path, monkeypatch, capsys):
     if os.getuid() == 0:
         pytest.skip("root writes anywhere")
-    monkeypatch.setattr(cli, "load_model", _no_model)
+    monkeypatch.setattr("mlx_steer.cli.loading.load_model", _no_model)
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     message = user_error(["extract", str(ws["dir"] / "pairs.jsonl"), "--model", ws["model"], "--layers", "1",

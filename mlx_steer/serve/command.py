@@ -1,4 +1,5 @@
-"""``mlx-steer serve``: its options and its handler (called by :mod:`mlx_steer.cli`).
+"""``mlx-steer serve``: its options and its handler (one command of :mod:`mlx_steer.cli`,
+shaped like its command modules).
 
 Everything a user can get wrong (a vector spec, a missing file, a busy port, a vector that does
 not fit the model) is checked before the server starts and reported as ``error: ...`` (exit 2).
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 SUMMARY = "serve an OpenAI-compatible API with per-request steering (and a playground at /)"
+OPTION_GROUPS = ("backend",)  # the shared option groups it takes (see mlx_steer.cli.arguments.option_groups)
 EXAMPLES = """\
 Endpoints: GET /v1/models, GET /v1/vectors, POST /v1/chat/completions, POST /v1/completions
 (stream or not), GET /health, and the playground at http://HOST:PORT/. A request steers with an

@@ -1,0 +1,56 @@
+"""``mlx-steer inspect``: a vector file's metadata and norms; with --model, its fit and top tokens."""
+
+from __future__ import annotations
+
+import argparse
+
+from .arguments import add_model, positive_int
+from .inputs import existing_file, printable
+from .loading import model_for
+
+SUMMARY = "show a vector file's metadata, norms and (with --model) top tokens"
+OPTION_GROUPS = ("backend",)
+EXAMPLES = """\
+examples:
+  mlx-steer inspect happy.safetensors
+  mlx-steer inspect happy.safetensors --model ./my-model -k 20
+  mlx-steer --backend torch inspect happy.safetensors --model ./hf-folder --final-norm"""
+
+
+def fill(sp: argparse.ArgumentParser) -> None:
+    """Add the ``inspect`` options to its subparser."""
+    sp.add_argument("vector", metavar="FILE", help="vector file (.safetensors, or a control-vector .gguf)")
+    add_model(sp, required=False)
+    sp.add_argument("-k", "--top-k", type=positive_int, default=10, help="tokens per list with --model (default 10)")
+    sp.add_argument("--final-norm", action="store_true", help="apply the final norm before unembedding (logit lens)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``mlx-steer inspect``: metadata and norms; with --model, the fit and top tokens per site."""
+    from ..analysis import top_tokens
+    from ..vectors.vector_file import load_vector
+
+    path = existing_file(args.vector)
+    vec = load_vector(path)
+    fields = ("model_id", "method", "read_positions", "hook_point", "hidden_size", "dtype", "created_by")
+    print(f"file: {printable(args.vector)}")
+    for name in fields:
+        print(f"{name + ':':<16}{printable(getattr(vec, name))}")
+    for key, value in vec.extra.items():
+        print(f"{'extra.' + printable(key) + ':':<16}{printable(value)}")
+    sites = {site: printable(site) for site in vec.sites}
+    w = max(map(len, sites.values()))
+    print(f"sites ({len(vec)}):")
+    for site, norm in vec.norms().items():
+        print(f"  {sites[site]:<{w}}  shape {str(vec[site].shape):<10} norm {norm:.6g}")
+    if not args.model:
+        return 0
+    model = model_for(args)
+    vec = load_vector(path, model=model)
+    print(f"\nfits {args.model} (hidden size {model.hidden_size}); tokens each direction boosts and suppresses"
+          f"{' (after the final norm)' if args.final_norm else ''}:")
+    for site, d in vec.directions.items():
+        label = site if d.ndim == 1 else f"{site} (sum of its {d.shape[0]} front-aligned rows)"
+        report = top_tokens(model, d if d.ndim == 1 else d.sum(0), k=args.top_k, final_norm=args.final_norm)
+        print(f"\n{label}\n{report.to_text()}")
+    return 0
