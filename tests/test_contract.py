@@ -2,6 +2,7 @@
 can fail; and the package's shape (backends side by side, no import between them, no cycles)."""
 
 import ast
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +62,13 @@ def _top_level(stmts: list[ast.stmt]):
             yield node
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    """Modules of mlx_steer that ``path`` imports when it is imported."""
+def _imports(path: Path, module: str, *, everywhere: bool = False) -> set[str]:
+    """Modules of mlx_steer that ``path`` imports when it is imported (``everywhere``: anywhere in
+    it, under TYPE_CHECKING and inside functions too)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     out = set()
-    for node in _top_level(ast.parse(path.read_text()).body):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree) if everywhere else _top_level(tree.body):
         if isinstance(node, ast.ImportFrom):
             base = package
             for _ in range(node.level - 1):
@@ -78,28 +81,31 @@ def _imports(path: Path, module: str) -> set[str]:
     return {n for n in out if n.startswith("mlx_steer")}
 
 
-def _graph() -> dict[str, set[str]]:
+def _graph(*, everywhere: bool = False) -> dict[str, set[str]]:
     modules = {}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return {m: {i for i in _imports(p, m) if i in modules and i != m} for m, p in modules.items()}
+    return {m: {i for i in _imports(p, m, everywhere=everywhere) if i in modules and i != m}
+            for m, p in modules.items()}
 
 
 def test_backends_are_siblings_with_no_import_between_them():
-    graph = _graph()
+    graph = _graph(everywhere=True)
     for a, b in (("mlx", "torch"), ("torch", "mlx")):
         crossing = [(m, i) for m, deps in graph.items() if m.startswith(f"mlx_steer.backends.{a}")
                     for i in deps if i.startswith(f"mlx_steer.backends.{b}")]
         assert not crossing, crossing
-    core = ["mlx_steer.engine.model", "mlx_steer.engine.hooks", "mlx_steer.engine.call_guard", "mlx_steer.engine.ops", "mlx_steer.engine.recording", "mlx_steer.engine.positions",
-            "mlx_steer.engine.plan", "mlx_steer.engine.continuous", "mlx_steer.engine.layout", "mlx_steer.engine.protocols"]
+    core = [m for m in graph if m.startswith("mlx_steer.engine")]
+    assert "mlx_steer.engine.model" in core and "mlx_steer.engine.protocols" in core
     for m in core:  # the shared engine imports no backend
         assert not [i for i in graph[m] if i.startswith("mlx_steer.backends")], m
 
 
-def test_no_import_cycles_at_module_level():
-    graph = _graph()
+def test_no_import_cycles():
+    """No circle among the package's modules, counting every import: under TYPE_CHECKING and inside
+    functions too (a deferred import standing in for a design loop is still a loop)."""
+    graph = _graph(everywhere=True)
     # a package importing its own submodules (re-exports) is not a cycle between concepts
     edges = {m: {i for i in deps if not m.startswith(i + ".")} for m, deps in graph.items()}
     state: dict[str, int] = {}
@@ -119,6 +125,44 @@ def test_no_import_cycles_at_module_level():
     for m in sorted(edges):
         if m not in state:
             visit(m)
+
+
+def test_the_layout_shows_the_architecture():
+    """Few modules at the top (the rest sit in folders named for what they hold), none too long."""
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 12, top
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+def _private_reads(path: Path) -> list[str]:
+    """``x._name`` on anything but ``self``/``cls``, and ``from m import _name``, in one file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom):
+            found += [f"{path.relative_to(PACKAGE)}:{node.lineno}: import {a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_engine_serve_and_distributed_read_no_private_state_of_other_objects():
+    """The engine, the server and the distributed runs use what objects offer publicly (a backend's
+    protocol, the model's API), never another object's or module's private names."""
+    found = [hit for folder in ("engine", "serve", "distributed") for path in sorted((PACKAGE / folder).rglob("*.py"))
+             for hit in _private_reads(path)]
+    assert not found, "\n".join(found)
+
+
+def test_the_private_reads_check_finds_one(tmp_path, monkeypatch):
+    """The check above can fail: it finds a private read of another object and a private import."""
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path)
+    bad = tmp_path / "bad.py"
+    bad.write_text("from .x import _hidden\n\ndef f(model):\n    return model._plan, self_ok()\n")
+    assert [h.split(": ", 1)[1] for h in _private_reads(bad)] == ["import _hidden", "model._plan"]
 
 
 def test_one_load_for_both_backends(tiny_dir):

@@ -96,6 +96,33 @@ def test_engine_rejects_bad_jobs_and_bounds_its_queue(load_tiny):
         Engine(m, max_queue=0)
 
 
+def test_a_served_requests_steering_is_planned_once_and_runs_as_planned(load_tiny, monkeypatch):
+    """The planner resolves, checks and compiles a request's steering; the batch takes it as it is
+    (nothing is planned again on the worker thread) and the tokens are those of a solo steered run."""
+    from mlx_steer.engine import compiling
+    from mlx_steer.serve.planning import FieldError, Planner
+    from mlx_steer.serve.registry import VectorRegistry
+    from mlx_steer.serve.schemas import CompletionRequest
+
+    m = load_tiny("llama")
+    v = np.random.default_rng(4).normal(size=m.hidden_size).astype(np.float32)
+    planner = Planner(m, VectorRegistry(m))
+    planned = []
+    real = compiling.plan_sites
+    monkeypatch.setattr(compiling, "plan_sites", lambda resolver, **kw: planned.append(kw) or real(resolver, **kw))
+    body = {"model": "m", "prompt": "I love", "max_tokens": 6, "temperature": 0.0,
+            "steering": [{"vector": v.tolist(), "layers": [1], "scale": 6.0, "positions": "generated"}]}
+    plan = planner.completion(CompletionRequest(**body))
+    assert len(planned) == 1 and plan.job.steering is not None
+    events, _ = run_jobs(m, [plan.job])
+    assert len(planned) == 1  # the worker's insert planned nothing
+    want = m.generate_tokens(plan.job.prompt, max_tokens=6,
+                             interventions={"layers.1": iv.add_vector(v, scale=6.0, positions="generated")})
+    assert [e.token for e in events[0] if isinstance(e, Token)] == want
+    with pytest.raises(FieldError, match=r"never reached"):  # checked by the planner, before any queue
+        planner.completion(CompletionRequest(**{**body, "steering": [{**body["steering"][0], "positions": [40]}]}))
+
+
 def test_text_stream_holds_back_partial_characters_and_stop_strings():
     pieces = {1: "Hel", 2: "lo", 3: " wo", 4: "rld", 5: "\ufffd", 6: "é!"}
 
