@@ -5,7 +5,7 @@ import pytest
 
 from mlx_steer import interventions as iv
 from mlx_steer.positions import Positions
-from test_lifetime import assert_untouched, snapshot
+from torch_fixtures import assert_untouched, snapshot
 
 PROMPT = "I love this wonderful day"
 
