@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from mlx_steer import interventions as iv
-from mlx_steer.positions import Positions
 from tiny_models import ARCHS
 from torch_fixtures import (  # noqa: F401 - fixtures
     BACKENDS, FINAL_NORM, assert_untouched, backend_models, fresh_models, greedy_recompute, is_patched,
@@ -23,7 +22,6 @@ PROMPT = "I love this wonderful day"
 GEN_PROMPT = "Tell me a story about a cat who lives on"
 BATCH = ["I love", "The weather is great, happy people walk", "Tell me a story about a cat"]
 N_NEW = 10
-LAYER = 1
 
 
 def _vector(m, seed=3, norm=None):
@@ -131,71 +129,6 @@ def test_torch_only_bad_options(torch_models):
 
 
 # -- generation: cached steps equal full recomputation ------------------------------------------
-def _selected(name, P, T):
-    """Positions selected by each selector, written out independently of mlx_steer."""
-    p = np.arange(T)
-    return {
-        "all": p >= 0,
-        "last": p >= P - 1,
-        "index": p == 3,
-        "indices": np.isin(p, [0, P - 1, P + 2]),
-        "window": (p >= 2) & (p < P + 3),
-        "prompt": p < P,
-        "generated": p >= P,
-        "first_generated": (p >= P) & (p < P + 3),
-    }[name]
-
-
-SELECTORS = {
-    "all": lambda P: "all",
-    "last": lambda P: "last",
-    "index": lambda P: 3,
-    "indices": lambda P: [0, P - 1, P + 2],
-    "window": lambda P: Positions.window(2, P + 3),
-    "prompt": lambda P: "prompt",
-    "generated": lambda P: "generated",
-    "first_generated": lambda P: Positions.first_generated(3),
-}
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("selector", list(SELECTORS))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_cached_generation_equals_recompute(backend_models, backend, arch, selector):
-    m = backend_models(backend, arch)
-    prompt = m.encode(GEN_PROMPT)
-    P = len(prompt)
-    v = _vector(m, norm=40.0)
-    spec = {f"layers.{LAYER}": iv.add_vector(v, positions=SELECTORS[selector](P))}
-
-    def delta_for(T):
-        return _selected(selector, P, T)[:, None] * v[None]
-
-    expected = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=delta_for)
-    for step in (2048, 3):  # one prefill chunk, and many small ones
-        got = m.generate_tokens(prompt, max_tokens=N_NEW, interventions=spec, prefill_step_size=step)
-        assert got == expected, (backend, arch, selector, step)
-    if selector in ("all", "last", "prompt"):  # the oracle must be able to tell steering apart
-        plain = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=lambda T: np.zeros((T, m.hidden_size), np.float32))
-        assert plain != expected
-
-
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_front_aligned_tensor_in_generation(torch_models, arch):
-    m = torch_models(arch)
-    prompt = m.encode(GEN_PROMPT)
-    delta = np.random.default_rng(5).normal(size=(4, m.hidden_size)).astype(np.float32) * 30
-
-    def delta_for(T):
-        d = np.zeros((T, m.hidden_size), np.float32)
-        d[:4] = delta
-        return d
-
-    expected = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=delta_for)
-    for step in (2048, 2):
-        got = m.generate_tokens(prompt, max_tokens=N_NEW, prefill_step_size=step,
-                                interventions={f"layers.{LAYER}": iv.add_vector(delta)})
-        assert got == expected
 
 
 def test_hf_generate_under_steer_equals_our_loop(torch_models):
@@ -252,19 +185,6 @@ def test_stream_protocol(torch_models):
     tokens = m.generate_tokens(GEN_PROMPT, max_tokens=12)
     assert "".join(s.text for s in steps) == m.tokenizer.decode(tokens)
     assert steps[0].prompt_tokens == len(m.encode(GEN_PROMPT)) and steps[-1].logprobs.shape == (384,)
-
-
-def test_recording_while_generating_uses_absolute_positions(torch_models):
-    m = torch_models("llama")
-    prompt = m.encode(GEN_PROMPT)
-    hooks = []
-    toks = m.generate_tokens(prompt, max_tokens=6, record=["layers.2"], record_positions="last",
-                             prefill_step_size=3, hooks_out=hooks)
-    rec = np_(m, hooks[0].activations["layers.2"])[0]
-    full = np_(m, m.run([prompt + toks], record=["layers.2"]).activations["layers.2"])[0]
-    # the last prompt token, then every generated token fed back (the loop computes one step ahead)
-    assert rec.shape[0] == len(toks) + 1
-    np.testing.assert_allclose(rec, full[len(prompt) - 1 :], atol=1e-5)
 
 
 # -- batches -------------------------------------------------------------------------------------
