@@ -188,30 +188,6 @@ def test_stream_protocol(torch_models):
 
 
 # -- batches -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_batch_equals_single(backend_models, backend, arch):
-    m = backend_models(backend, arch)
-    v = _vector(m, seed=2) * 3
-    spec = {"layers.1": iv.add_vector(v, positions="last"), "layers.2": iv.add_vector(v, positions=[0, 1])}
-    record = {"layers.2": "last", "layers.3": "last", "layers.0": "all"}
-    batch = m.run(BATCH, record=record, interventions=spec)
-    assert len(set(batch.lengths)) == 3 and batch.padding[0] > 0
-    for b, prompt in enumerate(BATCH):
-        one = m.run(prompt, record=record, interventions=spec)
-        for site in ("layers.2", "layers.3"):
-            np.testing.assert_allclose(np_(m, batch.activations[site])[b], np_(m, one.activations[site])[0], atol=1e-5)
-        full = np_(m, batch.activations["layers.0"])[b, batch.padding[b]:]
-        np.testing.assert_allclose(full, np_(m, one.activations["layers.0"])[0], atol=1e-5)
-        np.testing.assert_allclose(np_(m, batch.logits)[b, -1], np_(m, one.logits)[0, -1], atol=1e-5)
-
-
-def test_batch_mean_over_prompt_ignores_padding(torch_models):
-    m = torch_models("llama")
-    batch = m.run(BATCH, record=["layers.1"], record_positions="prompt", reduce="mean")
-    for b, prompt in enumerate(BATCH):
-        full = np_(m, m.run(prompt, record=["layers.1"]).activations["layers.1"])[0]
-        np.testing.assert_allclose(np_(m, batch.activations["layers.1"])[b], full.mean(0), atol=1e-5)
 
 
 # -- ops -----------------------------------------------------------------------------------------
