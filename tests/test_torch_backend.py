@@ -80,42 +80,6 @@ def test_import_mlx_steer_does_not_import_torch():
 
 
 # -- bad input: same messages on both backends ---------------------------------------------------
-ERRORS = [
-    (r"unknown site path 'layers\.1\.mpl'.*did you mean model\.layers\.1\.mlp", lambda m: m.run(PROMPT, record=["layers.1.mpl"])),
-    (r"unknown site path 'model\.layer\.2'.*Decoder layers: model\.layers\.0 \.\. model\.layers\.3",
-     lambda m: m.steer({"model.layer.2": iv.zero()})),
-    (r"layer 9 out of range for a 4-layer model; valid: -4\.\.3", lambda m: m.steer({"layers.9": iv.zero()})),
-    (r"unknown hook point 'inptu'", lambda m: m.run(PROMPT, record=["layers.1:inptu"])),
-    (r"steering vector has size 10 but site 'model\.layers\.1' has size 64", lambda m: m.steer({"layers.1": iv.add_vector(np.ones(10))})),
-    (r"size 64 but site 'model\.layers\.1\.mlp\.down_proj:input' has size 128",
-     lambda m: m.steer({"layers.1.mlp.down_proj:input": iv.add_vector(np.ones(64))})),
-    (r"position index 40 out of range for a prompt of \d+ tokens",
-     lambda m: m.run(PROMPT, interventions={"layers.1": iv.add_vector(np.ones(64), positions=40)})),
-    (r"position index 99 out of range for prompt \+ max_tokens",
-     lambda m: m.generate(PROMPT, max_tokens=5, interventions={"layers.1": iv.zero(positions=[1, 99])})),
-    (r"out of range for 4 heads; valid: 0\.\.3", lambda m: m.steer({"layers.1.self_attn.o_proj:input": iv.ablate_heads([4])})),
-    (r"ablate_heads needs an attention output projection's input", lambda m: m.steer({"layers.1": iv.ablate_heads([0])})),
-    (r"empty prompt list", lambda m: m.run([])),
-    (r"front-aligned tensor at 'model\.layers\.1' has 30 positions but the prompt has \d+ tokens",
-     lambda m: m.run(PROMPT, interventions={"layers.1": iv.add_vector(np.ones((30, 64)))})),
-    (r"front-aligned tensor .* has", lambda m: m.generate(PROMPT, max_tokens=4, interventions={"layers.1": iv.add_vector(np.ones((30, 64)))})),
-    (r"intervention for site 'layers\.1' must be made by mlx_steer\.interventions", lambda m: m.steer({"layers.1": 3.0})),
-    (r"expected a dict", lambda m: m.steer(["layers.1"])),
-    (r"must return a {array} of shape", lambda m: m.run(PROMPT, interventions={"layers.1": lambda h: h[:, :1]})),
-    (r"max_tokens must be a positive int", lambda m: m.generate(PROMPT, max_tokens=0)),
-    (r"unknown reduce 'sum'", lambda m: m.run(PROMPT, record=["layers.1"], reduce="sum")),
-]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_bad_input_errors_leave_model_untouched(fresh_models, backend):
-    m = fresh_models(backend, "llama")
-    before = snapshot(m)
-    array = {"mlx": r"mx\.array", "torch": r"torch\.Tensor"}[backend]
-    for match, call in ERRORS:
-        with pytest.raises(ValueError, match=match.replace("{array}", array)):
-            call(m)
-        assert_untouched(m, before)
 
 
 def test_torch_only_bad_options(torch_models):
