@@ -1,7 +1,9 @@
-"""The reliability suite on the torch backend; most tests run on both backends with one body.
+"""What is specific to the torch backend: transformers' own ``hidden_states`` and ``generate``, torch
+hooks and module names, attention-mask padding, torch dtypes and RNG, torch-only options.
 
-Oracles: transformers' own ``hidden_states``, test-owned torch forward hooks (full recomputation
-without a cache), zeroed weight columns, hand-written position tables.
+The contracts both backends keep run on both with one body in the file of their concept
+(test_recording, test_generation, test_batching, test_lifetime, test_errors, test_rows...).
+Oracles here: transformers' ``hidden_states``, test-owned torch forward hooks, zeroed weight columns.
 """
 
 import subprocess
@@ -13,10 +15,7 @@ import torch
 
 from mlx_steer import interventions as iv
 from tiny_models import ARCHS
-from torch_fixtures import (  # noqa: F401 - fixtures
-    BACKENDS, FINAL_NORM, assert_untouched, backend_models, fresh_models, greedy_recompute, is_patched,
-    load_torch, np_, patch_attach, raw_logits, snapshot, torch_hook_ids, torch_models,
-)
+from torch_fixtures import FINAL_NORM, load_torch, np_, torch_models  # noqa: F401 - fixtures
 
 PROMPT = "I love this wonderful day"
 GEN_PROMPT = "Tell me a story about a cat who lives on"
@@ -62,9 +61,7 @@ def test_submodule_sites_and_short_keys(torch_models):
     np.testing.assert_allclose(out - mlp, x + attn, atol=1e-5)  # gpt2 block: h = x + attn; out = h + mlp
 
 
-# -- no-ops and lifetime ---------------------------------------------------------------------------
-
-
+# -- hooks ---------------------------------------------------------------------------------------
 def test_parameter_names_unchanged_while_hooked(torch_models):
     m = torch_models("qwen2")
     names = [k for k, _ in m.model.named_parameters()]
@@ -79,9 +76,7 @@ def test_import_mlx_steer_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# -- bad input: same messages on both backends ---------------------------------------------------
-
-
+# -- bad input -----------------------------------------------------------------------------------
 def test_torch_only_bad_options(torch_models):
     m = torch_models("llama")
     with pytest.raises(ValueError, match=r"unsupported option\(s\) for the torch backend: max_kv_size"):
@@ -92,9 +87,7 @@ def test_torch_only_bad_options(torch_models):
         m.generate(PROMPT, max_tokens=3, temp=1.0, top_k=1000)
 
 
-# -- generation: cached steps equal full recomputation ------------------------------------------
-
-
+# -- generation ----------------------------------------------------------------------------------
 def test_hf_generate_under_steer_equals_our_loop(torch_models):
     """A raw transformers ``generate`` (DynamicCache, no compile) gets the same absolute positions."""
     m = torch_models("llama")
@@ -107,26 +100,6 @@ def test_hf_generate_under_steer_equals_our_loop(torch_models):
                                    disable_compile=True, pad_token_id=0)
         hf = out[0, len(prompt):].tolist()
         assert len(ours) == N_NEW and hf[:N_NEW] == ours, positions
-
-
-def test_raw_padded_call_reads_padding_from_attention_mask(torch_models):
-    """Outside trace/generate, left padding comes from the attention mask: position 0 is each row's
-    first real token."""
-    m = torch_models("llama")
-    rows = [m.encode(p) for p in BATCH]
-    L = max(map(len, rows))
-    ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
-    mask = (torch.arange(L)[None] >= torch.tensor([L - len(r) for r in rows])[:, None]).long()
-    v = _vector(m, norm=10.0)
-    with m.record({"layers.1": "all"}) as clean, torch.no_grad():
-        m.model(input_ids=ids, attention_mask=mask)
-    with m.hooks(interventions={"layers.1": iv.add_vector(v, positions=0)}, record={"layers.1": "all"}) as rec, torch.no_grad():
-        m.model(input_ids=ids, attention_mask=mask)
-    diff = np_(m, rec.activations["layers.1"]) - np_(m, clean.activations["layers.1"])
-    for b, r in enumerate(rows):
-        first = L - len(r)
-        np.testing.assert_allclose(diff[b, first], v, atol=1e-5)
-        assert np.abs(np.delete(diff[b], first, axis=0)).max() == 0
 
 
 def test_samplers_seeded_and_processors(torch_models):
@@ -152,6 +125,24 @@ def test_stream_protocol(torch_models):
 
 
 # -- batches -------------------------------------------------------------------------------------
+def test_raw_padded_call_reads_padding_from_attention_mask(torch_models):
+    """Outside trace/generate, left padding comes from the attention mask: position 0 is each row's
+    first real token."""
+    m = torch_models("llama")
+    rows = [m.encode(p) for p in BATCH]
+    L = max(map(len, rows))
+    ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
+    mask = (torch.arange(L)[None] >= torch.tensor([L - len(r) for r in rows])[:, None]).long()
+    v = _vector(m, norm=10.0)
+    with m.record({"layers.1": "all"}) as clean, torch.no_grad():
+        m.model(input_ids=ids, attention_mask=mask)
+    with m.hooks(interventions={"layers.1": iv.add_vector(v, positions=0)}, record={"layers.1": "all"}) as rec, torch.no_grad():
+        m.model(input_ids=ids, attention_mask=mask)
+    diff = np_(m, rec.activations["layers.1"]) - np_(m, clean.activations["layers.1"])
+    for b, r in enumerate(rows):
+        first = L - len(r)
+        np.testing.assert_allclose(diff[b, first], v, atol=1e-5)
+        assert np.abs(np.delete(diff[b], first, axis=0)).max() == 0
 
 
 # -- ops -----------------------------------------------------------------------------------------
