@@ -1,4 +1,5 @@
-"""Steered generation through mlx-lm's KV-cached loop equals full recomputation, for every selector."""
+"""Steered generation through the KV-cached loop (mlx-lm's on MLX, mlx_steer's on torch) equals full
+recomputation, for every selector."""
 
 import mlx.core as mx
 import numpy as np
@@ -8,8 +9,9 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 from mlx_steer.engine import interventions as iv
 from mlx_steer.engine.positions import Positions
-from oracles import greedy_recompute
 from tiny_models import ARCHS
+from torch_fixtures import *  # noqa: F403  (fixtures)
+from torch_fixtures import BACKENDS, greedy_recompute, np_
 
 PROMPT = "Tell me a story about a cat who lives on"
 N_NEW = 10
@@ -50,8 +52,9 @@ def _vector(m, seed=3, norm=None):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("selector", list(SELECTORS))
-def test_cached_generation_equals_recompute(shared_models, arch, selector):
-    m = shared_models(arch)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cached_generation_equals_recompute(backend_models, backend, arch, selector):
+    m = backend_models(backend, arch)
     prompt = m.encode(PROMPT)
     P = len(prompt)
     v = _vector(m, norm=40.0)
@@ -60,18 +63,19 @@ def test_cached_generation_equals_recompute(shared_models, arch, selector):
     def delta_for(T):
         return _selected(selector, P, T)[:, None] * v[None]
 
-    expected = greedy_recompute(m.model, prompt, N_NEW, index=LAYER, delta_for=delta_for)
+    expected = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=delta_for)
     for step in (2048, 3):  # one prefill chunk, and many small ones
         got = m.generate_tokens(prompt, max_tokens=N_NEW, interventions=spec, prefill_step_size=step)
-        assert got == expected, (arch, selector, step)
+        assert got == expected, (backend, arch, selector, step)
     if selector in ("all", "last", "prompt"):  # the oracle must be able to tell steering apart
-        plain = greedy_recompute(m.model, prompt, N_NEW, index=LAYER, delta_for=lambda T: np.zeros((T, m.hidden_size), np.float32))
+        plain = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=lambda T: np.zeros((T, m.hidden_size), np.float32))
         assert plain != expected
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_front_aligned_tensor_in_generation(shared_models, arch):
-    m = shared_models(arch)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_front_aligned_tensor_in_generation(backend_models, backend, arch):
+    m = backend_models(backend, arch)
     prompt = m.encode(PROMPT)
     delta = np.random.default_rng(5).normal(size=(4, m.hidden_size)).astype(np.float32) * 30
 
@@ -80,7 +84,7 @@ def test_front_aligned_tensor_in_generation(shared_models, arch):
         d[:4] = delta
         return d
 
-    expected = greedy_recompute(m.model, prompt, N_NEW, index=LAYER, delta_for=delta_for)
+    expected = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=delta_for)
     for step in (2048, 2):
         got = m.generate_tokens(prompt, max_tokens=N_NEW, prefill_step_size=step,
                                 interventions={f"layers.{LAYER}": iv.add_vector(delta)})
@@ -125,16 +129,15 @@ def test_samplers_and_processors_pass_through(shared_models):
     assert got_noop == expected
 
 
-def test_recording_while_generating_uses_absolute_positions(shared_models):
-    m = shared_models("llama")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_recording_while_generating_uses_absolute_positions(backend_models, backend):
+    m = backend_models(backend, "llama")
     prompt = m.encode(PROMPT)
     hooks = []
     toks = m.generate_tokens(prompt, max_tokens=6, record=["layers.2"], record_positions="last",
                              prefill_step_size=3, hooks_out=hooks)
-    rec = np.array(hooks[0].activations["layers.2"])[0]
-    # one row for the last prompt token and one per generated token that was fed back
-    full = m.run([prompt + toks], record=["layers.2"]).activations["layers.2"]
-    full = np.array(full)[0]
-    n = rec.shape[0]
-    assert n >= len(toks)
-    np.testing.assert_allclose(rec, full[len(prompt) - 1 : len(prompt) - 1 + n], atol=1e-5)
+    rec = np_(m, hooks[0].activations["layers.2"])[0]
+    full = np_(m, m.run([prompt + toks], record=["layers.2"]).activations["layers.2"])[0]
+    # the last prompt token, then every generated token fed back (the loop computes one step ahead)
+    assert rec.shape[0] == len(toks) + 1
+    np.testing.assert_allclose(rec, full[len(prompt) - 1 :], atol=1e-5)

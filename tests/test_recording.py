@@ -1,4 +1,5 @@
-"""Recorded activations against blocks run by hand; input/output consistency; add_vector exactness."""
+"""Recorded activations against blocks run by hand; input/output consistency, add_vector exactness and
+recorded positions on both backends."""
 
 import mlx.core as mx
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 from mlx_steer.engine import interventions as iv
 from oracles import block_outputs
 from tiny_models import ARCHS
+from torch_fixtures import *  # noqa: F403  (fixtures)
+from torch_fixtures import BACKENDS, np_
 
 PROMPT = "I love this wonderful day"
 
@@ -26,25 +29,24 @@ def test_block_outputs_match_hand_run(shared_models, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_input_of_next_block_is_output_of_block(shared_models, arch):
-    m = shared_models(arch)
-    sites = [f"layers.{i}" for i in range(m.num_layers - 1)] + [f"layers.{i + 1}:input" for i in range(m.num_layers - 1)]
-    with m.trace(PROMPT, record=sites) as tr:
-        pass
-    for i in range(m.num_layers - 1):
-        assert np.array_equal(np.array(tr.activations[f"layers.{i}"]), np.array(tr.activations[f"layers.{i + 1}:input"]))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_input_of_next_block_is_output_of_block(backend_models, backend, arch):
+    m = backend_models(backend, arch)
+    n = m.num_layers
+    sites = [f"layers.{i}" for i in range(n - 1)] + [f"layers.{i + 1}:input" for i in range(n - 1)]
+    tr = m.run(PROMPT, record=sites)
+    for i in range(n - 1):
+        assert np.array_equal(np_(m, tr.activations[f"layers.{i}"]), np_(m, tr.activations[f"layers.{i + 1}:input"]))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_add_vector_all_positions_is_exact(shared_models, arch):
-    m = shared_models(arch)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_add_vector_all_positions_is_exact(backend_models, backend, arch):
+    m = backend_models(backend, arch)
     v = np.random.default_rng(1).normal(size=m.hidden_size).astype(np.float32)
-    with m.trace(PROMPT, record=["layers.1"]) as clean:
-        pass
-    with m.trace(PROMPT, record=["layers.2:input"], interventions={"layers.1": iv.add_vector(v)}) as steered:
-        pass
-    expected = np.array(clean.activations["layers.1"]) + v
-    assert np.array_equal(np.array(steered.activations["layers.2:input"]), expected)
+    clean = np_(m, m.run(PROMPT, record=["layers.1"]).activations["layers.1"])
+    steered = m.run(PROMPT, record=["layers.2:input"], interventions={"layers.1": iv.add_vector(v)})
+    assert np.array_equal(np_(m, steered.activations["layers.2:input"]), clean + v)
 
 
 def test_submodule_sites_and_short_keys(shared_models):
@@ -61,20 +63,18 @@ def test_submodule_sites_and_short_keys(shared_models):
     assert "model.layers.3" in tr.activations and "layers.2" not in tr.activations
 
 
-def test_record_positions_last_index_window_mean(shared_models):
-    m = shared_models("qwen2")
-    with m.trace(PROMPT, record=["layers.2"]) as full:
-        pass
-    h = np.array(full.activations["layers.2"])[0]
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_record_positions_last_index_window_mean(backend_models, backend):
+    m = backend_models(backend, "qwen2")
+    h = np_(m, m.run(PROMPT, record=["layers.2"]).activations["layers.2"])[0]
     L = h.shape[0]
-    cases = [("last", h[L - 1 : L]), (2, h[2:3]), ([1, 3], h[[1, 3]]), (slice(1, 4), h[1:4])]
-    for positions, expected in cases:
-        with m.trace(PROMPT, record={"layers.2": positions}) as tr:
-            pass
-        assert np.array_equal(np.array(tr.activations["layers.2"])[0], expected), positions
-    with m.trace(PROMPT, record=["layers.2"], record_positions=slice(1, 4), reduce="mean") as tr:
-        pass
-    np.testing.assert_allclose(np.array(tr.activations["layers.2"])[0], h[1:4].mean(0), atol=1e-6)
+    for positions, expected in [("last", h[L - 1 : L]), (2, h[2:3]), ([1, 3], h[[1, 3]]), (slice(1, 4), h[1:4])]:
+        got = m.run(PROMPT, record={"layers.2": positions}).activations["layers.2"]
+        if backend == "torch":
+            assert got.is_contiguous() and got._base is None  # its own bytes, not a view
+        assert np.array_equal(np_(m, got)[0], expected), positions
+    mean = m.run(PROMPT, record=["layers.2"], record_positions=slice(1, 4), reduce="mean").activations["layers.2"]
+    np.testing.assert_allclose(np_(m, mean)[0], h[1:4].mean(0), atol=1e-6)
 
 
 def test_recording_last_keeps_only_its_own_bytes(shared_models):

@@ -1,7 +1,9 @@
-"""The reliability suite on the torch backend; most tests run on both backends with one body.
+"""What is specific to the torch backend: transformers' own ``hidden_states`` and ``generate``, torch
+hooks and module names, attention-mask padding, torch dtypes and RNG, torch-only options.
 
-Oracles: transformers' own ``hidden_states``, test-owned torch forward hooks (full recomputation
-without a cache), zeroed weight columns, hand-written position tables.
+The contracts both backends keep run on both with one body in the file of their concept
+(test_recording, test_generation, test_batching, test_lifetime, test_errors, test_rows...).
+Oracles here: transformers' ``hidden_states``, test-owned torch forward hooks, zeroed weight columns.
 """
 
 import subprocess
@@ -12,18 +14,13 @@ import pytest
 import torch
 
 from mlx_steer.engine import interventions as iv
-from mlx_steer.engine.positions import Positions
 from tiny_models import ARCHS
-from torch_fixtures import (  # noqa: F401 - fixtures
-    BACKENDS, FINAL_NORM, assert_untouched, backend_models, fresh_models, greedy_recompute, is_patched,
-    load_torch, np_, patch_attach, raw_logits, snapshot, torch_hook_ids, torch_models,
-)
+from torch_fixtures import FINAL_NORM, load_torch, np_, torch_models  # noqa: F401 - fixtures
 
 PROMPT = "I love this wonderful day"
 GEN_PROMPT = "Tell me a story about a cat who lives on"
 BATCH = ["I love", "The weather is great, happy people walk", "Tell me a story about a cat"]
 N_NEW = 10
-LAYER = 1
 
 
 def _vector(m, seed=3, norm=None):
@@ -54,39 +51,6 @@ def test_block_outputs_match_hf_hidden_states(load_torch, arch):
     assert not torch.allclose(last, hs[-1], atol=1e-3)  # the caveat is real
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_input_of_next_block_is_output_of_block(backend_models, backend, arch):
-    m = backend_models(backend, arch)
-    n = m.num_layers
-    sites = [f"layers.{i}" for i in range(n - 1)] + [f"layers.{i + 1}:input" for i in range(n - 1)]
-    tr = m.run(PROMPT, record=sites)
-    for i in range(n - 1):
-        assert np.array_equal(np_(m, tr.activations[f"layers.{i}"]), np_(m, tr.activations[f"layers.{i + 1}:input"]))
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_add_vector_all_positions_is_exact(backend_models, backend, arch):
-    m = backend_models(backend, arch)
-    v = _vector(m, seed=1)
-    clean = np_(m, m.run(PROMPT, record=["layers.1"]).activations["layers.1"])
-    steered = m.run(PROMPT, record=["layers.2:input"], interventions={"layers.1": iv.add_vector(v)})
-    assert np.array_equal(np_(m, steered.activations["layers.2:input"]), clean + v)
-
-
-def test_record_positions_last_index_window_mean(torch_models):
-    m = torch_models("qwen2")
-    h = np_(m, m.run(PROMPT, record=["layers.2"]).activations["layers.2"])[0]
-    L = h.shape[0]
-    for positions, expected in [("last", h[L - 1 : L]), (2, h[2:3]), ([1, 3], h[[1, 3]]), (slice(1, 4), h[1:4])]:
-        got = m.run(PROMPT, record={"layers.2": positions}).activations["layers.2"]
-        assert got.is_contiguous() and got._base is None  # its own bytes, not a view
-        assert np.array_equal(np_(m, got)[0], expected), positions
-    mean = m.run(PROMPT, record=["layers.2"], record_positions=slice(1, 4), reduce="mean").activations["layers.2"]
-    np.testing.assert_allclose(np_(m, mean)[0], h[1:4].mean(0), atol=1e-6)
-
-
 def test_submodule_sites_and_short_keys(torch_models):
     m = torch_models("gpt2")
     assert m.layer_paths[0] == "transformer.h.0" and m.resolve_path("layers.3.attn") == "transformer.h.3.attn"
@@ -97,53 +61,7 @@ def test_submodule_sites_and_short_keys(torch_models):
     np.testing.assert_allclose(out - mlp, x + attn, atol=1e-5)  # gpt2 block: h = x + attn; out = h + mlp
 
 
-# -- no-ops and lifetime ---------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_noops_are_bit_identical(backend_models, backend, arch):
-    m = backend_models(backend, arch)
-    base = raw_logits(m, m.encode(PROMPT))
-    v = np.ones(m.hidden_size, np.float32)
-    mlp_in = "layers.2.mlp:input"
-    for spec in (
-        {"layers.1": iv.add_vector(v, scale=0.0)},
-        {"layers.1": []},
-        {"layers.1": iv.scale(1.0)},
-        {"layers.1": iv.custom(lambda h: h)},
-        {mlp_in: iv.add_vector(v, scale=0.0, positions="last")},
-        {"layers.1": iv.add_vector(v).for_rows(5)},  # a row this batch does not have: selects nothing
-    ):
-        assert np.array_equal(np_(m, m.run(PROMPT, interventions=spec).logits), base), spec
-    assert np.array_equal(np_(m, m.run(PROMPT, record=["layers.0", "layers.1:input", "layers.1.mlp"]).logits), base)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_exit_paths_restore_model(fresh_models, backend):
-    m = fresh_models(backend, "llama")
-    before = snapshot(m)
-    base = np_(m, m.run(PROMPT).logits)
-    v = np.ones(m.hidden_size, np.float32) * 5
-    with m.steer({"layers.1": iv.add_vector(v)}):
-        assert not np.array_equal(np_(m, m.run(PROMPT).logits), base)
-    assert_untouched(m, before)
-    with pytest.raises(RuntimeError, match="boom"), m.steer({"layers.1": iv.add_vector(v)}):
-        raise RuntimeError("boom")
-    assert_untouched(m, before)
-    with pytest.raises(RuntimeError, match="boom"):
-        with m.trace(PROMPT, interventions={"layers.1": iv.add_vector(v)}, record=["layers.2"]):
-            raise RuntimeError("boom")
-    assert_untouched(m, before)
-    handle = m.steer({"layers.1": iv.add_vector(v), "layers.1.self_attn.o_proj:input": iv.ablate_heads(0)})
-    steered = np_(m, m.run(PROMPT).logits)
-    assert np.array_equal(np_(m, m.run(PROMPT).logits), steered)  # persists across calls
-    handle.remove()
-    handle.remove()  # idempotent
-    assert_untouched(m, before)
-    assert np.array_equal(np_(m, m.run(PROMPT).logits), base)
-    if backend == "torch":
-        assert torch_hook_ids(m.model) == {}  # not one hook left on any module
-
-
+# -- hooks ---------------------------------------------------------------------------------------
 def test_parameter_names_unchanged_while_hooked(torch_models):
     m = torch_models("qwen2")
     names = [k for k, _ in m.model.named_parameters()]
@@ -153,113 +71,12 @@ def test_parameter_names_unchanged_while_hooked(torch_models):
         assert [type(x) for x in m.model.modules()] == classes
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_generation_stopped_early_restores_model(fresh_models, backend):
-    m = fresh_models(backend, "llama")
-    before = snapshot(m)
-    stream = m.stream_generate(PROMPT, max_tokens=20, interventions={"layers.1": iv.add_vector(np.ones(m.hidden_size))})
-    next(stream)
-    assert is_patched(m, "model.layers.1")
-    stream.close()
-    assert_untouched(m, before)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_failing_custom_intervention_restores_model(fresh_models, backend):
-    m = fresh_models(backend, "llama")
-    before = snapshot(m)
-
-    def bad(h):
-        raise ZeroDivisionError("inside the forward")
-
-    with pytest.raises(ZeroDivisionError):
-        m.run(PROMPT, interventions={"layers.2": bad})
-    with pytest.raises(ZeroDivisionError):
-        m.generate(PROMPT, max_tokens=3, interventions={"layers.2": bad})
-    assert_untouched(m, before)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_install_failing_halfway_restores_model(fresh_models, backend, monkeypatch):
-    m = fresh_models(backend, "llama")
-    before = snapshot(m)
-    calls = []
-
-    def wrapper(real):
-        def flaky(*args):
-            calls.append(args[0])
-            if len(calls) == 3:
-                raise MemoryError("simulated failure on the third hook")
-            return real(*args)
-
-        return flaky
-
-    patch_attach(m, monkeypatch, wrapper)
-    with pytest.raises(MemoryError):
-        m.steer({f"layers.{i}": iv.add_vector(np.ones(m.hidden_size)) for i in range(4)})
-    assert len(calls) == 3
-    monkeypatch.undo()
-    assert_untouched(m, before)
-
-
-def test_nested_hooks_stack_and_unwind(fresh_models):
-    m = fresh_models("torch", "llama")
-    before = snapshot(m)
-    v = _vector(m, seed=0)
-    clean = np_(m, m.run(PROMPT, record=["layers.1"]).activations["layers.1"])
-    with m.steer({"layers.1": iv.add_vector(v)}):
-        with m.steer({"layers.1": iv.add_vector(v, scale=2.0)}):
-            inner = np_(m, m.run(PROMPT, record=["layers.1"]).activations["layers.1"])
-        outer = np_(m, m.run(PROMPT, record=["layers.1"]).activations["layers.1"])
-    np.testing.assert_allclose(inner, clean + 3 * v, atol=1e-5)
-    assert np.array_equal(outer, clean + v)
-    assert_untouched(m, before)
-
-
 def test_import_mlx_steer_does_not_import_torch():
     code = "import mlx_steer, sys; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# -- bad input: same messages on both backends ---------------------------------------------------
-ERRORS = [
-    (r"unknown site path 'layers\.1\.mpl'.*did you mean model\.layers\.1\.mlp", lambda m: m.run(PROMPT, record=["layers.1.mpl"])),
-    (r"unknown site path 'model\.layer\.2'.*Decoder layers: model\.layers\.0 \.\. model\.layers\.3",
-     lambda m: m.steer({"model.layer.2": iv.zero()})),
-    (r"layer 9 out of range for a 4-layer model; valid: -4\.\.3", lambda m: m.steer({"layers.9": iv.zero()})),
-    (r"unknown hook point 'inptu'", lambda m: m.run(PROMPT, record=["layers.1:inptu"])),
-    (r"steering vector has size 10 but site 'model\.layers\.1' has size 64", lambda m: m.steer({"layers.1": iv.add_vector(np.ones(10))})),
-    (r"size 64 but site 'model\.layers\.1\.mlp\.down_proj:input' has size 128",
-     lambda m: m.steer({"layers.1.mlp.down_proj:input": iv.add_vector(np.ones(64))})),
-    (r"position index 40 out of range for a prompt of \d+ tokens",
-     lambda m: m.run(PROMPT, interventions={"layers.1": iv.add_vector(np.ones(64), positions=40)})),
-    (r"position index 99 out of range for prompt \+ max_tokens",
-     lambda m: m.generate(PROMPT, max_tokens=5, interventions={"layers.1": iv.zero(positions=[1, 99])})),
-    (r"out of range for 4 heads; valid: 0\.\.3", lambda m: m.steer({"layers.1.self_attn.o_proj:input": iv.ablate_heads([4])})),
-    (r"ablate_heads needs an attention output projection's input", lambda m: m.steer({"layers.1": iv.ablate_heads([0])})),
-    (r"empty prompt list", lambda m: m.run([])),
-    (r"front-aligned tensor at 'model\.layers\.1' has 30 positions but the prompt has \d+ tokens",
-     lambda m: m.run(PROMPT, interventions={"layers.1": iv.add_vector(np.ones((30, 64)))})),
-    (r"front-aligned tensor .* has", lambda m: m.generate(PROMPT, max_tokens=4, interventions={"layers.1": iv.add_vector(np.ones((30, 64)))})),
-    (r"intervention for site 'layers\.1' must be made by mlx_steer\.interventions", lambda m: m.steer({"layers.1": 3.0})),
-    (r"expected a dict", lambda m: m.steer(["layers.1"])),
-    (r"must return a {array} of shape", lambda m: m.run(PROMPT, interventions={"layers.1": lambda h: h[:, :1]})),
-    (r"max_tokens must be a positive int", lambda m: m.generate(PROMPT, max_tokens=0)),
-    (r"unknown reduce 'sum'", lambda m: m.run(PROMPT, record=["layers.1"], reduce="sum")),
-]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_bad_input_errors_leave_model_untouched(fresh_models, backend):
-    m = fresh_models(backend, "llama")
-    before = snapshot(m)
-    array = {"mlx": r"mx\.array", "torch": r"torch\.Tensor"}[backend]
-    for match, call in ERRORS:
-        with pytest.raises(ValueError, match=match.replace("{array}", array)):
-            call(m)
-        assert_untouched(m, before)
-
-
+# -- bad input -----------------------------------------------------------------------------------
 def test_torch_only_bad_options(torch_models):
     m = torch_models("llama")
     with pytest.raises(ValueError, match=r"unsupported option\(s\) for the torch backend: max_kv_size"):
@@ -270,74 +87,7 @@ def test_torch_only_bad_options(torch_models):
         m.generate(PROMPT, max_tokens=3, temp=1.0, top_k=1000)
 
 
-# -- generation: cached steps equal full recomputation ------------------------------------------
-def _selected(name, P, T):
-    """Positions selected by each selector, written out independently of mlx_steer."""
-    p = np.arange(T)
-    return {
-        "all": p >= 0,
-        "last": p >= P - 1,
-        "index": p == 3,
-        "indices": np.isin(p, [0, P - 1, P + 2]),
-        "window": (p >= 2) & (p < P + 3),
-        "prompt": p < P,
-        "generated": p >= P,
-        "first_generated": (p >= P) & (p < P + 3),
-    }[name]
-
-
-SELECTORS = {
-    "all": lambda P: "all",
-    "last": lambda P: "last",
-    "index": lambda P: 3,
-    "indices": lambda P: [0, P - 1, P + 2],
-    "window": lambda P: Positions.window(2, P + 3),
-    "prompt": lambda P: "prompt",
-    "generated": lambda P: "generated",
-    "first_generated": lambda P: Positions.first_generated(3),
-}
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("selector", list(SELECTORS))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_cached_generation_equals_recompute(backend_models, backend, arch, selector):
-    m = backend_models(backend, arch)
-    prompt = m.encode(GEN_PROMPT)
-    P = len(prompt)
-    v = _vector(m, norm=40.0)
-    spec = {f"layers.{LAYER}": iv.add_vector(v, positions=SELECTORS[selector](P))}
-
-    def delta_for(T):
-        return _selected(selector, P, T)[:, None] * v[None]
-
-    expected = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=delta_for)
-    for step in (2048, 3):  # one prefill chunk, and many small ones
-        got = m.generate_tokens(prompt, max_tokens=N_NEW, interventions=spec, prefill_step_size=step)
-        assert got == expected, (backend, arch, selector, step)
-    if selector in ("all", "last", "prompt"):  # the oracle must be able to tell steering apart
-        plain = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=lambda T: np.zeros((T, m.hidden_size), np.float32))
-        assert plain != expected
-
-
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_front_aligned_tensor_in_generation(torch_models, arch):
-    m = torch_models(arch)
-    prompt = m.encode(GEN_PROMPT)
-    delta = np.random.default_rng(5).normal(size=(4, m.hidden_size)).astype(np.float32) * 30
-
-    def delta_for(T):
-        d = np.zeros((T, m.hidden_size), np.float32)
-        d[:4] = delta
-        return d
-
-    expected = greedy_recompute(m, prompt, N_NEW, index=LAYER, delta_for=delta_for)
-    for step in (2048, 2):
-        got = m.generate_tokens(prompt, max_tokens=N_NEW, prefill_step_size=step,
-                                interventions={f"layers.{LAYER}": iv.add_vector(delta)})
-        assert got == expected
-
-
+# -- generation ----------------------------------------------------------------------------------
 def test_hf_generate_under_steer_equals_our_loop(torch_models):
     """A raw transformers ``generate`` (DynamicCache, no compile) gets the same absolute positions."""
     m = torch_models("llama")
@@ -350,26 +100,6 @@ def test_hf_generate_under_steer_equals_our_loop(torch_models):
                                    disable_compile=True, pad_token_id=0)
         hf = out[0, len(prompt):].tolist()
         assert len(ours) == N_NEW and hf[:N_NEW] == ours, positions
-
-
-def test_raw_padded_call_reads_padding_from_attention_mask(torch_models):
-    """Outside trace/generate, left padding comes from the attention mask: position 0 is each row's
-    first real token."""
-    m = torch_models("llama")
-    rows = [m.encode(p) for p in BATCH]
-    L = max(map(len, rows))
-    ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
-    mask = (torch.arange(L)[None] >= torch.tensor([L - len(r) for r in rows])[:, None]).long()
-    v = _vector(m, norm=10.0)
-    with m.record({"layers.1": "all"}) as clean, torch.no_grad():
-        m.model(input_ids=ids, attention_mask=mask)
-    with m.hooks(interventions={"layers.1": iv.add_vector(v, positions=0)}, record={"layers.1": "all"}) as rec, torch.no_grad():
-        m.model(input_ids=ids, attention_mask=mask)
-    diff = np_(m, rec.activations["layers.1"]) - np_(m, clean.activations["layers.1"])
-    for b, r in enumerate(rows):
-        first = L - len(r)
-        np.testing.assert_allclose(diff[b, first], v, atol=1e-5)
-        assert np.abs(np.delete(diff[b], first, axis=0)).max() == 0
 
 
 def test_samplers_seeded_and_processors(torch_models):
@@ -394,44 +124,25 @@ def test_stream_protocol(torch_models):
     assert steps[0].prompt_tokens == len(m.encode(GEN_PROMPT)) and steps[-1].logprobs.shape == (384,)
 
 
-def test_recording_while_generating_uses_absolute_positions(torch_models):
-    m = torch_models("llama")
-    prompt = m.encode(GEN_PROMPT)
-    hooks = []
-    toks = m.generate_tokens(prompt, max_tokens=6, record=["layers.2"], record_positions="last",
-                             prefill_step_size=3, hooks_out=hooks)
-    rec = np_(m, hooks[0].activations["layers.2"])[0]
-    full = np_(m, m.run([prompt + toks], record=["layers.2"]).activations["layers.2"])[0]
-    # the last prompt token, then every generated token fed back (the loop computes one step ahead)
-    assert rec.shape[0] == len(toks) + 1
-    np.testing.assert_allclose(rec, full[len(prompt) - 1 :], atol=1e-5)
-
-
 # -- batches -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_batch_equals_single(backend_models, backend, arch):
-    m = backend_models(backend, arch)
-    v = _vector(m, seed=2) * 3
-    spec = {"layers.1": iv.add_vector(v, positions="last"), "layers.2": iv.add_vector(v, positions=[0, 1])}
-    record = {"layers.2": "last", "layers.3": "last", "layers.0": "all"}
-    batch = m.run(BATCH, record=record, interventions=spec)
-    assert len(set(batch.lengths)) == 3 and batch.padding[0] > 0
-    for b, prompt in enumerate(BATCH):
-        one = m.run(prompt, record=record, interventions=spec)
-        for site in ("layers.2", "layers.3"):
-            np.testing.assert_allclose(np_(m, batch.activations[site])[b], np_(m, one.activations[site])[0], atol=1e-5)
-        full = np_(m, batch.activations["layers.0"])[b, batch.padding[b]:]
-        np.testing.assert_allclose(full, np_(m, one.activations["layers.0"])[0], atol=1e-5)
-        np.testing.assert_allclose(np_(m, batch.logits)[b, -1], np_(m, one.logits)[0, -1], atol=1e-5)
-
-
-def test_batch_mean_over_prompt_ignores_padding(torch_models):
+def test_raw_padded_call_reads_padding_from_attention_mask(torch_models):
+    """Outside trace/generate, left padding comes from the attention mask: position 0 is each row's
+    first real token."""
     m = torch_models("llama")
-    batch = m.run(BATCH, record=["layers.1"], record_positions="prompt", reduce="mean")
-    for b, prompt in enumerate(BATCH):
-        full = np_(m, m.run(prompt, record=["layers.1"]).activations["layers.1"])[0]
-        np.testing.assert_allclose(np_(m, batch.activations["layers.1"])[b], full.mean(0), atol=1e-5)
+    rows = [m.encode(p) for p in BATCH]
+    L = max(map(len, rows))
+    ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
+    mask = (torch.arange(L)[None] >= torch.tensor([L - len(r) for r in rows])[:, None]).long()
+    v = _vector(m, norm=10.0)
+    with m.record({"layers.1": "all"}) as clean, torch.no_grad():
+        m.model(input_ids=ids, attention_mask=mask)
+    with m.hooks(interventions={"layers.1": iv.add_vector(v, positions=0)}, record={"layers.1": "all"}) as rec, torch.no_grad():
+        m.model(input_ids=ids, attention_mask=mask)
+    diff = np_(m, rec.activations["layers.1"]) - np_(m, clean.activations["layers.1"])
+    for b, r in enumerate(rows):
+        first = L - len(r)
+        np.testing.assert_allclose(diff[b, first], v, atol=1e-5)
+        assert np.abs(np.delete(diff[b], first, axis=0)).max() == 0
 
 
 # -- ops -----------------------------------------------------------------------------------------

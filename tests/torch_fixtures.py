@@ -121,28 +121,35 @@ def torch_layer_delta(m, index: int, delta: np.ndarray):
 
 
 def snapshot(m):
-    """Parameters (by name), module classes and, for torch, every module's hook ids."""
-    if not _is_torch(m):
-        from test_lifetime import snapshot as mlx_snapshot
+    """Parameters (by name), module classes, and what is attached to the modules: the names of the
+    patched modules on MLX, every module's hook ids on torch."""
+    if _is_torch(m):
+        params = {k: v.detach().clone() for k, v in m.model.named_parameters()}
+        attached = torch_hook_ids(m.model)
+    else:
+        from mlx.utils import tree_flatten
 
-        return mlx_snapshot(m)
-    params = {k: v.detach().clone() for k, v in m.model.named_parameters()}
-    classes = {n: type(mod) for n, mod in m.model.named_modules()}
-    return params, classes, torch_hook_ids(m.model)
+        import mlx_steer.backends.mlx.hooks as hk
+
+        params = {k: np.array(v) for k, v in tree_flatten(m.model.parameters())}
+        attached = [n for n, mod in m.model.named_modules() if hk.is_patched(mod)]
+    return params, {n: type(mod) for n, mod in m.model.named_modules()}, attached
 
 
 def assert_untouched(m, before) -> None:
-    if not _is_torch(m):
-        from test_lifetime import assert_untouched as mlx_untouched
+    """The model is as ``snapshot`` found it: the same parameters bit for bit, the same module
+    classes, the same hooks (torch; transformers may keep its own) and no patched module (MLX)."""
+    params, classes, attached = snapshot(m)
+    if _is_torch(m):
+        import torch
 
-        return mlx_untouched(m, before)
-    import torch
-
-    params, classes, hooks = snapshot(m)
+        same = torch.equal
+    else:
+        same = np.array_equal
+        assert attached == []
     assert params.keys() == before[0].keys()
-    assert all(torch.equal(params[k], before[0][k]) for k in params)
-    assert classes == before[1]
-    assert hooks == before[2]
+    assert all(same(params[k], before[0][k]) for k in params)
+    assert classes == before[1] and attached == before[2]
 
 
 def torch_hook_ids(model) -> dict[str, tuple]:
