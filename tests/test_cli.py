@@ -412,3 +412,52 @@ def test_demo_help(runs):
     assert r.rc == 0, r.err
     assert "usage: mlx-steer demo" in r.out and "--max-tokens" in r.out and "--strengths" in r.out
     assert "examples:" in r.out
+
+
+def test_export_bakes_the_vector_and_the_ablation_the_library_applies(ws, model, tmp_path, capsys):
+    """``mlx-steer export`` writes what ``model.export`` writes: loaded by plain mlx-lm it gives the
+    logits of the model steered in-process by the same vector and ablation."""
+    import mlx.core as mx
+    from mlx_lm import load as mlx_load
+
+    from mlx_steer.export import directional_ablation
+
+    vec = ms.load_vector(ws["vec"], model=model)
+    one = ms.SteeringVector({"model.layers.2": vec.directions["model.layers.2"]})
+    ms.save_vector(one, tmp_path / "dir.safetensors")
+    out = tmp_path / "edited"
+    assert main(["export", "--model", ws["model"], "--vector", ws["vec"], "--scale", "2.5",
+                 "--ablate", str(tmp_path / "dir.safetensors"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ablating: the direction at model.layers.2 from 9 residual writes" in printed and str(out) in printed
+    spec = {k: [v] for k, v in vec.to_interventions(scale=2.5).items()}
+    for k, v in directional_ablation(model, one.directions["model.layers.2"]).items():
+        spec.setdefault(k, []).append(v)
+    tokens = model.encode("I love this wonderful day")
+    want = np.array(model.run([tokens], interventions=spec).logits)[0]
+    plain, _ = mlx_load(str(out))
+    got = np.array(plain(mx.array([tokens]))[0])
+    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+    record = json.loads((out / "mlx_steer_edit.json").read_text())
+    assert record["note"]["ablate_site"] == "model.layers.2" and record["note"]["scale"] == "2.5"
+
+
+@pytest.mark.parametrize("argv,message", [
+    ([], "give --vector FILE --scale S, --ablate FILE, or both"),
+    (["--vector", "VEC"], "--vector needs --scale S"),
+    (["--ablate", "VEC"], "has 2 sites (model.layers.1, model.layers.2); pick the direction's with --ablate-layer N"),
+    (["--vector", "VEC", "--scale", "1", "--out", "EXISTING"], "already exists; pass overwrite=True (--overwrite)"),
+])
+def test_export_user_errors(ws, tmp_path, capsys, argv, message):
+    (tmp_path / "existing").mkdir()
+    args = [a.replace("VEC", ws["vec"]).replace("EXISTING", str(tmp_path / "existing")) for a in argv]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    try:
+        rc = main(["export", "--model", ws["model"], *args])
+    except SystemExit as exc:  # argparse's own usage errors exit from inside the parser
+        rc = exc.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,9 @@ positions and runs its forward and generation loops.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Generator, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -144,6 +146,36 @@ class Steerable(BackendFacts):
             ValueError: bad interventions, sites or positions, or a sequence too long for the model.
         """
         return sequence_steering(self.backend, interventions, prompt_len=prompt_len, max_tokens=max_tokens)
+
+    def export(self, out_dir: str | os.PathLike, interventions: Mapping | Any, *, dtype: str | None = None,
+               overwrite: bool = False, note: Mapping[str, Any] | None = None) -> Path:
+        """Bake ``interventions`` into the weights and write a model folder the plain framework loads
+        (MLX: ``mlx_lm.load``; torch: ``AutoModelForCausalLM.from_pretrained``), with the tokenizer and
+        chat template and ``mlx_steer_edit.json`` saying what was baked. This model is not changed.
+
+        Exactly bakeable (anything else is refused by name before anything is written):
+        ``project_out`` on a linear layer's or embedding's output (e.g. every residual write:
+        :func:`mlx_steer.export.directional_ablation`) and ``add_vector`` on a decoder layer's output,
+        both with ``positions="all"``. Quantized modules are not edited (re-quantizing would change
+        them beyond the edit).
+
+        Args:
+            out_dir: The folder to write (atomically: it appears complete or not at all).
+            interventions: ``{site: intervention(s)}`` or a SteeringVector.
+            dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` for every floating weight (None:
+                keep the model's).
+            overwrite: Replace an existing ``out_dir``.
+            note: Extra entries for ``mlx_steer_edit.json`` (e.g. the vector file's name).
+
+        Returns:
+            The written folder.
+        """
+        from .. import __version__
+        from ..export.writing import export_model
+
+        with self.calls("export"):
+            return export_model(self.backend, out_dir, interventions, dtype=dtype, overwrite=overwrite,
+                                version=__version__, note=note)
 
     def check_length(self, n_tokens: int, what: str) -> None:
         """Refuse sequences longer than a learned position table (GPT-2-style models)."""
@@ -287,11 +319,13 @@ class Steerable(BackendFacts):
         Args:
             max_tokens: Tokens to generate.
             interventions: ``{site: intervention(s)}`` or a SteeringVector.
-            record, record_positions: Sites to record while generating (default: the last position).
+            record: Sites to record while generating.
+            record_positions: Where to record them (default: the last position).
             record_stage: ``"after"`` records the steered value at a site, ``"before"`` the
                 model's own value (e.g. to monitor a direction while steering along it).
             hooks_out: If a list, receives the :class:`Hooks` (read its ``activations``).
-            chat, system: Wrap the prompt as a chat user turn.
+            chat: Wrap the prompt as a chat user turn.
+            system: A system prompt for that chat.
             options: Sampling and loop options: ``temp, top_p, min_p, top_k, repetition_penalty,
                 repetition_context_size, logits_processors, sampler, seed, prefill_step_size``,
                 and ``prompt_cache`` (from :meth:`make_prompt_cache`) to continue a conversation:
@@ -340,7 +374,8 @@ class Steerable(BackendFacts):
             max_tokens: Tokens to generate per row.
             interventions: ``{site: intervention(s)}`` or a SteeringVector for every row, or a
                 list with one of those (or None) per prompt.
-            chat, system: Wrap each prompt as a chat user turn.
+            chat: Wrap each prompt as a chat user turn.
+            system: A system prompt for those chats.
             options: Sampling options as for :meth:`stream_generate` (shared by every row).
 
         Returns:

@@ -10,6 +10,7 @@ each other, and the engine never reaches into a backend beyond these protocols.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .prompts import PromptEncoder
     from .recording import Recorder
     from .results import RowStep
+    from ..export.edit import Baked, Dense
 
 __all__ = ["Array", "ArrayOps", "Backend", "BatchLoop", "ModelBackend", "Undo"]
 
@@ -206,6 +208,37 @@ class Backend(Protocol):
 
     def ban_tokens_processor(self, token_ids: Sequence[int]) -> Any:
         """A logits processor that makes ``token_ids`` impossible."""
+        ...
+
+    # -- exporting edits (mlx_steer.export) ------------------------------------------------------------
+    @property
+    def model_type(self) -> str | None:
+        """The config's ``model_type`` (``llama``, ``qwen2``...)."""
+        ...
+
+    @property
+    def embedding_path(self) -> str:
+        """Path of the token embedding."""
+        ...
+
+    @property
+    def tied_embedding(self) -> str | None:
+        """The token embedding's path when it is also the unembedding (tied weights), else None."""
+        ...
+
+    @property
+    def can_untie(self) -> bool:
+        """Whether a written folder can hold the unembedding apart from a tied embedding."""
+        ...
+
+    def dense(self, path: str) -> Dense:
+        """A linear layer's or embedding's float32 weights as ``y = W x + b`` (ValueError naming the
+        module when it is neither, or is quantized)."""
+        ...
+
+    def write_model(self, folder: Path, baked: Baked, *, dtype: str | None) -> None:
+        """Write this model with ``baked``'s weights and config into the empty ``folder``, as the plain
+        framework loads it (weights, config, tokenizer and chat template)."""
         ...
 
 

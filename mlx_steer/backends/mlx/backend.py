@@ -4,6 +4,7 @@ modules patched per instance, one left-padded forward, mlx-lm's generation loops
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
@@ -17,7 +18,9 @@ from ...engine.positions import PositionState
 from ...engine.prompts import PromptEncoder
 from ...engine.recording import Recorder
 from ...engine.results import RowStep
+from ...export.edit import Baked, Dense
 from . import hooks as hk
+from . import writing
 from .arrays import XP
 from .batch_loop import GeneratorLoop, generate_rows
 from .sampling import make_sampling
@@ -35,12 +38,15 @@ class MLXBackend:
         model: An mlx-lm ``Model`` (anything with a ``layers`` property).
         tokenizer: Its mlx-lm ``TokenizerWrapper`` (or HF tokenizer).
         model_id: Name stored in vector files.
+        config: The model folder's config (what ``mlx_lm.load(..., return_config=True)`` gives); an
+            export writes it.
     """
 
     distributed: str | None = None  # a whole model (ShardedMLXBackend: split over ranks)
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, model_id: str | None = None):
-        self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
+    def __init__(self, model: nn.Module, tokenizer: Any, *, model_id: str | None = None,
+                 config: dict | None = None):
+        self.model, self.tokenizer, self.model_id, self.config = model, tokenizer, model_id, config
         self.modules = dict(model.named_modules())
         by_id = {id(m): n for n, m in self.modules.items()}
         missing = [i for i, layer in enumerate(model.layers) if id(layer) not in by_id]
@@ -278,6 +284,38 @@ class MLXBackend:
             return logits + bias_by_vocab[V].astype(logits.dtype)
 
         return processor
+
+
+    # -- exporting edits -----------------------------------------------------------------------------
+    @property
+    def model_type(self) -> str | None:
+        return getattr(self.model, "model_type", None) or getattr(getattr(self.model, "args", None), "model_type", None)
+
+    @property
+    def embedding_path(self) -> str:
+        named = [n for n, m in self.modules.items() if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding))
+                 and n.rsplit(".", 1)[-1] in self._EMBED_NAMES]
+        if not named:
+            raise ValueError(f"cannot find the token embedding (a module named {', '.join(self._EMBED_NAMES)})")
+        return named[0]
+
+    @property
+    def tied_embedding(self) -> str | None:
+        head = self.unembedding_path
+        return head if isinstance(self.modules[head], (nn.Embedding, nn.QuantizedEmbedding)) else None
+
+    @property
+    def can_untie(self) -> bool:
+        # mlx-lm's architectures with a separate head have a tie_word_embeddings argument
+        args = getattr(self.model, "args", None)
+        return args is not None and "tie_word_embeddings" in getattr(type(args), "__dataclass_fields__", {})
+
+    def dense(self, path: str) -> Dense:
+        return writing.dense(self.modules[path], path)
+
+    def write_model(self, folder: Path, baked: Baked, *, dtype: str | None) -> None:
+        writing.write_model(folder, self.model, self.modules, self.tokenizer, self.config, self.model_id, baked,
+                            embedding=self.embedding_path, dtype=dtype)
 
 
 def _left_pad(a: mx.array, length: int) -> mx.array:

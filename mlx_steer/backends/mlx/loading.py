@@ -27,5 +27,6 @@ def load(path_or_hf_repo: str, *, lazy: bool = False, distributed: str | None = 
     from mlx_lm import load as mlx_load
 
     # mlx_lm.load is annotated with a Union of 2- and 3-tuples (no overload on return_config)
-    model, tokenizer = mlx_load(str(path_or_hf_repo), lazy=lazy, **kwargs)  # type: ignore[misc]
-    return MLXSteerableModel(model, tokenizer, model_id=str(path_or_hf_repo))
+    model, tokenizer, config = mlx_load(str(path_or_hf_repo), lazy=lazy, return_config=True,  # type: ignore[misc]
+                                        **kwargs)
+    return MLXSteerableModel(model, tokenizer, model_id=str(path_or_hf_repo), config=config)

@@ -22,12 +22,13 @@ class MLXSteerableModel(Steerable):
         model: An mlx-lm ``Model`` (anything with a ``layers`` property).
         tokenizer: Its mlx-lm ``TokenizerWrapper`` (or HF tokenizer).
         model_id: Name stored in vector files.
+        config: The folder's config (``mlx_lm.load(..., return_config=True)``), which an export writes.
     """
 
     backend: MLXBackend
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, model_id: str | None = None):
-        super().__init__(MLXBackend(model, tokenizer, model_id=model_id))
+    def __init__(self, model: nn.Module, tokenizer: Any, *, model_id: str | None = None, config: dict | None = None):
+        super().__init__(MLXBackend(model, tokenizer, model_id=model_id, config=config))
 
     @property
     def dtype(self) -> mx.Dtype:

@@ -4,6 +4,7 @@ modules hooked with torch hooks, one masked padded forward, generation loops ste
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +18,9 @@ from ...engine.positions import PositionState
 from ...engine.prompts import PromptEncoder
 from ...engine.recording import Recorder
 from ...engine.results import RowStep
+from ...export.edit import Baked, Dense
 from . import hooks as hk
+from . import writing
 from .arrays import XP
 from .batch_loop import CohortLoop
 from .generation import GenerationResponse, eos_token_ids, generate_rows, generate_step
@@ -234,6 +237,32 @@ class TorchBackend:
                                                       device=logits.device), float("-inf"))
 
         return processor
+
+
+    # -- exporting edits -----------------------------------------------------------------------------
+    @property
+    def model_type(self) -> str | None:
+        return getattr(self.model.config, "model_type", None)
+
+    @property
+    def embedding_path(self) -> str:
+        emb = self.model.get_input_embeddings()
+        return next(n for n, m in self.modules.items() if m is emb and n)
+
+    @property
+    def tied_embedding(self) -> str | None:
+        emb, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
+        return self.embedding_path if head is not None and head.weight is emb.weight else None
+
+    @property
+    def can_untie(self) -> bool:
+        return True  # the head is its own module; the config says whether the loader ties it
+
+    def dense(self, path: str) -> Dense:
+        return writing.dense(self.modules[path], path)
+
+    def write_model(self, folder: Path, baked: Baked, *, dtype: str | None) -> None:
+        writing.write_model(folder, self.model, self.modules, self.tokenizer, baked, dtype=dtype)
 
 
 if TYPE_CHECKING:

@@ -58,7 +58,8 @@ def _num_layers(config: Any) -> int | None:
     return first_attr(config, "num_hidden_layers", "n_layer", "num_layers", default=None)
 
 
-def _conv1d() -> tuple[type, ...]:
+def conv1d_types() -> tuple[type, ...]:
+    """GPT-2's Conv1D (a linear map with its weight stored (in, out)), when transformers has it."""
     try:
         from transformers.pytorch_utils import Conv1D
     except ImportError:
@@ -68,14 +69,14 @@ def _conv1d() -> tuple[type, ...]:
 
 def is_projection(module: nn.Module) -> bool:
     """A linear map whose input may hold concatenated heads (``nn.Linear`` or GPT-2's ``Conv1D``)."""
-    return isinstance(module, (nn.Linear, *_conv1d()))
+    return isinstance(module, (nn.Linear, *conv1d_types()))
 
 
 def site_dim(module: nn.Module, point: str, hidden: int) -> int | None:
     """Activation size at a site when it can be known before running (None otherwise)."""
     if isinstance(module, nn.Linear):
         return module.out_features if point == "output" else module.in_features
-    if isinstance(module, _conv1d()) and isinstance(module.weight, nn.Parameter):  # GPT-2: weight is (in, out)
+    if isinstance(module, conv1d_types()) and isinstance(module.weight, nn.Parameter):  # GPT-2: weight is (in, out)
         n_in, n_out = module.weight.shape
         return n_out if point == "output" else n_in
     if isinstance(module, nn.Embedding):
