@@ -3,6 +3,7 @@ through its ``main(argv)`` and checked against oracles computed here: plain Stee
 numpy, the model's weights edited by hand, and recomputation of a generation without a cache."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -220,3 +221,29 @@ def test_transcript_reads_and_their_directions(quick):
     np.testing.assert_allclose(np.diag(cmat), 1.0, atol=1e-6)
     assert np.linalg.norm(r["top_direction"]) == pytest.approx(1.0, abs=1e-5)
     assert 0.0 < r["explained"] <= 1.0 and r["strength"] > 0  # signed toward the in-persona side
+
+
+def test_refusal_direction_walkthrough(quick):
+    """The exported folder, loaded on its own, answers exactly as the model ablated in-process (same
+    refusals, same first-token KL); the direction is the hand-computed mean difference; the layer is the
+    sweep's best."""
+    module, r = quick("refusal_direction")
+    cfg = module.QUICK
+    data = json.loads(module.DATA.read_text())
+    rows = r["rows"]
+    assert list(rows)[:3] == ["base", "ablated in-process", "exported (ablated weights)"]
+    ablated, exported = rows["ablated in-process"], rows["exported (ablated weights)"]
+    assert exported["harmful_refused"] == ablated["harmful_refused"]
+    assert exported["harmless_refused"] == ablated["harmless_refused"]
+    assert exported["first_token_kl"] == pytest.approx(ablated["first_token_kl"], rel=1e-3, abs=1e-5)
+    assert rows["base"]["first_token_kl"] == pytest.approx(0.0, abs=1e-9)
+    m = ms.load(str(r["vector"].model_id))
+    key = m.resolve(f"layers.{r['layer']}").key
+    reads = {}
+    for kind in ("harmful_train", "harmless_train"):
+        prompts = data[kind][: cfg.n_train]
+        reads[kind] = np.stack([m.to_numpy(m.run(p, chat=True, record=[key], logits=False).activations[key])[0, -1]
+                                for p in prompts]).mean(0)
+    np.testing.assert_allclose(r["vector"].directions[key], reads["harmful_train"] - reads["harmless_train"],
+                               rtol=1e-3, atol=1e-3)
+    assert r["layer"] == max(r["sweep"])[2] and r["layer"] in cfg.layers

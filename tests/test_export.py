@@ -163,3 +163,34 @@ def test_writing_is_atomic_and_never_overwrites_unasked(shared_models, load_tiny
     assert json.loads((out / "config.json").read_text())["mlp_bias"] is True
     with pytest.raises(ValueError, match=r"unknown dtype 'fp8'; valid: float32, float16, bfloat16"):
         m.export(tmp_path / "other", spec, dtype="fp8")
+
+
+@pytest.mark.slow
+def test_the_real_smollm2_exported_equals_steered(smollm2, tmp_path):
+    """SmolLM2-135M-Instruct (fp32, tied embedding): a full directional ablation (the embedding written
+    apart from the head) and an add at layer 10 (llama's mlp_bias), each loaded by plain mlx-lm in a
+    process without mlx_steer: the steered logits and 32 greedy tokens."""
+    m = smollm2
+    tokens = m.encode("Give me three tips for a good night's sleep.", chat=True)
+    d = np.random.default_rng(7).normal(size=m.hidden_size).astype(np.float32)
+    cases = {"ablate": directional_ablation(m, d),
+             "add": {"layers.10": iv.add_vector(d / np.linalg.norm(d) * 8.0)}}
+    jobs, want = [], {}
+    for name, spec in cases.items():
+        folder = m.export(tmp_path / name, spec)
+        jobs.append([str(folder), tokens])
+        want[name] = (m.to_numpy(m.run([tokens], interventions=spec).logits)[0],
+                      m.generate_tokens(tokens, max_tokens=32, interventions=spec))
+    base = m.to_numpy(m.run([tokens]).logits)[0]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    done = subprocess.run([sys.executable, str(WORKER), "mlx", str(tmp_path / "jobs.json"), str(tmp_path / "out.npz")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plain = np.load(tmp_path / "out.npz")
+    for i, (name, (logits, greedy)) in enumerate(want.items()):
+        assert np.linalg.norm(logits - base) > 1e-3 * np.linalg.norm(base), name
+        assert np.linalg.norm(plain[f"{i}/logits"] - logits) <= 1e-5 * np.linalg.norm(logits), name
+        got = plain[f"{i}/greedy"].tolist()
+        stop = next((k for k, t in enumerate(got) if t in m.eos_token_ids), len(got))
+        assert got[:stop] == greedy, name
+    assert json.loads((tmp_path / "ablate" / "config.json").read_text())["tie_word_embeddings"] is False
