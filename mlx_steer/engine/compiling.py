@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from .gating import GatedOp
 from .limits import check_length
 from .ops import Op, compile_op
 from .paths import Site
@@ -23,9 +24,20 @@ __all__ = ["CompiledSteering", "compile_at", "compile_steering", "sequence_steer
 
 
 def compile_at(backend: Backend, site: Site, spec: Any) -> Op:
-    """One intervention as an op at ``site`` (ValueError when it does not fit the site)."""
-    return compile_op(spec, xp=backend.xp, site=site.key, dim=backend.site_dim(site.path, site.point),
-                      n_heads=backend.site_heads(site.path, site.point))
+    """One intervention as an op at ``site`` (ValueError when it, or its condition, does not fit)."""
+    rule = getattr(spec, "condition", None)
+    op = compile_op(spec if rule is None else replace(spec, condition=None), xp=backend.xp, site=site.key,
+                    dim=backend.site_dim(site.path, site.point), n_heads=backend.site_heads(site.path, site.point))
+    if rule is None:
+        return op
+    for leaf in rule.leaves():
+        at = leaf.site
+        assert isinstance(at, Site), "plan_sites resolves conditions"
+        dim = backend.site_dim(at.path, at.point)
+        if dim is not None and leaf.direction.shape[0] != dim:
+            raise ValueError(f"condition {leaf.name!r} direction has size {leaf.direction.shape[0]} but site "
+                             f"{at.key!r} has size {dim}")
+    return GatedOp(op, rule, backend.state)
 
 
 def site_program(backend: Backend, plan: SitePlan, reduce: str | None) -> SiteProgram:
@@ -53,7 +65,7 @@ class CompiledSteering:
                 if op.rows is not None and not only <= op.rows:
                     raise ValueError(f"intervention is already scoped to rows {sorted(op.rows)}; cannot widen "
                                      f"to {sorted(only)}")
-                mine = copy.copy(op)
+                mine = op.fresh() if isinstance(op, GatedOp) else copy.copy(op)
                 mine.rows = only
                 scoped.append(mine)
             out[key] = (site, scoped)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .activations import Activations
 from .compiling import CompiledSteering, compile_steering, site_program
+from .gating import GatedOp
 
 from .paths import Site
 from .plan import SitePlan, as_interventions, plan_sites
@@ -59,9 +60,12 @@ class Hooks:
         self._undo: list[Undo] = []
         if registry is not None:
             registry.add(self)  # until removed, dropped or not
+        self._readers: dict[int, list[tuple[SiteProgram, Any]]] = {}  # id(gated op) -> where its readers are
         try:
             self._programs = {key: site_program(backend, plan, reduce) for key, plan in plans.items()}
             self.recorders = {k: p.recorder for k, p in self._programs.items() if p.recorder is not None}
+            for program in list(self._programs.values()):
+                self._place_readers(program.ops, attach=False)
             self._undo.append(backend.attach_tracker())
             for program in self._programs.values():
                 self._attach(program)
@@ -74,12 +78,35 @@ class Hooks:
     def _attach(self, program: SiteProgram) -> None:
         self._undo.append(self._backend.attach(program.site.path, program.site.point, program))
 
-    def _program(self, site: Site) -> SiteProgram:
+    def _program(self, site: Site, *, attach: bool = True) -> SiteProgram:
         program = self._programs.get(site.key)
         if program is None:
             program = self._programs[site.key] = SiteProgram(site, [], None, self._backend.state)
-            self._attach(program)
+            if attach:
+                self._attach(program)
         return program
+
+    def _place_readers(self, ops: list, *, attach: bool = True) -> None:
+        """Install the condition readers of gated ops at their sites (read before any intervention there)."""
+        for op in ops:
+            if isinstance(op, GatedOp):
+                placed = self._readers.setdefault(id(op), [])
+                for site, reader in op.reader_sites():
+                    program = self._program(site, attach=attach)
+                    program.readers.append(reader)
+                    placed.append((program, reader))
+
+    def conditions(self, row: int) -> list[dict[str, Any]]:
+        """Row ``row``'s conditions, once its prompt was read: one entry per gating rule, ``{"met":
+        bool, "values": {condition name: measured value}}`` (empty when nothing gates the row)."""
+        out: dict[int, dict[str, Any]] = {}
+        for program in self._programs.values():
+            for op in program.ops:
+                if isinstance(op, GatedOp) and id(op.rule) not in out and (op.rows is None or row in op.rows):
+                    decided = op.decision(row)
+                    if decided is not None:
+                        out[id(op.rule)] = {"met": decided[0], "values": decided[1]}
+        return list(out.values())
 
     def assign(self, row: int, interventions: Mapping | Any = None, *,
                steering: CompiledSteering | None = None) -> None:
@@ -93,6 +120,7 @@ class Hooks:
         self.release(row)
         for site, ops in scoped.values():
             self._program(site).ops.extend(ops)
+            self._place_readers(ops)
 
     def watch(self, site: str | Site, *, before_interventions: bool = False, only: Any = None) -> Watch:
         """Start reading ``site``'s last position of every row at each forward (see :class:`Watch`);
@@ -106,7 +134,11 @@ class Hooks:
         """Drop the interventions :meth:`assign` gave row ``row`` (other rows keep theirs)."""
         only = frozenset({row})
         for program in self._programs.values():
+            gone = [op for op in program.ops if op.rows == only]
             program.ops = [op for op in program.ops if op.rows != only]
+            for op in gone:
+                for where, reader in self._readers.pop(id(op), []):
+                    where.readers.remove(reader)
 
     def remove(self) -> None:
         """Undo every patch this object made, newest first (idempotent)."""

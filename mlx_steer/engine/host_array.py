@@ -44,3 +44,22 @@ def _check_real(value: object, what: str) -> None:
         raise NotRealError(f"{what} must be a real-valued array, got booleans ({name})")
     if kind and kind in "SUV":
         raise NotRealError(f"{what} must be a numeric array, got text ({name})")
+
+
+def as_vector(value: object, *, what: str, ndim: tuple[int, ...] = (1,)) -> np.ndarray:
+    """A finite float32 numpy copy of ``value`` (numpy, mlx, torch or list).
+
+    Raises:
+        TypeError: complex, boolean or text values (a real-valued array is needed).
+        ValueError: not numeric, wrong number of dims, empty, or non-finite values.
+    """
+    arr = host_array(value, what=what, dtype=np.float32)
+    if arr.ndim not in ndim:
+        raise ValueError(f"{what} must have {' or '.join(map(str, ndim))} dims, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{what} is empty (shape {arr.shape})")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{what} has {bad} non-finite values (NaN or inf); steering needs finite values")
+    arr.setflags(write=False)
+    return arr

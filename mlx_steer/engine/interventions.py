@@ -17,27 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from .host_array import host_array
+from .conditions import Rule, condition
+from .host_array import as_vector, host_array
 from .positions import Positions, as_positions
-
-
-def as_vector(value: object, *, what: str, ndim: tuple[int, ...] = (1,)) -> np.ndarray:
-    """A finite float32 numpy copy of ``value`` (numpy, mlx, torch or list).
-
-    Raises:
-        TypeError: complex, boolean or text values (a real-valued array is needed).
-        ValueError: not numeric, wrong number of dims, empty, or non-finite values.
-    """
-    arr = host_array(value, what=what, dtype=np.float32)
-    if arr.ndim not in ndim:
-        raise ValueError(f"{what} must have {' or '.join(map(str, ndim))} dims, got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{what} is empty (shape {arr.shape})")
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{what} has {bad} non-finite values (NaN or inf); steering needs finite values")
-    arr.setflags(write=False)
-    return arr
 
 
 def _finite_scalar(value: object, what: str) -> float:
@@ -59,6 +41,7 @@ class Intervention:
 
     positions: Positions = field(default_factory=Positions)
     rows: frozenset[int] | None = None
+    condition: Rule | None = None  # acts on a row only where this holds for its prompt (see when)
 
     @property
     def is_noop(self) -> bool:
@@ -80,6 +63,21 @@ class Intervention:
         if self.rows is not None and not wanted <= self.rows:
             raise ValueError(f"intervention is already scoped to rows {sorted(self.rows)}; cannot widen to {sorted(wanted)}")
         return replace(self, rows=wanted)
+
+    def when(self, rule: Rule) -> Intervention:
+        """This intervention acting on a row only where ``rule`` (a :func:`condition`, or conditions
+        combined with ``&``, ``|``, ``~``) holds for that row's prompt: once the prompt has been read,
+        so on generated tokens (CAST, see :mod:`mlx_steer.engine.conditions`).
+
+        Raises:
+            ValueError: ``rule`` is not a condition, or this intervention is gated already.
+        """
+        if not isinstance(rule, Rule):
+            raise ValueError(f"when() takes a condition (mlx_steer.interventions.condition(...)), got "
+                             f"{type(rule).__name__}")
+        if self.condition is not None:
+            raise ValueError("intervention is gated by a condition already; combine conditions with & | ~ instead")
+        return replace(self, condition=rule)
 
 
 @dataclass(frozen=True, kw_only=True)

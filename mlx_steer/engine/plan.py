@@ -7,7 +7,7 @@ input raises before the model is touched.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import interventions as iv
 from .paths import PathResolver, Site
@@ -63,6 +63,7 @@ def plan_sites(
             raise ValueError(f"interventions must be a dict {{site: intervention}}, got {type(interventions).__name__}")
         for spec, value in interventions.items():
             ivs = iv.as_intervention_list(value, site=str(spec))
+            ivs = [i if i.condition is None else replace(i, condition=i.condition.resolved(resolver)) for i in ivs]
             plan(spec).interventions.extend(i for i in ivs if not i.is_noop)
     default = as_positions(record_positions)
     if record is None:

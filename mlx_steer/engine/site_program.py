@@ -27,9 +27,12 @@ class SiteProgram:
         self.site, self.ops, self.recorder, self.state = site, ops, recorder, state
         self.record_before = record_before
         self.watches: list[Watch] = []
+        self.readers: list[Any] = []  # condition readers (mlx_steer.engine.gating): the model's own value
 
     def __call__(self, h: Array) -> Array:
         own = h
+        for reader in self.readers:
+            reader(own)
         for op in self.ops:
             h = op(h, self.state)
         if self.recorder is not None:
