@@ -382,3 +382,32 @@ def test_torch_backend_serves_the_same_contract(torch_server, tiny_dir, vectors)
         interventions = None if s is None else steer(vecs, *s)
         assert choice["token_ids"] == m.generate_tokens(m.encode(prompt), max_tokens=8, interventions=interventions)
         assert len(choice["projections"]["calm"]) == len(choice["token_ids"])
+
+
+def test_conditional_steering_over_http(server, oracle, vectors):
+    """``steering[0].when`` over the wire: each request is steered on its generated tokens only where its
+    prompt passes the condition (the library's gated run is the oracle) and says so in ``conditions``."""
+    from mlx_steer.analysis import condition_values
+    from mlx_steer.engine import interventions as iv
+
+    _, vecs = vectors
+    prompts = ["I love", "Tell me a story about a cat"]
+    d = vecs["edge"].directions[oracle.layer_paths[1]]
+    values = [float(x) for x in condition_values(oracle, prompts, site="layers.1", direction=d)]
+    threshold = sum(values) / 2
+    cond = iv.condition(d, site="layers.1", threshold=threshold)
+    for prompt, value in zip(prompts, values):
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 8, "return_token_ids": True,
+                "steering": [{"vector": "love", "scale": 6.0, "layers": [2],
+                              "when": {"vector": "edge", "layer": 1, "threshold": threshold}}]}
+        r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        gated = {k: v.when(cond) for k, v in steer(vecs, "love", 6.0, [2]).items()}
+        assert out["choices"][0]["token_ids"] == oracle.generate_tokens(oracle.encode(prompt), max_tokens=8,
+                                                                        interventions=gated)
+        (report,) = out["conditions"]
+        assert report["condition_met"] is (value > threshold) and report["value"] == pytest.approx(value, rel=1e-4)
+    bad = httpx.post(f"{server.url}/v1/completions", json={**body, "steering": [
+        {"vector": "love", "layers": [2], "when": {"vector": "nope", "threshold": 0}}]}, timeout=60)
+    assert bad.status_code == 400 and "steering[0].when.vector" in bad.text

@@ -123,6 +123,44 @@ def test_a_served_requests_steering_is_planned_once_and_runs_as_planned(load_tin
         planner.completion(CompletionRequest(**{**body, "steering": [{**body["steering"][0], "positions": [40]}]}))
 
 
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_served_conditional_steering_decides_per_request(tiny_dir, backend):
+    """``steering[i].when``: requests whose prompt passes the condition get the steering on their
+    generated tokens, the others are not steered; each reports its decision and value."""
+    import mlx_steer as ms
+    from mlx_steer.serve.formats import conditions_of
+    from mlx_steer.serve.planning import Planner
+    from mlx_steer.serve.registry import VectorRegistry
+    from mlx_steer.serve.schemas import CompletionRequest
+
+    if backend == "torch":
+        pytest.importorskip("torch")
+    m = ms.load(str(tiny_dir("llama")), backend=backend)
+    rng = np.random.default_rng(0)
+    d, v = (rng.normal(size=m.hidden_size).astype(np.float32) for _ in range(2))
+    values = []
+    for p in PROMPTS:
+        a = m.to_numpy(m.run(p, record=["layers.1"]).activations["layers.1"])[0].astype(np.float64).mean(0)
+        values.append(float(a @ d / np.linalg.norm(d) / np.linalg.norm(a)))
+    cut = sorted(values)
+    threshold = (cut[len(cut) // 2 - 1] + cut[len(cut) // 2]) / 2  # between two prompts' values: no tie
+    assert min(values) < threshold < max(values)  # some requests pass, some do not
+    planner = Planner(m, VectorRegistry(m, {"topic": ms.SteeringVector({"model.layers.1": d})}))
+    when = {"vector": "topic", "layer": 1, "threshold": threshold}
+    plans = [planner.completion(CompletionRequest(model="m", prompt=p, max_tokens=6, temperature=0.0, steering=[
+        {"vector": (3 * v).tolist(), "layers": [2], "scale": 1.0, "when": when}])) for p in PROMPTS]
+    events, _ = run_jobs(m, [plan.job for plan in plans])
+    for i, plan in enumerate(plans):
+        on = values[i] > threshold
+        want = m.generate_tokens(plan.job.prompt, max_tokens=6,
+                                 interventions={"layers.2": iv.add_vector(3 * v, positions="generated")} if on else None)
+        assert [e.token for e in events[i] if isinstance(e, Token)] == want, i
+        (report,) = conditions_of(events[i][-1].conditions)
+        assert report["steering"] == 0 and report["condition_met"] is on
+        assert report["value"] == pytest.approx(values[i], rel=1e-4, abs=1e-5)
+        assert plan.steering[0]["when"]["threshold"] == threshold
+
+
 def test_text_stream_holds_back_partial_characters_and_stop_strings():
     pieces = {1: "Hel", 2: "lo", 3: " wo", 4: "rld", 5: "\ufffd", 6: "é!"}
 

@@ -2,7 +2,8 @@
 (:mod:`~mlx_steer.analysis.vocabulary_lens`), how large it is next to the residual stream
 (:mod:`~mlx_steer.analysis.norms`), what a generation reads along it and how long steering lasts
 once released (:mod:`~mlx_steer.analysis.monitor`), and a layer x strength sweep of effect against
-fluency cost (:mod:`~mlx_steer.analysis.sweeps`).
+fluency cost (:mod:`~mlx_steer.analysis.sweeps`), and where a steering condition should cut
+(:mod:`~mlx_steer.analysis.thresholds`).
 
 Everything here is numpy over a model's public API (:class:`~mlx_steer.engine.model.Steerable`, the API both backends share:
 ``run``, ``stream_generate``, ``unembed``, ``encode``, ``resolve``...), so the same code serves
@@ -17,6 +18,7 @@ Everything here is numpy over a model's public API (:class:`~mlx_steer.engine.mo
 from .monitor import MonitoredGeneration, Persistence, persistence_run, projection_monitor
 from .norms import NormRow, norm_profile, relative_scale
 from .sweeps import METRICS, SweepResult, SweepRow, sweep
+from .thresholds import ThresholdRow, ThresholdSearch, condition_values, find_threshold
 from .vocabulary_lens import TokenReport, top_tokens
 
 __all__ = [
@@ -26,7 +28,11 @@ __all__ = [
     "Persistence",
     "SweepResult",
     "SweepRow",
+    "ThresholdRow",
+    "ThresholdSearch",
     "TokenReport",
+    "condition_values",
+    "find_threshold",
     "norm_profile",
     "persistence_run",
     "projection_monitor",

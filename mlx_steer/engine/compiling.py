@@ -54,6 +54,11 @@ class CompiledSteering:
 
     sites: Mapping[str, tuple[Site, tuple[Op, ...]]]
 
+    @property
+    def gated(self) -> bool:
+        """Whether a condition gates any of it."""
+        return any(isinstance(op, GatedOp) for _, ops in self.sites.values() for op in ops)
+
     def for_row(self, row: int) -> dict[str, tuple[Site, list[Op]]]:
         """The same ops acting only on batch row ``row`` (a row key); copies, so the compiled
         steering can be given to a row more than once."""

@@ -53,6 +53,8 @@ class StepEvent:
         finish_reason: None, ``"stop"`` (EOS) or ``"length"``.
         projections: Per monitor name, the projection of the activation that produced this
             token (the monitor's site, last position) on the monitor's unit direction.
+        conditions: On a conditionally steered sequence's first token: each rule's decision on
+            its prompt, ``{"met": bool, "values": {condition name: value}}`` (None otherwise).
     """
 
     uid: int
@@ -60,6 +62,7 @@ class StepEvent:
     logprobs: np.ndarray
     finish_reason: str | None
     projections: dict[str, float] = field(default_factory=dict)
+    conditions: list[dict[str, Any]] | None = None
 
 
 class ContinuousBatch:
@@ -80,6 +83,7 @@ class ContinuousBatch:
         self.hooks = Hooks(backend, {}, None, registry=registry)
         self._watches: dict[tuple[str, bool], Watch] = {}
         self._monitors: dict[int, dict[str, tuple[Watch, np.ndarray]]] = {}
+        self._gated: set[int] = set()  # conditionally steered sequences not yet reported
 
     def insert(self, prompt: Sequence[int], *, max_tokens: int, interventions: Any = None,
                monitors: dict[str, Monitor] | None = None, steering: CompiledSteering | None = None,
@@ -113,6 +117,8 @@ class ContinuousBatch:
         uid = self.loop.enqueue(prompt, max_tokens=max_tokens, sampler=sampler, logits_processors=processors)
         try:
             self.hooks.assign(self.layout.base + uid, steering=steering)  # planned and checked once
+            if steering.gated:
+                self._gated.add(uid)
             self._monitors[uid] = {name: (self._watch(site.key, m.before_interventions), unit)
                                    for name, (site, unit, m) in reads.items()}
         except BaseException:
@@ -137,7 +143,11 @@ class ContinuousBatch:
                 value = watch.take(self.layout.base + uid)
                 if value is not None:
                     projections[name] = float(value @ unit)
-            events.append(StepEvent(uid, token, self.backend.xp.to_numpy(logprobs), reason, projections))
+            conditions = None
+            if uid in self._gated:  # its prompt has been read: the first token came from it
+                self._gated.discard(uid)
+                conditions = self.hooks.conditions(self.layout.base + uid)
+            events.append(StepEvent(uid, token, self.backend.xp.to_numpy(logprobs), reason, projections, conditions))
             if reason is not None:
                 self._forget(uid)
         return events
@@ -171,6 +181,7 @@ class ContinuousBatch:
         for w in self._watches.values():
             w.forget(self.layout.base + uid)
         self._monitors.pop(uid, None)
+        self._gated.discard(uid)
 
 
 def _unit(direction: object, hidden: int, name: str) -> np.ndarray:

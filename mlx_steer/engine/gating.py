@@ -20,50 +20,59 @@ __all__ = ["ConditionReader", "GatedOp"]
 
 
 class ConditionReader:
-    """Reads one site's activation over the prompts of the rows it follows (all rows, or ``rows``):
-    each row's sum over its prompt tokens, their count and its last token, kept lazily until asked."""
+    """Reads one site's activation at the prompt positions of the rows it follows (all rows, or
+    ``rows``), position by position: a later forward's value of a position replaces an earlier one.
+    A row's prompt is read once its last position came in a forward that holds nothing past the
+    prompt: mlx-lm's batch prefill right-pads a short row, computing its last prompt position first
+    as padding (with positions past the prompt beside it), then for real, alone."""
 
     def __init__(self, site: Site, state: PositionState, rows: frozenset[int] | None):
         self.site, self.state, self.rows = site, state, rows
-        self._pending: list[tuple[np.ndarray, Array, np.ndarray, Array, np.ndarray]] = []
-        self._rows: dict[int, list[Any]] = {}  # key -> [sum, count, last or None]
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Array, np.ndarray]] = []
+        self._rows: dict[int, tuple[int, int, dict[int, np.ndarray]]] = {}  # key -> (start, end, pos -> value)
+        self._read: set[int] = set()  # rows whose prompt is read
 
     def __call__(self, h: Array) -> None:
         st = self.state
         keys = np.asarray(st.rows, dtype=np.int64)
-        start, end = np.asarray(st.prompt_start).reshape(-1, 1), np.asarray(st.prompt_len).reshape(-1, 1)
-        prompt = (st.pos >= 0) & (st.pos >= start) & (st.pos < end)
+        start, end = np.asarray(st.prompt_start).reshape(-1), np.asarray(st.prompt_len).reshape(-1)
+        prompt = (st.pos >= 0) & (st.pos >= start[:, None]) & (st.pos < end[:, None])
         if self.rows is not None:
             prompt &= np.isin(keys, list(self.rows))[:, None]
-        if not prompt.any():
-            return
-        xp: ArrayOps = st.xp
-        weights = prompt.astype(np.float32)
-        is_last = prompt & (st.pos == end - 1)
-        has_last = is_last.any(1)
-        idx = np.where(has_last, is_last.argmax(1), 0).reshape(-1, 1)
-        self._pending.append((keys, xp.weighted_sum(h, weights), weights.sum(1),
-                              xp.float32(xp.take_along_rows(h, idx))[:, 0], has_last))
+        if prompt.any():
+            xp: ArrayOps = st.xp
+            clean = np.asarray(~(st.pos >= end[:, None]).any(1))  # nothing past the prompt in this forward
+            self._pending.append((keys, start, end, st.pos.copy(), prompt, xp.float32(h),
+                                  clean))
 
     def _settle(self) -> None:
         xp = self.state.xp
-        for keys, sums, counts, last, has_last in self._pending:
-            sums_h, last_h = xp.to_numpy(sums), xp.to_numpy(last)
+        for keys, start, end, pos, prompt, h, clean in self._pending:
+            host = xp.to_numpy(h)
             for b, key in enumerate(keys.tolist()):
-                if counts[b] == 0:
-                    continue
-                row = self._rows.setdefault(key, [0.0, 0.0, None])
-                row[0], row[1] = row[0] + sums_h[b].astype(np.float64), row[1] + float(counts[b])
-                if has_last[b]:
-                    row[2] = last_h[b].astype(np.float64)
+                cols = np.flatnonzero(prompt[b])
+                if cols.size:
+                    _, _, table = self._rows.setdefault(key, (int(start[b]), int(end[b]), {}))
+                    for col in cols.tolist():
+                        table[int(pos[b, col])] = host[b, col].astype(np.float64)
+                    if clean[b] and int(end[b]) - 1 in pos[b, cols]:
+                        self._read.add(key)
         self._pending = []
 
     def read(self, key: int) -> tuple[np.ndarray, float, np.ndarray] | None:
-        """``(sum, count, last)`` of row ``key``'s prompt once its last token was read (else None)."""
+        """``(sum, count, last)`` over row ``key``'s prompt positions, once its last one was read (else None)."""
         if self._pending:
             self._settle()
         row = self._rows.get(key)
-        return None if row is None or row[2] is None else (row[0], row[1], row[2])
+        if row is None or key not in self._read:
+            return None
+        start, end, table = row
+        values = [table[p] for p in range(start, end) if p in table]
+        return np.sum(values, axis=0), float(len(values)), table[end - 1]
+
+    def forget(self, key: int) -> None:
+        self._rows.pop(key, None)
+        self._read.discard(key)
 
 
 class GatedOp(Op):
@@ -121,8 +130,9 @@ class GatedOp(Op):
                         and (d := self.decision(k)) is not None and d[0])
         if not met:
             return h
-        mask = state.mask(self.inner.sel, met, like=h)
-        if mask is False:
+        # on generated tokens only: a row's prompt is read before its decision, never steered by it
+        host = state.host_mask(self.inner.sel, met) & (state.pos >= np.asarray(state.prompt_len).reshape(-1, 1))
+        if not host.any():
             return h
         new = self.inner.apply(h, state)
-        return new if mask is True else self.xp.where(mask, new, h)
+        return new if host.all() else self.xp.where(self.xp.mask(host[..., None], like=h), new, h)

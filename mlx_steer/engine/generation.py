@@ -53,17 +53,18 @@ def stream_steps(backend: Backend, tokens: list[int], plans: Mapping[str, SitePl
 
 def generate_batch(backend: Backend, tokens: list[list[int]], plans: Mapping[str, SitePlan], *,
                    calls: CallGuard, registry: HookRegistry, max_tokens: int,
-                   options: dict[str, Any]) -> tuple[list[list[int]], list[str]]:
-    """Every row's generated token ids (EOS excluded) and finish reason, in row order."""
+                   options: dict[str, Any]) -> tuple[list[list[int]], list[str], list[list[dict[str, Any]]]]:
+    """Every row's generated token ids (EOS excluded), finish reason and conditions, in row order."""
     out: list[list[int]] = [[] for _ in tokens]
     reasons = ["length"] * len(tokens)
-    with calls("batch_generate"), Hooks(backend, plans, None, registry=registry):
+    with calls("batch_generate"), Hooks(backend, plans, None, registry=registry) as hooks:
         for step in backend.generate_rows(tokens, max_tokens=max_tokens, **options):
             if step.finish_reason == "stop":
                 reasons[step.row] = "stop"
             else:
                 out[step.row].append(step.token)
-    return out, reasons
+        conditions = [hooks.conditions(row) for row in range(len(tokens))]
+    return out, reasons, conditions
 
 
 def _check_step(backend: Backend, n: int, flag: Any) -> None:

@@ -389,7 +389,6 @@ class Steerable(BackendFacts):
         self.check_length(max(map(len, tokens)) + max_tokens, "the longest prompt + max_tokens")
         check_plans(plans, limit=max(map(len, tokens)) + max_tokens, prompt_len=min(map(len, tokens)),
                     what="prompt + max_tokens")
-        out, reasons = generate_batch(self.backend, tokens, plans, calls=self.calls, registry=self.registry,
-                                      max_tokens=max_tokens, options=options)
-        texts = [self.prompts.decode(ids) for ids in out]
-        return BatchResult(texts, out, reasons)
+        out, reasons, conditions = generate_batch(self.backend, tokens, plans, calls=self.calls,
+                                                  registry=self.registry, max_tokens=max_tokens, options=options)
+        return BatchResult([self.prompts.decode(ids) for ids in out], out, reasons, conditions)

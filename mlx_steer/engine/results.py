@@ -3,7 +3,7 @@ one generated token of a batch row (:class:`RowStep`, as a backend's batch loop 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -31,11 +31,14 @@ class BatchResult:
         texts: The generated text of each row (its tokens decoded together).
         token_ids: The generated token ids of each row (EOS excluded).
         finish_reasons: ``"stop"`` (EOS) or ``"length"`` per row.
+        conditions: Per row, each conditional intervention's decision on that row's prompt
+            (``{"met": bool, "values": {condition name: value}}``; empty without conditions).
     """
 
     texts: list[str]
     token_ids: list[list[int]]
     finish_reasons: list[str]
+    conditions: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass

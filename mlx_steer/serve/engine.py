@@ -83,6 +83,7 @@ class Finished:
     reason: str
     text: str
     full_text: str
+    conditions: list[dict[str, Any]] | None = None  # conditional steering's decisions on the prompt
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class _Live:
     def __init__(self, ticket: Ticket, decode: Callable[[list[int]], str]):
         self.ticket = ticket
         self.text = TextStream(decode, ticket.job.stop)
+        self.conditions: list[dict[str, Any]] | None = None
 
 
 class Engine:
@@ -283,6 +285,8 @@ class Engine:
                 continue
             job, text = live.ticket.job, live.text
             reason = e.finish_reason
+            if getattr(e, "conditions", None) is not None:
+                live.conditions = e.conditions
             if reason != "stop":  # "stop" from the batch comes with the EOS, which is not text
                 self.counts["tokens"] += 1
                 piece = text.add(e.token)
@@ -294,7 +298,7 @@ class Engine:
                     reason = "stop"
             if reason is not None:
                 del self._live[e.uid]
-                self._close(live.ticket, Finished(reason, text.flush(), text.text))
+                self._close(live.ticket, Finished(reason, text.flush(), text.text, live.conditions))
 
     def _close(self, ticket: Ticket, event: Event | None) -> None:
         ticket.done = True

@@ -61,7 +61,10 @@ class Format:
         return self._envelope([choice])
 
     def finish(self, fin: Finished) -> dict[str, Any]:
-        return self._envelope([{"index": 0, **self._delta(fin.text), "logprobs": None, "finish_reason": fin.reason}])
+        body = self._envelope([{"index": 0, **self._delta(fin.text), "logprobs": None, "finish_reason": fin.reason}])
+        if fin.conditions is not None:
+            body["conditions"] = conditions_of(fin.conditions)
+        return body
 
     def usage_chunk(self, completion_tokens: int) -> dict[str, Any]:
         return {**self._envelope([]), "usage": self._usage(completion_tokens)}
@@ -77,6 +80,8 @@ class Format:
             choice["token_ids"] = [t.token for t in tokens]
         body = self._envelope([choice], extras=True, stream=False)
         body["usage"] = self._usage(len(tokens))
+        if fin.conditions is not None:
+            body["conditions"] = conditions_of(fin.conditions)
         return body
 
     def _envelope(self, choices: list[dict], *, extras: bool = False, stream: bool = True) -> dict[str, Any]:
@@ -138,3 +143,14 @@ class CompletionFormat(Format):
         return {"tokens": texts, "token_logprobs": [_lp(t.logprob or 0.0) for t in tokens],
                 "top_logprobs": [{self._token_text(i): _lp(lp) for i, lp in t.top_logprobs or []} for t in tokens],
                 "text_offset": offsets}
+
+
+def conditions_of(decided: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Conditional steering's decisions as a response reports them: per steering entry with ``when``,
+    ``{"steering": i, "condition_met": bool, "value": measured}``."""
+    out = []
+    for d in decided:
+        for name, value in d["values"].items():  # one condition per entry, named steering[i]
+            index = int(name[len("steering["):-1]) if name.startswith("steering[") else name
+            out.append({"steering": index, "condition_met": bool(d["met"]), "value": float(value)})
+    return sorted(out, key=lambda c: str(c["steering"]).zfill(8))

@@ -18,7 +18,8 @@ from ..engine.continuous import Monitor
 from ..engine.positions import Positions, as_positions
 from .engine import Job
 from .registry import VectorRegistry
-from .schemas import MAX_INLINE, ChatCompletionRequest, CompletionRequest, MonitorSpec, SteeringSpec, GenerationRequest
+from .schemas import (MAX_INLINE, ChatCompletionRequest, CompletionRequest, ConditionSpec, GenerationRequest, MonitorSpec,
+                      SteeringSpec)
 
 DEFAULT_MAX_TOKENS = 256
 MAX_TOKENS_WITHOUT_CONTEXT = 32768  # when the model's context length is unknown
@@ -152,10 +153,14 @@ class Planner:
             else:
                 raise FieldError(f"{where}.vector", "must be a registered vector's name or a list of floats, "
                                  f"got {type(spec.vector).__name__}")
+            entry = {"vector": name, "scale": spec.scale, "layers": [self._layer_index(s) for s in sites],
+                     "positions": str(pos)}
+            if spec.when is not None:
+                rule, entry["when"] = self._condition(spec.when, f"{where}.when", name=where)
+                ivs = {key: intervention.when(rule) for key, intervention in ivs.items()}
             for key, intervention in ivs.items():
                 out.setdefault(key, []).append(intervention)
-            echo.append({"vector": name, "scale": spec.scale, "layers": [self._layer_index(s) for s in sites],
-                         "positions": str(pos)})
+            echo.append(entry)
         return out or None, echo
 
     def _named(self, spec: SteeringSpec, pos: Positions, where: str) -> tuple[dict, list[str]]:
@@ -194,6 +199,22 @@ class Planner:
                 [s.path for s in sites]
         except ValueError as exc:
             raise FieldError(f"{where}.vector", str(exc)) from None
+
+    def _condition(self, spec: ConditionSpec, where: str, *, name: str) -> tuple[Any, dict[str, Any]]:
+        """The condition of one steering entry, named for the entry (``steering[0]``), and its echo."""
+        vec = self._vector(spec.vector, f"{where}.vector")
+        path = vec.sites[0] if spec.layer is None else self._site(spec.layer, f"{where}.layer").path
+        if path not in vec.directions:
+            have = ", ".join(str(self._layer_index(s)) for s in vec.sites)
+            raise FieldError(f"{where}.layer", f"vector {spec.vector!r} has no direction at {path}; its layers: {have}")
+        site = path if vec.hook_point == "output" else f"{path}:{vec.hook_point}"
+        try:
+            rule = iv.condition(vec.directions[path], site=site, threshold=spec.threshold, compare=spec.compare,
+                                read=spec.read, measure=spec.measure, name=name)
+        except ValueError as exc:
+            raise FieldError(f"{where}.vector", str(exc)) from None
+        return rule, {"vector": spec.vector, "layer": self._layer_index(path), "threshold": spec.threshold,
+                      "compare": spec.compare, "read": spec.read, "measure": spec.measure}
 
     def _monitors(self, specs: list[str | MonitorSpec]) -> tuple[dict[str, Monitor] | None, list[dict]]:
         monitors: dict[str, Monitor] = {}

@@ -22,6 +22,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
 
+class ConditionSpec(_Strict):
+    """Steer a request only when its prompt is about something (CAST): the prompt's hidden state at
+    ``layer`` (mean over its tokens, or its last token) measured along a registered vector's direction
+    (cosine, or projection on the unit direction) and compared with ``threshold``."""
+
+    vector: str
+    layer: int | str | None = Field(None, description="default: the vector's first layer")
+    threshold: float = Field(ge=-1e6, le=1e6)
+    compare: Literal[">", "<"] = ">"
+    read: Literal["mean", "last"] = "mean"
+    measure: Literal["cosine", "projection"] = "cosine"
+
+
 class SteeringSpec(_Strict):
     """One steering entry: a registered vector's name or an inline direction, scaled.
 
@@ -34,6 +47,8 @@ class SteeringSpec(_Strict):
     layers: list[int | str] | None = Field(None, min_length=1, max_length=512)
     positions: Any = Field("all", description='"all" | "last" | "prompt" | "generated" | int | [int, ...] | '
                                               '{"first_generated": n} | {"start": a, "stop": b}')
+    when: ConditionSpec | None = Field(None, description="steer only where this holds for the prompt; then "
+                                                         "the steering acts on the generated tokens")
 
 
 class MonitorSpec(_Strict):
