@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import mlx_steer as ms
+from mlx_steer import analysis as an
 from mlx_steer.engine import interventions as niv
 from mlx_steer.vectors import similarity
 from mlx_steer.engine.positions import Positions
@@ -247,3 +248,20 @@ def test_refusal_direction_walkthrough(quick):
     np.testing.assert_allclose(r["vector"].directions[key], reads["harmful_train"] - reads["harmless_train"],
                                rtol=1e-3, atol=1e-3)
     assert r["layer"] == max(r["sweep"])[2] and r["layer"] in cfg.layers
+
+
+def test_conditional_steering_walkthrough(quick):
+    """Held-out requests that pass the condition get exactly the unconditionally steered run's tokens,
+    the others exactly the plain run's; each decision's cosine is the recorded prompt mean's."""
+    module, r = quick("conditional_steering")
+    m, cfg, cond = r["model"], module.QUICK, r["condition"]
+    ungated = {k: niv.add_vector(s.vector, scale=s.scale, positions="generated") for k, s in r["steer"].items()}
+    values = an.condition_values(m, r["test"], site=str(cond.site), direction=cond.direction, chat=True)
+    for i, prompt in enumerate(r["test"]):
+        met = r["met"][i]
+        assert met == bool(values[i] > cond.threshold)
+        assert r["gated"].conditions[i][0]["values"]["cooking"] == pytest.approx(values[i], rel=1e-4, abs=1e-5)
+        want = m.batch_generate([prompt], max_tokens=cfg.max_tokens, chat=True, interventions=ungated if met else None)
+        assert r["gated"].token_ids[i] == want.token_ids[0], i
+    assert r["accuracy"] == pytest.approx(np.mean([a == b for a, b in zip(r["met"], r["truth"])]))
+    assert any(r["met"]) and not all(r["met"])

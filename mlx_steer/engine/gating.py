@@ -21,16 +21,14 @@ __all__ = ["ConditionReader", "GatedOp"]
 
 class ConditionReader:
     """Reads one site's activation at the prompt positions of the rows it follows (all rows, or
-    ``rows``), position by position: a later forward's value of a position replaces an earlier one.
-    A row's prompt is read once its last position came in a forward that holds nothing past the
-    prompt: mlx-lm's batch prefill right-pads a short row, computing its last prompt position first
-    as padding (with positions past the prompt beside it), then for real, alone."""
+    ``rows``), position by position: a later forward's value of a position replaces an earlier one
+    (mlx-lm's batch prefill right-pads a short row, so its last prompt positions are first computed
+    as padding, then for real). A row's values are final once its forwards are past its prompt."""
 
     def __init__(self, site: Site, state: PositionState, rows: frozenset[int] | None):
         self.site, self.state, self.rows = site, state, rows
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Array, np.ndarray]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Array]] = []
         self._rows: dict[int, tuple[int, int, dict[int, np.ndarray]]] = {}  # key -> (start, end, pos -> value)
-        self._read: set[int] = set()  # rows whose prompt is read
 
     def __call__(self, h: Array) -> None:
         st = self.state
@@ -41,13 +39,11 @@ class ConditionReader:
             prompt &= np.isin(keys, list(self.rows))[:, None]
         if prompt.any():
             xp: ArrayOps = st.xp
-            clean = np.asarray(~(st.pos >= end[:, None]).any(1))  # nothing past the prompt in this forward
-            self._pending.append((keys, start, end, st.pos.copy(), prompt, xp.float32(h),
-                                  clean))
+            self._pending.append((keys, start, end, st.pos.copy(), prompt, xp.float32(h)))
 
     def _settle(self) -> None:
         xp = self.state.xp
-        for keys, start, end, pos, prompt, h, clean in self._pending:
+        for keys, start, end, pos, prompt, h in self._pending:
             host = xp.to_numpy(h)
             for b, key in enumerate(keys.tolist()):
                 cols = np.flatnonzero(prompt[b])
@@ -55,16 +51,15 @@ class ConditionReader:
                     _, _, table = self._rows.setdefault(key, (int(start[b]), int(end[b]), {}))
                     for col in cols.tolist():
                         table[int(pos[b, col])] = host[b, col].astype(np.float64)
-                    if clean[b] and int(end[b]) - 1 in pos[b, cols]:
-                        self._read.add(key)
         self._pending = []
 
     def read(self, key: int) -> tuple[np.ndarray, float, np.ndarray] | None:
-        """``(sum, count, last)`` over row ``key``'s prompt positions, once its last one was read (else None)."""
+        """``(sum, count, last)`` over row ``key``'s prompt positions (None before its last one was read);
+        ask once the row's forwards are past its prompt."""
         if self._pending:
             self._settle()
         row = self._rows.get(key)
-        if row is None or key not in self._read:
+        if row is None or row[1] - 1 not in row[2]:
             return None
         start, end, table = row
         values = [table[p] for p in range(start, end) if p in table]
@@ -72,7 +67,6 @@ class ConditionReader:
 
     def forget(self, key: int) -> None:
         self._rows.pop(key, None)
-        self._read.discard(key)
 
 
 class GatedOp(Op):
@@ -125,8 +119,13 @@ class GatedOp(Op):
         return out
 
     def __call__(self, h: Array, state: PositionState) -> Array:
+        # a row is decided in a forward wholly past its prompt (a generated token's): every prompt position
+        # has been computed for real by then, while a prefill may still hold right-padding in its place
+        plen = np.asarray(state.prompt_len).reshape(-1, 1)
+        past = np.asarray(((state.pos >= plen) | (state.pos < 0)).all(1) & (state.pos >= plen).any(1))
         keys = [int(k) for k in np.asarray(state.rows).tolist()]
-        met = frozenset(k for k in keys if (self.inner.rows is None or k in self.inner.rows)
+        met = frozenset(k for k, after in zip(keys, past.tolist()) if after
+                        and (self.inner.rows is None or k in self.inner.rows)
                         and (d := self.decision(k)) is not None and d[0])
         if not met:
             return h
