@@ -136,3 +136,26 @@ def test_find_threshold_equals_a_brute_force_search(backend_models, backend):
     labels = [True] * len(pos) + [False] * len(neg)
     tp = sum(a and b for a, b in zip(predicted, labels))
     assert 2 * tp / (sum(predicted) + sum(labels)) == pytest.approx(found.best.f1)  # the condition does what it scored
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cap_limits_the_projection_and_nothing_else(backend_models, backend):
+    """``cap(u, high=c)``: the recorded activation equals the plain one with its projection on u clipped
+    at c (numpy, from the plain recording); ``low`` likewise; rows under the bound are unchanged."""
+    m = backend_models(backend, "llama")
+    u = np.random.default_rng(5).normal(size=m.hidden_size).astype(np.float32)
+    unit = u / np.linalg.norm(u)
+    plain = m.to_numpy(m.run(PROMPTS[1], record=["layers.1"]).activations["layers.1"])[0].astype(np.float64)
+    p = plain @ unit
+    high, low = float(np.quantile(p, 0.6)), float(np.quantile(p, 0.3))
+    for bounds, clipped in (({"high": high}, np.minimum(p, high)), ({"low": low}, np.maximum(p, low)),
+                            ({"low": low, "high": high}, np.clip(p, low, high))):
+        got = m.to_numpy(m.run(PROMPTS[1], record=["layers.1"], interventions={"layers.1": iv.cap(u, **bounds)})
+                         .activations["layers.1"])[0].astype(np.float64)
+        want = plain + (clipped - p)[:, None] * unit
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        assert not np.allclose(got, plain, atol=1e-3)  # some positions were past the bound
+    with pytest.raises(ValueError, match=r"cap needs low=, high= or both"):
+        iv.cap(u)
+    with pytest.raises(ValueError, match=r"cap low 2\.0 is above high 1\.0"):
+        iv.cap(u, low=2.0, high=1.0)

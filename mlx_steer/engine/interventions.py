@@ -127,6 +127,15 @@ class ProjectOut(Intervention):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Cap(Intervention):
+    """The projection on the unit direction u limited to [low, high]: h += (clip(h . u) - h . u) u."""
+
+    direction: np.ndarray
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Custom(Intervention):
     """``fn(h) -> h`` on the backend's array type; same shape and dtype required."""
 
@@ -204,6 +213,29 @@ def project_out(direction: object, *, positions: object = "all") -> ProjectOut:
     return ProjectOut(positions=as_positions(positions), direction=unit)
 
 
+def cap(direction: object, *, low: float | None = None, high: float | None = None,
+        positions: object = "all") -> Cap:
+    """Limit the activation's projection on ``direction`` (normalized here) to ``[low, high]``
+    (either bound may be None: a one-sided clamp); other directions are untouched.
+
+    Raises:
+        ValueError: no bound, non-finite bounds, ``low > high``, or a zero direction.
+    """
+    d = as_vector(direction, what="direction").astype(np.float64)
+    norm = float(np.linalg.norm(d))
+    if norm == 0.0:
+        raise ValueError("direction has zero norm; cap needs a non-zero direction")
+    if low is None and high is None:
+        raise ValueError("cap needs low=, high= or both (the range the projection is limited to)")
+    lo = None if low is None else _finite_scalar(low, "cap low")
+    hi = None if high is None else _finite_scalar(high, "cap high")
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"cap low {lo} is above high {hi}")
+    unit = (d / norm).astype(np.float32)
+    unit.setflags(write=False)
+    return Cap(positions=as_positions(positions), direction=unit, low=lo, high=hi)
+
+
 def custom(fn: Callable, *, positions: object = "all") -> Custom:
     """Apply ``fn(h) -> h`` (backend arrays, shape (B, L, D)) at the selected positions."""
     if not callable(fn):
@@ -223,7 +255,7 @@ def as_intervention_list(value: object, *, site: str) -> list[Intervention]:
         else:
             raise ValueError(
                 f"intervention for site {site!r} must be made by mlx_steer.interventions "
-                f"(add_vector, scale, set, zero, mean_ablate, ablate_heads, project_out, custom) "
+                f"(add_vector, scale, set, zero, mean_ablate, ablate_heads, project_out, cap, custom) "
                 f"or be a callable, got {type(item).__name__}"
             )
     return out

@@ -131,6 +131,25 @@ class ProjectOutOp(Op):
         return self.xp.astype(hf - (hf @ u)[..., None] * u, h)
 
 
+class CapOp(Op):
+    def __init__(self, spec: iv.Cap, xp: ArrayOps, site: str):
+        super().__init__(spec, xp, site)
+        self.u = _Cast(spec.direction, xp, f32=True)  # computed in fp32, as project_out
+        self.low, self.high = spec.low, spec.high
+
+    def apply(self, h: Array, state: PositionState) -> Array:
+        u = self.u.like(h)
+        self.check_dim(h, u.shape[0])
+        hf = self.xp.float32(h)
+        p = hf @ u
+        clipped = p
+        if self.high is not None:
+            clipped = self.xp.where(clipped > self.high, self.xp.zeros_like(clipped) + self.high, clipped)
+        if self.low is not None:
+            clipped = self.xp.where(clipped < self.low, self.xp.zeros_like(clipped) + self.low, clipped)
+        return self.xp.astype(hf + (clipped - p)[..., None] * u, h)
+
+
 class CustomOp(Op):
     def __init__(self, spec: iv.Custom, xp: ArrayOps, site: str):
         super().__init__(spec, xp, site)
@@ -181,6 +200,9 @@ def compile_op(spec: iv.Intervention, *, xp: ArrayOps, site: str, dim: int | Non
     if isinstance(spec, iv.ProjectOut):
         _check_size(spec.direction.shape[0], dim, site, "direction")
         return ProjectOutOp(spec, xp, site)
+    if isinstance(spec, iv.Cap):
+        _check_size(spec.direction.shape[0], dim, site, "direction")
+        return CapOp(spec, xp, site)
     if isinstance(spec, iv.Custom):
         return CustomOp(spec, xp, site)
     raise ValueError(f"unsupported intervention {spec!r}")
