@@ -16,6 +16,7 @@ MODULES = {
     "norms": {"NormRow", "norm_profile", "relative_scale"},
     "monitor": {"MonitoredGeneration", "Persistence", "projection_monitor", "persistence_run"},
     "sweeps": {"METRICS", "SweepRow", "SweepResult", "sweep"},
+    "thresholds": {"ThresholdRow", "ThresholdSearch", "condition_values", "find_threshold"},
 }
 
 

@@ -77,10 +77,12 @@ def find_threshold(model: Any, positive: Sequence[str], negative: Sequence[str],
 
     Args:
         model: The steerable model.
-        positive, negative: Example prompts.
+        positive: Prompts that should trigger the behaviour.
+        negative: Prompts that should not.
         directions: A SteeringVector (its sites, or ``sites`` of them) or ``{site: direction}``.
         sites: Which of the directions' sites to search (default: all).
-        read, measure: As for :func:`~mlx_steer.engine.conditions.condition`.
+        read: ``"mean"`` or ``"last"``, as for :func:`~mlx_steer.engine.conditions.condition`.
+        measure: ``"cosine"`` or ``"projection"``, likewise.
         chat: Wrap each prompt as a chat user turn (as the condition will see it).
 
     Raises:
