@@ -14,7 +14,6 @@ stream entering a block (``layers.N:input``) at every position, then samples as 
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ import numpy as np
 
 import mlx_steer as ms
 from mlx_steer import analysis
-from mlx_steer.demo.real_model import prepare_smollm2
+from mlx_steer.demo.examples import example_args, example_model_path
 
 # Multi-token prompts: SmolLM2 adds no BOS, so a one-token prompt's last token is position 0, whose
 # residual stream is the attention sink (norm ~700 against ~100 elsewhere) and says little.
@@ -58,13 +57,10 @@ def show(label: str, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the ActAdd walkthrough; returns its vectors, grid and texts (for tests)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct, prepared offline)")
-    ap.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
-    args = ap.parse_args(argv)
+    args = example_args(argv, __doc__)
     cfg = QUICK if args.quick else NORMAL
     t0 = time.perf_counter()
-    model = ms.load(args.model or str(prepare_smollm2(verbose=False)))  # None: the offline SmolLM2
+    model = ms.load(example_model_path(args))
     site = f"layers.{STEER_LAYER}:input"
 
     pos, neg = zip(*PAIRS[: cfg.n_pairs])

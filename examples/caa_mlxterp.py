@@ -13,7 +13,6 @@ mlxterp facade: only the import differs from mlxterp code.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from mlx_steer.compat.mlxterp import InterpretableModel
 from mlx_steer.compat.mlxterp import interventions as iv
-from mlx_steer.demo.real_model import prepare_smollm2
+from mlx_steer.demo.examples import example_args, example_model_path
 
 POSITIVE = [
     "I think this is great",
@@ -95,13 +94,10 @@ def next_token_logits(model: InterpretableModel, prompt: str, interventions: dic
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the tutorial; returns the vectors, logits and texts it printed (for tests)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct, prepared offline)")
-    ap.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
-    args = ap.parse_args(argv)
+    args = example_args(argv, __doc__)
     cfg = QUICK if args.quick else NORMAL
     t0 = time.perf_counter()
-    model = InterpretableModel(args.model or str(prepare_smollm2(verbose=False)))  # None: the offline SmolLM2
+    model = InterpretableModel(example_model_path(args))
 
     # -- Part 1: a steering vector at the middle layer --------------------------------------------
     layer_idx = len(model.layers) // 2

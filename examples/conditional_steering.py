@@ -13,7 +13,6 @@ one topic (cooking), leave every other request exactly as the model answers it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import numpy as np
 
 import mlx_steer as ms
 from mlx_steer import analysis as an
-from mlx_steer.demo.real_model import prepare_smollm2
+from mlx_steer.demo.examples import example_args, example_model_path
 
 DATA = Path(__file__).resolve().parent / "data" / "topic_prompts.json"
 PAIRS = [("I love you", "I hate you"), ("I feel love", "I feel hate"), ("Full of joy", "Full of anger"),
@@ -46,13 +45,10 @@ QUICK = Settings((8, 12), 6, 4, 8, 8.0, 8)
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the walkthrough; returns the search, the decisions and the generations (for tests)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct, prepared offline)")
-    ap.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
-    args = ap.parse_args(argv)
+    args = example_args(argv, __doc__)
     cfg = QUICK if args.quick else NORMAL
     t0 = time.perf_counter()
-    model = ms.load(args.model or str(prepare_smollm2(verbose=False)))
+    model = ms.load(example_model_path(args))
     data = json.loads(DATA.read_text())
     food, other = data["food_train"][: cfg.n_train], data["other_train"][: cfg.n_train]
     test = data["food_test"][: cfg.n_test] + data["other_test"][: cfg.n_test]

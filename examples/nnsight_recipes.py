@@ -15,7 +15,6 @@ Here every edit is a value, ``{site: intervention}``, handed to ``run``, ``gener
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ import numpy as np  # noqa: E402
 from mlx_steer import analysis
 from mlx_steer.vectors import similarity
 from mlx_steer.engine import interventions as iv
-from mlx_steer.demo.real_model import prepare_smollm2
+from mlx_steer.demo.examples import example_args, example_model_path
 
 POSITIVE = [
     "I love this. It makes me so happy and grateful.",
@@ -87,13 +86,10 @@ def answer_logprob(model, interventions: dict | None = None) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run every recipe; returns what each computed (for tests)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct, prepared offline)")
-    ap.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
-    args = ap.parse_args(argv)
+    args = example_args(argv, __doc__)
     cfg = QUICK if args.quick else NORMAL
     t0 = time.perf_counter()
-    model = ms.load(args.model or str(prepare_smollm2(verbose=False)))  # None: the offline SmolLM2
+    model = ms.load(example_model_path(args))
     out: dict = {"model": model, "strength": cfg.strength}
     pos, neg = POSITIVE[: cfg.n_contrast], NEGATIVE[: cfg.n_contrast]
     site = model.resolve(f"layers.{LAYER}").key

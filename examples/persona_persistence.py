@@ -16,7 +16,6 @@ conversation transcript itself writes along them.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ import mlx_steer as ms
 from mlx_steer import analysis
 from mlx_steer.vectors import similarity
 from mlx_steer.engine import interventions as iv
-from mlx_steer.demo.real_model import prepare_smollm2
+from mlx_steer.demo.examples import example_args, example_model_path
 
 SYSTEM = "You are a helpful assistant."  # short, instead of the template's default system prompt
 PERSONAS = {
@@ -90,13 +89,10 @@ def chat_ids(model, messages: list[dict]) -> list[int]:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the walkthrough; returns the persona array, persistence runs and transcript readings."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct, prepared offline)")
-    ap.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
-    args = ap.parse_args(argv)
+    args = example_args(argv, __doc__)
     cfg = QUICK if args.quick else NORMAL
     t0 = time.perf_counter()
-    model = ms.load(args.model or str(prepare_smollm2(verbose=False)))  # None: the offline SmolLM2
+    model = ms.load(example_model_path(args))
     personas, questions = list(PERSONAS)[: cfg.personas], QUESTIONS[: cfg.questions]
 
     print(f"1. persona - plain at the last prompt token, {len(questions)} chat questions, layers {list(cfg.layers)}")

@@ -16,7 +16,6 @@ folder plain mlx-lm loads.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import mlx_steer as ms
-from mlx_steer.demo.real_model import prepare_smollm2
+from mlx_steer.demo.examples import example_model_path, example_parser
 from mlx_steer.export import directional_ablation
 
 DATA = Path(__file__).resolve().parent / "data" / "refusal_instructions.json"
@@ -69,14 +68,12 @@ def rate(flags: list[bool]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the walkthrough; returns the direction, the chosen layer and the table's numbers (for tests)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct, prepared offline)")
+    ap = example_parser(__doc__)
     ap.add_argument("--out", help="where to write the ablated model (default: a temporary folder)")
-    ap.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else NORMAL
     t0 = time.perf_counter()
-    model = ms.load(args.model or str(prepare_smollm2(verbose=False)))
+    model = ms.load(example_model_path(args))
     data = json.loads(DATA.read_text())
     markers = data["refusal_markers"]
     harmful, harmless = data["harmful_train"][: cfg.n_train], data["harmless_train"][: cfg.n_train]

@@ -12,7 +12,7 @@ import pytest
 from mlx_steer import analysis as an
 from mlx_steer.engine import interventions as iv
 from torch_fixtures import *  # noqa: F403  (fixtures)
-from torch_fixtures import BACKENDS
+from torch_fixtures import BACKENDS, prompt_cosines, threshold_between
 
 PROMPTS = ["I love this wonderful day", "The weather is great, happy people walk", "Tell me a story about a cat",
            "sad news", "Paris is the capital of"]
@@ -24,12 +24,8 @@ def _setup(m):
     values, computed here from recorded activations; a steering vector for layers.2."""
     rng = np.random.default_rng(0)
     d = rng.normal(size=m.hidden_size).astype(np.float32)
-    values = []
-    for p in PROMPTS:
-        a = m.to_numpy(m.run(p, record=["layers.1"]).activations["layers.1"])[0].astype(np.float64).mean(0)
-        values.append(float(a @ d / np.linalg.norm(d) / np.linalg.norm(a)))
-    cut = sorted(values)
-    threshold = (cut[len(cut) // 2 - 1] + cut[len(cut) // 2]) / 2  # between two prompts' values: no tie
+    values = prompt_cosines(m, PROMPTS, "layers.1", d)
+    threshold = threshold_between(values)
     steer = iv.add_vector(rng.normal(size=m.hidden_size).astype(np.float32) * 3, positions="generated")
     return iv.condition(d, site="layers.1", threshold=threshold, name="topic"), steer, np.array(values), threshold
 

@@ -132,18 +132,15 @@ def test_served_conditional_steering_decides_per_request(tiny_dir, backend):
     from mlx_steer.serve.planning import Planner
     from mlx_steer.serve.registry import VectorRegistry
     from mlx_steer.serve.schemas import CompletionRequest
+    from torch_fixtures import prompt_cosines, threshold_between
 
     if backend == "torch":
         pytest.importorskip("torch")
     m = ms.load(str(tiny_dir("llama")), backend=backend)
     rng = np.random.default_rng(0)
     d, v = (rng.normal(size=m.hidden_size).astype(np.float32) for _ in range(2))
-    values = []
-    for p in PROMPTS:
-        a = m.to_numpy(m.run(p, record=["layers.1"]).activations["layers.1"])[0].astype(np.float64).mean(0)
-        values.append(float(a @ d / np.linalg.norm(d) / np.linalg.norm(a)))
-    cut = sorted(values)
-    threshold = (cut[len(cut) // 2 - 1] + cut[len(cut) // 2]) / 2  # between two prompts' values: no tie
+    values = prompt_cosines(m, PROMPTS, "layers.1", d)
+    threshold = threshold_between(values)
     assert min(values) < threshold < max(values)  # some requests pass, some do not
     planner = Planner(m, VectorRegistry(m, {"topic": ms.SteeringVector({"model.layers.1": d})}))
     when = {"vector": "topic", "layer": 1, "threshold": threshold}

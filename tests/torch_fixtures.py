@@ -182,3 +182,19 @@ def is_patched(m, path: str) -> bool:
 
 def _is_torch(m) -> bool:
     return type(m).__name__ == "TorchSteerableModel"
+
+
+def prompt_cosines(m, prompts, site, direction):
+    """The oracle of a ``read="mean", measure="cosine"`` condition: each prompt's mean activation at
+    ``site``, recorded alone, against ``direction`` (numpy, float64)."""
+    out = []
+    for p in prompts:
+        a = m.to_numpy(m.run(p, record=[site]).activations[site])[0].astype(np.float64).mean(0)
+        out.append(float(a @ direction / np.linalg.norm(direction) / np.linalg.norm(a)))
+    return out
+
+
+def threshold_between(values):
+    """A threshold between the two middle values: some pass, some do not, none ties."""
+    cut = sorted(values)
+    return (cut[len(cut) // 2 - 1] + cut[len(cut) // 2]) / 2
