@@ -1,0 +1,120 @@
+"""A sparse autoencoder over one site's activations, as numpy: ``encode`` (ReLU, TopK or JumpReLU, as
+SAELens computes them), ``decode``, the reconstruction error, the top features of each token, and a
+feature's decoder direction as a steering vector."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ARCHITECTURES", "SparseAutoencoder"]
+
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+
+
+@dataclass(frozen=True)
+class SparseAutoencoder:
+    """``f = act(x' @ W_enc + b_enc)`` with ``x' = x - b_dec`` when ``apply_b_dec_to_input``, and
+    ``x_hat = f @ W_dec + b_dec``.
+
+    Attributes:
+        W_enc: (d_in, d_sae). b_enc: (d_sae,). W_dec: (d_sae, d_in). b_dec: (d_in,).
+        architecture: ``"standard"`` (ReLU), ``"topk"`` (the ``k`` largest pre-activations, then ReLU)
+            or ``"jumprelu"`` (ReLU where the pre-activation exceeds ``threshold``).
+        k: TopK's k. threshold: JumpReLU's (d_sae,) thresholds.
+        site: The mlx_steer site it reads (``layers.12``).
+        hook_name: The SAELens hook name, kept for the file.
+        apply_b_dec_to_input: Subtract ``b_dec`` before encoding.
+        metadata: Other config entries, kept for the file.
+    """
+
+    W_enc: np.ndarray
+    b_enc: np.ndarray
+    W_dec: np.ndarray
+    b_dec: np.ndarray
+    architecture: str = "standard"
+    k: int | None = None
+    threshold: np.ndarray | None = None
+    site: str = ""
+    hook_name: str | None = None
+    apply_b_dec_to_input: bool = True
+    metadata: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        d_in, d_sae = self.W_enc.shape if self.W_enc.ndim == 2 else (None, None)
+        shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+        for name, want in shapes.items():
+            got = getattr(self, name).shape
+            if d_in is None or got != want:
+                raise ValueError(f"SAE {name} has shape {got}; with W_enc (d_in, d_sae) = {self.W_enc.shape} it "
+                                 f"must be {want}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown SAE architecture {self.architecture!r}; valid: {', '.join(ARCHITECTURES)}")
+        if self.architecture == "topk" and not (isinstance(self.k, int) and 0 < self.k <= int(d_sae)):
+            raise ValueError(f"a topk SAE needs k in 1..{d_sae}, got {self.k!r}")
+        if self.architecture == "jumprelu" and (self.threshold is None or self.threshold.shape != (d_sae,)):
+            raise ValueError(f"a jumprelu SAE needs a ({d_sae},) threshold")
+
+    @property
+    def d_in(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.W_enc.shape[1])
+
+    def pre_activations(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"activations have width {x.shape[-1]}; this SAE reads width {self.d_in} at {self.site}")
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Feature activations (..., d_sae) of activations (..., d_in), float32."""
+        pre = self.pre_activations(x)
+        if self.architecture == "standard":
+            return np.maximum(pre, 0.0)
+        if self.architecture == "jumprelu":
+            assert self.threshold is not None
+            return np.where(pre > self.threshold, np.maximum(pre, 0.0), 0.0).astype(np.float32)
+        assert self.k is not None
+        idx = np.argpartition(pre, -self.k, axis=-1)[..., -self.k:]
+        out = np.zeros_like(pre)
+        np.put_along_axis(out, idx, np.maximum(np.take_along_axis(pre, idx, axis=-1), 0.0), axis=-1)
+        return out
+
+    def decode(self, f: np.ndarray) -> np.ndarray:
+        """Reconstructed activations (..., d_in) of features (..., d_sae)."""
+        return np.asarray(f, dtype=np.float32) @ self.W_dec + self.b_dec
+
+    def reconstruction(self, x: np.ndarray) -> dict[str, float]:
+        """How well it reconstructs ``x`` (..., d_in): mean squared error, the fraction of variance it
+        explains (1 - MSE / variance around the mean), and the mean number of active features (L0)."""
+        x = np.asarray(x, dtype=np.float64).reshape(-1, self.d_in)
+        f = self.encode(x)
+        err = x - self.decode(f).astype(np.float64)
+        var = ((x - x.mean(0)) ** 2).sum(-1).mean()
+        mse = (err**2).sum(-1).mean()
+        return {"mse": float(mse / self.d_in), "explained_variance": float(1.0 - mse / var) if var > 0 else 0.0,
+                "l0": float((f > 0).sum(-1).mean())}
+
+    def top_features(self, x: np.ndarray, k: int = 5) -> list[list[tuple[int, float]]]:
+        """Per row of ``x`` (L, d_in): its ``k`` most active features ``(index, activation)``, largest first."""
+        f = self.encode(np.atleast_2d(x))
+        order = np.argsort(-f, axis=-1)[:, :k]
+        return [[(int(i), float(row[i])) for i in idx if row[i] > 0] for row, idx in zip(f, order)]
+
+    def feature_vector(self, model: Any, feature: int) -> Any:
+        """Feature ``feature``'s decoder row as a SteeringVector at this SAE's site of ``model`` (add it
+        with a scale to steer by the feature)."""
+        from ..vectors.steering_vector import SteeringVector
+
+        if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= int(feature) < self.d_sae:
+            raise ValueError(f"feature {feature!r} out of range for {self.d_sae} features; valid: 0..{self.d_sae - 1}")
+        site = model.resolve(self.site)
+        return SteeringVector({site.path: self.W_dec[int(feature)].astype(np.float32)}, hook_point=site.point,
+                              method=f"sae_feature_{int(feature)}", model_id=model.model_id)
