@@ -115,3 +115,32 @@ def test_both_backends_give_the_same_features_and_a_feature_steers_as_its_vector
         S.load_sae(S.save_sae(_random("standard", d=32), tmp_path / "narrow"), model=mx_m)
     with pytest.raises(ValueError, match=r"feature 96 out of range for 96 features"):
         sae.feature_vector(mx_m, 96)
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+@pytest.mark.parametrize("arch", S.ARCHITECTURES)
+def test_clamp_sets_one_feature_and_keeps_the_rest(backend_models, backend, arch):
+    """Recorded at the site: ``x + (v - f_j(x)) W_dec[j]`` (numpy, the SAE's own encode), so decoding it
+    gives feature j at v and the other features' reconstruction plus the same error; clamping a position
+    to its own value leaves the site as it was."""
+    m = backend_models(backend, "llama")
+    rng = np.random.default_rng(4)
+    plain = m.to_numpy(m.run("I love this wonderful day", record=["layers.1"]).activations["layers.1"])[0]
+    # an SAE fitted loosely to these activations, so features fire on some tokens and not on others
+    base = _random(arch, seed=3)
+    sae = S.SparseAutoencoder(base.W_enc, base.b_enc, base.W_dec, plain.mean(0).astype(np.float32),
+                              architecture=arch, k=base.k, threshold=base.threshold, site="layers.1")
+    f = sae.encode(plain)
+    j = int(np.argmax((f > 0).sum(0)))
+    assert 0 < (f[:, j] > 0).sum() <= len(f)
+    for value in (0.0, 2.5):
+        got = m.to_numpy(m.run("I love this wonderful day", record=["layers.1"], interventions=sae.clamp(j, value))
+                         .activations["layers.1"])[0]
+        want = plain + (value - f[:, j])[:, None] * sae.W_dec[j]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    p = int(np.argmax(f[:, j]))
+    same = m.to_numpy(m.run("I love this wonderful day", record=["layers.1"],
+                            interventions=sae.clamp(j, float(f[p, j]), positions=[p])).activations["layers.1"])[0]
+    np.testing.assert_allclose(same, plain, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"clamp value must be finite"):
+        sae.clamp(j, float("nan"))

@@ -70,3 +70,6 @@ class ArrayOps(Protocol):
 
     def truth(self, flag: Array) -> bool:
         """Read a scalar flag (syncs)."""
+
+    def kth_largest(self, x: Array, k: int) -> Array:
+        """(..., 1): the k-th largest value along the last axis (a TopK SAE's cut)."""

@@ -136,6 +136,21 @@ class Cap(Intervention):
 
 
 @dataclass(frozen=True, kw_only=True)
+class FeatureClamp(Intervention):
+    """One sparse-autoencoder feature set to ``value``, the SAE's reconstruction error kept:
+    ``h += (value - f(h)) * decoder``, with ``f(h)`` the feature's activation (see
+    :meth:`mlx_steer.sae.SparseAutoencoder.clamp`)."""
+
+    encoder: np.ndarray  # (D,): the feature's column of W_enc
+    bias: float  # its b_enc entry
+    decoder: np.ndarray  # (D,): its row of W_dec
+    value: float
+    input_shift: np.ndarray | None = None  # b_dec, subtracted before encoding
+    threshold: float | None = None  # JumpReLU
+    topk: tuple[np.ndarray, np.ndarray, int] | None = None  # (W_enc, b_enc, k) of a TopK SAE
+
+
+@dataclass(frozen=True, kw_only=True)
 class Custom(Intervention):
     """``fn(h) -> h`` on the backend's array type; same shape and dtype required."""
 

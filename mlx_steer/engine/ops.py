@@ -150,6 +150,31 @@ class CapOp(Op):
         return self.xp.astype(hf + (clipped - p)[..., None] * u, h)
 
 
+class FeatureClampOp(Op):
+    def __init__(self, spec: iv.FeatureClamp, xp: ArrayOps, site: str):
+        super().__init__(spec, xp, site)
+        self.enc, self.dec = _Cast(spec.encoder, xp, f32=True), _Cast(spec.decoder, xp, f32=True)
+        self.shift = None if spec.input_shift is None else _Cast(spec.input_shift, xp, f32=True)
+        self.bias, self.value, self.threshold = spec.bias, spec.value, spec.threshold
+        self.topk = None if spec.topk is None else (_Cast(spec.topk[0], xp, f32=True),
+                                                    _Cast(spec.topk[1], xp, f32=True), spec.topk[2])
+
+    def apply(self, h: Array, state: PositionState) -> Array:
+        dec = self.dec.like(h)
+        self.check_dim(h, dec.shape[0])
+        x = self.xp.float32(h)
+        xin = x if self.shift is None else x - self.shift.like(h)
+        pre = xin @ self.enc.like(h) + self.bias  # (B, L): this feature's pre-activation
+        on = pre > 0
+        if self.threshold is not None:
+            on = on & (pre > self.threshold)
+        if self.topk is not None:  # active only among the k largest pre-activations
+            w, b, k = self.topk
+            on = on & (pre >= self.xp.kth_largest(xin @ w.like(h) + b.like(h), k)[..., 0])
+        f = self.xp.where(on, pre, self.xp.zeros_like(pre))
+        return self.xp.astype(x + (self.value - f)[..., None] * dec, h)
+
+
 class CustomOp(Op):
     def __init__(self, spec: iv.Custom, xp: ArrayOps, site: str):
         super().__init__(spec, xp, site)
@@ -203,6 +228,9 @@ def compile_op(spec: iv.Intervention, *, xp: ArrayOps, site: str, dim: int | Non
     if isinstance(spec, iv.Cap):
         _check_size(spec.direction.shape[0], dim, site, "direction")
         return CapOp(spec, xp, site)
+    if isinstance(spec, iv.FeatureClamp):
+        _check_size(spec.decoder.shape[0], dim, site, "SAE feature")
+        return FeatureClampOp(spec, xp, site)
     if isinstance(spec, iv.Custom):
         return CustomOp(spec, xp, site)
     raise ValueError(f"unsupported intervention {spec!r}")

@@ -113,8 +113,37 @@ class SparseAutoencoder:
         with a scale to steer by the feature)."""
         from ..vectors.steering_vector import SteeringVector
 
+        j = self._feature(feature)
+        site = model.resolve(self.site)
+        return SteeringVector({site.path: self.W_dec[j].astype(np.float32)}, hook_point=site.point,
+                              method=f"sae_feature_{j}", model_id=model.model_id)
+
+    def _feature(self, feature: object) -> int:
         if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= int(feature) < self.d_sae:
             raise ValueError(f"feature {feature!r} out of range for {self.d_sae} features; valid: 0..{self.d_sae - 1}")
-        site = model.resolve(self.site)
-        return SteeringVector({site.path: self.W_dec[int(feature)].astype(np.float32)}, hook_point=site.point,
-                              method=f"sae_feature_{int(feature)}", model_id=model.model_id)
+        return int(feature)
+
+    def clamp(self, feature: int, value: float, *, positions: object = "all") -> dict[str, Any]:
+        """Interventions that set ``feature`` to ``value`` at this SAE's site (encode, set, decode, with the
+        SAE's reconstruction error added back, so nothing else of the activation changes): for
+        ``run/generate(interventions=...)``, per row with ``for_rows``, gated with ``when``.
+        ``value=0`` switches the feature off where it fires."""
+        from ..engine import interventions as iv
+
+        j = self._feature(feature)
+        v = float(value)
+        if not np.isfinite(v):
+            raise ValueError(f"clamp value must be finite, got {value!r}")
+        spec = iv.FeatureClamp(
+            positions=iv.as_positions(positions), encoder=np.ascontiguousarray(self.W_enc[:, j]),
+            bias=float(self.b_enc[j]), decoder=np.ascontiguousarray(self.W_dec[j]), value=v,
+            input_shift=self.b_dec if self.apply_b_dec_to_input else None,
+            threshold=None if self.threshold is None else float(self.threshold[j]),
+            topk=None if self.architecture != "topk" else (self.W_enc, self.b_enc, int(self.k or 0)))
+        return {self.site: spec}
+
+    def add(self, feature: int, scale: float, *, positions: object = "all") -> dict[str, Any]:
+        """Interventions adding ``scale`` times ``feature``'s decoder row at this SAE's site."""
+        from ..engine import interventions as iv
+
+        return {self.site: iv.add_vector(self.W_dec[self._feature(feature)], scale=scale, positions=positions)}

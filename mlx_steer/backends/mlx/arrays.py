@@ -77,5 +77,8 @@ class MLXArrays:
     def truth(self, flag: mx.array) -> bool:
         return bool(flag.item())
 
+    def kth_largest(self, x: mx.array, k: int) -> mx.array:
+        return mx.topk(x, k, axis=-1).min(axis=-1, keepdims=True)
+
 
 XP = MLXArrays()

@@ -76,5 +76,8 @@ class TorchArrays:
     def truth(self, flag: torch.Tensor) -> bool:
         return bool(flag.item())
 
+    def kth_largest(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        return torch.topk(x, k, dim=-1).values.min(dim=-1, keepdim=True).values
+
 
 XP = TorchArrays()
