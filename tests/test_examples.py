@@ -265,3 +265,17 @@ def test_conditional_steering_walkthrough(quick):
         assert r["gated"].token_ids[i] == want.token_ids[0], i
     assert r["accuracy"] == pytest.approx(np.mean([a == b for a, b in zip(r["met"], r["truth"])]))
     assert any(r["met"]) and not all(r["met"])
+
+
+def test_sae_features_walkthrough(quick):
+    """The top features are the SAE's encoding of the recorded prompt, ranked; the steered text is the
+    generation with the feature's decoder row added by hand; the feature is one that fired on the word."""
+    module, r = quick("sae_features")
+    m, sae, f = r["model"], r["sae"], r["feature"]
+    enc = sae.encode(r["acts"])
+    for row, feats in zip(enc, r["top"]):
+        assert [i for i, _ in feats] == [int(i) for i in np.argsort(-row)[: len(feats)]]
+    assert enc[r["where"], f] > 0
+    by_hand = m.generate(module.STEER_PROMPT, chat=True, max_tokens=8,
+                         interventions={sae.site: niv.add_vector(sae.W_dec[f], scale=r["scale"], positions="generated")})
+    assert r["steered"] == by_hand

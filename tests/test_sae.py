@@ -144,3 +144,34 @@ def test_clamp_sets_one_feature_and_keeps_the_rest(backend_models, backend, arch
     np.testing.assert_allclose(same, plain, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"clamp value must be finite"):
         sae.clamp(j, float("nan"))
+
+
+def test_training_a_topk_sae_learns_and_the_cli_writes_it(shared_models, tiny_dir, tmp_path, capsys):
+    """On a tiny model's activations: the trained SAE reconstructs held-out tokens far better than its
+    start (the decoder bias alone explains nothing), the same seed trains the same SAE, and
+    ``mlx-steer sae train`` writes a folder load_sae reads, with the report."""
+    from mlx_steer.cli import main
+
+    m = shared_models("llama")
+    prompts = [f"{a} {b} number {i}" for i, (a, b) in enumerate(
+        [("I love", "the sun"), ("The weather", "is great"), ("Tell me", "a story"), ("Paris is", "lovely")] * 6)]
+    acts = S.record_tokens(m, prompts, site="layers.2")
+    assert acts.shape[1] == m.hidden_size and len(acts) == sum(len(m.encode(p)) - 1 for p in prompts)
+    sae, report = S.train_topk_sae(acts, features=64, k=8, site="layers.2", epochs=30, batch_tokens=64, seed=1)
+    again, _ = S.train_topk_sae(acts, features=64, k=8, site="layers.2", epochs=30, batch_tokens=64, seed=1)
+    np.testing.assert_array_equal(sae.W_dec, again.W_dec)
+    assert report.explained_variance > 0.5 and report.l0 <= 8 and 0 <= report.dead_fraction < 1
+    np.testing.assert_allclose(np.linalg.norm(sae.W_dec, axis=1), 1.0, rtol=1e-4)
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "sae"
+    assert main(["sae", "train", "--model", str(tiny_dir("llama")), "--site", "layers.2", "--prompts",
+                 str(tmp_path / "prompts.txt"), "--features", "64", "--k", "8", "--epochs", "5", "--batch-tokens",
+                 "64", "-o", str(out)]) == 0
+    assert "explained variance" in capsys.readouterr().out
+    loaded = S.load_sae(out, model=m)
+    assert (loaded.architecture, loaded.k, loaded.site, loaded.d_sae) == ("topk", 8, "layers.2", 64)
+    assert json.loads((out / "training.json").read_text())["prompts"] == len(prompts)
+    with pytest.raises(SystemExit):
+        main(["sae", "train", "--model", str(tiny_dir("llama")), "--site", "layers.2", "--prompts",
+              str(tmp_path / "prompts.txt"), "--features", "4", "--k", "8", "-o", str(tmp_path / "x")])
+    assert "--k 8 is more than --features 4" in capsys.readouterr().err
