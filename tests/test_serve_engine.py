@@ -158,6 +158,39 @@ def test_served_conditional_steering_decides_per_request(tiny_dir, backend):
         assert plan.steering[0]["when"]["threshold"] == threshold
 
 
+def test_served_sae_features_are_added_and_clamped(load_tiny):
+    """``steering: [{"sae": NAME, "feature": f, "scale": s}]`` adds the feature's decoder row,
+    ``"clamp": v`` sets the feature: the tokens are the library's with the same SAE interventions."""
+    from mlx_steer import sae as S
+    from mlx_steer.serve.planning import FieldError, Planner
+    from mlx_steer.serve.registry import VectorRegistry
+    from mlx_steer.serve.schemas import CompletionRequest
+
+    m = load_tiny("llama")
+    rng = np.random.default_rng(6)
+    F = 32
+    sae = S.SparseAutoencoder(rng.normal(size=(m.hidden_size, F)).astype(np.float32) / 4, np.zeros(F, np.float32),
+                              rng.normal(size=(F, m.hidden_size)).astype(np.float32), np.zeros(m.hidden_size, np.float32),
+                              site="layers.1")
+    planner = Planner(m, VectorRegistry(m), saes={"toy": sae})
+    cases = [({"sae": "toy", "feature": 3, "scale": 5.0}, sae.add(3, 5.0)),
+             ({"sae": "toy", "feature": 3, "clamp": 6.0, "positions": "generated"},
+              sae.clamp(3, 6.0, positions="generated"))]
+    plans = [planner.completion(CompletionRequest(model="m", prompt="I love", max_tokens=6, temperature=0.0,
+                                                  steering=[entry])) for entry, _ in cases]
+    events, _ = run_jobs(m, [p.job for p in plans])
+    for i, (_, spec) in enumerate(cases):
+        want = m.generate_tokens(plans[i].job.prompt, max_tokens=6, interventions=spec)
+        assert [e.token for e in events[i] if isinstance(e, Token)] == want, i
+        assert want != m.generate_tokens(plans[i].job.prompt, max_tokens=6)  # the feature steers
+    assert plans[1].steering[0]["sae"] == "toy" and plans[1].steering[0]["clamp"] == 6.0
+    for entry, message in (({"sae": "nope", "feature": 1}, r"unknown SAE 'nope'; registered: toy"),
+                           ({"sae": "toy", "feature": 99}, r"feature 99 out of range for 32 features"),
+                           ({"sae": "toy"}, r"needs both sae"), ({"sae": "toy", "feature": 1, "vector": "x"}, r"not both")):
+        with pytest.raises(FieldError, match=message):
+            planner.completion(CompletionRequest(model="m", prompt="I love", max_tokens=4, steering=[entry]))
+
+
 def test_text_stream_holds_back_partial_characters_and_stop_strings():
     pieces = {1: "Hel", 2: "lo", 3: " wo", 4: "rld", 5: "\ufffd", 6: "é!"}
 

@@ -38,6 +38,7 @@ def create_app(
     prefill_batch: int = 8,
     max_queue: int = 64,
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
+    saes: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``model`` with per-request steering.
 
@@ -54,13 +55,16 @@ def create_app(
         prefill_batch: Prompts prefilled together.
         max_queue: Requests held at most (running and waiting); more get 429.
         default_max_tokens: ``max_tokens`` when a request gives none.
+        saes: Registered sparse autoencoders (``{name: SparseAutoencoder}``): a steering entry adds or
+            clamps one of their features.
 
     Raises:
         ValueError: bad limits, or a vector that does not fit the model.
     """
     registry = vectors if isinstance(vectors, VectorRegistry) else VectorRegistry(model, vectors)
     engine = Engine(model, max_batch=max_batch, prefill_batch=prefill_batch, max_queue=max_queue)
-    planner = Planner(model, registry, context_length=context_length, default_max_tokens=default_max_tokens)
+    planner = Planner(model, registry, context_length=context_length, default_max_tokens=default_max_tokens,
+                      saes=saes)
     state = ServerState(model, model_id, engine, planner, registry, api_key=api_key or None, backend=backend,
                         created=int(time.time()))
 

@@ -58,6 +58,8 @@ def fill(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--vector", action="append", default=[], metavar="NAME=FILE",
                     help="register a vector file (.safetensors or .gguf) under NAME (repeat for several)")
     sp.add_argument("--vectors-dir", metavar="DIR", help="register every vector file in DIR under its file stem")
+    sp.add_argument("--sae", action="append", default=[], metavar="NAME=DIR",
+                    help="register a sparse autoencoder (SAELens layout) under NAME: requests add or clamp its features")
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     sp.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
     sp.add_argument("--api-key", metavar="KEY", default=None,
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise ImportError(f"mlx-steer serve needs {', '.join(missing)}: pip install fastapi uvicorn sse-starlette "
                           "(the 'serve' extra)")
     specs = [_vector_spec(text) for text in args.vector]
+    sae_specs = [_sae_spec(text) for text in args.sae]
     if args.vectors_dir is not None and not Path(args.vectors_dir).is_dir():
         raise FileNotFoundError(f"--vectors-dir: no such folder: {args.vectors_dir}")
     _check_listen(args.host, args.port)
@@ -95,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
         registry.add_file(name, path)
     if args.vectors_dir is not None:
         registry.add_dir(args.vectors_dir)
-    app = create_app(model, model_id=args.model, vectors=registry, api_key=api_key, backend=backend,
+    from ..sae import load_sae
+
+    saes = {name: load_sae(folder, model=model) for name, folder in sae_specs}
+    app = create_app(model, model_id=args.model, vectors=registry, api_key=api_key, backend=backend, saes=saes,
                      context_length=context_length_of(Path(args.model).expanduser()), max_batch=args.max_batch,
                      max_queue=args.max_queue, default_max_tokens=args.max_tokens)
     if not _loopback(args.host) and api_key is None:
@@ -109,6 +115,18 @@ def run(args: argparse.Namespace) -> int:
 
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def _sae_spec(text: str) -> tuple[str, Path]:
+    from .registry import NAME
+
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder or not NAME.match(name):
+        raise ValueError(f"--sae {text!r}: expected NAME=DIR (a name of 1-64 letters, digits, '_', '.' or '-')")
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"--sae {name}: no such folder: {folder}")
+    return name, path
 
 
 def _vector_spec(text: str) -> tuple[str, Path]:

@@ -7,6 +7,8 @@ web layer turns them into 400 responses. Nothing here runs the model or knows ab
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -54,8 +56,8 @@ class Planner:
     """
 
     def __init__(self, model: Any, vectors: VectorRegistry, *, context_length: int | None = None,
-                 default_max_tokens: int = DEFAULT_MAX_TOKENS):
-        self.model, self.vectors = model, vectors
+                 default_max_tokens: int = DEFAULT_MAX_TOKENS, saes: Mapping[str, Any] | None = None):
+        self.model, self.vectors, self.saes = model, vectors, dict(saes or {})
         self.context_length, self.default_max_tokens = context_length, default_max_tokens
 
     # -- requests ------------------------------------------------------------------------------
@@ -146,7 +148,9 @@ class Planner:
             if top is not None and top >= limit:
                 raise FieldError(f"{where}.positions", f"position {top} is never reached: prompt + max_tokens is "
                                  f"{limit} tokens (valid: 0..{limit - 1})")
-            if isinstance(spec.vector, str):
+            if spec.sae is not None or spec.feature is not None or spec.clamp is not None:
+                name, ivs, sites = f"sae:{spec.sae}", *self._sae(spec, pos, where)
+            elif isinstance(spec.vector, str):
                 name, ivs, sites = spec.vector, *self._named(spec, pos, where)
             elif isinstance(spec.vector, list):
                 name, ivs, sites = "inline", *self._inline(spec, pos, where)
@@ -155,6 +159,8 @@ class Planner:
                                  f"got {type(spec.vector).__name__}")
             entry = {"vector": name, "scale": spec.scale, "layers": [self._layer_index(s) for s in sites],
                      "positions": str(pos)}
+            if spec.sae is not None:
+                entry.update(sae=spec.sae, feature=spec.feature, clamp=spec.clamp)
             if spec.when is not None:
                 rule, entry["when"] = self._condition(spec.when, f"{where}.when", name=where)
                 ivs = {key: intervention.when(rule) for key, intervention in ivs.items()}
@@ -178,6 +184,24 @@ class Planner:
             return vec.select(sites).to_interventions(scale=spec.scale, positions=pos), sites
         except ValueError as exc:
             raise FieldError(f"{where}.positions", str(exc)) from None
+
+    def _sae(self, spec: SteeringSpec, pos: Positions, where: str) -> tuple[dict, list[str]]:
+        """An SAE feature added (``scale``) or clamped (``clamp``) at the SAE's own site."""
+        if spec.sae is None or spec.feature is None:
+            raise FieldError(f"{where}.sae", "SAE steering needs both sae (a registered SAE's name) and feature")
+        if spec.vector is not None or spec.layers is not None:
+            raise FieldError(f"{where}.vector", "give vector or sae, not both (an SAE steers at its own site: no layers)")
+        sae = self.saes.get(spec.sae)
+        if sae is None:
+            known = ", ".join(self.saes) or "none (start the server with --sae NAME=DIR)"
+            raise FieldError(f"{where}.sae", f"unknown SAE {spec.sae!r}; registered: {known}", code="unknown_sae")
+        try:
+            ivs = sae.add(spec.feature, spec.scale, positions=pos) if spec.clamp is None else \
+                sae.clamp(spec.feature, spec.clamp, positions=pos)
+        except ValueError as exc:
+            raise FieldError(f"{where}.feature", str(exc)) from None
+        site = self.model.resolve(sae.site)
+        return {site.key: ivs[sae.site]}, [site.path]
 
     def _inline(self, spec: SteeringSpec, pos: Positions, where: str) -> tuple[dict, list[str]]:
         values = spec.vector

@@ -42,7 +42,10 @@ class SteeringSpec(_Strict):
     (see :mod:`mlx_steer.serve.planning`), where the field at fault is named.
     """
 
-    vector: Any = Field(description="a registered vector's name, or an inline list of hidden_size floats")
+    vector: Any = Field(None, description="a registered vector's name, or an inline list of hidden_size floats")
+    sae: str | None = Field(None, description="instead of vector: a registered SAE's name (with feature)")
+    feature: int | None = Field(None, ge=0, description="the SAE feature to add (scale) or clamp")
+    clamp: float | None = Field(None, ge=-1e4, le=1e4, description="set the SAE feature to this value instead of adding")
     scale: float = Field(1.0, ge=-1e4, le=1e4)
     layers: list[int | str] | None = Field(None, min_length=1, max_length=512)
     positions: Any = Field("all", description='"all" | "last" | "prompt" | "generated" | int | [int, ...] | '
