@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = example_parser(__doc__)
     ap.add_argument("--sae", help="a trained SAE folder (default: train a small one here)")
     ap.add_argument("--word", default="pizza", help="the prompt's word whose top feature steers (default pizza)")
+    ap.add_argument("--feature", type=int, default=None, help="the feature to steer with (default: chosen at --word)")
     ap.add_argument("--scale", type=float, default=None, help="how much of the feature to add (default: 4x its "
                     "activation on the word)")
     args = ap.parse_args(argv)
@@ -68,9 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     f_all = sae.encode(acts)
     common = (f_all > 0).mean(0)  # a feature firing on most tokens says little about this word
     candidates = [f for f, _ in top[where] if common[f] < 0.5] or [top[where][0][0]]
-    feature = int(candidates[0])
+    feature = int(candidates[0]) if args.feature is None else sae.check_feature(args.feature)
     scale = args.scale if args.scale is not None else 4.0 * float(f_all[where, feature])
-    print(f"\n2. feature #{feature} (top at {pieces[where]!r}, fires on {100 * common[feature]:.0f} % of the prompt's "
+    print(f"\n2. feature #{feature} ({f_all[where, feature]:.1f} at {pieces[where]!r}, fires on {100 * common[feature]:.0f} % of the prompt's "
           f"tokens), added x {scale:.1f} on the generated tokens of {STEER_PROMPT!r}")
     n = 8 if args.quick else 40
     plain = model.generate(STEER_PROMPT, chat=True, max_tokens=n)

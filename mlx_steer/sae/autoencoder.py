@@ -113,12 +113,13 @@ class SparseAutoencoder:
         with a scale to steer by the feature)."""
         from ..vectors.steering_vector import SteeringVector
 
-        j = self._feature(feature)
+        j = self.check_feature(feature)
         site = model.resolve(self.site)
         return SteeringVector({site.path: self.W_dec[j].astype(np.float32)}, hook_point=site.point,
                               method=f"sae_feature_{j}", model_id=model.model_id)
 
-    def _feature(self, feature: object) -> int:
+    def check_feature(self, feature: object) -> int:
+        """``feature`` as an index of this SAE (ValueError naming the valid range)."""
         if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= int(feature) < self.d_sae:
             raise ValueError(f"feature {feature!r} out of range for {self.d_sae} features; valid: 0..{self.d_sae - 1}")
         return int(feature)
@@ -130,7 +131,7 @@ class SparseAutoencoder:
         ``value=0`` switches the feature off where it fires."""
         from ..engine import interventions as iv
 
-        j = self._feature(feature)
+        j = self.check_feature(feature)
         v = float(value)
         if not np.isfinite(v):
             raise ValueError(f"clamp value must be finite, got {value!r}")
@@ -146,4 +147,4 @@ class SparseAutoencoder:
         """Interventions adding ``scale`` times ``feature``'s decoder row at this SAE's site."""
         from ..engine import interventions as iv
 
-        return {self.site: iv.add_vector(self.W_dec[self._feature(feature)], scale=scale, positions=positions)}
+        return {self.site: iv.add_vector(self.W_dec[self.check_feature(feature)], scale=scale, positions=positions)}
