@@ -66,7 +66,7 @@ def load_sae(path_or_repo: str | os.PathLike, *, subfolder: str | None = None, s
     if missing:
         raise ValueError(f"{folder} is not an SAE folder in SAELens's layout: {', '.join(missing)} missing")
     cfg = json.loads((folder / CONFIG).read_text())
-    meta = cfg.get("metadata") or {}
+    meta = cfg.get("meta") or cfg.get("metadata") or {}  # SAELens 6 writes "meta"
     hook = cfg.get("hook_name") or meta.get("hook_name")
     arch = cfg.get("architecture") or {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}.get(
         cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu")
@@ -79,7 +79,7 @@ def load_sae(path_or_repo: str | os.PathLike, *, subfolder: str | None = None, s
     absent = [n for n in need if n not in weights]
     if absent:
         raise ValueError(f"{folder / WEIGHTS} lacks {', '.join(absent)}")
-    where = site or site_of_hook(str(hook or ""))
+    where = site or cfg.get("mlx_steer_site") or site_of_hook(str(hook or ""))
     f32 = {n: weights[n].astype(np.float32) for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
     sae = SparseAutoencoder(
         f32["W_enc"], f32["b_enc"], f32["W_dec"], f32["b_dec"], architecture=arch,
@@ -103,8 +103,8 @@ def check_fits(sae: SparseAutoencoder, model: Any) -> None:
 
 
 _WRITTEN = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
-            "reshape_activations", "metadata", "hook_name", "k", "activation_fn_str", "activation_fn",
-            "activation_fn_kwargs"}
+            "reshape_activations", "meta", "metadata", "hook_name", "k", "activation_fn_str", "activation_fn",
+            "activation_fn_kwargs", "mlx_steer_site"}
 
 
 def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike, *, model_name: str | None = None) -> Path:
@@ -118,10 +118,12 @@ def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike, *, model_name: s
         tensors["threshold"] = np.ascontiguousarray(sae.threshold, dtype=np.float32)
     save_file(tensors, str(out / WEIGHTS))
     hook = sae.hook_name or hook_name_of(sae.site)
+    layer = int(hook.split(".")[1]) if hook and hook.startswith("blocks.") else None
+    # SAELens 6 reads the config's own fields and "meta" (an SAEMetadata: only its fields); the rest it skips
     cfg = {**(sae.metadata or {}), "architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
            "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": sae.apply_b_dec_to_input,
            "normalize_activations": "none", "reshape_activations": "none", "hook_name": hook,
-           "metadata": {"hook_name": hook, "model_name": model_name, "mlx_steer_site": sae.site}}
+           "meta": {"hook_name": hook, "model_name": model_name, "hook_layer": layer}, "mlx_steer_site": sae.site}
     if sae.k is not None:
         cfg["k"] = sae.k
     (out / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
