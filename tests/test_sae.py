@@ -53,6 +53,7 @@ def test_encode_decode_equal_the_equations_and_the_layout_round_trips(tmp_path, 
     # what SAELens 6 reads: its SAEConfig fields and a "meta" holding only SAEMetadata's fields
     assert cfg["meta"] == {"hook_name": "blocks.1.hook_resid_post", "model_name": "tiny", "hook_layer": 1}
     assert {"normalize_activations", "reshape_activations", "apply_b_dec_to_input", "dtype", "device"} <= set(cfg)
+    assert cfg["sae_lens_version"] == "6.0.0"  # read as a 6.x file, not converted as an older one
     back = S.load_sae(folder)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         np.testing.assert_array_equal(getattr(back, name), getattr(sae, name))
@@ -68,7 +69,7 @@ def test_older_config_names_and_refusals(tmp_path):
     sae = _random("topk")
     folder = S.save_sae(sae, tmp_path / "old")
     cfg = json.loads((folder / "cfg.json").read_text())
-    for key in ("architecture", "k", "meta", "mlx_steer_site"):
+    for key in ("architecture", "k", "meta", "mlx_steer_site", "sae_lens_version"):
         cfg.pop(key)
     cfg.update(activation_fn_str="topk", activation_fn_kwargs={"k": 8}, hook_name="blocks.3.hook_resid_pre")
     (folder / "cfg.json").write_text(json.dumps(cfg))

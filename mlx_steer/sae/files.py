@@ -104,7 +104,7 @@ def check_fits(sae: SparseAutoencoder, model: Any) -> None:
 
 _WRITTEN = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
             "reshape_activations", "meta", "metadata", "hook_name", "k", "activation_fn_str", "activation_fn",
-            "activation_fn_kwargs", "mlx_steer_site"}
+            "activation_fn_kwargs", "mlx_steer_site", "sae_lens_version"}
 
 
 def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike, *, model_name: str | None = None) -> Path:
@@ -119,8 +119,9 @@ def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike, *, model_name: s
     save_file(tensors, str(out / WEIGHTS))
     hook = sae.hook_name or hook_name_of(sae.site)
     layer = int(hook.split(".")[1]) if hook and hook.startswith("blocks.") else None
-    # SAELens 6 reads the config's own fields and "meta" (an SAEMetadata: only its fields); the rest it skips
-    cfg = {**(sae.metadata or {}), "architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
+    # SAELens 6 reads the config's own fields and "meta" (an SAEMetadata: only its fields), the rest it skips;
+    # without a sae_lens_version of 6 or later it would convert the file as one written before 6.0
+    cfg = {**(sae.metadata or {}), "sae_lens_version": "6.0.0", "architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
            "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": sae.apply_b_dec_to_input,
            "normalize_activations": "none", "reshape_activations": "none", "hook_name": hook,
            "meta": {"hook_name": hook, "model_name": model_name, "hook_layer": layer}, "mlx_steer_site": sae.site}
