@@ -50,8 +50,9 @@ def test_encode_decode_equal_the_equations_and_the_layout_round_trips(tmp_path, 
     folder = S.save_sae(sae, tmp_path / arch, model_name="tiny")
     cfg = json.loads((folder / "cfg.json").read_text())
     assert (cfg["architecture"], cfg["d_in"], cfg["d_sae"], cfg["hook_name"]) == (arch, D, F, "blocks.1.hook_resid_post")
-    # what SAELens 6 reads: its SAEConfig fields and a "meta" holding only SAEMetadata's fields
-    assert cfg["meta"] == {"hook_name": "blocks.1.hook_resid_post", "model_name": "tiny", "hook_layer": 1}
+    # what SAELens 6 reads: its SAEConfig fields and a metadata holding only SAEMetadata's fields
+    assert cfg["metadata"] == cfg["meta"] == {"hook_name": "blocks.1.hook_resid_post", "model_name": "tiny",
+                                              "hook_layer": 1}
     assert {"normalize_activations", "reshape_activations", "apply_b_dec_to_input", "dtype", "device"} <= set(cfg)
     assert cfg["sae_lens_version"] == "6.0.0"  # read as a 6.x file, not converted as an older one
     back = S.load_sae(folder)
@@ -69,7 +70,7 @@ def test_older_config_names_and_refusals(tmp_path):
     sae = _random("topk")
     folder = S.save_sae(sae, tmp_path / "old")
     cfg = json.loads((folder / "cfg.json").read_text())
-    for key in ("architecture", "k", "meta", "mlx_steer_site", "sae_lens_version"):
+    for key in ("architecture", "k", "meta", "metadata", "mlx_steer_site", "sae_lens_version"):
         cfg.pop(key)
     cfg.update(activation_fn_str="topk", activation_fn_kwargs={"k": 8}, hook_name="blocks.3.hook_resid_pre")
     (folder / "cfg.json").write_text(json.dumps(cfg))

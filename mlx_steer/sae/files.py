@@ -66,7 +66,7 @@ def load_sae(path_or_repo: str | os.PathLike, *, subfolder: str | None = None, s
     if missing:
         raise ValueError(f"{folder} is not an SAE folder in SAELens's layout: {', '.join(missing)} missing")
     cfg = json.loads((folder / CONFIG).read_text())
-    meta = cfg.get("meta") or cfg.get("metadata") or {}  # SAELens 6 writes "meta"
+    meta = cfg.get("metadata") or cfg.get("meta") or {}  # SAELens 6: "metadata" ("meta" in its first releases)
     hook = cfg.get("hook_name") or meta.get("hook_name")
     arch = cfg.get("architecture") or {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}.get(
         cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu")
@@ -119,11 +119,13 @@ def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike, *, model_name: s
     save_file(tensors, str(out / WEIGHTS))
     hook = sae.hook_name or hook_name_of(sae.site)
     layer = int(hook.split(".")[1]) if hook and hook.startswith("blocks.") else None
-    # SAELens 6 reads the config's own fields and "meta" (an SAEMetadata: only its fields), the rest it skips;
-    # without a sae_lens_version of 6 or later it would convert the file as one written before 6.0
+    # SAELens 6 reads the config's own fields and the metadata (an SAEMetadata: only its fields), "metadata"
+    # since 6.x, "meta" in the first 6.x releases; the rest it skips. Without a sae_lens_version of 6 or
+    # later it would convert the file as one written before 6.0
     cfg = {**(sae.metadata or {}), "sae_lens_version": "6.0.0", "architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
            "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": sae.apply_b_dec_to_input,
            "normalize_activations": "none", "reshape_activations": "none", "hook_name": hook,
+           "metadata": {"hook_name": hook, "model_name": model_name, "hook_layer": layer},
            "meta": {"hook_name": hook, "model_name": model_name, "hook_layer": layer}, "mlx_steer_site": sae.site}
     if sae.k is not None:
         cfg["k"] = sae.k
