@@ -125,6 +125,10 @@ def test_find_threshold_equals_a_brute_force_search(backend_models, backend):
                     if best is None or f1 > best[0] + 1e-12:
                         best = (f1, site, cmp)
     assert found.best.f1 == pytest.approx(best[0])
+    import mlx_steer as ms
+
+    at_input = ms.SteeringVector({"model.layers.1": dirs["layers.1"]}, hook_point="input")
+    assert {r.site for r in an.find_threshold(m, pos, neg, directions=at_input).rows} == {"model.layers.1:input"}
     assert len(found.rows) == 2 * 2 * (len(PROMPTS) - 1)
     gated = iv.add_vector(np.ones(m.hidden_size, np.float32), positions="generated").when(found.condition())
     res = m.batch_generate(PROMPTS, max_tokens=2, interventions={"layers.2": gated})

@@ -92,10 +92,11 @@ def find_threshold(model: Any, positive: Sequence[str], negative: Sequence[str],
         raise ValueError("find_threshold needs positive and negative example prompts")
     if read not in READS or measure not in MEASURES:
         raise ValueError(f"read must be one of {READS} and measure one of {MEASURES}, got {read!r}, {measure!r}")
-    table = dict(getattr(directions, "directions", directions))
-    keys = {model.resolve(s).path: s for s in table} | {model.resolve(s).key: s for s in table}
-    chosen = list(table) if sites is None else [keys.get(model.resolve(s).key) or keys.get(model.resolve(s).path)
-                                                 or s for s in sites]
+    # keyed by resolved site: a SteeringVector's paths read at its hook point (``path:input`` for input vectors)
+    point = getattr(directions, "hook_point", "output")
+    table = {model.resolve(s if point == "output" else f"{s}:{point}").key: d
+             for s, d in dict(getattr(directions, "directions", directions)).items()}
+    chosen = list(table) if sites is None else [model.resolve(s).key for s in sites]
     missing = [s for s in chosen if s not in table]
     if missing:
         raise ValueError(f"no direction for site(s) {missing}; have: {', '.join(table)}")
@@ -113,7 +114,7 @@ def find_threshold(model: Any, positive: Sequence[str], negative: Sequence[str],
                 precision = tp / max(int(pred.sum()), 1)
                 recall = tp / int(labels.sum())
                 f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-                rows.append(ThresholdRow(str(s), compare, float(t), precision, recall, f1,
+                rows.append(ThresholdRow(s, compare, float(t), precision, recall, f1,
                                          float((pred == labels).mean())))
     best = max(enumerate(rows), key=lambda ir: (ir[1].f1, ir[1].accuracy, -ir[0]))[1]
-    return ThresholdSearch(best, rows, {str(s): np.asarray(table[s], dtype=np.float32) for s in chosen}, read, measure)
+    return ThresholdSearch(best, rows, {s: np.asarray(table[s], dtype=np.float32) for s in chosen}, read, measure)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from .arguments import add_model, finite, site, usage_error
-from .loading import describe, model_for, vector_file
+from .inputs import existing_file
+from .loading import describe, fit_vector, model_for, vector_file
 
 SUMMARY = "bake a steering vector or a directional ablation into a model folder plain mlx-lm/transformers load"
 OPTION_GROUPS = ("backend",)
@@ -55,18 +56,18 @@ def run(args: argparse.Namespace) -> int:
         usage_error(args, "--ablate-layer goes with --ablate")
     check_target(args.out, overwrite=args.overwrite)  # before the model loads
     add = vector_file(args) if args.vector else None
-    ablate = load_vector(args.ablate) if args.ablate else None
+    ablate = load_vector(existing_file(args.ablate)) if args.ablate else None
     model = model_for(args)
     interventions: dict[str, list] = {}
     note: dict[str, str] = {}
     if add is not None:
-        add = load_vector(args.vector, model=model)
+        add = fit_vector(args, model, add, None, None)  # checked against the model
         for key, spec in add.to_interventions(scale=args.scale).items():
             interventions.setdefault(key, []).append(spec)
         note.update(vector_file=str(args.vector), vector=describe(add), scale=str(args.scale))
         print(f"adding: {describe(add)} x {args.scale:g}")
     if ablate is not None:
-        ablate = load_vector(args.ablate, model=model)
+        ablate = load_vector(existing_file(args.ablate), model=model)
         if args.ablate_layer is None and len(ablate.sites) != 1:
             usage_error(args, f"--ablate {args.ablate} has {len(ablate.sites)} sites ({', '.join(ablate.sites)}); "
                         "pick the direction's with --ablate-layer N")

@@ -106,11 +106,12 @@ class ContinuousBatch:
         """
         check_loop(max_tokens, sampling)
         prompt = self.backend.prompts.encode(prompt)
-        check_length(self.backend.max_positions, len(prompt) + max_tokens, "prompt + max_tokens")
-        if steering is None:
+        if steering is None:  # planned, checked (the length too) and compiled here
             steering = sequence_steering(self.backend, interventions, prompt_len=len(prompt), max_tokens=max_tokens)
         elif interventions is not None:
             raise ValueError("give interventions or compiled steering, not both")
+        else:
+            check_length(self.backend.max_positions, len(prompt) + max_tokens, "prompt + max_tokens")
         reads = {name: (self.backend.resolver.resolve(m.site), _unit(m.direction, self.backend.hidden_size, name), m)
                  for name, m in (monitors or {}).items()}
         sampler, processors = self.backend.sampling(**sampling)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .bake import bake
-from .folder import EDIT_FILE, atomic_folder, check_target, write_edit_record
+from .folder import atomic_folder, check_target, write_edit_record
 
 if TYPE_CHECKING:
     from ..engine.protocols import Backend
@@ -36,5 +36,4 @@ def export_model(backend: Backend, out_dir: str | os.PathLike, interventions: Ma
             "config_changes": {**baked.config, **({"tie_word_embeddings": False} if baked.untie else {})},
             "zero_biases_added": len(baked.bias_modules), **({"note": dict(note)} if note else {}),
         })
-    assert (out / EDIT_FILE).exists()
     return out

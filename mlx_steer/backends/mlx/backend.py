@@ -60,7 +60,7 @@ class MLXBackend:
         self.xp = XP
         self.state = PositionState(XP)
         self._padded_batches: dict[int, bool] = {}  # batch size -> padded batches are right
-        self.vocab_size = _vocab_size(model)
+        self.vocab_size = _vocab_size(model, self.modules)
         table = position_table_path(list(self.modules))
         self.max_positions = None if table is None else int(self.modules[table].weight.shape[0])
         self.prompts = PromptEncoder(tokenizer, vocab_size=self.vocab_size)
@@ -293,11 +293,10 @@ class MLXBackend:
 
     @property
     def embedding_path(self) -> str:
-        named = [n for n, m in self.modules.items() if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding))
-                 and n.rsplit(".", 1)[-1] in self._EMBED_NAMES]
-        if not named:
+        path = _token_embedding(self.modules)
+        if path is None:
             raise ValueError(f"cannot find the token embedding (a module named {', '.join(self._EMBED_NAMES)})")
-        return named[0]
+        return path
 
     @property
     def tied_embedding(self) -> str | None:
@@ -326,15 +325,18 @@ def _left_pad(a: mx.array, length: int) -> mx.array:
     return mx.concatenate([mx.zeros((a.shape[0], length - n, *a.shape[2:]), dtype=a.dtype), a], axis=1)
 
 
-def _vocab_size(model: nn.Module) -> int | None:
+def _token_embedding(modules: dict[str, nn.Module]) -> str | None:
+    """Path of the token embedding: the first (quantized) embedding named like one."""
+    return next((n for n, m in modules.items() if isinstance(m, (nn.Embedding, nn.QuantizedEmbedding))
+                 and n.rsplit(".", 1)[-1] in MLXBackend._EMBED_NAMES), None)
+
+
+def _vocab_size(model: nn.Module, modules: dict[str, nn.Module]) -> int | None:
     """Rows of the token embedding (token ids must be below it)."""
-    for name, m in model.named_modules():
-        if name.rsplit(".", 1)[-1] not in MLXBackend._EMBED_NAMES:
-            continue
-        if isinstance(m, nn.QuantizedEmbedding):
-            return int(m.num_embeddings)
-        if isinstance(m, nn.Embedding):
-            return int(m.weight.shape[0])
+    path = _token_embedding(modules)
+    if path is not None:
+        m = modules[path]
+        return int(m.num_embeddings) if isinstance(m, nn.QuantizedEmbedding) else int(m.weight.shape[0])
     vocab = getattr(getattr(model, "args", None), "vocab_size", None)
     return None if vocab is None else int(vocab)
 
