@@ -13,7 +13,7 @@ import numpy as np
 from ..engine import interventions as iv
 from ..vectors import similarity
 from ..engine.positions import Positions
-from ._inputs import is_vector_set, unit_direction
+from .vector_inputs import is_vector_set, unit_direction
 
 if TYPE_CHECKING:
     from ..engine.paths import Site

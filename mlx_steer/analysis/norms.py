@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from ..vectors import similarity
-from ._inputs import batches, directions, is_vector_set, pick, prompt_list, site_key, vector_hook_point
+from .vector_inputs import batches, directions, is_vector_set, pick, prompt_list, site_key, vector_hook_point
 
 if TYPE_CHECKING:
     from ..engine.paths import Site

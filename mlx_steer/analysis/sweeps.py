@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..engine import interventions as iv
-from ._inputs import batches, directions, is_vector_set, prompt_list, site_key, unit_direction, vector_hook_point
+from .vector_inputs import batches, layer_direction, prompt_list, unit_direction
 from .cell_scoring import CellScorer, steered_layer
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ def sweep(
         raise ValueError("need at least one layer and one strength")
     if not all(np.isfinite(strengths)):
         raise ValueError(f"strengths must be finite, got {strengths}")
-    steer_at = {layer: _layer_direction(model, vector, layer) for layer in layers}
+    steer_at = {layer: layer_direction(model, vector, layer) for layer in layers}
     read_key, unit, target, contrast = None, None, None, None
     if metric == "logit_diff":
         if target_tokens is None or contrast_tokens is None:
@@ -225,22 +225,6 @@ def _shared_cells(measure: CellScorer, specs: list[dict | None], layers: list[in
     table = np.zeros((len(specs), 2))
     table[mine] = np.array(local, dtype=np.float64).reshape(-1, 2)
     return [(float(b), float(k)) for b, k in group.all_sum(table)]
-
-
-def _layer_direction(model: Steerable, vector: object, layer: int | str) -> tuple[str, np.ndarray]:
-    """(site key, direction) to steer ``layer`` with."""
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer, str)):
-        raise TypeError(f"layers must be layer indices or site paths, got {layer!r}")
-    site = layer if isinstance(layer, str) else f"layers.{layer}"
-    if not is_vector_set(vector):
-        return site_key(model, site), iv.as_vector(vector, what="steering vector")
-    dirs, point = directions(model, vector), vector_hook_point(vector)
-    path = model.resolve(site).path
-    if path in dirs:
-        return site_key(model, site, point), iv.as_vector(dirs[path], what=f"direction at {path}")
-    if len(dirs) == 1:
-        return site_key(model, site, point), iv.as_vector(next(iter(dirs.values())), what="direction")
-    raise ValueError(f"SteeringVector has no direction at layer {layer!r} ({path}); it has: {', '.join(dirs)}")
 
 
 def _token_ids(model: Steerable, tokens: Any, what: str) -> list[int]:

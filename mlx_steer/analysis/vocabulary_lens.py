@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._inputs import pick
+from .vector_inputs import pick
 
 if TYPE_CHECKING:
     from ..engine.paths import Site

@@ -1,4 +1,4 @@
-"""The user's inputs as the analyses take them: a direction (raw array or a SteeringVector's
+"""The user's inputs as the analyses and evaluations take them: a direction (raw array or a SteeringVector's
 direction at a site) with its resolved site key, and prompts in batches."""
 
 from __future__ import annotations
@@ -78,3 +78,19 @@ def batches(items: list[T], batch_size: int) -> list[list[T]]:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+
+
+def layer_direction(model: Steerable, vector: object, layer: int | str) -> tuple[str, np.ndarray]:
+    """(site key, direction) to steer ``layer`` with."""
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer, str)):
+        raise TypeError(f"layers must be layer indices or site paths, got {layer!r}")
+    site = layer if isinstance(layer, str) else f"layers.{layer}"
+    if not is_vector_set(vector):
+        return site_key(model, site), iv.as_vector(vector, what="steering vector")
+    dirs, point = directions(model, vector), vector_hook_point(vector)
+    path = model.resolve(site).path
+    if path in dirs:
+        return site_key(model, site, point), iv.as_vector(dirs[path], what=f"direction at {path}")
+    if len(dirs) == 1:
+        return site_key(model, site, point), iv.as_vector(next(iter(dirs.values())), what="direction")
+    raise ValueError(f"SteeringVector has no direction at layer {layer!r} ({path}); it has: {', '.join(dirs)}")

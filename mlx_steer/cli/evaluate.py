@@ -1,0 +1,157 @@
+"""``mlx-steer evaluate``: behaviour against strength per layer, and its fluency cost
+(:func:`mlx_steer.evaluate.evaluate`), written as a table (CSV, JSON) and a plot."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+from .arguments import add_model, finite, layer, positive, positive_int, usage_error
+from .inputs import check_output, existing_file, read_prompts
+from .loading import describe, model_for, vector_file
+
+CAA = ("coordinate-other-ais", "corrigible-neutral-HHH", "myopic-reward", "refusal", "survival-instinct")
+DEFAULT_STRENGTHS = (-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0)
+OUTPUTS = ("table.csv", "table.json", "plot.png")
+
+SUMMARY = "score a vector's behaviour and fluency over layers x strengths (CAA A/B, open-ended)"
+OPTION_GROUPS = ("backend",)
+EXAMPLES = """\
+A/B items (CAA): p(matching letter) / (p(matching) + p(not matching)) after the assistant prefix "(",
+averaged over the items. Without --vector, CAA's vector is extracted from the items first, on a seeded
+split that keeps --held-out items apart for the evaluation. Open-ended prompts: a judge's score of the
+generated text, its perplexity under the unsteered model (fluency = unsteered perplexity / perplexity)
+and distinct-n. Writes OUT/table.csv, OUT/table.json and OUT/plot.png, and prints the table and the
+best cell (--min-fluency: the best within that fluency budget).
+
+examples:
+  mlx-steer evaluate --model PATH --caa corrigible-neutral-HHH --layers 6 12 18 24 \\
+      --strengths -8 -4 0 4 8 --controls random flipped -o caa-corrigible
+  mlx-steer evaluate --model PATH --vector love.safetensors --prompts-file prompts.txt \\
+      --judge sentiment --layers 6 --strengths 0 2 4 8 --min-fluency 0.5 -o love-eval
+  mlx-steer evaluate --model PATH --items my_items.jsonl --vector v.safetensors --layers 8 -o out"""
+
+
+def fill(sp: argparse.ArgumentParser) -> None:
+    """Add the ``evaluate`` options to its subparser."""
+    add_model(sp)
+    sp.add_argument("--vector", metavar="FILE", help="vector file (default: CAA's vector from the A/B items)")
+    src = sp.add_mutually_exclusive_group()
+    src.add_argument("--items", metavar="FILE", help="A/B items, JSON list or JSONL: question, answer_matching, "
+                                                     "answer_not_matching (CAA's *_behavior names work too)")
+    src.add_argument("--caa", choices=CAA, metavar="BEHAVIOUR", help=f"a shipped CAA dataset: {', '.join(CAA)}")
+    sp.add_argument("--held-out", type=positive_int, default=50, metavar="N",
+                    help="items evaluated when the vector is extracted from them (default 50); the rest extract it")
+    sp.add_argument("--train", type=positive_int, metavar="N", help="extraction items (default: all but the held-out)")
+    sp.add_argument("--prompts-file", metavar="FILE", help="open-ended prompts, one per line")
+    sp.add_argument("--judge", metavar="sentiment|substring:WORD,WORD",
+                    help="scores the generated text: sentiment (VADER, -1..1) or substring:w1,w2 (1 if any appears)")
+    sp.add_argument("--layers", nargs="+", type=layer, required=True, metavar="N", help="layers to steer, one at a time")
+    sp.add_argument("--strengths", nargs="+", type=finite, default=list(DEFAULT_STRENGTHS), metavar="S",
+                    help="multipliers (default -8 -4 -2 0 2 4 8)")
+    sp.add_argument("--controls", nargs="*", choices=("random", "flipped"), default=[],
+                    help="also score a random vector of the same norm and the sign-flipped vector")
+    sp.add_argument("--ab-positions", choices=("last", "all"), default="last",
+                    help="where A/B cells steer: last = the '(' after the question (CAA), all = every position")
+    sp.add_argument("--positions", choices=("all", "prompt", "generated"), default="all",
+                    help="where open-ended cells steer (default all)")
+    sp.add_argument("--max-tokens", type=positive_int, default=40, metavar="N", help="tokens per generation (default 40)")
+    sp.add_argument("--temp", type=finite, default=0.0, metavar="T", help="sampling temperature (default 0: greedy)")
+    sp.add_argument("--seed", type=int, default=0, help="seeds the split, the random control and sampling (default 0)")
+    sp.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="rows per forward (default 32)")
+    sp.add_argument("--no-chat", dest="chat", action="store_false", help="plain text prompts (a base model)")
+    sp.add_argument("--min-fluency", type=positive, metavar="F", help="best cell: fluency at least F (needs prompts)")
+    sp.add_argument("--minimize", action="store_true", help="best cell: the lowest behaviour, not the highest")
+    sp.add_argument("-o", "--out", required=True, metavar="DIR", help="folder for table.csv, table.json, plot.png")
+    sp.add_argument("--force", action="store_true", help="overwrite those files in an existing folder")
+    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``mlx-steer evaluate``."""
+    from .. import evaluate as ev
+
+    judge = _judge(args)
+    if args.prompts_file and judge is None:
+        usage_error(args, "--prompts-file needs --judge sentiment or --judge substring:WORD,...")
+    if judge is not None and not args.prompts_file:
+        usage_error(args, "--judge scores generated text: give --prompts-file FILE")
+    if not (args.items or args.caa or args.prompts_file):
+        usage_error(args, "give A/B items (--items FILE or --caa BEHAVIOUR), --prompts-file FILE, or both")
+    if not args.vector and not (args.items or args.caa):
+        usage_error(args, "without --vector, the vector is extracted from A/B items: give --items or --caa")
+    if args.min_fluency is not None and not args.prompts_file:
+        usage_error(args, "--min-fluency needs open-ended prompts (--prompts-file) to measure fluency")
+    if args.temp < 0:
+        usage_error(args, f"--temp must be >= 0, got {args.temp:g}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError("the plot needs matplotlib: pip install matplotlib")
+    out = _out_dir(args)
+    items = ev.load_items(existing_file(args.items)) if args.items else ev.caa_items(args.caa) if args.caa else None
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else None
+    vec = vector_file(args) if args.vector else None
+    model = model_for(args)
+    layers = list(args.layers)
+    if vec is None:
+        assert items is not None  # checked above
+        train, items = ev.split_items(items, held_out=args.held_out, train=args.train, seed=args.seed)
+        vec = ev.ab_vector(model, train, layers=layers, chat=args.chat, progress=args.progress)
+        print(f"extracted CAA's vector from {len(train)} items; evaluating on {len(items)} held-out items")
+    else:
+        from ..vectors.vector_file import load_vector
+
+        vec = load_vector(existing_file(args.vector), model=model)
+    table = ev.evaluate(model, vector=vec, layers=layers, strengths=args.strengths, items=items, prompts=prompts,
+                        judge=judge, controls=args.controls, ab_positions=args.ab_positions, positions=args.positions,
+                        max_tokens=args.max_tokens, chat=args.chat, batch_size=args.batch_size, temp=args.temp,
+                        seed=args.seed, progress=args.progress)
+    print(f"evaluate: {describe(vec)}")
+    print(table.to_text())
+    csv_path, json_path, png_path = (out / name for name in OUTPUTS)
+    table.to_csv(csv_path)
+    table.to_json(json_path)
+    table.plot(png_path, title=args.caa or Path(args.items or args.prompts_file).name)
+    try:
+        best = table.best(maximize=not args.minimize, min_fluency=args.min_fluency)
+    except ValueError as exc:
+        print(f"best: none ({exc})")
+    else:
+        shown = ", ".join(f"{m} {_fmt(best.value(m))}" for m in table.measures)
+        print(f"best: layer {best.layer}, strength {best.strength:g} ({shown})")
+    print(f"wrote {csv_path}, {json_path}, {png_path}")
+    return 0
+
+
+def _judge(args: argparse.Namespace) -> Any:
+    from ..evaluate import judges
+
+    spec = args.judge
+    if spec is None:
+        return None
+    if spec == "sentiment":
+        return judges.sentiment_judge()
+    if spec.startswith("substring:"):
+        words = [w for w in spec.split(":", 1)[1].split(",") if w]
+        if not words:
+            usage_error(args, "--judge substring: needs words, e.g. substring:wedding,bride")
+        return judges.substring_judge(words)
+    usage_error(args, f"unknown --judge {spec!r}; valid: sentiment, substring:WORD,WORD")
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{args.out} is a file; -o names a folder for {', '.join(OUTPUTS)}")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"no such folder for the output: {out.parent}")
+    out.mkdir(exist_ok=True)
+    for name in OUTPUTS:
+        check_output(str(out / name), force=args.force)
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.4f}"

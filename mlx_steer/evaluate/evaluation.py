@@ -1,0 +1,139 @@
+"""``evaluate``: does a steering vector change the behaviour, and what does it cost the model?
+
+Over a grid of layers x strengths (and the random / sign-flipped controls), batched with per-row
+steering so one forward or one generation carries many cells:
+
+* A/B behaviour probability (CAA) over multiple-choice items, and
+* open-ended generation over prompts: a judge's behaviour score, fluency (perplexity of the steered
+  text under the unsteered model) and distinct-n,
+
+in one :class:`~mlx_steer.evaluate.table.EvalTable`. Greedy by default, so it is deterministic; the
+random control and any sampling are seeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .ab import ab_scores
+from .grid import Grid
+from .items import ABItem, as_items
+from .judges import Judge
+from .open_ended import distinct_n, generation_scores
+from .table import EvalRow, EvalTable
+
+if TYPE_CHECKING:
+    from ..engine.model import Steerable
+
+__all__ = ["evaluate"]
+
+
+def evaluate(
+    model: Steerable,
+    *,
+    vector: object,
+    layers: Sequence[int | str],
+    strengths: Sequence[float],
+    items: Sequence[ABItem] | Sequence[Mapping] | None = None,
+    prompts: Sequence[str] | None = None,
+    judge: Judge | None = None,
+    controls: Sequence[str] = (),
+    ab_positions: object = "last",
+    positions: object = "all",
+    max_tokens: int = 40,
+    chat: bool = True,
+    system: str | None = None,
+    batch_size: int = 32,
+    temp: float = 0.0,
+    seed: int = 0,
+    share_layers: bool = True,
+    progress: bool = True,
+) -> EvalTable:
+    """Score a steering vector over layers x strengths on A/B items and/or open-ended prompts.
+
+    Args:
+        model: A steerable model of either backend.
+        vector: A SteeringVector (a direction per layer, or one for every layer) or a (D,) array.
+        layers: Layers (indices or site paths) to steer, one at a time.
+        strengths: Multipliers (CAA's curves: e.g. -8 .. 8); 0 is the unsteered model.
+        items: A/B items (:class:`ABItem` or dicts ``{question, answer_matching, answer_not_matching}``):
+            measures ``ab_probability``.
+        prompts: Open-ended prompts: measures ``behaviour`` (needs ``judge``), ``perplexity``,
+            ``fluency`` and ``distinct_1``/``distinct_2``.
+        judge: ``judge(texts) -> scores``, e.g. :func:`~mlx_steer.evaluate.judges.sentiment_judge`.
+        controls: Also score ``"random"`` (a seeded direction of the vector's norm at each layer) and
+            ``"flipped"`` (the vector negated).
+        ab_positions: Where A/B cells steer: ``"last"`` is CAA's "after the instruction" (the ``"("``
+            the answer follows), ``"all"`` every position.
+        positions: Where open-ended cells steer (default every position, generated tokens included).
+        max_tokens: Tokens generated per prompt and cell.
+        chat: Ask A/B questions and prompts as chat user turns (False: plain text, for base models).
+        system: A system prompt for those turns.
+        batch_size: Rows per forward (items or prompts x cells side by side).
+        temp: Sampling temperature for generation (0: greedy).
+        seed: Seeds the random control and sampling.
+        share_layers: A/B forwards start at their steered layer from the unsteered pass's input there.
+        progress: Show a progress bar over the rows.
+
+    Returns:
+        An :class:`~mlx_steer.evaluate.table.EvalTable` with a row per (vector, layer, strength).
+
+    Raises:
+        ValueError: neither items nor prompts, prompts without a judge, bad strengths/layers/controls,
+            a layer the vector lacks, a letter that is not one token, bad options (naming them).
+    """
+    if items is None and prompts is None:
+        raise ValueError("evaluate needs A/B items=, open-ended prompts= (with a judge), or both")
+    if prompts is not None and judge is None:
+        raise ValueError("open-ended prompts need a judge=, e.g. mlx_steer.evaluate.sentiment_judge()")
+    for name, value in (("max_tokens", max_tokens), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not np.isfinite(temp) or temp < 0:
+        raise ValueError(f"temp must be a non-negative number, got {temp!r}")
+    ab_items = as_items(items) if items is not None else None
+    texts = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else None
+    if texts is not None and (not texts or not all(isinstance(p, str) and p for p in texts)):
+        raise ValueError("prompts must be a non-empty list of non-empty strings")
+    grids = {}
+    if ab_items is not None:
+        grids["ab"] = Grid(model, vector=vector, layers=layers, strengths=strengths, controls=controls,
+                           positions=ab_positions, seed=seed)
+    if texts is not None:
+        grids["gen"] = Grid(model, vector=vector, layers=layers, strengths=strengths, controls=controls,
+                            positions=positions, seed=seed)
+    grid = next(iter(grids.values()))
+    n_distinct = len(grid.distinct())
+    total = n_distinct * ((len(ab_items) if ab_items else 0) + (len(texts) if texts else 0))
+    with tqdm(total=total, desc="evaluate", unit="row", disable=not progress) as bar:
+        ab = ab_scores(model, ab_items, grids["ab"], chat=chat, system=system, batch_size=batch_size,
+                       share_layers=share_layers, progress=bar.update) if ab_items is not None else None
+        gen = generation_scores(model, texts, grids["gen"], judge=judge, max_tokens=max_tokens, chat=chat,
+                                system=system, batch_size=batch_size, temp=temp, seed=seed,
+                                progress=bar.update) if texts is not None and judge is not None else None
+    measures: list[str] = (["ab_probability"] if ab is not None else []) + (
+        ["behaviour", "perplexity", "fluency", "distinct_1", "distinct_2"] if gen is not None else [])
+    base_ppl = gen[("unsteered",)].perplexity if gen is not None else None
+    rows, samples = [], {}
+    for cell in grid.cells:
+        key = grid.key(cell)
+        values: dict[str, Any] = {}
+        if ab is not None:
+            values["ab_probability"] = float(np.mean(ab[key]))
+        if gen is not None:
+            g = gen[key]
+            values.update(behaviour=float(np.mean(g.scores)), perplexity=g.perplexity,
+                          fluency=float(base_ppl / g.perplexity) if base_ppl is not None else None,
+                          distinct_1=distinct_n(g.texts, 1), distinct_2=distinct_n(g.texts, 2))
+            samples[(cell.vector, cell.layer, cell.strength)] = g.texts
+        rows.append(EvalRow(cell.vector, cell.layer, cell.strength, **values))
+    info = {"model": str(getattr(model, "model_id", None) or ""), "backend": type(model).__name__,
+            "items": str(len(ab_items) if ab_items else 0), "prompts": str(len(texts) if texts else 0),
+            "seed": str(seed), "chat": str(chat), "ab_positions": str(ab_positions), "positions": str(positions),
+            "max_tokens": str(max_tokens), "temp": str(temp),
+            **{f"norm {layer}": f"{float(np.linalg.norm(grid.direction('steering', layer))):.4g}" for layer in grid.layers}}
+    return EvalTable(tuple(rows), tuple(measures), info, samples)

@@ -1,0 +1,93 @@
+"""Open-ended generation scored per cell: the judge's behaviour score, fluency (the perplexity of the
+steered text under the unsteered model) and diversity (distinct-n).
+
+Every (prompt, cell) is one row of a batched generation, each row steered by its own cell. The
+generated tokens are then scored by the *unsteered* model in one more forward per batch: the
+perplexity is ``exp`` of the mean negative log-likelihood of the generated tokens given the prompt
+and the tokens before them, over every generated token of the cell. Distinct-n is the number of
+distinct word n-grams over the total, over the cell's texts (Li et al. 2016).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .grid import Cell, Grid
+from .judges import Judge, judge_scores
+
+if TYPE_CHECKING:
+    from ..engine.model import Steerable
+
+__all__ = ["Generations", "distinct_n", "generation_scores", "perplexity_terms"]
+
+
+@dataclass(frozen=True)
+class Generations:
+    """One cell's generations and their scores."""
+
+    texts: tuple[str, ...]
+    scores: np.ndarray  # the judge's, one per text
+    nll: float  # summed negative log-likelihood of the generated tokens under the unsteered model
+    n_tokens: int
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(self.nll / self.n_tokens)) if self.n_tokens else float("nan")
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct word n-grams over all n-grams of ``texts`` (lower-cased, split on whitespace); NaN
+    when the texts hold no n-gram."""
+    grams = [tuple(words[i: i + n]) for t in texts for words in [t.lower().split()] for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def perplexity_terms(model: Steerable, prompts: Sequence[Sequence[int]], generated: Sequence[Sequence[int]],
+                     *, batch_size: int = 16) -> list[tuple[float, int]]:
+    """Per row, (summed negative log-likelihood, count) of ``generated[i]`` after ``prompts[i]``
+    under the model as it is (no steering): one forward per batch of rows (float64 log-softmax)."""
+    out: list[tuple[float, int]] = []
+    for b0 in range(0, len(prompts), batch_size):
+        rows = [list(p) + list(g) for p, g in zip(prompts[b0: b0 + batch_size], generated[b0: b0 + batch_size])]
+        tr = model.run(rows, logits=True)
+        logits = tr.logits
+        for r, (p, g) in enumerate(zip(prompts[b0: b0 + batch_size], generated[b0: b0 + batch_size])):
+            if not g:
+                out.append((0.0, 0))
+                continue
+            first = tr.padding[r] + len(p) - 1  # the position predicting the first generated token
+            x = model.to_numpy(logits[r, first: first + len(g)]).astype(np.float64)
+            top = x.max(axis=-1, keepdims=True)
+            logz = top[:, 0] + np.log(np.exp(x - top).sum(axis=-1))
+            out.append((float(np.sum(logz - x[np.arange(len(g)), list(g)])), len(g)))
+    return out
+
+
+def generation_scores(model: Steerable, prompts: Sequence[str], grid: Grid, *, judge: Judge, max_tokens: int,
+                      chat: bool = True, system: str | None = None, batch_size: int = 16, temp: float = 0.0,
+                      seed: int = 0, progress: Callable[[int], Any] | None = None) -> dict[tuple, Generations]:
+    """Per distinct cell (``grid.key``), its generations over ``prompts`` and their scores."""
+    ids = [model.encode(p, chat=chat, system=system) for p in prompts]
+    distinct = grid.distinct()
+    jobs = [(k, i) for k in distinct for i in range(len(ids))]
+    tokens: dict[tuple, list[list[int]]] = {k: [] for k in distinct}
+    texts: dict[tuple, list[str]] = {k: [] for k in distinct}
+    for j0 in range(0, len(jobs), batch_size):
+        part = jobs[j0: j0 + batch_size]
+        res = model.batch_generate([ids[i] for _, i in part], max_tokens=max_tokens, temp=temp, seed=seed,
+                                   interventions=[grid.interventions(distinct[k]) for k, _ in part])
+        for (k, _), toks, text in zip(part, res.token_ids, res.texts):
+            tokens[k].append(list(toks))
+            texts[k].append(text)
+        if progress is not None:
+            progress(len(part))
+    out = {}
+    for k in distinct:
+        terms = perplexity_terms(model, ids, tokens[k], batch_size=batch_size)
+        out[k] = Generations(tuple(texts[k]), judge_scores(judge, texts[k]), sum(t for t, _ in terms),
+                             sum(n for _, n in terms))
+    return out
