@@ -358,3 +358,21 @@ def test_smollm2_cli_and_both_backends_agree(smollm2, smollm2_dir, tmp_path):
         assert a.perplexity == pytest.approx(b.perplexity, rel=2e-2)
     for a, b in zip(mlx_table.rows, table.rows):  # the command's table is the library's
         assert a.ab_probability == pytest.approx(b.ab_probability, abs=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_front_aligned_tensor_steers_as_actadd(backend_models, backend):
+    """ActAdd's (n, D) tensor is added at positions 0..n-1; its random control keeps each row's norm."""
+    m = backend_models(backend, "llama")
+    path = m.resolve_path("layers.1")
+    tensor = np.random.default_rng(3).standard_normal((2, m.hidden_size)).astype(np.float32)
+    from mlx_steer import SteeringVector
+
+    sv = SteeringVector(directions={path: tensor}, hook_point="input")
+    table = ev.evaluate(m, vector=sv, layers=[1], strengths=[0.0, 3.0], prompts=PROMPTS, judge=_length_judge,
+                        max_tokens=4, chat=False, controls=["random"], progress=False)
+    spec = {"layers.1:input": iv.add_vector(tensor, scale=3.0)}
+    assert table.texts[("steering", 1, 3.0)] == tuple(m.generate(p, max_tokens=4, interventions=spec) for p in PROMPTS)
+    grid = ev.Grid(m, vector=sv, layers=[1], strengths=[1.0], controls=["random"])
+    np.testing.assert_allclose(np.linalg.norm(grid.direction("random", 1), axis=-1), np.linalg.norm(tensor, axis=-1),
+                               rtol=1e-5)

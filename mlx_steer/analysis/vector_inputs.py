@@ -80,17 +80,19 @@ def batches(items: list[T], batch_size: int) -> list[list[T]]:
     return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
 
 
-def layer_direction(model: Steerable, vector: object, layer: int | str) -> tuple[str, np.ndarray]:
-    """(site key, direction) to steer ``layer`` with."""
+def layer_direction(model: Steerable, vector: object, layer: int | str,
+                    *, ndim: tuple[int, ...] = (1,)) -> tuple[str, np.ndarray]:
+    """(site key, direction) to steer ``layer`` with (``ndim=(1, 2)`` also takes ActAdd's
+    front-aligned (n, D) tensors)."""
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer, str)):
         raise TypeError(f"layers must be layer indices or site paths, got {layer!r}")
     site = layer if isinstance(layer, str) else f"layers.{layer}"
     if not is_vector_set(vector):
-        return site_key(model, site), iv.as_vector(vector, what="steering vector")
+        return site_key(model, site), iv.as_vector(vector, what="steering vector", ndim=ndim)
     dirs, point = directions(model, vector), vector_hook_point(vector)
     path = model.resolve(site).path
     if path in dirs:
-        return site_key(model, site, point), iv.as_vector(dirs[path], what=f"direction at {path}")
+        return site_key(model, site, point), iv.as_vector(dirs[path], what=f"direction at {path}", ndim=ndim)
     if len(dirs) == 1:
-        return site_key(model, site, point), iv.as_vector(next(iter(dirs.values())), what="direction")
+        return site_key(model, site, point), iv.as_vector(next(iter(dirs.values())), what="direction", ndim=ndim)
     raise ValueError(f"SteeringVector has no direction at layer {layer!r} ({path}); it has: {', '.join(dirs)}")

@@ -42,7 +42,8 @@ class Grid:
     Args:
         model: The steerable model (either backend).
         vector: A SteeringVector with a direction at each layer (or one, used at every layer) or a
-            raw (D,) array (added at the layers' outputs).
+            raw (D,) array (added at the layers' outputs); a direction may be ActAdd's front-aligned
+            (n, D) tensor, added at positions 0..n-1 whatever ``positions`` says.
         layers: Layer indices (or site paths).
         strengths: Multipliers of the vector (finite; 0 is the unsteered model).
         controls: Any of ``"random"`` and ``"flipped"``.
@@ -71,7 +72,7 @@ class Grid:
         self.model, self.positions, self.seed = model, positions, int(seed)
         self.sites: dict[int | str, tuple[str, np.ndarray]] = {}
         for layer in self.layers:
-            self.sites[layer] = layer_direction(model, vector, layer)
+            self.sites[layer] = layer_direction(model, vector, layer, ndim=(1, 2))
         iv.add_vector(np.zeros(model.hidden_size, np.float32), positions=positions)  # checks the positions
 
     @property
@@ -87,16 +88,18 @@ class Grid:
         if vector == "flipped":
             return -d
         key = zlib.crc32(str(layer).encode())  # a fresh random direction per layer, fixed by the seed
-        g = np.random.default_rng([self.seed, key]).standard_normal(d.shape[-1])
-        return (g / np.linalg.norm(g) * np.linalg.norm(d)).astype(np.float32)
+        g = np.random.default_rng([self.seed, key]).standard_normal(d.shape)
+        norms = np.linalg.norm(g, axis=-1, keepdims=True)  # each position's norm kept (a (n, D) tensor's too)
+        return (g / norms * np.linalg.norm(d, axis=-1, keepdims=True)).astype(np.float32)
 
     def interventions(self, cell: Cell) -> dict | None:
         """``{site: add_vector}`` steering ``cell`` (None for strength 0, the unsteered model)."""
         if cell.strength == 0.0:
             return None
-        site = self.sites[cell.layer][0]
+        site, d = self.sites[cell.layer]
+        # a front-aligned (n, D) tensor (ActAdd) sets its own positions 0..n-1
         return {site: iv.add_vector(self.direction(cell.vector, cell.layer), scale=cell.strength,
-                                    positions=self.positions)}
+                                    positions=self.positions if d.ndim == 1 else "all")}
 
     def distinct(self) -> dict[tuple, Cell]:
         """One cell per distinct :meth:`key`, the unsteered model always first (the reference)."""

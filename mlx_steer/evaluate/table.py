@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import math
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,15 +205,17 @@ class EvalTable:
         return "\n".join("  ".join(c.rjust(n) for c, n in zip(line, w)) for line in [head, *body])
 
     # -- plotting ----------------------------------------------------------------------------
-    def figure(self, *, title: str | None = None) -> Figure:
+    def figure(self, *, title: str | None = None, full_scale: bool = True) -> Figure:
         """Behaviour against strength, one line per layer (controls dotted and dashed), one panel per
-        behaviour measure; fluency on a second axis where it was measured.
+        behaviour measure; fluency on a second axis where it was measured. ``full_scale`` draws the A/B
+        probability on 0..1 as CAA does (False: zoomed to the data).
 
         Raises:
             ImportError: matplotlib is missing (``pip install matplotlib``).
         """
         try:
             from matplotlib.figure import Figure
+            from matplotlib.lines import Line2D
         except ImportError as exc:
             raise ImportError("evaluation plots need matplotlib: pip install matplotlib") from exc
         panels: list[str] = [m for m in ("ab_probability", "behaviour") if m in self.measures] or [self.measures[0]]
@@ -223,11 +226,16 @@ class EvalTable:
             for vector in self.vectors:
                 for layer in self.layers:
                     xs, ys = self.curve(measure, layer, vector)
-                    label = f"layer {layer}" if vector == "steering" else f"layer {layer} ({vector})"
                     ax.plot(xs, ys, _STYLES.get(vector, "-"), color=colours[layer], marker="o", markersize=3,
-                            label=label, alpha=1.0 if vector == "steering" else 0.6)
-            if measure == "ab_probability":
+                            label=f"layer {layer}" if vector == "steering" else None,
+                            alpha=1.0 if vector == "steering" else 0.6)
+            handles, _ = ax.get_legend_handles_labels()
+            handles += [Line2D([], [], linestyle=_STYLES[v], color="grey", label=f"{v} control")
+                        for v in self.vectors if v != "steering"]
+            if measure == "ab_probability":  # CAA's scale: the whole probability range, chance marked
                 ax.axhline(0.5, color="grey", linewidth=0.5)
+                if full_scale:
+                    ax.set_ylim(0.0, 1.0)
             ax.set_xlabel("strength (multiplier)")
             ax.set_ylabel(_LABELS[measure])
             if "fluency" in self.measures and measure == "behaviour":
@@ -236,15 +244,15 @@ class EvalTable:
                     xs, ys = self.curve("fluency", layer)
                     twin.plot(xs, ys, "-.", color=colours[layer], linewidth=0.8, alpha=0.5)
                 twin.set_ylabel("fluency (dash-dot), unsteered = 1")
-            ax.legend(fontsize=7, ncol=2)
+            ax.legend(handles=handles, fontsize=7, ncol=2)
         if title:
-            fig.suptitle(title)
+            fig.suptitle("\n".join(textwrap.wrap(title, 80)), fontsize=9)
         return fig
 
-    def plot(self, path: str | Path, *, title: str | None = None) -> Path:
+    def plot(self, path: str | Path, *, title: str | None = None, full_scale: bool = True) -> Path:
         """Write :meth:`figure` to ``path`` (PNG, SVG, PDF by the suffix)."""
         path = Path(path)
-        self.figure(title=title).savefig(path)
+        self.figure(title=title, full_scale=full_scale).savefig(path)
         return path
 
     def _check(self, measure: str) -> None:
