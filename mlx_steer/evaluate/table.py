@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -23,7 +23,7 @@ __all__ = ["MEASURES", "EvalRow", "EvalTable"]
 MEASURES = ("ab_probability", "behaviour", "perplexity", "fluency", "distinct_1", "distinct_2")
 _LABELS = {"ab_probability": "p(matching answer)", "behaviour": "judge score", "perplexity": "perplexity",
            "fluency": "fluency (unsteered ppl / ppl)", "distinct_1": "distinct-1", "distinct_2": "distinct-2"}
-_STYLES = {"steering": "-", "random": ":", "flipped": "--"}
+_STYLES: dict[str, Literal["-", ":", "--"]] = {"steering": "-", "random": ":", "flipped": "--"}
 
 
 @dataclass(frozen=True)
