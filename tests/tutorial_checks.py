@@ -1,0 +1,233 @@
+"""The oracle checks of the four tutorials, run inside the kernel that has just executed the tutorial as a
+notebook (tests/test_examples.py), each on the notebook's globals ``g``; oracles: plain SteerableModel
+calls, numpy, the model's weights edited by hand, and recomputation of a generation without a cache.
+
+Each check runs in its own cell after the notebook's; its traceback, if any, is the test's failure
+(without pytest's assertion rewriting there, so asserts carry their values in a message).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_steer as ms
+from mlx_steer.demo.examples import MODEL_ENV
+from mlx_steer.engine import interventions as niv
+from mlx_steer.engine.positions import Positions
+from mlx_steer.vectors import similarity
+
+TUTORIALS = ("nnsight_recipes", "actadd", "caa_mlxterp", "persona_persistence")
+Check = Callable[[dict], None]
+CHECKS: dict[str, dict[str, Check]] = {name: {} for name in TUTORIALS}
+
+
+def check(*tutorials: str) -> Callable[[Check], Check]:
+    """Register a check of these tutorials, under its function name, in definition order."""
+
+    def register(fn: Check) -> Check:
+        for name in tutorials:
+            CHECKS[name][fn.__name__] = fn
+        return fn
+
+    return register
+
+
+def _margin(logits: mx.array, good: list[int], bad: list[int]) -> np.ndarray:
+    last = np.array(logits[:, -1].astype(mx.float32)).astype(np.float64)
+    return last[:, good].mean(-1) - last[:, bad].mean(-1)
+
+
+@check(*TUTORIALS)
+def settings_from_the_environment(g: dict) -> None:
+    """Quick mode and the model came from the environment; the kernel's own argv was not parsed."""
+    assert g["settings"].quick and g["cfg"] == g["QUICK"], g["settings"]
+    assert g["settings"].model == os.environ[MODEL_ENV], g["settings"]
+
+
+# -- caa_mlxterp: the mlxterp facade ---------------------------------------------------------------
+@check("caa_mlxterp")
+def facade_activations_equal_native_recording(g: dict) -> None:
+    native, layer = g["model"].steerable, g["layer"]
+    site = f"layers.{layer}"
+    pos, neg = (np.array(mx.stack(g[k][layer])) for k in ("pos_acts", "neg_acts"))
+    for prompts, acts in ((g["positive_prompts"], pos), (g["negative_prompts"], neg)):
+        for prompt, act in zip(prompts, acts):
+            ref = native.run(prompt, record=[site], logits=False).activations[site][0, -1]
+            assert np.array_equal(act, np.array(ref)), prompt
+    expected = pos.mean(0) - neg.mean(0)
+    np.testing.assert_allclose(np.array(g["steering_vector"]), expected, rtol=1e-5, atol=1e-5)
+
+
+@check("caa_mlxterp")
+def facade_steering_equals_native_steering(g: dict) -> None:
+    native, site, s, cfg = g["model"].steerable, f"layers.{g['layer']}", g["strength"], g["cfg"]
+    v = np.array(g["steering_vector"])
+    prompt = g["TEST_PROMPT"]
+    assert mx.array_equal(g["normal"], native.run(prompt).logits)
+    assert mx.array_equal(g["steered"], native.run(prompt, interventions={site: niv.add_vector(v * s)}).logits)
+    assert mx.array_equal(g["against"], native.run(prompt, interventions={site: niv.add_vector(-v * s)}).logits)
+    for strength, logits in g["by_strength"].items():
+        if strength == 0.0:
+            assert mx.array_equal(logits, g["normal"])
+    multi = {f"layers.{i}": niv.add_vector(np.array(d) * cfg.multi_strength) for i, d in g["multi_vectors"].items()}
+    assert mx.array_equal(g["multi"], native.run(prompt, interventions=multi).logits)
+    tokens = native.generate_tokens(prompt, max_tokens=cfg.gen_tokens, interventions={site: niv.add_vector(v * s)})
+    assert g["texts"][1] == g["model"].decode(tokens), (g["texts"][1], g["model"].decode(tokens))
+
+
+@check("caa_mlxterp")
+def vector_moves_the_sentiment_margin(g: dict) -> None:
+    m = g["model"]
+    good = [m.encode(w)[-1] for w in g["GOOD_WORDS"]]
+    bad = [m.encode(w)[-1] for w in g["BAD_WORDS"]]
+    plain, up, down = (_margin(g[k], good, bad)[0] for k in ("normal", "steered", "against"))
+    assert down < plain < up, (down, plain, up)
+
+
+# -- nnsight_recipes -------------------------------------------------------------------------------
+@check("nnsight_recipes")
+def last_position_steering_and_persistent_edit(g: dict) -> None:
+    base, steered = g["base"], g["steered_last"]
+    assert mx.array_equal(steered[:, :-1], base[:, :-1])  # earlier positions untouched, bit for bit
+    assert not mx.allclose(steered[:, -1], base[:, -1])
+    assert mx.array_equal(g["under_handle"], steered)
+    assert mx.array_equal(g["after_remove"], base)
+    assert g["handle_text"] == g["steered_text"] != g["plain_text"], (g["handle_text"], g["steered_text"], g["plain_text"])
+
+
+@check("nnsight_recipes")
+def head_ablation_equals_zeroed_projection_columns(g: dict) -> None:
+    m, answer_logprob = g["model"], g["answer_logprob"]
+    o_proj = m.model.layers[g["HEAD_LAYER"]].self_attn.o_proj
+    hd = m.hidden_size // m.n_heads
+    weight = o_proj.weight
+    try:
+        for head, logprob in g["head_logprobs"].items():
+            keep = np.ones(weight.shape[1], dtype=np.float32)
+            keep[head * hd : (head + 1) * hd] = 0.0
+            o_proj.weight = weight * mx.array(keep)  # the head's input columns, zeroed by hand
+            by_hand = answer_logprob(m)
+            assert by_hand == pytest.approx(logprob, abs=1e-4), (head, by_hand, logprob)
+    finally:
+        o_proj.weight = weight
+    assert answer_logprob(m) == g["clean_logprob"]
+
+
+@check("nnsight_recipes")
+def mean_ablation_uses_the_calibration_mean(g: dict) -> None:
+    m, site = g["model"], g["mlp_site"]
+    start, stop = g["calibration_window"]
+    per_prompt = [m.to_numpy(m.run(c, record=[site], logits=False).activations[site])[0, start:stop].mean(0)
+                  for c in g["calibration"]]
+    np.testing.assert_allclose(g["mlp_mean"], np.mean(per_prompt, axis=0), rtol=1e-4, atol=1e-4)
+    assert g["mean_ablated"] != g["clean_logprob"] and g["zeroed"] != g["clean_logprob"]
+
+
+@check("nnsight_recipes")
+def probe_multi_layer_and_top_tokens(g: dict) -> None:
+    m, vec = g["model"], g["vec"]
+    site = m.resolve_path(f"layers.{g['LAYER']}")
+    norm = np.linalg.norm(g["probe"][site])
+    assert norm == pytest.approx(1.0, abs=1e-5), norm
+    assert g["probe_cosine"] > 0.5, g["probe_cosine"]  # the probe and the mean difference agree on the direction
+    by_layer = {p: niv.add_vector(vec[p], scale=g["multi_scale"] * w) for p, w in g["multi_weights"].items()}
+    assert mx.array_equal(g["multi"], m.run(g["PROMPT"], interventions=by_layer).logits)
+    last = m.layer_paths[-1]
+    logits = m.unembed(vec[last], final_norm=True)
+    report = g["top_tokens"]
+    k = len(report.boosted)
+    assert [i for _, i, _ in report.boosted] == np.argsort(-logits, kind="stable")[:k].tolist()
+    assert [i for _, i, _ in report.suppressed] == np.argsort(logits, kind="stable")[:k].tolist()
+
+
+# -- actadd ----------------------------------------------------------------------------------------
+@check("actadd")
+def unit_vector_and_grid_cell(g: dict) -> None:
+    m, unit, grid, raw = g["model"], g["unit"], g["grid"], g["raw"]
+    for path, d in unit.directions.items():
+        assert np.linalg.norm(d) == pytest.approx(1.0, abs=1e-5), (path, np.linalg.norm(d))
+        np.testing.assert_allclose(d, raw[path] / np.linalg.norm(raw[path]), rtol=1e-5, atol=1e-6)
+    assert grid.grid().shape == (len(grid.layers), len(grid.strengths))
+    good = [m.tokenizer.encode(w, add_special_tokens=False)[0] for w in g["TARGET"]]
+    bad = [m.tokenizer.encode(w, add_special_tokens=False)[0] for w in g["CONTRAST"]]
+    baseline = _margin(m.run(g["neutral"]).logits, good, bad).mean()
+    assert grid.baseline == pytest.approx(baseline, abs=1e-4), (grid.baseline, baseline)
+    for row in grid.table:
+        if row.strength == 0.0:
+            assert (row.behaviour, row.kl) == (grid.baseline, 0.0), row
+            continue
+        d = unit[m.resolve_path(f"layers.{row.layer}")]
+        steered = m.run(g["neutral"], interventions={f"layers.{row.layer}:input": niv.add_vector(d, scale=row.strength)})
+        behaviour = _margin(steered.logits, good, bad).mean()
+        assert row.behaviour == pytest.approx(behaviour, abs=1e-4), (row, behaviour)
+        assert row.behaviour > grid.baseline and row.kl > 0.0, row  # love - hate raises the love margin
+
+
+@check("actadd")
+def front_aligned_tensor_and_seeded_sampling(g: dict) -> None:
+    m, site, cfg = g["model"], g["site"], g["cfg"]
+    pos, neg = (m.encode(w) for w in g["FRONT_PAIR"])
+    n = max(len(pos), len(neg))
+    tensor = g["front"][m.resolve_path(site.split(":")[0])]
+    assert g["front"].hook_point == "input" and tensor.shape == (n, m.hidden_size), tensor.shape
+    space = m.encode(" ")[-1]
+    rows = [pos + [space] * (n - len(pos)), neg + [space] * (n - len(neg))]
+    acts = m.to_numpy(m.run(rows, record=[site], logits=False).activations[site])
+    np.testing.assert_allclose(tensor, acts[0] - acts[1], rtol=1e-4, atol=1e-3)
+    unit = g["unit"].select([m.resolve_path(site.split(":")[0])])
+    again = m.generate(g["PROMPT"], max_tokens=cfg.gen_tokens, interventions=unit.to_interventions(scale=cfg.coefficient),
+                       **g["SAMPLING"])
+    assert again == g["steered"], (again, g["steered"])  # seeded sampling is reproducible
+
+
+# -- persona_persistence ---------------------------------------------------------------------------
+@check("persona_persistence")
+def persona_array_equals_extraction(g: dict) -> None:
+    m, vectors, layers = g["model"], g["vectors"], g["cfg"].layers
+    assert vectors.shape == (len(g["personas"]), len(layers), m.hidden_size) and vectors.dtype == np.float32
+    sites = [f"layers.{i}" for i in layers]
+    for p, name in enumerate(g["personas"]):
+        persona = [f"{g['PERSONAS'][name]} {q}" for q in g["questions"]]
+        vec = ms.extract(m, persona, g["questions"], sites=sites, chat=True, system=g["SYSTEM"])
+        for li, path in enumerate(vec.sites):
+            np.testing.assert_allclose(vectors[p, li], vec[path], rtol=1e-4, atol=1e-3)
+
+
+@check("persona_persistence")
+def persistence_projections_match_recomputation(g: dict) -> None:
+    m, run, site, baseline = g["model"], g["persistence"], g["site"], g["baseline"]
+    n = len(run.tokens)
+    assert n == len(run.projections) == len(baseline.projections), (n, len(run.projections), len(baseline.projections))
+    assert int(run.steered.sum()) == run.steer_tokens and n == run.steer_tokens + len(run.free_phase)
+    prompt = m.encode(g["REPLY_TO"], chat=True, system=g["SYSTEM"])
+    P = len(prompt)
+    window = Positions.window(P - 1, P - 1 + run.steer_tokens)
+    spec = {site: niv.add_vector(g["direction"], scale=g["scale"], positions=window)}
+    acts = m.to_numpy(m.run([prompt + list(run.tokens)], interventions=spec, record=[site], logits=False).activations[site])[0]
+    expected = similarity.project(acts[P - 1 : P - 1 + n], g["direction"])
+    np.testing.assert_allclose(run.projections, expected, rtol=1e-3, atol=1e-2)
+    steered, unsteered = run.projections[run.steered].mean(), baseline.projections[run.steered].mean()
+    assert steered > unsteered, (steered, unsteered)
+
+
+@check("persona_persistence")
+def transcript_reads_and_their_directions(g: dict) -> None:
+    m = g["model"]
+    key = m.resolve(g["site"]).key
+    K = len(g["points"])
+    assert len(g["transcripts"]) == 2 * K
+    for ids in g["transcripts"]:
+        assert m.tokenizer.decode(ids).endswith("<|im_start|>assistant\n")  # read just before the reply
+    single = m.to_numpy(m.run([g["transcripts"][-1]], record=[key], logits=False).activations[key])[0, -1]
+    np.testing.assert_allclose(g["reads"][-1], single, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(g["diffs"], g["reads"][:K] - g["reads"][K:])
+    cmat = g["cosine_matrix"]
+    np.testing.assert_allclose(cmat, cmat.T)
+    np.testing.assert_allclose(np.diag(cmat), 1.0, atol=1e-6)
+    assert np.linalg.norm(g["top_direction"]) == pytest.approx(1.0, abs=1e-5)
+    assert 0.0 < g["explained"] <= 1.0 and g["strength"] > 0, (g["explained"], g["strength"])  # toward the in-persona side
