@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> ev.EvalTable:
     table.plot(args.out / "img" / "actadd_sentiment.png",
                title=f"ActAdd Love - Hate on SmolLM2-135M-Instruct ({len(prompts)} prompts, greedy)")
     print(table.to_text())
-    best = table.best(min_fluency=0.5)
-    print(f"best within fluency 0.5: layer {best.layer}, coefficient {best.strength:g}: "
-          f"sentiment {best.behaviour:+.3f}, perplexity {best.perplexity:.2f}")
+    for budget in (dict(min_fluency=0.5), dict(min_fluency=0.5, min_distinct=0.5)):
+        best = table.best(**budget)
+        print(f"best within {budget}: layer {best.layer}, coefficient {best.strength:g}: sentiment "
+              f"{best.behaviour:+.3f}, perplexity {best.perplexity:.2f}, distinct-2 {best.distinct_2:.2f}")
     for s in args.strengths:
         print(f"\n[layer {best.layer}, x{s:g}] {prompts[0]}{table.texts[('steering', best.layer, float(s))][0]!r}")
     print(f"\ndone in {time.perf_counter() - t0:.0f} s")
