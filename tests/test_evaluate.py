@@ -376,3 +376,33 @@ def test_a_front_aligned_tensor_steers_as_actadd(backend_models, backend):
     grid = ev.Grid(m, vector=sv, layers=[1], strengths=[1.0], controls=["random"])
     np.testing.assert_allclose(np.linalg.norm(grid.direction("random", 1), axis=-1), np.linalg.norm(tensor, axis=-1),
                                rtol=1e-5)
+
+
+def test_the_random_control_is_fixed_by_the_seed(shared_models):
+    m = shared_models("llama")
+    vec = _vector(m)
+    a, b, c = (ev.Grid(m, vector=vec, layers=[1], strengths=[1.0], controls=["random"], seed=s) for s in (0, 0, 1))
+    assert np.array_equal(a.direction("random", 1), b.direction("random", 1))
+    assert not np.allclose(a.direction("random", 1), c.direction("random", 1))
+
+
+@pytest.mark.slow
+def test_the_docs_scripts_run_quick(smollm2_dir, tmp_path):
+    """examples/caa_curves.py and examples/actadd_sentiment.py, which made docs/evaluate.md's numbers."""
+    import importlib.util
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    for name in ("caa_curves", "actadd_sentiment"):
+        spec = importlib.util.spec_from_file_location(f"docs_{name}", examples / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        result = module.main(["--quick", "--model", str(smollm2_dir), "--out", str(tmp_path)])
+        if name == "caa_curves":
+            table = result["corrigible-neutral-HHH"]
+            assert table.measures == ("ab_probability",) and table.vectors == ["steering", "random", "flipped"]
+            assert (tmp_path / "img" / "caa_corrigible-neutral-HHH_zoom.png").exists()
+        else:
+            assert result.best().layer == 6 and ("steering", 6, 5.0) in result.texts
+        assert ev.EvalTable.from_json(next((tmp_path / "results").glob(
+            "caa_*.json" if name == "caa_curves" else "actadd_*.json"))).rows == (table if name == "caa_curves" else result).rows
