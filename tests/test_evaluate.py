@@ -406,3 +406,29 @@ def test_the_docs_scripts_run_quick(smollm2_dir, tmp_path):
             assert result.best().layer == 6 and ("steering", 6, 5.0) in result.texts
         assert ev.EvalTable.from_json(next((tmp_path / "results").glob(
             "caa_*.json" if name == "caa_curves" else "actadd_*.json"))).rows == (table if name == "caa_curves" else result).rows
+
+
+def test_the_progress_bar_counts_every_row(shared_models, monkeypatch):
+    """One tick per (item or prompt, distinct cell), the unsteered cell included: the bar ends full."""
+    import mlx_steer.evaluate.evaluation as evaluation
+
+    seen = {}
+
+    class Bar:
+        def __init__(self, *, total, **kwargs):
+            seen["total"], seen["n"] = total, 0
+
+        def update(self, n):
+            seen["n"] += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(evaluation, "tqdm", Bar)
+    m = shared_models("llama")
+    ev.evaluate(m, vector=_vector(m), layers=[1, 2], strengths=[-1.0, 0.0, 1.0], items=ITEMS, prompts=PROMPTS,
+                judge=_length_judge, max_tokens=2, controls=["flipped"], batch_size=4)
+    assert seen["total"] == seen["n"] == 5 * (len(ITEMS) + len(PROMPTS))  # 4 steered cells + the unsteered one

@@ -96,6 +96,8 @@ def ab_scores(model: Steerable, items: Sequence[ABItem], grid: Grid, *, chat: bo
         record = {f"{model.layer_paths[s]}:input": "all" for s in starts} if not whole else None
         base = model.run(tokens, record=record, logits=True)
         out[("unsteered",)].append(_probabilities(model, base.logits, chunk))
+        if progress is not None:
+            progress(len(chunk))
         for g0 in range(0, len(steered), cells_per_forward):
             keys = steered[g0: g0 + cells_per_forward]
             per_row = [grid.interventions(distinct[k]) for k in keys for _ in chunk]
