@@ -234,6 +234,9 @@ def test_items_shipped_loaded_and_split(tmp_path):
     assert ev.load_items(tmp_path / "i.jsonl") == ev.as_items(ITEMS)
     (tmp_path / "i.json").write_text(json.dumps(ITEMS))
     assert ev.load_items(tmp_path / "i.json") == ev.as_items(ITEMS)
+    from mlx_steer.cli import evaluate as command
+
+    assert command.CAA == ev.CAA_BEHAVIOURS  # the command's copy keeps its start-up free of the package
     with pytest.raises(ValueError, match="unknown CAA behaviour 'sycophancy'"):
         ev.caa_items("sycophancy")
     with pytest.raises(ValueError, match="cannot split 340 items"):

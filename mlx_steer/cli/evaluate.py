@@ -11,9 +11,10 @@ from typing import Any
 
 from .arguments import add_model, finite, layer, positive, positive_int, usage_error
 from .inputs import check_output, existing_file, read_prompts
-from .loading import describe, model_for, vector_file
+from .loading import describe, fit_vector, model_for, vector_file
 
-CAA = ("coordinate-other-ais", "corrigible-neutral-HHH", "myopic-reward", "refusal", "survival-instinct")
+CAA = (  # ev.CAA_BEHAVIOURS, not imported: every mlx-steer call imports this module (a test keeps them equal)
+    "coordinate-other-ais", "corrigible-neutral-HHH", "myopic-reward", "refusal", "survival-instinct")
 DEFAULT_STRENGTHS = (-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0)
 OUTPUTS = ("table.csv", "table.json", "plot.png")
 
@@ -101,9 +102,7 @@ def run(args: argparse.Namespace) -> int:
         vec = ev.ab_vector(model, train, layers=layers, chat=args.chat, progress=args.progress)
         print(f"extracted CAA's vector from {len(train)} items; evaluating on {len(items)} held-out items")
     else:
-        from ..vectors.vector_file import load_vector
-
-        vec = load_vector(existing_file(args.vector), model=model)
+        vec = fit_vector(args, model, vec, None, None)  # checked against the model
     table = ev.evaluate(model, vector=vec, layers=layers, strengths=args.strengths, items=items, prompts=prompts,
                         judge=judge, controls=args.controls, ab_positions=args.ab_positions, positions=args.positions,
                         max_tokens=args.max_tokens, chat=args.chat, batch_size=args.batch_size, temp=args.temp,

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..analysis.cell_scoring import steered_layer
 from ..extraction.directions import extract
-from .grid import Cell, Grid
+from .grid import Grid
 from .items import ABItem, as_items
 
 if TYPE_CHECKING:
@@ -84,8 +84,10 @@ def ab_scores(model: Steerable, items: Sequence[ABItem], grid: Grid, *, chat: bo
     """
     rows = [ab_prompt(model, it, chat=chat, system=system) for it in items]
     distinct = grid.distinct()
-    steered = sorted((k for k in distinct if k != ("unsteered",)), key=lambda k: _start(model, grid, distinct[k]))
-    starts = sorted({s for k in steered if (s := _start(model, grid, distinct[k])) >= 1}) if share_layers else []
+    specs = {k: grid.interventions(cell) for k, cell in distinct.items() if k != ("unsteered",)}  # built once per cell
+    start_of = {k: steered_layer(model, spec) or 0 for k, spec in specs.items()}  # the highest layer it may start at
+    steered = sorted(specs, key=start_of.__getitem__)
+    starts = sorted({s for s in start_of.values() if s >= 1}) if share_layers else []
     per_chunk = max(1, min(len(rows), batch_size // 4))
     cells_per_forward = max(1, batch_size // per_chunk)
     out: dict[tuple, list[np.ndarray]] = {k: [] for k in distinct}
@@ -100,8 +102,8 @@ def ab_scores(model: Steerable, items: Sequence[ABItem], grid: Grid, *, chat: bo
             progress(len(chunk))
         for g0 in range(0, len(steered), cells_per_forward):
             keys = steered[g0: g0 + cells_per_forward]
-            per_row = [grid.interventions(distinct[k]) for k in keys for _ in chunk]
-            start = min(_start(model, grid, distinct[k]) for k in keys)
+            per_row = [specs[k] for k in keys for _ in chunk]
+            start = min(start_of[k] for k in keys)
             tr = None
             if not whole and start in starts:
                 hidden = model.xp.concatenate([base.activations[f"{model.layer_paths[start]}:input"]] * len(keys), axis=0)
@@ -118,11 +120,6 @@ def ab_scores(model: Steerable, items: Sequence[ABItem], grid: Grid, *, chat: bo
             if progress is not None:
                 progress(len(keys) * len(chunk))
     return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def _start(model: Steerable, grid: Grid, cell: Cell) -> int:
-    """The highest layer a forward steering ``cell`` may start at."""
-    return steered_layer(model, grid.interventions(cell)) or 0
 
 
 def _probabilities(model: Steerable, logits: Any, rows: list[tuple[list[int], int, int]]) -> np.ndarray:

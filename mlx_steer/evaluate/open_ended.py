@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .grid import Cell, Grid
+from .grid import Grid
 from .judges import Judge, judge_scores
 
 if TYPE_CHECKING:
@@ -73,13 +73,14 @@ def generation_scores(model: Steerable, prompts: Sequence[str], grid: Grid, *, j
     """Per distinct cell (``grid.key``), its generations over ``prompts`` and their scores."""
     ids = [model.encode(p, chat=chat, system=system) for p in prompts]
     distinct = grid.distinct()
+    specs = {k: grid.interventions(cell) for k, cell in distinct.items()}  # built once per cell
     jobs = [(k, i) for k in distinct for i in range(len(ids))]
     tokens: dict[tuple, list[list[int]]] = {k: [] for k in distinct}
     texts: dict[tuple, list[str]] = {k: [] for k in distinct}
     for j0 in range(0, len(jobs), batch_size):
         part = jobs[j0: j0 + batch_size]
         res = model.batch_generate([ids[i] for _, i in part], max_tokens=max_tokens, temp=temp, seed=seed,
-                                   interventions=[grid.interventions(distinct[k]) for k, _ in part])
+                                   interventions=[specs[k] for k, _ in part])
         for (k, _), toks, text in zip(part, res.token_ids, res.texts):
             tokens[k].append(list(toks))
             texts[k].append(text)
