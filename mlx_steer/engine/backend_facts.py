@@ -77,6 +77,16 @@ class BackendFacts:
         return self.backend.max_positions
 
     @property
+    def context_length(self) -> int | None:
+        """The context window: a learned position table's rows, else what the model's config declares
+        (the ``config.json`` the MLX backend read, a transformers model's config); None: unknown."""
+        from .limits import declared_context
+
+        config = getattr(self.backend, "config", None)  # MLX: the config dict it was loaded with
+        return self.max_positions or declared_context(config if config is not None else
+                                                      getattr(self.model, "config", None))
+
+    @property
     def distributed(self) -> str | None:
         """``"tensor"`` or ``"pipeline"`` for a model sharded over ranks; None when whole."""
         return self.backend.distributed
