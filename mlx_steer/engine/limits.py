@@ -50,8 +50,9 @@ def check_length(max_positions: int | None, n_tokens: int, what: str, *,
 def declared_context(config: object) -> int | None:
     """The context window a model config declares (a dict, or a transformers config), also under its
     ``text_config``; None when it does not say."""
-    if config is not None and not isinstance(config, Mapping):
-        config = config.to_dict() if callable(getattr(config, "to_dict", None)) else None
+    to_dict = getattr(config, "to_dict", None)  # a transformers PretrainedConfig
+    if not isinstance(config, Mapping) and callable(to_dict):
+        config = to_dict()
     if not isinstance(config, Mapping):
         return None
     for cfg in (config, config.get("text_config") or {}):
