@@ -34,7 +34,11 @@ def compile_at(backend: Backend, site: Site, spec: Any) -> Op:
         at = leaf.site
         assert isinstance(at, Site), "plan_sites resolves conditions"
         dim = backend.site_dim(at.path, at.point)
-        if dim is not None and leaf.direction.shape[0] != dim:
+        if dim is None:  # an embedding's input: token ids, nothing to measure along a direction
+            raise ValueError(f"condition {leaf.name!r} reads site {at.key!r}, whose activation is not a vector "
+                             "(an embedding's input is token ids); read a layer's residual stream, e.g. "
+                             "'layers.i' or 'layers.i:input'")
+        if leaf.direction.shape[0] != dim:
             raise ValueError(f"condition {leaf.name!r} direction has size {leaf.direction.shape[0]} but site "
                              f"{at.key!r} has size {dim}")
     return GatedOp(op, rule, backend.state)

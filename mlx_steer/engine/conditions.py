@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .host_array import as_vector
-from .paths import Site
+from .paths import HOOK_POINTS, Site
 
 if TYPE_CHECKING:
     from .paths import PathResolver
@@ -149,7 +149,9 @@ def condition(direction: object, *, site: str, threshold: float, compare: str = 
         name: How reports name it.
 
     Raises:
-        ValueError: a zero or non-finite direction, an unknown compare, read or measure.
+        TypeError: a threshold that is not a real number (None, a string, a bool).
+        ValueError: a zero or non-finite direction, a non-finite threshold, a site that is not a
+            ``path[:input|:output]`` string, an unknown compare, read or measure.
     """
     d = as_vector(direction, what="condition direction").astype(np.float64)
     norm = float(np.linalg.norm(d))
@@ -158,11 +160,31 @@ def condition(direction: object, *, site: str, threshold: float, compare: str = 
     for value, valid, what in ((compare, COMPARES, "compare"), (read, READS, "read"), (measure, MEASURES, "measure")):
         if value not in valid:
             raise ValueError(f"unknown condition {what} {value!r}; valid: {', '.join(map(repr, valid))}")
-    t = float(threshold)
-    if not np.isfinite(t):
-        raise ValueError(f"condition threshold must be finite, got {threshold!r}")
+    t = _threshold(threshold)
+    _check_site(site)
     if not isinstance(name, str) or not name:
         raise ValueError(f"condition name must be a non-empty string, got {name!r}")
     unit = d / norm
     unit.setflags(write=False)
     return Condition(site, unit, t, compare, read, measure, name)
+
+
+def _threshold(value: object) -> float:
+    """A real, finite number (a bool or a numeric string is a mistake, not a threshold)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"condition threshold must be a real number, got {type(value).__name__} {value!r}")
+    t = float(value)
+    if not np.isfinite(t):
+        raise ValueError(f"condition threshold must be finite, got {value!r}")
+    return t
+
+
+def _check_site(site: object) -> None:
+    """A site is a Site or ``path[:input|:output]`` (the path resolves on the model when planned)."""
+    if isinstance(site, Site):
+        return
+    if not isinstance(site, str) or not site.partition(":")[0]:
+        raise ValueError(f"condition site must be a site string like 'layers.6' or 'layers.6:input', got {site!r}")
+    _, sep, point = site.partition(":")
+    if sep and point not in HOOK_POINTS:
+        raise ValueError(f"unknown hook point {point!r} in condition site {site!r}; valid: {', '.join(HOOK_POINTS)}")

@@ -23,6 +23,7 @@ from .generation import generate_batch, stream_steps
 from .hooks import HookRegistry, Hooks, SiteProgram, Watch
 from .layer_skip import LayerSkip
 from .limits import check_length, check_loop
+from .logit_positions import LogitsSpec, logit_positions
 from .paths import NORM_NAMES, Site, final_norm_path
 from .plan import SitePlan, as_interventions, check_plans, plan_sites
 from .results import BatchResult, RowStep, Trace
@@ -232,7 +233,7 @@ class Steerable(BackendFacts):
         interventions: Mapping | Any = None,
         record_positions: object = "all",
         reduce: str | None = None,
-        logits: bool = True,
+        logits: LogitsSpec = True,
         chat: bool = False,
         record_stage: str = "after",
         check_finite: bool = True,
@@ -248,7 +249,9 @@ class Steerable(BackendFacts):
                 those (or None) per prompt: row ``i`` gets entry ``i`` only.
             record_positions: Default positions for recorded sites.
             reduce: ``"mean"`` averages the recorded positions per row.
-            logits: Keep the (B, L, V) logits (skipping them saves the unembedding).
+            logits: Keep the (B, L, V) logits (True), none (False: saves the unembedding), or (B, k, V)
+                at chosen positions only: ``"last"`` (each row's last real token), an index or list
+                of indices for every row (negative: from the row's end), or one list per row.
             chat: Wrap each prompt as a user turn with the chat template.
             record_stage: ``"after"`` (default) records what flows on from a site, after its
                 interventions; ``"before"`` records the model's own value there.
@@ -263,6 +266,7 @@ class Steerable(BackendFacts):
         tokens = self.prompts.encode_batch(prompts, chat=chat)
         plans = self.plan(interventions=interventions, record=record, record_positions=record_positions,
                            reduce=reduce, rows=len(tokens), record_stage=record_stage)
+        keep = None if logits is False else logit_positions(logits, [len(t) for t in tokens])
         L, shortest = max(len(t) for t in tokens), min(len(t) for t in tokens)
         self.check_length(L, "the prompt")
         # an explicit index must exist in every row: past a short row it would select nothing there
@@ -280,7 +284,7 @@ class Steerable(BackendFacts):
                 contextlib.ExitStack() as undo:
             for u in skip.install() if skip is not None else []:
                 undo.callback(u)
-            out = self.backend.forward(tokens, hooks.recorders, keep_logits=logits)
+            out = self.backend.forward(tokens, hooks.recorders, keep_logits=logits is not False, positions=keep)
             if check_finite and out is not None and self.xp.truth(self.xp.nonfinite(out)):
                 raise ValueError("the logits are not finite (NaN or +inf): the interventions overflow the "
                                  "activations; use a smaller scale or vector")
@@ -341,7 +345,7 @@ class Steerable(BackendFacts):
         self.check_length(past + len(tokens) + max_tokens, "earlier turns + prompt + max_tokens" if past
                           else "prompt + max_tokens")
         check_plans(plans, limit=past + len(tokens) + max_tokens, prompt_len=len(tokens),
-                    what="earlier turns + prompt + max_tokens" if past else "prompt + max_tokens")
+                    prompt_ends=[past + len(tokens)], what="earlier turns + prompt + max_tokens" if past else "prompt + max_tokens")
         return stream_steps(self.backend, tokens, plans, calls=self.calls, registry=self.registry,
                             max_tokens=max_tokens, hooks_out=hooks_out, options=options)
 
@@ -388,7 +392,7 @@ class Steerable(BackendFacts):
         plans = self.plan(interventions=interventions, rows=len(tokens))
         self.check_length(max(map(len, tokens)) + max_tokens, "the longest prompt + max_tokens")
         check_plans(plans, limit=max(map(len, tokens)) + max_tokens, prompt_len=min(map(len, tokens)),
-                    what="prompt + max_tokens")
+                    prompt_ends=[len(t) for t in tokens], what="prompt + max_tokens")
         out, reasons, conditions = generate_batch(self.backend, tokens, plans, calls=self.calls,
                                                   registry=self.registry, max_tokens=max_tokens, options=options)
         return BatchResult([self.prompts.decode(ids) for ids in out], out, reasons, conditions)

@@ -6,7 +6,8 @@ input raises before the model is touched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from . import interventions as iv
@@ -64,7 +65,12 @@ def plan_sites(
         for spec, value in interventions.items():
             ivs = iv.as_intervention_list(value, site=str(spec))
             ivs = [i if i.condition is None else replace(i, condition=i.condition.resolved(resolver)) for i in ivs]
-            plan(spec).interventions.extend(i for i in ivs if not i.is_noop)
+            site = plan(spec)
+            for i in ivs:
+                if i.condition is not None and i.positions.kind == "prompt":
+                    raise ValueError(_gate_refusal(i, site.site, "it selects the prompt's positions, which are "
+                                                   "read before the gate decides"))
+            site.interventions.extend(i for i in ivs if not i.is_noop)
     default = as_positions(record_positions)
     if record is None:
         items: list[tuple[object, Positions]] = []
@@ -83,11 +89,14 @@ def plan_sites(
 
 
 def check_plans(plans: Mapping[str, SitePlan], *, limit: int, prompt_len: int, what: str,
-                generating: bool = True) -> None:
+                generating: bool = True, prompt_ends: Sequence[int] | None = None) -> None:
     """Reject what can never apply, before anything is installed: explicit indices at or past
     ``limit`` (the positions every row reaches), front-aligned tensors longer than the prompt,
-    and — in a forward over prompts (``generating=False``) — selectors of generated tokens,
-    which would select nothing."""
+    gated interventions on positions a gate never steers (see :func:`check_gates`), and — in a
+    forward over prompts (``generating=False``) — selectors of generated tokens, which would
+    select nothing. ``prompt_ends``: where each row's prompt ends, absolute (default: ``prompt_len``)."""
+    check_gates(plans, prompt_ends=(list(prompt_ends) if prompt_ends is not None else [prompt_len])
+                if generating else None)
     for plan in plans.values():
         selectors = [(plan.record, "recording")] if plan.record is not None else []
         selectors += [(i.positions, "intervention") for i in plan.interventions]
@@ -104,6 +113,38 @@ def check_plans(plans: Mapping[str, SitePlan], *, limit: int, prompt_len: int, w
                     f"front-aligned tensor at {plan.site.key!r} has {i.vector.shape[0]} positions but the "
                     f"prompt has {prompt_len} tokens; it must not be longer than the prompt"
                 )
+
+
+GATE_ACTS_ON = ("a gate decides once a row's prompt has been read, so it acts on generated tokens only "
+                "(positions 'all', 'last', 'generated', first_generated(n), or indices past the prompt)")
+
+
+def _gate_refusal(i: iv.Intervention, site: Site, why: str) -> str:
+    verb = re.sub(r"(?<!^)(?=[A-Z])", "_", type(i).__name__).lower()
+    return f"{verb} at {site.key!r} gated by a condition (when) cannot act where asked: {why}; {GATE_ACTS_ON}"
+
+
+def check_gates(plans: Mapping[str, SitePlan], *, prompt_ends: Sequence[int] | None) -> None:
+    """Refuse a gated intervention that could never act (it would be silently dropped): any in a
+    forward over prompts (``prompt_ends=None``: nothing is generated), and, while generating, one
+    whose explicit positions reach into a prompt it acts on (``prompt_ends``: each row's prompt end,
+    absolute, by row key; a row-scoped intervention is checked against its own rows)."""
+    for plan in plans.values():
+        for i in plan.interventions:
+            if i.condition is None:
+                continue
+            if prompt_ends is None:
+                raise ValueError(_gate_refusal(i, plan.site, "a forward over prompts (run/trace) generates "
+                                               "nothing; use it while generating"))
+            first = min(i.positions.indices) if i.positions.kind == "indices" else \
+                i.positions.start if i.positions.kind == "window" else None
+            if first is None:
+                continue
+            rows = [r for r in i.rows if r < len(prompt_ends)] if i.rows is not None else []
+            end = max(prompt_ends[r] for r in rows) if rows else max(prompt_ends)
+            if first < end:
+                raise ValueError(_gate_refusal(i, plan.site, f"it selects positions {i.positions}, and position "
+                                               f"{first} lies in the prompt (positions < {end})"))
 
 
 def as_interventions(
