@@ -11,10 +11,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..vectors.steering_vector import SteeringVector
 from . import errors
+from .body_limit import BodyLimit
 from .deps import ServerState
 from .engine import Engine
 from .planning import DEFAULT_MAX_TOKENS, Planner
@@ -100,22 +100,3 @@ def context_length_of(model_path: str | Path) -> int | None:
                 return value
     return None
 
-
-class BodyLimit:
-    """Refuse request bodies whose Content-Length is over ``limit`` bytes with 413."""
-
-    def __init__(self, app: ASGIApp, *, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > self.limit:
-                body = json.dumps(errors.error_body(413, f"the request body is over {self.limit} bytes",
-                                                    code="body_too_large")).encode()
-                await send({"type": "http.response.start", "status": 413,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
