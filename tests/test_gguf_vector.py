@@ -75,13 +75,24 @@ def test_float64_vectors_export_as_float32(tmp_path):
     assert np.array_equal(tensors["direction.3"], v["model.layers.3"].astype(np.float32))
 
 
-def test_repeng_style_file_imports_including_layer_0(tmp_path):
-    d0, d5 = np.arange(D, dtype=np.float32), -np.arange(D, dtype=np.float32)
-    write_raw(tmp_path / "r.gguf", {"direction.5": d5, "direction.0": d0}, hint="mistral")
+def test_repeng_style_file_imports(tmp_path):
+    d1, d5 = np.arange(D, dtype=np.float32), -np.arange(D, dtype=np.float32)
+    write_raw(tmp_path / "r.gguf", {"direction.5": d5, "direction.1": d1}, hint="mistral")
     v = import_gguf(tmp_path / "r.gguf")
-    assert v.sites == ("model.layers.0", "model.layers.5")
-    assert np.array_equal(v["model.layers.0"], d0) and np.array_equal(v["model.layers.5"], d5)
+    assert v.sites == ("model.layers.1", "model.layers.5")
+    assert np.array_equal(v["model.layers.1"], d1) and np.array_equal(v["model.layers.5"], d5)
     assert v.extra["model_hint"] == "mistral" and v.hidden_size == D
+
+
+@pytest.mark.parametrize("name", ["direction.0", "direction.00"])
+def test_a_layer_0_direction_is_refused_naming_tensor_file_and_valid_range(tmp_path, name):
+    # llama.cpp's common_control_vector_load_one: "invalid (zero) direction tensor layer index"
+    path = tmp_path / "r.gguf"
+    write_raw(path, {"direction.5": np.ones(D, np.float32), name: np.ones(D, np.float32)})
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=rf"{path} holds tensor '{name}'.*valid: direction\.1 and up"):
+        import_gguf(path)
+    assert path.read_bytes() == before
 
 
 def test_layer_path_template(tmp_path):

@@ -18,7 +18,9 @@ which is our site ``model.layers.N`` with hook point ``output``. The mapping is 
   ``direction.{i}`` unchanged.
 
 So llama.cpp can never steer block 0's output: :func:`export_gguf` refuses ``model.layers.0``
-(llama.cpp would skip the whole file). Importing accepts ``direction.0``, as repeng writes it.
+(llama.cpp would skip the whole file) and :func:`import_gguf` refuses a file holding ``direction.0``
+(valid: ``direction.1`` and up). repeng's default layers are 1..n-1 (``range(-1, -n, -1)`` made
+positive), so its files never hold one unless asked for layer 0.
 The ``gguf`` package is needed (``pip install gguf``, or the ``gguf`` extra of a checkout); numpy only otherwise.
 """
 
@@ -112,7 +114,7 @@ def import_gguf(path: str | os.PathLike, *, layer_path_template: str = "model.la
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: not a GGUF file, not a control vector (names the architecture found), a
-            tensor not named ``direction.N``, two tensors for one layer (``direction.7`` and
+            tensor not named ``direction.N``, a ``direction.0`` (llama.cpp's layers start at 1), two tensors for one layer (``direction.7`` and
             ``direction.007``), a direction that is not a 1-D float array, or malformed metadata
             (a model hint that is not a string, a layer count that is not the number of
             directions); the message names the file.
@@ -140,6 +142,11 @@ def import_gguf(path: str | os.PathLike, *, layer_path_template: str = "model.la
         if data.ndim != 1 or data.dtype.kind != "f":
             raise ValueError(f"{t.name} in {path} must be a 1-D float direction, got {t.tensor_type.name} of shape {data.shape}")
         layer = int(m.group(1))
+        if layer == 0:
+            raise ValueError(
+                f"{path} holds tensor {t.name!r}: control-vector layers start at 1 (llama.cpp refuses the whole "
+                f"file; block 0's output cannot be steered); valid: direction.1 and up, one per layer after the first"
+            )
         if layer in names:
             raise ValueError(f"{path} holds two directions for layer {layer}: {names[layer]!r} and {t.name!r}")
         directions[layer], names[layer] = data.astype(np.float32), t.name
