@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .autoencoder import ARCHITECTURES, SparseAutoencoder
+from .autoencoder import SparseAutoencoder
+from .config_file import SAEConfig, read_config
 from .hook_names import hook_name_of, site_of_hook
+from .weights_file import read_weights
 
 __all__ = ["load_sae", "save_sae"]
 
@@ -55,42 +57,36 @@ def load_sae(path_or_repo: str | os.PathLike, *, subfolder: str | None = None, s
             is ``layers.12``).
         model: When given, the site is resolved on it and the SAE's width checked against the site's.
 
-    Raises:
-        ValueError: missing files, an architecture or hook without a counterpart, shapes that disagree,
-            or a width that does not fit the model's site (each named).
-    """
-    from safetensors.numpy import load_file
+    Weights saved as bf16, fp16 or fp64 are read as float32 (exact for bf16 and fp16); interventions cast
+    them to the model's activation dtype when they are installed.
 
+    Raises:
+        ValueError: naming the file and the field or tensor: missing files, ``cfg.json`` not a JSON object or
+            a field of the wrong type (JSON's own: ``true``, an integer ``k``), weights truncated, not floats
+            or not finite, shapes that disagree, an architecture or hook without a counterpart, or a width
+            that does not fit the model's site.
+    """
     folder = _folder(path_or_repo, subfolder)
     missing = [n for n in (CONFIG, WEIGHTS) if not (folder / n).is_file()]
     if missing:
         raise ValueError(f"{folder} is not an SAE folder in SAELens's layout: {', '.join(missing)} missing")
-    cfg = json.loads((folder / CONFIG).read_text())
-    meta = cfg.get("metadata") or cfg.get("meta") or {}  # SAELens 6: "metadata" ("meta" in its first releases)
-    hook = cfg.get("hook_name") or meta.get("hook_name")
-    arch = cfg.get("architecture") or {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}.get(
-        cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu")
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"SAE architecture {arch!r} in {folder / CONFIG} is not supported; supported: "
-                         f"{', '.join(ARCHITECTURES)}")
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    weights = load_file(str(folder / WEIGHTS))
-    need = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if arch == "jumprelu" else [])
-    absent = [n for n in need if n not in weights]
-    if absent:
-        raise ValueError(f"{folder / WEIGHTS} lacks {', '.join(absent)}")
-    where = site or cfg.get("mlx_steer_site") or site_of_hook(str(hook or ""))
-    f32 = {n: weights[n].astype(np.float32) for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    cfg = read_config(folder / CONFIG)
+    need = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if cfg.architecture == "jumprelu" else [])
+    weights = read_weights(folder / WEIGHTS, need)
+    _check_shapes(folder, cfg, weights)
+    try:
+        where = site or cfg.site or site_of_hook(cfg.hook_name or "")
+    except ValueError as exc:
+        raise ValueError(f"{folder / CONFIG}: field hook_name: {exc}") from None
     sae = SparseAutoencoder(
-        f32["W_enc"], f32["b_enc"], f32["W_dec"], f32["b_dec"], architecture=arch,
-        k=None if k is None else int(k), threshold=weights["threshold"].astype(np.float32) if arch == "jumprelu" else None,
-        site=where, hook_name=hook, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-        metadata={key: v for key, v in cfg.items() if key not in _WRITTEN})
-    if cfg.get("d_in") not in (None, sae.d_in) or cfg.get("d_sae") not in (None, sae.d_sae):
-        raise ValueError(f"{folder / CONFIG} says d_in={cfg.get('d_in')}, d_sae={cfg.get('d_sae')} but the weights are "
-                         f"{sae.d_in} x {sae.d_sae}")
+        weights["W_enc"], weights["b_enc"], weights["W_dec"], weights["b_dec"], architecture=cfg.architecture,
+        k=cfg.k, threshold=weights.get("threshold"), site=where, hook_name=cfg.hook_name,
+        apply_b_dec_to_input=cfg.apply_b_dec_to_input, metadata=cfg.extra)
     if model is not None:
-        check_fits(sae, model)
+        try:
+            check_fits(sae, model)
+        except ValueError as exc:
+            raise ValueError(f"{folder}: {exc}") from None
     return sae
 
 
@@ -102,9 +98,22 @@ def check_fits(sae: SparseAutoencoder, model: Any) -> None:
         raise ValueError(f"the SAE reads width {sae.d_in} but site {s.key!r} of this model has width {dim}")
 
 
-_WRITTEN = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
-            "reshape_activations", "meta", "metadata", "hook_name", "k", "activation_fn_str", "activation_fn",
-            "activation_fn_kwargs", "mlx_steer_site", "sae_lens_version"}
+def _check_shapes(folder: Path, cfg: SAEConfig, weights: dict[str, np.ndarray]) -> None:
+    """ValueError naming the file and the field or tensor whose shape or value disagrees with the others."""
+    enc = weights["W_enc"].shape
+    if len(enc) != 2:
+        raise ValueError(f"{folder / WEIGHTS}: W_enc has shape {list(enc)}; valid: (d_in, d_sae)")
+    d_in, d_sae = enc
+    for name, value, got in (("d_in", cfg.d_in, d_in), ("d_sae", cfg.d_sae, d_sae)):
+        if value is not None and value != got:
+            raise ValueError(f"{folder / CONFIG}: field {name} is {value} but W_enc in {WEIGHTS} is {d_in} x {d_sae}")
+    want = {"b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for name, shape in want.items():
+        if name in weights and weights[name].shape != shape:
+            raise ValueError(f"{folder / WEIGHTS}: {name} has shape {list(weights[name].shape)}; with W_enc "
+                             f"{d_in} x {d_sae} it must be {list(shape)}")
+    if cfg.architecture == "topk" and not (cfg.k is not None and 1 <= cfg.k <= d_sae):
+        raise ValueError(f"{folder / CONFIG}: field k is {cfg.k}; a topk SAE of {d_sae} features needs k in 1..{d_sae}")
 
 
 def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike, *, model_name: str | None = None) -> Path:
