@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n1. top features per token of {PROMPT!r}")
     for piece, feats in zip(pieces, top):
         print(f"   {piece!r:>14}  " + "  ".join(f"#{f}:{a:.2f}" for f, a in feats))
-    rec = sae.reconstruction(acts[1:])
-    print(f"   this prompt (first token left out): explained variance {rec['explained_variance']:.3f}, "
+    rec = sae.reconstruction(acts)  # leaves out the tokens training leaves out (the first: the attention sink)
+    print(f"   this prompt (positions {rec['skipped']} left out): explained variance {rec['explained_variance']:.3f}, "
           f"L0 {rec['l0']:.1f}")
 
     where = next((i for i, p in enumerate(pieces) if args.word in p.lower()), len(pieces) - 1)

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .kept_tokens import MAX_NORM_RATIO, kept_tokens
+
 __all__ = ["ARCHITECTURES", "SparseAutoencoder"]
 
 ARCHITECTURES = ("standard", "topk", "jumprelu")
@@ -91,16 +93,36 @@ class SparseAutoencoder:
         """Reconstructed activations (..., d_in) of features (..., d_sae)."""
         return np.asarray(f, dtype=np.float32) @ self.W_dec + self.b_dec
 
-    def reconstruction(self, x: np.ndarray) -> dict[str, float]:
-        """How well it reconstructs ``x`` (..., d_in): mean squared error, the fraction of variance it
-        explains (1 - MSE / variance around the mean), and the mean number of active features (L0)."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1, self.d_in)
-        f = self.encode(x)
-        err = x - self.decode(f).astype(np.float64)
-        var = ((x - x.mean(0)) ** 2).sum(-1).mean()
+    def reconstruction(self, x: np.ndarray, *, skip_first: bool = True,
+                       max_norm_ratio: float | None = MAX_NORM_RATIO) -> dict[str, Any]:
+        """How well it reconstructs the activations ``x``: (L, d_in) one sequence's tokens, or (..., L, d_in)
+        several of the same length, first token first.
+
+        Leaves out the tokens training leaves out (:func:`~mlx_steer.sae.kept_tokens.kept_tokens`): each
+        sequence's first token (the attention sink) unless ``skip_first=False``, and tokens whose norm is
+        over ``max_norm_ratio`` times the median (None keeps them).
+
+        Returns:
+            ``mse`` (mean squared error per element), ``explained_variance`` (1 - MSE / variance around the
+            mean), ``l0`` (mean number of active features), ``tokens`` (how many were measured) and
+            ``skipped`` (the positions left out: indices into L for (L, d_in), else index tuples into x's
+            leading axes).
+        """
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 0 or x.shape[-1] != self.d_in:
+            raise ValueError(f"activations have shape {x.shape}; this SAE reads width {self.d_in} at {self.site}")
+        lead = x.shape[:-2] if x.ndim > 1 else ()
+        seqs = x.reshape(-1, *x.shape[-2:]) if x.ndim > 1 else x[None, None]
+        kept, skipped = kept_tokens(list(seqs), skip_first=skip_first, max_norm_ratio=max_norm_ratio)
+        if not len(kept):
+            raise ValueError(f"no tokens to measure in activations of shape {x.shape}")
+        f = self.encode(kept)
+        err = kept - self.decode(f).astype(np.float64)
+        var = ((kept - kept.mean(0)) ** 2).sum(-1).mean()
         mse = (err**2).sum(-1).mean()
+        where: list[Any] = [p if not lead else (*(int(i) for i in np.unravel_index(s, lead)), p) for s, p in skipped]
         return {"mse": float(mse / self.d_in), "explained_variance": float(1.0 - mse / var) if var > 0 else 0.0,
-                "l0": float((f > 0).sum(-1).mean())}
+                "l0": float((f > 0).sum(-1).mean()), "tokens": len(kept), "skipped": where}
 
     def top_features(self, x: np.ndarray, k: int = 5) -> list[list[tuple[int, float]]]:
         """Per row of ``x`` (L, d_in): its ``k`` most active features ``(index, activation)``, largest first."""

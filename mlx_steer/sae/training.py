@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .autoencoder import SparseAutoencoder
+from .kept_tokens import kept_tokens
 
 __all__ = ["TrainingReport", "record_tokens", "train_topk_sae"]
 
@@ -48,14 +49,10 @@ def record_tokens(model: Any, prompts: Sequence[str], *, site: str, batch_size: 
         tr = model.run(batch, record=[key], logits=False)
         acts = model.to_numpy(tr.activations[key])
         for b, (n, pad) in enumerate(zip(tr.lengths, tr.padding)):
-            rows.append(acts[b, pad + (1 if skip_first and n > 1 else 0) : pad + n])
+            rows.append(acts[b, pad : pad + n])
         bar.update(len(batch))
     bar.close()
-    acts = np.concatenate(rows).astype(np.float32)
-    if max_norm_ratio is not None and len(acts):
-        norms = np.linalg.norm(acts, axis=1)
-        acts = acts[norms <= max_norm_ratio * float(np.median(norms))]
-    return acts
+    return kept_tokens(rows, skip_first=skip_first, max_norm_ratio=max_norm_ratio)[0].astype(np.float32)
 
 
 def train_topk_sae(acts: np.ndarray, *, features: int, k: int, site: str, epochs: int = 4, batch_tokens: int = 1024,
@@ -140,7 +137,7 @@ def train_topk_sae(acts: np.ndarray, *, features: int, k: int, site: str, epochs
     bar.close()
     out = SparseAutoencoder(np.array(sae.W_enc), np.array(sae.b_enc), np.array(sae.W_dec), np.array(sae.b_dec),
                             architecture="topk", k=k, site=site)
-    rec = out.reconstruction(test)
+    rec = out.reconstruction(test, skip_first=False, max_norm_ratio=None)  # test: tokens already kept
     fired = (out.encode(test) > 0).any(0)
     report = TrainingReport(rec["explained_variance"], rec["l0"], float(1.0 - fired.mean()), len(train), len(test),
                             steps, time.perf_counter() - t0)
