@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 
 import mlx_steer as ms
 from mlx_steer import analysis
-from mlx_steer.demo.examples import notebook_settings, show
+from mlx_steer.demo.examples import continuation, notebook_settings, show
 
 settings = notebook_settings("Activation Addition (Turner et al. 2023) on SmolLM2")
 t0 = time.perf_counter()
@@ -83,7 +83,7 @@ site = f"layers.{STEER_LAYER}:input"
 
 
 def show_text(label: str, text: str) -> None:
-    print(f"[{label:>22}] {PROMPT}{'' if text[:1].isspace() else ' '}{text.strip()!r}")
+    print(f"[{label:>22}] {continuation(PROMPT, text)}")
 
 
 # %% [markdown]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mlx_steer as ms
 from mlx_steer import evaluate as ev
-from mlx_steer.demo.examples import example_model_path, example_parser
+from mlx_steer.demo.examples import continuation, example_model_path, example_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIR = ("Love", "Hate")
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> ev.EvalTable:
         print(f"best within {budget}: layer {best.layer}, coefficient {best.strength:g}: sentiment "
               f"{best.behaviour:+.3f}, perplexity {best.perplexity:.2f}, distinct-2 {best.distinct_2:.2f}")
     for s in args.strengths:
-        print(f"\n[layer {best.layer}, x{s:g}] {prompts[0]}{table.texts[('steering', best.layer, float(s))][0]!r}")
+        text = table.texts[("steering", best.layer, float(s))][0]
+        print(f"\n[layer {best.layer}, x{s:g}] {continuation(prompts[0], text)}")
     print(f"\ndone in {time.perf_counter() - t0:.0f} s")
     return table
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .arguments import add_model, positive_int
 from .inputs import existing_file, printable
 from .loading import model_for
+
+if TYPE_CHECKING:
+    from ..vectors.steering_vector import SteeringVector
 
 SUMMARY = "show a vector file's metadata, norms and (with --model) top tokens"
 OPTION_GROUPS = ("backend",)
@@ -25,6 +29,16 @@ def fill(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--final-norm", action="store_true", help="apply the final norm before unembedding (logit lens)")
 
 
+def _shown(vec: SteeringVector, name: str) -> str:
+    """A metadata field as printed: a file that does not record it (a GGUF has no model id, method ...)
+    says so, and a GGUF's model id points at its model hint."""
+    value = getattr(vec, name)
+    if value is not None:
+        return printable(value)
+    hint = vec.extra.get("model_hint")
+    return f"not recorded (model hint: {printable(hint)})" if name == "model_id" and hint else "not recorded"
+
+
 def run(args: argparse.Namespace) -> int:
     """``mlx-steer inspect``: metadata and norms; with --model, the fit and top tokens per site."""
     from ..analysis import top_tokens
@@ -35,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
     fields = ("model_id", "method", "read_positions", "hook_point", "hidden_size", "dtype", "created_by")
     print(f"file: {printable(args.vector)}")
     for name in fields:
-        print(f"{name + ':':<16}{printable(getattr(vec, name))}")
+        print(f"{name + ':':<15} {_shown(vec, name)}")
     for key, value in vec.extra.items():
-        print(f"{'extra.' + printable(key) + ':':<16}{printable(value)}")
+        print(f"{'extra.' + printable(key) + ':':<15} {printable(value)}")
     sites = {site: printable(site) for site in vec.sites}
     w = max(map(len, sites.values()))
     print(f"sites ({len(vec)}):")

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
-    "MODEL_ENV", "QUICK_ENV", "NotebookSettings", "example_args", "example_model_path", "example_parser",
-    "in_notebook", "notebook_settings", "show",
+    "MODEL_ENV", "QUICK_ENV", "NotebookSettings", "continuation", "example_args", "example_model_path",
+    "example_parser", "in_notebook", "notebook_settings", "show",
 ]
 
 QUICK_ENV = "MLX_STEER_EXAMPLE_QUICK"
@@ -112,6 +112,15 @@ def show(fig: Figure) -> None:
     png = io.BytesIO()
     fig.savefig(png, format="png", bbox_inches="tight")
     display(Image(data=png.getvalue(), format="png"))
+
+
+def continuation(prompt: str, text: str) -> str:
+    """A prompt and its generated text on one line, each quoted: ``'I hate you because' + ' of it'``.
+
+    Where the prompt ends and the generation starts stays visible, and so does the generation's own
+    leading space (or its lack): a prompt glued to a quoted string (``because"of it``) hides both.
+    """
+    return f"{prompt!r} + {text!r}"
 
 
 def _model_path(model: str | None) -> str:
