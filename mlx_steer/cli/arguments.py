@@ -9,6 +9,7 @@ import math
 import sys
 from typing import Any, NoReturn
 
+from ..engine.limits import SEED_MAX  # numpy only, which the package has loaded already
 from ..extraction.method_table import METHODS  # import-free: argument errors stay fast
 
 BACKENDS = ("mlx", "torch")
@@ -140,6 +141,17 @@ def probability(text: str) -> float:
 
 def positive(text: str) -> float:
     return number(text, low=0, low_open=True)
+
+
+def seed(text: str) -> int:
+    """A seed every backend takes: an integer in 0..2**64-1 (what MLX, torch and numpy all accept)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..2**64-1, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"seed {value} out of range; valid: 0..2**64-1")
+    return value
 
 
 def read_spec(text: str) -> str | int:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
-from .arguments import add_model, finite, layer, positive, positive_int, usage_error
+from .arguments import add_model, finite, layer, positive, positive_int, seed, usage_error
 from .inputs import check_output, existing_file, read_prompts
 from .loading import describe, fit_vector, model_for, vector_file
 
@@ -61,7 +62,8 @@ def fill(sp: argparse.ArgumentParser) -> None:
                     help="where open-ended cells steer (default all)")
     sp.add_argument("--max-tokens", type=positive_int, default=40, metavar="N", help="tokens per generation (default 40)")
     sp.add_argument("--temp", type=finite, default=0.0, metavar="T", help="sampling temperature (default 0: greedy)")
-    sp.add_argument("--seed", type=int, default=0, help="seeds the split, the random control and sampling (default 0)")
+    sp.add_argument("--seed", type=seed, default=0,
+                    help="seeds the split, the random control and sampling (0..2**64-1, default 0)")
     sp.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="rows per forward (default 32)")
     sp.add_argument("--no-chat", dest="chat", action="store_false", help="plain text prompts (a base model)")
     sp.add_argument("--min-fluency", type=positive, metavar="F", help="best cell: fluency at least F (needs prompts)")
@@ -74,6 +76,7 @@ def fill(sp: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``mlx-steer evaluate``."""
     from .. import evaluate as ev
+    from ..evaluate.evaluation import check_max_tokens
 
     judge = _judge(args)
     if args.prompts_file and judge is None:
@@ -90,11 +93,13 @@ def run(args: argparse.Namespace) -> int:
         usage_error(args, f"--temp must be >= 0, got {args.temp:g}")
     if importlib.util.find_spec("matplotlib") is None:
         raise ImportError("the plot needs matplotlib: pip install matplotlib")
-    out = _out_dir(args)
+    out = _check_out_dir(args)  # created only to write the results: a run that fails leaves none
     items = ev.load_items(existing_file(args.items)) if args.items else ev.caa_items(args.caa) if args.caa else None
     prompts = read_prompts(args.prompts_file) if args.prompts_file else None
     vec = vector_file(args) if args.vector else None
     model = model_for(args)
+    if prompts is not None:  # before the extraction's forwards too
+        check_max_tokens(model, prompts, max_tokens=args.max_tokens, chat=args.chat)
     layers = list(args.layers)
     if vec is None:
         assert items is not None  # checked above
@@ -109,10 +114,7 @@ def run(args: argparse.Namespace) -> int:
                         seed=args.seed, progress=args.progress)
     print(f"evaluate: {describe(vec)}")
     print(table.to_text())
-    csv_path, json_path, png_path = (out / name for name in OUTPUTS)
-    table.to_csv(csv_path)
-    table.to_json(json_path)
-    table.plot(png_path, title=args.caa or Path(args.items or args.prompts_file).name)
+    csv_path, json_path, png_path = _write(out, table, title=args.caa or Path(args.items or args.prompts_file).name)
     try:
         best = table.best(maximize=not args.minimize, min_fluency=args.min_fluency)
     except ValueError as exc:
@@ -140,16 +142,38 @@ def _judge(args: argparse.Namespace) -> Any:
     usage_error(args, f"unknown --judge {spec!r}; valid: sentiment, substring:WORD,WORD")
 
 
-def _out_dir(args: argparse.Namespace) -> Path:
+def _check_out_dir(args: argparse.Namespace) -> Path:
+    """-o checked before any work, and nothing created: an existing folder (its outputs new, or
+    --force), or a new folder's name in a writable folder."""
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"{args.out} is a file; -o names a folder for {', '.join(OUTPUTS)}")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"no such folder for the output: {out.parent}")
-    out.mkdir(exist_ok=True)
-    for name in OUTPUTS:
-        check_output(str(out / name), force=args.force)
+    if out.is_dir():
+        for name in OUTPUTS:
+            check_output(str(out / name), force=args.force)
+    else:
+        check_output(args.out)  # its folder exists and can be written
     return out
+
+
+def _write(out: Path, table: Any, *, title: str) -> list[Path]:
+    """The table and plot written into ``out``, made here if it is new; a folder this call made is
+    removed again when a write fails."""
+    try:
+        out.mkdir()
+        created = True
+    except FileExistsError:
+        created = False
+    paths = [out / name for name in OUTPUTS]
+    try:
+        table.to_csv(paths[0])
+        table.to_json(paths[1])
+        table.plot(paths[2], title=title)
+    except BaseException:
+        if created:
+            shutil.rmtree(out)
+        raise
+    return paths
 
 
 def _fmt(x: float | None) -> str:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from .arguments import (add_model, check_chat, finite, non_negative, non_negative_int, positive, positive_int,
-                        probability, site, usage_error)
+                        probability, seed, site, usage_error)
 from .inputs import contrast_prompts
 from .loading import NonFiniteError, describe, fit_vector, model_for, vector_file
 
@@ -40,7 +40,7 @@ def fill(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--min-p", type=probability, default=0.0, help="min-p sampling threshold (0 = off)")
     g.add_argument("--top-k", type=non_negative_int, default=0, help="sample from the k most likely tokens (0 = off)")
     g.add_argument("--repetition-penalty", type=positive, default=None, help="e.g. 1.2 (default off)")
-    g.add_argument("--seed", type=int, default=None, help="random seed, reset before every continuation")
+    g.add_argument("--seed", type=seed, default=None, help="random seed (0..2**64-1), reset before every continuation")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .arguments import add_model, positive_int, site, usage_error
+from .arguments import add_model, positive_int, seed, site, usage_error
 from .inputs import read_prompts
 from .loading import model_for
 
@@ -34,7 +34,8 @@ def fill(sp: argparse.ArgumentParser) -> None:
     t.add_argument("--k", type=positive_int, default=32, help="features active per token (default 32)")
     t.add_argument("--epochs", type=positive_int, default=4, help="passes over the tokens (default 4)")
     t.add_argument("--batch-tokens", type=positive_int, default=1024, help="tokens per step (default 1024)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the split, the order and the initialization")
+    t.add_argument("--seed", type=seed, default=0,
+                   help="seed of the split, the order and the initialization (0..2**64-1, default 0)")
     t.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write the SAE into")
     t.add_argument("--overwrite", action="store_true", help="write into an existing folder")
 
@@ -47,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
         usage_error(args, "sae train runs on MLX (it trains with MLX autodiff); drop --backend torch")
     if args.k > args.features:
         usage_error(args, f"--k {args.k} is more than --features {args.features}")
-    out = Path(args.output)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
-        usage_error(args, f"{out} exists; give a new folder or --overwrite")
+    out = Path(args.output).expanduser()
+    if out.exists() and not out.is_dir():
+        usage_error(args, f"{args.output} is an existing file; -o must be a folder path (a new or empty folder)")
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        usage_error(args, f"{args.output} exists; give a new folder or --overwrite")
     prompts = read_prompts(args.prompts)
     model = model_for(args)
     acts = record_tokens(model, prompts, site=args.site, progress=True)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from ..engine.limits import check_length, check_seed
 from .ab import ab_scores
 from .grid import Grid
 from .items import ABItem, as_items
@@ -29,7 +30,7 @@ from .table import EvalRow, EvalTable
 if TYPE_CHECKING:
     from ..engine.model import Steerable
 
-__all__ = ["evaluate"]
+__all__ = ["check_max_tokens", "evaluate"]
 
 
 def evaluate(
@@ -75,7 +76,7 @@ def evaluate(
         system: A system prompt for those turns.
         batch_size: Rows per forward (items or prompts x cells side by side).
         temp: Sampling temperature for generation (0: greedy).
-        seed: Seeds the random control and sampling.
+        seed: Seeds the random control and sampling (0..2**64-1).
         share_layers: A/B forwards start at their steered layer from the unsteered pass's input there.
         progress: Show a progress bar over the rows.
 
@@ -84,7 +85,8 @@ def evaluate(
 
     Raises:
         ValueError: neither items nor prompts, prompts without a judge, bad strengths/layers/controls,
-            a layer the vector lacks, a letter that is not one token, bad options (naming them).
+            a layer the vector lacks, a letter that is not one token, bad options (naming them), a seed
+            out of 0..2**64-1, a longest prompt + ``max_tokens`` over the model's context length.
     """
     if items is None and prompts is None:
         raise ValueError("evaluate needs A/B items=, open-ended prompts= (with a judge), or both")
@@ -95,10 +97,13 @@ def evaluate(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not np.isfinite(temp) or temp < 0:
         raise ValueError(f"temp must be a non-negative number, got {temp!r}")
+    seed = check_seed(seed)
     ab_items = as_items(items) if items is not None else None
     texts = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else None
     if texts is not None and (not texts or not all(isinstance(p, str) and p for p in texts)):
         raise ValueError("prompts must be a non-empty list of non-empty strings")
+    if texts is not None:
+        check_max_tokens(model, texts, max_tokens=max_tokens, chat=chat, system=system)
     grids = {}
     if ab_items is not None:
         grids["ab"] = Grid(model, vector=vector, layers=layers, strengths=strengths, controls=controls,
@@ -137,3 +142,17 @@ def evaluate(
             "max_tokens": str(max_tokens), "temp": str(temp),
             **{f"norm {layer}": f"{float(np.linalg.norm(grid.direction('steering', layer))):.4g}" for layer in grid.layers}}
     return EvalTable(tuple(rows), tuple(measures), info, samples)
+
+
+def check_max_tokens(model: Steerable, prompts: Sequence[str], *, max_tokens: int, chat: bool = True,
+                     system: str | None = None) -> None:
+    """Refuse, before any forward, generating ``max_tokens`` after the longest of ``prompts`` (encoded
+    as :func:`evaluate` encodes them) beyond the model's context length (its learned position table,
+    else what its config declares; no bound when neither says).
+
+    Raises:
+        ValueError: naming the prompt's length, ``max_tokens`` and the context length.
+    """
+    longest = max(len(model.encode(p, chat=chat, system=system)) for p in prompts)
+    check_length(model.context_length, longest + max_tokens, f"the longest prompt ({longest}) + max_tokens "
+                 f"({max_tokens})", source="tokens of context")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.limits import check_seed
+
 __all__ = ["ABItem", "CAA_BEHAVIOURS", "as_items", "caa_items", "load_items", "split_items"]
 
 # the CAA behaviour datasets shipped in mlx_steer/evaluate/datasets/caa (see its README and LICENSE)
@@ -82,15 +84,22 @@ def load_items(path: str | Path) -> list[ABItem]:
 
     Raises:
         OSError: the file cannot be read.
-        ValueError: not JSON, or items without their fields (naming the line).
+        ValueError: not UTF-8, not JSON, JSON nested too deeply, or items without their fields (naming
+            the file and the line).
     """
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); give a JSON list or "
+                         "one item per line") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
         data = None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply; give a JSON list of items or one item per line") from None
     if isinstance(data, list):
-        return as_items(data)
+        return _file_items(path, data)
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -99,7 +108,17 @@ def load_items(path: str | Path) -> list[ABItem]:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: line {n} is not JSON ({exc.msg}); give a JSON list or one item per line") from exc
-    return as_items(rows)
+        except RecursionError:
+            raise ValueError(f"{path}: line {n}: JSON nested too deeply; expected one item per line") from None
+    return _file_items(path, rows)
+
+
+def _file_items(path: str | Path, rows: list) -> list[ABItem]:
+    """:func:`as_items` of a file's rows, its errors naming the file."""
+    try:
+        return as_items(rows)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def caa_items(behaviour: str) -> list[ABItem]:
@@ -120,8 +139,9 @@ def split_items(items: Sequence[ABItem], *, held_out: int, train: int | None = N
     others (default: all the rest) for extraction; the two never share an item.
 
     Raises:
-        ValueError: more items asked for than there are.
+        ValueError: more items asked for than there are, a seed out of 0..2**64-1.
     """
+    seed = check_seed(seed)
     n = len(items)
     train = n - held_out if train is None else train
     if held_out < 1 or train < 1 or held_out + train > n:
