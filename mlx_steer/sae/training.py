@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.limits import check_seed
 from .autoencoder import SparseAutoencoder
 from .kept_tokens import kept_tokens
 
@@ -69,10 +70,10 @@ def train_topk_sae(acts: np.ndarray, *, features: int, k: int, site: str, epochs
         batch_tokens: Tokens per step.
         lr: Adam's learning rate.
         held_out: Share of the tokens kept out of training, for the report.
-        seed: Seeds the split, the shuffling and the initialization.
+        seed: Seeds the split, the shuffling and the initialization (0..2**64-1).
 
     Raises:
-        ValueError: too few tokens, or sizes out of range.
+        ValueError: too few tokens, or sizes or the seed out of range.
     """
     import mlx.core as mx
     import mlx.nn as nn
@@ -89,6 +90,7 @@ def train_topk_sae(acts: np.ndarray, *, features: int, k: int, site: str, epochs
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not 0 < held_out < 1:
         raise ValueError(f"held_out must be in (0, 1), got {held_out!r}")
+    seed = check_seed(seed)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
     n_test = max(1, int(round(held_out * len(x))))
