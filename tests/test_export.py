@@ -101,6 +101,12 @@ REFUSALS = [
     ("phi3", _add, r"mlp\.down_proj has no bias and phi3 has no config flag"),
     ("gemma2", _add, r"gemma2 normalizes its MLP output"),
     ("gemma2", lambda m: directional_ablation(m, _direction(m, 1)), r"gemma2 normalizes its attention and MLP outputs"),
+    ("llama", lambda m: {"layers.1": iv.add_vector(np.ones(m.hidden_size + 3, np.float32))},
+     r"the vector of add_vector at model\.layers\.1 has width 67 \(shape \(67,\)\); model\.layers\.1's output is "
+     r"64 wide \(this model's hidden size is 64\)"),
+    ("llama", lambda m: {"layers.0.self_attn.o_proj": iv.project_out(np.ones(m.hidden_size // 2, np.float32))},
+     r"the direction of ProjectOut at model\.layers\.0\.self_attn\.o_proj has width 32 .*o_proj's output is 64 "
+     r"wide \(this model's hidden size is 64\)"),
 ]
 
 
@@ -136,9 +142,9 @@ def test_quantized_modules_are_not_edited(tiny_dir, tmp_path):
 def test_writing_is_atomic_and_never_overwrites_unasked(shared_models, load_tiny, tmp_path, monkeypatch):
     m = load_tiny("llama")
     spec = _add(m)
-    out = tmp_path / "out"
-    out.mkdir()
+    out = m.export(tmp_path / "out", spec)  # a previous export, which overwrite may replace
     (out / "keep.txt").write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
     with pytest.raises(ValueError, match=r"already exists; pass overwrite=True"):
         m.export(out, spec)
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "keep.txt").read_text() == "mine"
@@ -155,7 +161,7 @@ def test_writing_is_atomic_and_never_overwrites_unasked(shared_models, load_tiny
     with pytest.raises(OSError, match="disk full"):
         m.export(out, spec, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out"]  # no partial folder left
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # the old folder is as it was
+    assert sorted(p.name for p in out.iterdir()) == before  # the old folder is as it was
     monkeypatch.undo()
     m.export(out, spec, overwrite=True, dtype="float16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out"]

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         usage_error(args, "--scale goes with --vector")
     if args.ablate_layer is not None and not args.ablate:
         usage_error(args, "--ablate-layer goes with --ablate")
-    check_target(args.out, overwrite=args.overwrite)  # before the model loads
+    check_target(args.out, overwrite=args.overwrite, source=args.model)  # before the model loads
     add = vector_file(args) if args.vector else None
     ablate = load_vector(existing_file(args.ablate)) if args.ablate else None
     model = model_for(args)

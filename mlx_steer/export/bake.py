@@ -57,6 +57,8 @@ def bake(backend: Backend, interventions: Mapping | Any) -> Baked:
                 raise ValueError(f"{where} acts on a module's input; bakeable: {BAKEABLE}")
             if isinstance(spec, iv.ProjectOut):
                 dense = out.modules.get(plan.site.path) or backend.dense(plan.site.path)
+                _check_width(backend, f"the direction of {where}", spec.direction, dense.weight.shape[0],
+                             f"{plan.site.path}'s output")
                 out.modules[plan.site.path] = _orthogonalized(dense, spec.direction)
                 out.edits.append({"kind": "project_out", "site": key, "direction": _digest(spec.direction)})
                 tied = backend.tied_embedding
@@ -76,6 +78,12 @@ def bake(backend: Backend, interventions: Mapping | Any) -> Baked:
     return out
 
 
+def _check_width(backend: Backend, what: str, v: np.ndarray, width: int, site: str) -> None:
+    if v.shape != (width,):
+        raise ValueError(f"{what} has width {v.shape[-1] if v.ndim else 0} (shape {v.shape}); {site} is {width} wide "
+                         f"(this model's hidden size is {backend.hidden_size})")
+
+
 def _orthogonalized(dense: Dense, direction: np.ndarray) -> Dense:
     u = direction.astype(np.float64)
     w = dense.weight.astype(np.float64)
@@ -90,6 +98,7 @@ def _add_bias(backend: Backend, out: Baked, key: str, spec: iv.AddVector, path: 
     if path not in backend.layer_paths:
         raise ValueError(f"{where} is not on a decoder layer's output (a bias there needs the layer's last "
                          f"residual write); bakeable: {BAKEABLE}")
+    _check_width(backend, f"the vector of {where}", spec.vector, backend.hidden_size, f"{path}'s output")
     arch = architecture(backend.model_type, what=f"baking {where}")
     if arch.post_norms:
         raise ValueError(f"{where} cannot be baked: {backend.model_type} normalizes its MLP output before adding it "

@@ -1,5 +1,7 @@
-"""Writing an exported model folder atomically: into a temporary folder beside the target, renamed
-into place only when complete; an existing folder is replaced only when asked."""
+"""Writing an exported model folder atomically: into a working folder beside the target, renamed into
+place only when complete; an existing folder is replaced only when asked and only if it is a previous
+export (:mod:`~mlx_steer.export.target`). Working folders a killed export left are removed first
+(:mod:`~mlx_steer.export.partial`)."""
 
 from __future__ import annotations
 
@@ -7,47 +9,36 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EDIT_FILE", "atomic_folder", "write_edit_record"]
+from .partial import remove_stale, working_folder
+from .target import EDIT_FILE, EDIT_FORMAT, check_target
 
-EDIT_FILE = "mlx_steer_edit.json"
-
-
-def check_target(out_dir: str | os.PathLike, *, overwrite: bool) -> Path:
-    """The target folder, checked before any work: not a file, not an existing folder unless
-    ``overwrite``, inside a folder that exists (ValueError naming it otherwise)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; give a folder to export the model into")
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-    if not out.parent.is_dir():
-        raise ValueError(f"{out.parent} does not exist; create it first (the export writes {out.name} inside it)")
-    return out
+__all__ = ["EDIT_FILE", "EDIT_FORMAT", "atomic_folder", "check_target", "write_edit_record"]
 
 
 @contextlib.contextmanager
-def atomic_folder(out_dir: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``out_dir``; on success it becomes ``out_dir`` (an old
-    one is replaced when ``overwrite``), on any exception it is deleted and ``out_dir`` is untouched."""
-    out = check_target(out_dir, overwrite=overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)  # out moves aside in one rename, then the new one takes its name
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def atomic_folder(out_dir: Path, *, overwrite: bool, source: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Yield an empty working folder beside ``out_dir``; on success it becomes ``out_dir`` (a previous
+    export there is replaced when ``overwrite``), on any exception it is deleted and ``out_dir`` is
+    untouched. Its permissions are those ``mkdir`` gives under the user's umask."""
+    out = check_target(out_dir, overwrite=overwrite, source=source)
+    remove_stale(out)
+    with working_folder(out, "partial") as tmp:
+        try:
+            yield tmp
+            if out.exists():
+                with working_folder(out, "old") as old:
+                    os.replace(out, old / out.name)  # out moves aside in one rename, then the new one takes its name
+                    os.replace(tmp, out)
+                    shutil.rmtree(old, ignore_errors=True)  # what stays is removed as stale by a later export
+            else:
+                os.replace(tmp, out)
+        finally:
+            if tmp.exists():  # what stays is removed as stale by a later export
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_edit_record(folder: Path, record: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from mlx.utils import tree_flatten
 
 from ...export.edit import Baked, Dense
 
-__all__ = ["dense", "write_model"]
+__all__ = ["dense", "quantization_entry", "write_model"]
 
 _DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
@@ -63,6 +64,8 @@ def write_model(folder: Path, model: nn.Module, modules: dict[str, Any], tokeniz
                    for k, v in weights.items()}
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     out = {**config, **baked.config}
+    if "quantization" not in out and (quantized := quantization_entry(modules)) is not None:
+        out["quantization"] = quantized  # quantized after loading: mlx_lm.load must quantize it again
     if baked.untie:
         out["tie_word_embeddings"] = False
     if dtype is not None:
@@ -71,4 +74,16 @@ def write_model(folder: Path, model: nn.Module, modules: dict[str, Any], tokeniz
     tokenizer.save_pretrained(str(folder))
     src = Path(source) if source else None
     if src is not None and (src / "generation_config.json").is_file():
-        shutil.copy(src / "generation_config.json", folder / "generation_config.json")
+        shutil.copyfile(src / "generation_config.json", folder / "generation_config.json")  # not its mode: the umask's
+
+
+def quantization_entry(modules: dict[str, Any]) -> dict[str, Any] | None:
+    """mlx-lm's ``quantization`` config entry for the quantized modules (None: there are none): the
+    most common ``group_size``/``bits``/``mode``, and by path every module quantized otherwise."""
+    found = {p: {"group_size": int(m.group_size), "bits": int(m.bits), "mode": str(getattr(m, "mode", "affine"))}
+             for p, m in modules.items() if p and isinstance(m, nn.Module) and "scales" in m and hasattr(m, "bits")}
+    if not found:
+        return None
+    common = Counter(tuple(sorted(q.items())) for q in found.values()).most_common(1)[0][0]
+    base: dict[str, Any] = dict(common)
+    return {**base, **{p: q for p, q in found.items() if q != base}}

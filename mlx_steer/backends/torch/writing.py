@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ def write_model(folder: Path, model: Any, modules: dict[str, Any], tokenizer: An
         config.torch_dtype = dtype
     config.save_pretrained(str(folder))
     save_file({k: v.cpu() for k, v in state.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    # safetensors writes a private (0600) file; give it the mode the umask gave config.json
+    shutil.copymode(folder / "config.json", folder / "model.safetensors")
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
