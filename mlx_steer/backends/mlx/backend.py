@@ -12,6 +12,8 @@ import mlx.nn as nn
 import numpy as np
 
 from ...engine.layout import Layout
+from ...engine.logit_positions import padded_columns
+from ...engine.module_tree import MappedTree, slots_of
 from ...engine.model_sizes import model_sizes, position_table_path
 from ...engine.paths import PathResolver, is_attention_output
 from ...engine.positions import PositionState
@@ -23,6 +25,7 @@ from . import hooks as hk
 from . import writing
 from .arrays import XP
 from .batch_loop import GeneratorLoop, generate_rows
+from .logit_cut import cut_at_norm
 from .sampling import make_sampling
 
 if TYPE_CHECKING:
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["MLXBackend"]
 
 
-class MLXBackend:
+class MLXBackend(MappedTree):
     """The MLX backend of a model (see :class:`~mlx_steer.engine.protocols.Backend`).
 
     Args:
@@ -47,23 +50,32 @@ class MLXBackend:
     def __init__(self, model: nn.Module, tokenizer: Any, *, model_id: str | None = None,
                  config: dict | None = None):
         self.model, self.tokenizer, self.model_id, self.config = model, tokenizer, model_id, config
-        self.modules = dict(model.named_modules())
-        by_id = {id(m): n for n, m in self.modules.items()}
-        missing = [i for i, layer in enumerate(model.layers) if id(layer) not in by_id]
-        if missing:
-            raise ValueError(f"decoder layers {missing} are not in the model tree")
-        self.layer_paths = [by_id[id(layer)] for layer in model.layers]
-        self.resolver = PathResolver(list(self.modules), self.layer_paths)
         args = getattr(model, "args", None)
         self.hidden_size, self.n_heads = model_sizes(args)
-        self.dtype = _activation_dtype(model)
         self.xp = XP
         self.state = PositionState(XP)
         self._padded_batches: dict[int, bool] = {}  # batch size -> padded batches are right
-        self.vocab_size = _vocab_size(model, self.modules)
-        table = position_table_path(list(self.modules))
-        self.max_positions = None if table is None else int(self.modules[table].weight.shape[0])
-        self.prompts = PromptEncoder(tokenizer, vocab_size=self.vocab_size)
+        self._map_tree()
+
+    def _map_tree(self) -> None:
+        """Read the module tree (again when it changed, e.g. ``nn.quantize`` after loading)."""
+        model = self.model
+        self._slots = slots_of(model, is_module=lambda v: isinstance(v, nn.Module), children=lambda m: m)
+        self._modules = modules = dict(model.named_modules())
+        by_id = {id(m): n for n, m in modules.items()}
+        missing = [i for i, layer in enumerate(model.layers) if id(layer) not in by_id]
+        if missing:
+            raise ValueError(f"decoder layers {missing} are not in the model tree")
+        self._layer_paths = [by_id[id(layer)] for layer in model.layers]
+        self._resolver = PathResolver(list(modules), self._layer_paths)
+        self.dtype = _activation_dtype(model)
+        self.vocab_size = _vocab_size(model, modules)
+        table = position_table_path(list(modules))
+        self.max_positions = None if table is None else int(modules[table].weight.shape[0])
+        self.prompts = PromptEncoder(self.tokenizer, vocab_size=self.vocab_size)
+
+    def _hooked(self, module: Any) -> bool:
+        return hk.is_patched(module)
 
     # -- sites -----------------------------------------------------------------------------------
     def site_dim(self, path: str, point: str) -> int | None:
@@ -93,18 +105,26 @@ class MLXBackend:
         return lambda: hk.detach(module, entry)
 
     def forward(self, tokens: list[list[int]], recorders: Mapping[str, Recorder], *,
-                keep_logits: bool) -> mx.array | None:
+                keep_logits: bool, positions: np.ndarray | None = None) -> mx.array | None:
         lengths = [len(t) for t in tokens]
         L = max(lengths)
         pad = [L - n for n in lengths]
-        if any(pad) and not self._batch_padding_works(pad):
-            logits = self._forward_rows(tokens, recorders)
-        else:
-            pad_id = self.prompts.pad_id
-            x = mx.array([[pad_id] * p + t for p, t in zip(pad, tokens)])
-            cache = self._batch_cache(pad) if any(pad) else None
-            with self.state.laid_out(Layout(lengths, pad)):
-                logits = self.model(x, cache=cache)
+        at = positions if keep_logits else None  # (B, k) absolute positions whose logits are kept
+        cut = None if at is None else cut_at_norm(self, at)  # the head then runs on those positions only
+        try:
+            if any(pad) and not self._batch_padding_works(pad):
+                logits = self._forward_rows(tokens, recorders)
+            else:
+                pad_id = self.prompts.pad_id
+                x = mx.array([[pad_id] * p + t for p, t in zip(pad, tokens)])
+                cache = self._batch_cache(pad) if any(pad) else None
+                with self.state.laid_out(Layout(lengths, pad)):
+                    logits = self.model(x, cache=cache)
+        finally:
+            if cut is not None:
+                cut()
+        if at is not None and cut is None:
+            logits = XP.take_along_rows(logits, padded_columns(at, pad))
         results = [a for a in (r.result() for r in recorders.values()) if a is not None]
         mx.eval(results + ([logits] if keep_logits else []))
         return logits if keep_logits else None
@@ -137,14 +157,13 @@ class MLXBackend:
 
     def _forward_rows(self, tokens: list[list[int]], recorders: Mapping[str, Recorder]) -> mx.array:
         """Run rows one at a time and left-pad the results as a padded batch would be."""
-        L = max(len(t) for t in tokens)
         per_row: dict[str, list] = {k: [] for k in recorders}
         logits = []
         for row, t in enumerate(tokens):
             for r in recorders.values():
                 r.reset()
             with self.state.laid_out(Layout([len(t)], rows=[row])):
-                logits.append(_left_pad(self.model(mx.array([t])), L))
+                logits.append(self.model(mx.array([t])))  # (1, len(t), V), or (1, k, V) cut at the norm
             for k, r in recorders.items():
                 per_row[k].append(r.result())
         for k, r in recorders.items():
@@ -152,7 +171,8 @@ class MLXBackend:
             if all(a is not None for a in rows):
                 n = max(a.shape[1] for a in rows)
                 r.set_result(mx.concatenate([_left_pad(a, n) if a.ndim == 3 else a for a in rows], axis=0))
-        return mx.concatenate(logits, axis=0)
+        width = max(a.shape[1] for a in logits)
+        return mx.concatenate([_left_pad(a, width) for a in logits], axis=0)
 
     def _batch_cache(self, pad: list[int]) -> list:
         from mlx_lm.models import cache as C

@@ -141,6 +141,12 @@ class ShardedMLXBackend(MLXBackend):
             self.layer_paths = [f"{self._container}.{i}" for i in range(n_layers)]
             self.resolver = PathResolver(names, self.layer_paths)
 
+    def _check_tree(self) -> None:
+        # the map is the whole model's, read across ranks when loaded: it cannot be read again here
+        if any(container[key] is not value for container, key, value in self._slots):
+            raise ValueError("this sharded model's module tree changed after loading (e.g. nn.quantize): its "
+                             "sites map no longer holds; load it again (quantized) instead")
+
     # -- where a site lives --------------------------------------------------------------------
     def _layer_of(self, path: str) -> int | None:
         if self.distributed != "pipeline" or not path.startswith(self._container + "."):
@@ -192,8 +198,8 @@ class ShardedMLXBackend(MLXBackend):
             self.model = model
 
     def forward(self, tokens: list[list[int]], recorders: Mapping[str, Recorder], *,
-                keep_logits: bool) -> mx.array | None:
-        logits = super().forward(tokens, recorders, keep_logits=keep_logits)
+                keep_logits: bool, positions: np.ndarray | None = None) -> mx.array | None:
+        logits = super().forward(tokens, recorders, keep_logits=keep_logits, positions=positions)
         if self.distributed == "pipeline":
             self._share(recorders)
         return logits

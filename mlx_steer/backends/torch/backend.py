@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from ...engine.layout import Layout
+from ...engine.logit_positions import padded_columns
+from ...engine.module_tree import MappedTree, slots_of
 from ...engine.model_sizes import model_sizes, position_table_path
 from ...engine.paths import PathResolver, is_attention_output
 from ...engine.positions import PositionState
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["TorchBackend"]
 
 
-class TorchBackend:
+class TorchBackend(MappedTree):
     """The torch backend of a model (see :class:`~mlx_steer.engine.protocols.Backend`).
 
     Args:
@@ -46,23 +48,32 @@ class TorchBackend:
 
     def __init__(self, hf_model: PreTrainedModel, tokenizer: Any, *, model_id: str | None = None):
         self.model, self.tokenizer, self.model_id = hf_model, tokenizer, model_id
-        self.modules = dict(hf_model.named_modules())
-        container = decoder_layer_container(hf_model)
-        self.layer_paths = [f"{container}.{i}" for i in range(len(self.modules[container]))]
-        # positions are computed where the blocks' inputs are made: the container's parent
-        self.tracked = self.modules[container.rpartition(".")[0]] if "." in container else hf_model
-        self.resolver = PathResolver(list(self.modules), self.layer_paths)
         config = hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
         self.hidden_size, self.n_heads = model_sizes(config)
         self.xp = XP
         self.state = PositionState(XP)
         self._head_sites = 0
+        self._eos_ids = eos_token_ids(hf_model, tokenizer)
+        self._map_tree()
+
+    def _map_tree(self) -> None:
+        """Read the module tree (again when it changed, e.g. a module swapped after loading)."""
+        hf_model = self.model
+        self._slots = slots_of(hf_model, is_module=lambda v: isinstance(v, nn.Module), children=lambda m: m._modules)
+        self._modules = modules = dict(hf_model.named_modules())
+        container = decoder_layer_container(hf_model)
+        self._layer_paths = [f"{container}.{i}" for i in range(len(modules[container]))]
+        # positions are computed where the blocks' inputs are made: the container's parent
+        self.tracked = modules[container.rpartition(".")[0]] if "." in container else hf_model
+        self._resolver = PathResolver(list(modules), self._layer_paths)
         emb = hf_model.get_input_embeddings() if hasattr(hf_model, "get_input_embeddings") else None
         self.vocab_size = int(emb.num_embeddings) if isinstance(emb, nn.Embedding) else None
-        self.prompts = PromptEncoder(tokenizer, vocab_size=self.vocab_size)
-        table = position_table_path(list(self.modules))
-        self.max_positions = None if table is None else int(self.modules[table].num_embeddings)
-        self._eos_ids = eos_token_ids(hf_model, tokenizer)
+        self.prompts = PromptEncoder(self.tokenizer, vocab_size=self.vocab_size)
+        table = position_table_path(list(modules))
+        self.max_positions = None if table is None else int(modules[table].num_embeddings)
+
+    def _hooked(self, module: Any) -> bool:
+        return bool(module._forward_hooks or module._forward_pre_hooks)
 
     distributed: str | None = None  # whole (torch data parallelism runs a whole model per rank)
 
@@ -112,7 +123,7 @@ class TorchBackend:
         return hk.bypass(self.modules[path], fn)
 
     def forward(self, tokens: list[list[int]], recorders: Mapping[str, Recorder], *,
-                keep_logits: bool) -> torch.Tensor | None:
+                keep_logits: bool, positions: np.ndarray | None = None) -> torch.Tensor | None:
         lengths = [len(t) for t in tokens]
         L = max(lengths)
         pad = np.array([L - n for n in lengths], dtype=np.int64)
@@ -123,9 +134,15 @@ class TorchBackend:
             cols = np.arange(L)[None] - pad[:, None]
             kwargs["attention_mask"] = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
             kwargs["position_ids"] = torch.from_numpy(np.maximum(cols, 0)).to(device)
+        keep: int | torch.Tensor = self._logits_to_keep(0 if keep_logits else 1)
+        at = padded_columns(positions, pad) if keep_logits and positions is not None else None
+        union = None if at is None or self._head_sites else np.unique(at)  # the columns the head runs on
+        if union is not None:
+            keep = torch.from_numpy(union).to(device)
         with torch.no_grad(), self.state.laid_out(Layout(lengths, pad)):
-            out = self.model(input_ids=x, use_cache=False, logits_to_keep=self._logits_to_keep(0 if keep_logits else 1),
-                             **kwargs)
+            out = self.model(input_ids=x, use_cache=False, logits_to_keep=keep, **kwargs)
+        if at is not None:  # each row's positions, from the kept columns (or from all of them)
+            return self.xp.take_along_rows(out.logits, at if union is None else np.searchsorted(union, at))
         return out.logits if keep_logits else None
 
     # -- generation --------------------------------------------------------------------------
