@@ -162,9 +162,10 @@ class Backend(Protocol):
 
     # -- running ---------------------------------------------------------------------------------
     def forward(self, tokens: list[list[int]], recorders: Mapping[str, Recorder], *,
-                keep_logits: bool) -> Array | None:
+                keep_logits: bool, positions: np.ndarray | None = None) -> Array | None:
         """One forward over left-padded rows (each row's results those of a run alone), the
-        recorders' results computed; the (B, L, V) logits when ``keep_logits``."""
+        recorders' results computed; the (B, L, V) logits when ``keep_logits``, or (B, k, V) at
+        ``positions`` ((B, k) absolute positions per row) when given."""
         ...
 
     def stream(self, tokens: list[int], *, max_tokens: int, **options: Any) -> Iterator[Any]:
