@@ -274,19 +274,13 @@ def test_bad_input_is_refused_by_name_and_leaves_the_model_untouched(fresh_model
     assert_untouched(m, before)
 
 
-def test_a_letter_that_is_not_one_token_is_refused():
-    class Tokenizer:
-        def encode(self, text, add_special_tokens=False):
-            return [7, 8]  # every letter two tokens
-
-    class Model:
-        tokenizer = Tokenizer()
-
-        def encode(self, text, **kwargs):
-            return [1, 2, 3]
-
-    with pytest.raises(ValueError, match="answer letter 'A' is 2 tokens"):
-        ev.ab_prompt(Model(), ev.ABItem("q", "A", "B"))
+def test_a_letter_of_several_tokens_is_scored_whole(shared_models):
+    """The answer letter need not be one token: its continuation is scored whole (see
+    tests/test_ab_continuations.py); here "(" and the letter are two tokens after the prompt."""
+    m = shared_models("llama")
+    seqs = ev.ab_prompt(m, ev.ABItem("q", "A", "B"))
+    assert seqs.matching[: len(seqs.prompt)] == seqs.prompt and len(seqs.matching) == len(seqs.prompt) + 2
+    assert seqs.steer_from == len(seqs.prompt) and seqs.rows == [seqs.matching[:-1]]
 
 
 # -- the command line --------------------------------------------------------------------------

@@ -31,9 +31,9 @@ class Positions:
     """A position selector. Build with :func:`as_positions` or the class methods.
 
     Attributes:
-        kind: One of ``all, last, prompt, generated, first_generated, indices, window``.
+        kind: One of ``all, last, last_n, prompt, generated, first_generated, indices, window``.
         indices: Absolute indices for ``indices``.
-        start: Window start (inclusive), or ``n`` for ``first_generated``.
+        start: Window start (inclusive), or ``n`` for ``first_generated`` and ``last_n``.
         stop: Window stop (exclusive).
     """
 
@@ -55,6 +55,15 @@ class Positions:
         """The first ``n`` generated tokens (absolute positions prompt_len .. prompt_len+n-1)."""
         return cls("first_generated", start=_nonneg(n, "first_generated n"))
 
+    @classmethod
+    def last_n(cls, n: int) -> Positions:
+        """The last ``n`` prompt tokens of each row (and, while generating, every new token):
+        ``last`` widened to the ``n`` positions before the next (``last_n(1)`` is ``last``)."""
+        n = _nonneg(n, "last_n n")
+        if n < 1:
+            raise ValueError(f"last_n needs n >= 1, got {n}")
+        return cls("last_n", start=n)
+
     @property
     def max_index(self) -> int | None:
         """Largest absolute index this selector names explicitly (None when relative)."""
@@ -75,6 +84,8 @@ class Positions:
             return real
         if k == "last":
             return real & (pos >= plen - 1)
+        if k == "last_n":
+            return real & (pos >= plen - self.start)
         if k == "prompt":
             return real & (pos < plen) & (pos >= np.asarray(prompt_start).reshape(-1, 1))
         if k == "generated":
@@ -90,8 +101,8 @@ class Positions:
             return "indices(" + ",".join(map(str, self.indices)) + ")"
         if self.kind == "window":
             return f"window({self.start},{self.stop})"
-        if self.kind == "first_generated":
-            return f"first_generated({self.start})"
+        if self.kind in ("first_generated", "last_n"):
+            return f"{self.kind}({self.start})"
         return self.kind
 
 

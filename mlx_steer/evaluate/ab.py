@@ -1,13 +1,17 @@
-"""CAA's A/B behaviour probability: the prompt, the vector extracted from the items, and the scoring.
+"""CAA's A/B behaviour probability: the vector extracted from the items, and the scoring.
 
-An item is asked as a chat user turn; the assistant's reply starts with ``"("`` and the model's next
-token is read: the behaviour probability is ``p(matching letter) / (p(matching) + p(not matching))``
-(for A/B items, CAA's ``p(A) / (p(A) + p(B))`` of the matching answer). The letters are scored as
-their own tokens after ``"("``. Steering adds at the positions after the user's turn (CAA's "after
-the instruction"): in this forward, the ``"("`` only (``positions="last"``).
+An item is asked as a chat user turn; each answer is the continuation ``"(" + letter`` of the
+assistant's reply, scored whole as its log-likelihood (lm-eval's multiple choice, see
+:mod:`~mlx_steer.evaluate.continuations`): the behaviour probability is
+``p(matching) / (p(matching) + p(not matching))`` of the two continuations. Tokenizers that split
+``"("`` from the letter (SmolLM2) give today's ``p(A) / (p(A) + p(B))`` after ``"("`` (the shared
+``"("`` cancels); those that merge ``"(A"`` (qwen2) are scored on the tokens they really produce.
 
-CAA's vector is read at the answer letter: the item with its matching letter after ``"("`` minus the
-item with its other letter, averaged over items (``ab_vector``).
+Steering (``ab_positions="last"``, CAA's "after the instruction") acts from the last token common
+to both answers' sequences onward: the ``"("`` where the letter is split off, the last prompt
+token where ``"(A"`` is one token. CAA's vector is read at the last token of each answer's
+continuation: the item with its matching answer minus the item with its other answer, averaged
+over items (``ab_vector``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..analysis.cell_scoring import steered_layer
+from ..engine.positions import Positions, as_positions
 from ..extraction.directions import extract
+from .continuations import ANSWER_PREFIX, ABSequences, ab_sequences
 from .grid import Grid
 from .items import ABItem, as_items
 
@@ -29,45 +35,32 @@ if TYPE_CHECKING:
 
 __all__ = ["ANSWER_PREFIX", "ab_prompt", "ab_scores", "ab_vector"]
 
-ANSWER_PREFIX = "("
 
+def ab_prompt(model: Steerable, item: ABItem, *, chat: bool = True, system: str | None = None) -> ABSequences:
+    """The prompt (the item up to the assistant's reply) and both answers' full token sequences.
 
-def _letter_id(model: Steerable, letter: str) -> int:
-    ids = list(model.tokenizer.encode(letter, add_special_tokens=False))
-    if len(ids) != 1:
-        raise ValueError(f"answer letter {letter!r} is {len(ids)} tokens {ids} in this tokenizer; "
-                         "A/B scoring needs each letter to be one token")
-    return int(ids[0])
-
-
-def ab_prompt(model: Steerable, item: ABItem, *, chat: bool = True, system: str | None = None) -> tuple[list[int], int, int]:
-    """(prompt ids ending with ``"("``, matching letter id, not-matching letter id) of one item.
-
-    With ``chat`` the question is a user turn and ``"("`` opens the assistant's reply; without it
-    (a base model) the prompt is ``"<question>\\n\\nAnswer: ("``.
+    With ``chat`` the question is a user turn and each answer ``"(" + letter`` the start of the
+    assistant's reply; without it (a base model) the prompt is ``"<question>\n\nAnswer:"`` and each
+    answer ``" (" + letter``.
     """
-    if chat:
-        ids = model.encode(item.question, chat=True, system=system, assistant_prefix=ANSWER_PREFIX)
-    else:
-        ids = model.encode(f"{item.question}\n\nAnswer: {ANSWER_PREFIX}")
-    return ids, _letter_id(model, item.matching), _letter_id(model, item.not_matching)
+    return ab_sequences(model, item, chat=chat, system=system)
 
 
 def ab_vector(model: Steerable, items: Sequence[ABItem] | Sequence[dict], *, layers: Sequence[int | str],
               chat: bool = True, system: str | None = None, batch_size: int = 16,
               progress: bool | None = None) -> SteeringVector:
-    """CAA's steering vector: at each layer, the mean over ``items`` of the activation at the
-    matching answer letter minus that at the not-matching one.
+    """CAA's steering vector: at each layer, the mean over ``items`` of the activation at the last
+    token of the matching answer's continuation minus that of the not-matching one.
 
     Raises:
-        ValueError: no items, a letter that is not one token, no layers.
+        ValueError: no items, answers the tokenizer does not tell apart, no layers.
     """
-    rows = [ab_prompt(model, it, chat=chat, system=system) for it in as_items(items)]
+    seqs = [ab_prompt(model, it, chat=chat, system=system) for it in as_items(items)]
     if not layers:
         raise ValueError("ab_vector needs at least one layer")
     sites = [layer if isinstance(layer, str) else f"layers.{layer}" for layer in layers]
-    matching: list[Any] = [ids + [m] for ids, m, _ in rows]  # token ids: encode takes them as they are
-    other: list[Any] = [ids + [n] for ids, _, n in rows]
+    matching: list[Any] = [s.matching for s in seqs]  # token ids: encode takes them as they are
+    other: list[Any] = [s.not_matching for s in seqs]
     vec = extract(model, matching, other, sites=sites, read="last", batch_size=batch_size, progress=progress)
     return dataclasses.replace(vec, read_positions="answer letter (A/B)")
 
@@ -77,56 +70,101 @@ def ab_scores(model: Steerable, items: Sequence[ABItem], grid: Grid, *, chat: bo
               progress: Callable[[int], Any] | None = None) -> dict[tuple, np.ndarray]:
     """Per distinct cell (``grid.key``), each item's behaviour probability.
 
-    Items go in chunks; a chunk's unsteered forward keeps the input of every steered layer, and
-    each steered forward carries the chunk once per cell (one row per item and cell, each row steered
-    by its own cell), starting at its lowest steered layer (``run(from_layer=...)``): the layers
-    below run once per chunk, not once per cell. A model that cannot skip layers runs them whole.
+    Items go in chunks, each item as one forward row (two where its answers' sequences differ
+    before their last token, see :class:`~mlx_steer.evaluate.continuations.ABSequences`), logits
+    kept only at the positions that predict the continuations (``run(logits=...)``). A chunk's
+    unsteered forward keeps the input of every steered layer, and each steered forward carries the
+    chunk once per cell (each row steered by its own cell), starting at its lowest steered layer
+    (``run(from_layer=...)``): the layers below run once per chunk, not once per cell. A model that
+    cannot skip layers runs them whole.
     """
-    rows = [ab_prompt(model, it, chat=chat, system=system) for it in items]
+    seqs = [ab_prompt(model, it, chat=chat, system=system) for it in items]
     distinct = grid.distinct()
     specs = {k: grid.interventions(cell) for k, cell in distinct.items() if k != ("unsteered",)}  # built once per cell
     start_of = {k: steered_layer(model, spec) or 0 for k, spec in specs.items()}  # the highest layer it may start at
     steered = sorted(specs, key=start_of.__getitem__)
     starts = sorted({s for s in start_of.values() if s >= 1}) if share_layers else []
-    per_chunk = max(1, min(len(rows), batch_size // 4))
-    cells_per_forward = max(1, batch_size // per_chunk)
+    per_chunk = max(1, min(len(seqs), batch_size // 4))
+    tails = _Tails(specs, grid.positions)
     out: dict[tuple, list[np.ndarray]] = {k: [] for k in distinct}
     whole = not starts
-    for c0 in range(0, len(rows), per_chunk):
-        chunk = rows[c0: c0 + per_chunk]
-        tokens = [ids for ids, _, _ in chunk]
+    for c0 in range(0, len(seqs), per_chunk):
+        chunk = seqs[c0: c0 + per_chunk]
+        rows = [r for s in chunk for r in s.rows]
+        tail = [len(r) - s.steer_from for s in chunk for r in s.rows]  # steered positions at each row's end
+        k = max(len(r) - len(s.prompt) + 1 for s in chunk for r in s.rows)  # logits kept per row: its last k
+        at = [[max(0, len(r) - k + j) for j in range(k)] for r in rows]
+        cells_per_forward = max(1, batch_size // len(rows))
         record = {f"{model.layer_paths[s]}:input": "all" for s in starts} if not whole else None
-        base = model.run(tokens, record=record, logits=True)
-        out[("unsteered",)].append(_probabilities(model, base.logits, chunk))
+        base = model.run(rows, record=record, logits=at)
+        out[("unsteered",)].append(_probabilities(model.to_numpy(base.logits), chunk))
         if progress is not None:
             progress(len(chunk))
         for g0 in range(0, len(steered), cells_per_forward):
             keys = steered[g0: g0 + cells_per_forward]
-            per_row = [specs[k] for k in keys for _ in chunk]
-            start = min(start_of[k] for k in keys)
+            per_row = [tails.spec(key, t) for key in keys for t in tail]
+            start = min(start_of[key] for key in keys)
             tr = None
             if not whole and start in starts:
                 hidden = model.xp.concatenate([base.activations[f"{model.layer_paths[start]}:input"]] * len(keys), axis=0)
                 try:
-                    tr = model.run(tokens * len(keys), interventions=per_row, logits=True, check_finite=False,
+                    tr = model.run(rows * len(keys), interventions=per_row, logits=at * len(keys), check_finite=False,
                                    from_layer=start, hidden=hidden)
                 except (ValueError, RuntimeError, TypeError, IndexError):
                     whole = True  # this model cannot start a forward at a layer: every forward runs whole
             if tr is None:
-                tr = model.run(tokens * len(keys), interventions=per_row, logits=True, check_finite=False)
-            probs = _probabilities(model, tr.logits, chunk * len(keys))
-            for j, k in enumerate(keys):
-                out[k].append(probs[j * len(chunk): (j + 1) * len(chunk)])
+                tr = model.run(rows * len(keys), interventions=per_row, logits=at * len(keys), check_finite=False)
+            logits = model.to_numpy(tr.logits)
+            for j, key in enumerate(keys):
+                out[key].append(_probabilities(logits[j * len(rows): (j + 1) * len(rows)], chunk))
             if progress is not None:
                 progress(len(keys) * len(chunk))
-    return {k: np.concatenate(v) for k, v in out.items()}
+    return {key: np.concatenate(v) for key, v in out.items()}
 
 
-def _probabilities(model: Steerable, logits: Any, rows: list[tuple[list[int], int, int]]) -> np.ndarray:
-    """``p(m) / (p(m) + p(n))`` at each row's last position (float64; NaN where the logits are not finite)."""
-    last = model.to_numpy(logits[:, -1]).astype(np.float64)
-    idx = np.arange(len(rows))
-    match = last[idx, [m for _, m, _ in rows]]
-    other = last[idx, [n for _, _, n in rows]]
+class _Tails:
+    """Each cell's interventions for a row whose last ``t`` positions are steered: with
+    ``ab_positions="last"`` a row steers from its answers' last common token to its end, which is
+    ``last`` where the row ends there (one row for both answers) and ``last_n(t)`` where it does not."""
+
+    def __init__(self, specs: dict[tuple, dict | None], positions: object):
+        self.specs, self.last = specs, as_positions(positions).kind == "last"
+        self.made: dict[tuple, dict | None] = {}
+
+    def spec(self, key: tuple, t: int) -> dict | None:
+        base = self.specs[key]
+        if t == 1 or not self.last or base is None:
+            return base
+        made = self.made.get((key, t))
+        if made is None:
+            tail = Positions.last_n(t)
+            made = self.made[(key, t)] = {site: dataclasses.replace(i, positions=tail) if i.positions.kind == "last" else i
+                                          for site, i in base.items()}
+        return made
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    """Log-softmax over the last axis in float64 (NaN where the logits are not finite)."""
+    x = x.astype(np.float64)
+    top = x.max(axis=-1, keepdims=True)
     with np.errstate(over="ignore", invalid="ignore"):
-        return 1.0 / (1.0 + np.exp(other - match))
+        return x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+
+
+def _probabilities(logits: np.ndarray, chunk: list[ABSequences]) -> np.ndarray:
+    """``p(m) / (p(m) + p(n))`` of each item's two continuations, from its rows' logits ((rows, k, V),
+    kept at each row's last k positions); float64, NaN where the logits are not finite."""
+    logp = _log_softmax(logits)
+    k = logp.shape[1]
+    out, r = np.empty(len(chunk)), 0
+    for i, s in enumerate(chunk):
+        rows = s.rows
+        ll = []
+        for a, answer in enumerate((s.matching, s.not_matching)):
+            row = r + (a if len(rows) == 2 else 0)
+            first = len(rows[a if len(rows) == 2 else 0]) - k  # absolute position of the row's first kept column
+            ll.append(sum(logp[row, p - 1 - first, answer[p]] for p in range(len(s.prompt), len(answer))))
+        r += len(rows)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[i] = 1.0 / (1.0 + np.exp(ll[1] - ll[0]))
+    return out
