@@ -12,6 +12,8 @@ from .inputs import check_output, contrast_prompts
 from .loading import describe, model_for
 
 SUMMARY = "extract a steering vector from contrast prompts into a vector file"
+WEAK_RATIO = 0.05  # vector norm / read norm below which the default --strength 4 adds under a fifth of the stream
+DEFAULT_STRENGTH = 4.0  # generate's default --strength
 OPTION_GROUPS = ("backend", "encode")
 EXAMPLES = """\
 input formats:
@@ -20,9 +22,10 @@ input formats:
   CSV     a header naming positive,negative, then one pair per row (.tsv: tab-separated)
   text    --positive-file pos.txt --negative-file neg.txt, one prompt per line
 
-examples:
+examples (--read mean, each prompt's mean, is what the demo uses; the last token alone depends on how
+each prompt ends, and a few pairs read there can give a vector too weak to steer):
   mlx-steer extract pairs.jsonl --model mlx-community/Llama-3.2-1B-Instruct-4bit \\
-      --layers 6 8 -o happy.safetensors
+      --layers 6 8 --read mean -o happy.safetensors
   mlx-steer extract pairs.csv --model ./my-model --sites layers.10 --method pca --read mean -o v.safetensors
   mlx-steer extract --positive-file pos.txt --negative-file neg.txt --model ./my-model \\
       --layers 12 --chat --read assistant_start --assistant-prefix "Sure," -o v.safetensors
@@ -47,7 +50,7 @@ def fill(sp: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``mlx-steer extract``: contrast prompts -> vector file."""
     from ..distributed.group import launched_group
-    from ..extraction.directions import extract
+    from ..extraction.directions import extract_with_norms
     from ..vectors.vector_file import save_vector
 
     check_chat(args)
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if gguf:
         _check_gguf_sites(model, sites, args.output)
     group = launched_group(model)  # under mlx.launch / torchrun: ranks share the prompts
-    vec = extract(model, *contrast, sites=sites, method=args.method, read=args.read, batch_size=args.batch_size,
+    vec, read_norms = extract_with_norms(model, *contrast, sites=sites, method=args.method, read=args.read, batch_size=args.batch_size,
                   chat=args.chat, system=args.system, assistant_prefix=args.assistant_prefix,
                   progress=args.progress, group=group)
     if group is not None and group.rank != 0:
@@ -78,7 +81,31 @@ def run(args: argparse.Namespace) -> int:
     ranks = f" on {group.size} ranks" if group is not None else ""
     print(f"wrote {out}: {describe(vec)}; from {len(contrast[0])} positive and {len(contrast[1])} negative "
           f"prompts{ranks}")
+    for line in strength_report(vec.norms(), read_norms, read=args.read):
+        print(line)
     return 0
+
+
+def strength_report(vector_norms: dict[str, float], read_norms: dict[str, float] | None, *, read: object) -> list[str]:
+    """Per site, the vector's norm over the mean norm of the activations it was read from (a strength s
+    adds s times that fraction of the stream), and a hint when that is too small to steer at the default
+    strength. Nothing when the read norms are unknown (actadd, several ranks)."""
+    if read_norms is None:
+        return []
+    from ..vectors.similarity import norm_ratios
+
+    ratios = norm_ratios(vector_norms, read_norms)
+    w = max(map(len, ratios))
+    lines = ["norm next to the activations read (vector / their mean norm; strength s adds s x this):"]
+    lines += [f"  {site:<{w}}  {ratios[site]:.3g}  ({vector_norms[site]:.4g} / {read_norms[site]:.4g})"
+              for site in ratios]
+    weak = [site for site, r in ratios.items() if r < WEAK_RATIO]
+    if weak:
+        tries = "--read mean, " if read != "mean" else ""
+        lines.append(f"hint: likely too weak at {', '.join(weak)}: under {WEAK_RATIO:g} of the stream's norm, so "
+                     f"--strength {DEFAULT_STRENGTH:g} adds under {WEAK_RATIO * DEFAULT_STRENGTH:g} of it; try "
+                     f"{tries}more or sharper pairs, or a larger --strength")
+    return lines
 
 
 def _check_gguf_sites(model: Any, sites: Sequence[str], output: str) -> None:

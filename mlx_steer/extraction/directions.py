@@ -18,7 +18,7 @@ from ..vectors.steering_vector import SteeringVector
 if TYPE_CHECKING:
     from ..distributed.group import Group
 
-__all__ = ["READS", "extract"]
+__all__ = ["READS", "extract", "extract_with_norms"]
 
 
 def extract(
@@ -74,6 +74,33 @@ def extract(
             negative prompts read the same, e.g. identical pairs), naming the site.
         TypeError: ``method`` is neither a known name nor a callable.
     """
+    return extract_with_norms(
+        model, positive, negative, sites=sites, method=method, read=read, batch_size=batch_size, chat=chat,
+        system=system, assistant_prefix=assistant_prefix, progress=progress, group=group,
+    )[0]
+
+
+def extract_with_norms(
+    model: Any,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    *,
+    sites: Sequence[str] | str,
+    method: str | Method = "mean_diff",
+    read: str | int = "last",
+    batch_size: int = 16,
+    chat: bool = False,
+    system: str | None = None,
+    assistant_prefix: str | None = None,
+    progress: bool | None = None,
+    group: Group | None = None,
+) -> tuple[SteeringVector, dict[str, float] | None]:
+    """:func:`extract`, plus how large the activations it read were: the vector and, per resolved path,
+    the mean L2 norm of the activations its direction was computed from (one row per prompt, read as
+    ``read`` says), from the same forward passes. ``vector.norms()[p] / read_norms[p]`` says how big
+    the direction is next to the residual stream there. The norms are None for ``actadd`` and over
+    several ranks (which reduce sums, not rows). Arguments and errors are :func:`extract`'s.
+    """
     fn, name = _method(method)
     enc = read_options(read, chat=chat, system=system, assistant_prefix=assistant_prefix)
     if isinstance(sites, str):
@@ -97,6 +124,7 @@ def extract(
 
         group = launched_group(model)
     parallel = group if group is not None and group.size > 1 and fn is not actadd else None
+    read_norms: dict[str, float] | None = None
     if fn is actadd:
         directions = _actadd(model, pos[0], neg[0], keys, enc)
     elif parallel is not None:
@@ -112,11 +140,12 @@ def extract(
             reader.close()
         directions = {k: _direction(fn, name, a[: len(pos)], a[len(pos):], model.hidden_size)
                       for k, a in acts.items()}
+        read_norms = {s.path: _mean_norm(acts[s.key]) for s in resolved}
     for s in resolved:
         if not np.any(directions[s.key]):
             raise ValueError(f"the {name} direction at {s.path} is zero: the positive and negative prompts read "
                              f"the same activations there (identical pairs?); nothing to steer with")
-    return SteeringVector(
+    vector = SteeringVector(
         directions={s.path: directions[s.key] for s in resolved},
         hook_point=resolved[0].point,
         model_id=getattr(model, "model_id", None),
@@ -125,6 +154,7 @@ def extract(
         read_positions=str(read) + (" (chat)" if chat else ""),
         extra={"world_size": str(parallel.size)} if parallel is not None else {},
     )
+    return vector, read_norms
 
 
 def _method(method: str | Method) -> tuple[Method, str]:
@@ -150,6 +180,11 @@ def _direction(fn: Method, name: str, pos: np.ndarray, neg: np.ndarray, hidden: 
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"method {name!r} returned non-finite values (NaN or inf)")
     return arr.astype(np.float32)
+
+
+def _mean_norm(rows: np.ndarray) -> float:
+    """Mean L2 norm of (N, D) rows, in float64."""
+    return float(np.linalg.norm(rows.astype(np.float64), axis=-1).mean())
 
 
 def _actadd(model, pos: str, neg: str, keys: list[str], enc: dict) -> dict[str, np.ndarray]:
