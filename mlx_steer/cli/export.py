@@ -35,7 +35,7 @@ def fill(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--no-embedding", action="store_true",
                     help="leave the embeddings as they are (orthogonalize the layers' writes only)")
     sp.add_argument("--out", "-o", required=True, metavar="DIR", help="model folder to write")
-    sp.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    sp.add_argument("--overwrite", action="store_true", help="replace --out if it is a previous export")
     sp.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                     help="store every floating weight in this dtype (default: the model's)")
 

@@ -165,7 +165,7 @@ class Steerable(BackendFacts):
             interventions: ``{site: intervention(s)}`` or a SteeringVector.
             dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` for every floating weight (None:
                 keep the model's).
-            overwrite: Replace an existing ``out_dir``.
+            overwrite: Replace ``out_dir`` if it is a previous export (never the source model's folder).
             note: Extra entries for ``mlx_steer_edit.json`` (e.g. the vector file's name).
 
         Returns:
