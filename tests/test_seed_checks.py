@@ -13,7 +13,6 @@ import torch
 import mlx_steer as ms
 from mlx_steer import evaluate as ev
 from mlx_steer.cli import main
-from mlx_steer.engine.limits import SEED_MAX
 from mlx_steer.sae import train_topk_sae
 from torch_fixtures import *  # noqa: F403  (fixtures)
 from torch_fixtures import BACKENDS, assert_untouched, snapshot
@@ -23,13 +22,16 @@ ITEMS = [{"question": "Is it good?\n\nChoices:\n (A) Yes\n (B) No", "answer_matc
 OUT_OF_RANGE = [(-1, "seed -1 out of range; valid: 0..2**64-1"),
                 (2**64, "seed 18446744073709551616 out of range; valid: 0..2**64-1"),
                 (-(2**63) - 1, "seed -9223372036854775809 out of range; valid: 0..2**64-1")]
+SEED_MAX = 2**64 - 1
 NOT_INTS = [(True, "seed must be an int in 0..2**64-1, got True"), (1.0, "seed must be an int in 0..2**64-1, got 1.0"),
             ("3", "seed must be an int in 0..2**64-1, got '3'")]
 
 
 def test_the_range_is_what_every_generator_takes():
     """The oracle for the range: MLX, torch and numpy each take both ends and refuse just past them."""
-    assert SEED_MAX == 2**64 - 1
+    from mlx_steer.engine import limits
+
+    assert limits.SEED_MAX == SEED_MAX
     for s in (0, SEED_MAX):
         mx.random.seed(s)
         mx.random.key(s)
