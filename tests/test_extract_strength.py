@@ -88,3 +88,12 @@ def test_the_hint_names_weak_sites_and_what_to_try():
     assert "--read mean" not in read_mean[-1] and read_mean[-1].startswith("hint:")
     assert not any(line.startswith("hint") for line in strength_report({"s": WEAK_RATIO * 40.0}, {"s": 40.0}, read="last"))
     assert strength_report({"s": 1.0}, None, read="last") == []
+
+
+def test_extract_help_leads_with_read_mean(capsys):
+    with pytest.raises(SystemExit):
+        main(["extract", "--help"])
+    out = capsys.readouterr().out
+    first_example = next(line for line in out.splitlines() if line.strip().startswith("mlx-steer extract"))
+    following = out.split(first_example + "\n", 1)[1].splitlines()[0]  # its continuation line
+    assert "--read mean" in first_example + following, out

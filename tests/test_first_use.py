@@ -89,3 +89,66 @@ def test_listing_sites_is_documented_and_runs(shared_models):
 
 def test_cache_variable_is_documented():
     assert "MLX_STEER_CACHE" in (ROOT / "README.md").read_text()
+
+
+def _bash_blocks(path: Path) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
+
+
+def test_the_readme_test_command_is_what_ci_runs_and_installs_no_index_url():
+    readme = [line for block in _bash_blocks(ROOT / "README.md") for line in block.splitlines()]
+    commands = [line for line in readme if line.startswith("python -m pip install torch==2.13.0 && ")]
+    assert len(commands) == 2, commands  # the demo's and the tests'
+    assert all("--index-url" not in c for c in commands), commands  # CI's machine reaches no other index
+    test = next(c for c in commands if c.endswith("python -m pytest -q"))
+    assert test in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_readme_says_how_to_get_torchs_cpu_build_on_linux():
+    readme = (ROOT / "README.md").read_text()
+    line = "python -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+    assert any(line in block.splitlines() for block in _bash_blocks(ROOT / "README.md"))
+    assert "keeps pip\nfrom pulling a multi-GB CUDA build" not in readme  # the old, false claim
+    assert "CUDA build" in readme and "without an NVIDIA GPU" in readme
+
+
+@pytest.mark.parametrize("with_sudo", [True, False], ids=["user-with-sudo", "root-without-sudo"])
+@pytest.mark.parametrize("path", [ROOT / "README.md", ROOT / "docs" / "blas.md"], ids=lambda p: p.name)
+def test_the_apt_line_runs_with_and_without_sudo(path, with_sudo, tmp_path):
+    lines = [line.split("#")[0].strip() for block in _bash_blocks(path) for line in block.splitlines()
+             if "apt-get install" in line]
+    assert len(lines) == 1, lines
+    log = tmp_path / "log"
+    (tmp_path / "apt-get").write_text(f'#!/bin/bash\necho "apt-get $*" >> {log}\n')
+    (tmp_path / "apt-get").chmod(0o755)
+    if with_sudo:
+        (tmp_path / "sudo").write_text(f'#!/bin/bash\necho sudo >> {log}\nexec "$@"\n')
+        (tmp_path / "sudo").chmod(0o755)
+    # only the fakes on PATH: the line needs nothing else (command -v is a shell builtin)
+    proc = subprocess.run(["/bin/bash", "-c", lines[0]], env={"PATH": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    calls = ["apt-get update", "apt-get install -y libopenblas0-pthread"]
+    expected = [x for c in calls for x in (["sudo", c] if with_sudo else [c])]
+    assert log.read_text().splitlines() == expected
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_docs_never_run_a_bare_sudo(path):
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        assert not re.search(r"(^|[;&|]\s*)sudo ", line), f"{path.name} line {n}: {line.strip()}"
+
+
+def test_the_readme_says_what_to_expect_from_the_tests_and_pip_check():
+    readme = (ROOT / "README.md").read_text()
+    assert 'python -m pytest -q -m "not slow"' in readme and "9 minutes" in readme
+    assert '"slow: ' in (ROOT / "pyproject.toml").read_text()  # the marker the fast subset deselects
+    assert "`pip check` reports" in readme and "never imported" in readme
+
+
+def test_the_extras_that_run_notebooks_have_ipywidgets():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in ("test", "docs"):
+        assert any(re.match(r"ipywidgets\b", req) for req in extras[extra]), extra
