@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from serve_helpers import serving, write_vectors
@@ -112,10 +114,9 @@ def test_playground_sweep_fills_the_grid(browser, setup):
     from selenium.webdriver.support.ui import WebDriverWait
 
     server, _, _ = setup
-    if not browser.current_url.startswith(server.url):
-        browser.get(server.url + "/")
-    browser.find_element(By.CSS_SELECTOR, "#sweep-box summary").click()
-    for field, value in (("sweep-strengths", "-6 0 6"), ("sweep-layers", "1 2"), ("sweep-tokens", "6")):
+    open_sweep(browser, server, "love")
+    assert offered_layers(browser) == [("1", True), ("2", True)]
+    for field, value in (("sweep-strengths", "-6 0 6"), ("sweep-tokens", "6")):
         box = browser.find_element(By.ID, field)
         box.clear()
         box.send_keys(value)
@@ -124,3 +125,53 @@ def test_playground_sweep_fills_the_grid(browser, setup):
     cells = browser.find_elements(By.CSS_SELECTOR, "#sweep-table td")
     assert len(cells) == 6
     assert all("error" not in c.text and "mean projection" in c.text for c in cells)
+
+
+def open_sweep(browser, server, vector: str) -> None:
+    """The page (freshly loaded) with ``vector`` picked and the sweep box open."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser.get(server.url + "/")
+    WebDriverWait(browser, 30).until(lambda d: len(Select(d.find_element(By.ID, "vector")).options) == 3)
+    Select(browser.find_element(By.ID, "vector")).select_by_value(vector)
+    browser.find_element(By.CSS_SELECTOR, "#sweep-box summary").click()
+
+
+def counters(server) -> dict:
+    """The engine's request counters (/health without its clock)."""
+    stats = httpx.get(server.url + "/health", timeout=10).json()
+    stats.pop("uptime_s")
+    return stats
+
+
+def offered_layers(browser) -> list[tuple[str, bool]]:
+    """The sweep's layer choices: (layer, ticked) for each checkbox."""
+    boxes = browser.execute_script(
+        "return [...document.querySelectorAll('#sweep-layers input[type=checkbox]')].map(b => [b.value, b.checked])")
+    return [(value, ticked) for value, ticked in boxes]
+
+
+def test_playground_sweep_offers_only_the_vectors_layers(browser, setup):
+    """The sweep's layers come from the picked vector (calm: layer 2 only; edge: layer 1 only); a layer the
+    vector lacks is refused with its name and the vector's layers before any request goes out."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    server, _, vectors = setup
+    for name in ("calm", "edge", "love"):
+        open_sweep(browser, server, name)
+        want = [str(int(site.rsplit(".", 1)[1])) for site in vectors[name].sites]  # the file's own layers
+        assert [layer for layer, _ in offered_layers(browser)] == want, name
+        assert all(ticked for _, ticked in offered_layers(browser))
+
+    # the picked vector changes under ticked layers it lacks (no change event: the choices stay love's)
+    open_sweep(browser, server, "love")
+    before = counters(server)
+    browser.execute_script("document.getElementById('vector').value = 'calm'")
+    assert Select(browser.find_element(By.ID, "vector")).first_selected_option.get_attribute("value") == "calm"
+    browser.find_element(By.ID, "sweep").click()
+    assert browser.find_element(By.ID, "error").text == "vector calm has no direction at layer 1; its layers: 2"
+    assert browser.find_elements(By.CSS_SELECTOR, "#sweep-table td") == []
+    time.sleep(0.5)  # a cell's request, had one gone out, would have reached the server by now
+    assert counters(server) == before  # nothing was sent

@@ -175,11 +175,8 @@ class Planner:
             sites = list(vec.sites)
         else:
             sites = [self._site(layer, f"{where}.layers").path for layer in spec.layers]
-            missing = [s for s in sites if s not in vec.directions]
-            if missing:
-                have = ", ".join(str(self._layer_index(s)) for s in vec.sites)
-                raise FieldError(f"{where}.layers", f"vector {spec.vector!r} has no direction at "
-                                 f"{', '.join(missing)}; its layers: {have}")
+            for layer, site in zip(spec.layers, sites):
+                self._has(spec.vector, vec, layer, site, f"{where}.layers")
         try:
             return vec.select(sites).to_interventions(scale=spec.scale, positions=pos), sites
         except ValueError as exc:
@@ -228,9 +225,7 @@ class Planner:
         """The condition of one steering entry, named for the entry (``steering[0]``), and its echo."""
         vec = self._vector(spec.vector, f"{where}.vector")
         path = vec.sites[0] if spec.layer is None else self._site(spec.layer, f"{where}.layer").path
-        if path not in vec.directions:
-            have = ", ".join(str(self._layer_index(s)) for s in vec.sites)
-            raise FieldError(f"{where}.layer", f"vector {spec.vector!r} has no direction at {path}; its layers: {have}")
+        self._has(spec.vector, vec, spec.layer, path, f"{where}.layer")
         site = path if vec.hook_point == "output" else f"{path}:{vec.hook_point}"
         try:
             rule = iv.condition(vec.directions[path], site=site, threshold=spec.threshold, compare=spec.compare,
@@ -248,9 +243,7 @@ class Planner:
             where = f"monitor[{j}]"
             vec = self._vector(spec.vector, f"{where}.vector" if isinstance(raw, MonitorSpec) else where)
             path = vec.sites[0] if spec.layer is None else self._site(spec.layer, f"{where}.layer").path
-            if path not in vec.directions:
-                have = ", ".join(str(self._layer_index(s)) for s in vec.sites)
-                raise FieldError(f"{where}.layer", f"vector {spec.vector!r} has no direction at {path}; its layers: {have}")
+            self._has(spec.vector, vec, spec.layer, path, f"{where}.layer")
             direction = vec.directions[path]
             if direction.ndim != 1 or not np.any(direction):
                 raise FieldError(where, f"vector {spec.vector!r} at {path} is not a non-zero (D,) direction")
@@ -266,6 +259,13 @@ class Planner:
             known = ", ".join(self.vectors) or "none (start the server with --vector NAME=FILE or --vectors-dir)"
             raise FieldError(param, f"unknown vector {name!r}; registered: {known}", code="unknown_vector")
         return self.vectors[name]
+
+    def _has(self, name: str, vec: Any, layer: int | str | None, path: str, param: str) -> None:
+        """Refuse a layer the named vector has no direction at, naming it and the vector's layers."""
+        if path not in vec.directions:
+            asked = f"layer {layer} ({path})" if isinstance(layer, int) else path
+            have = ", ".join(str(self._layer_index(s)) for s in vec.sites)
+            raise FieldError(param, f"vector {name!r} has no direction at {asked}; its layers: {have}")
 
     def _site(self, layer: int | str, param: str) -> Any:
         """A decoder layer by index (``7``, ``-1``) or a site string (``layers.7``, ``model.layers.7:input``)."""

@@ -193,8 +193,17 @@ async function sweep() {
   const vector = currentVector();
   if (!vector) { showError("pick a vector first"); return; }
   const strengths = numbers($("sweep-strengths").value).slice(0, 9);
-  let layers = numbers($("sweep-layers").value).map(Math.trunc);
-  if (!layers.length) layers = vector.layers.slice(0, 4);
+  const layers = sweepLayers();
+  // only the vector's own layers can be steered: refuse anything else before any request goes out
+  const absent = layers.filter((layer) => !vector.layers.includes(layer));
+  if (absent.length) {
+    showError(`vector ${vector.id} has no direction at layer ${absent.join(", ")}; its layers: ${vector.layers.join(", ")}`);
+    return;
+  }
+  if (!layers.length) {
+    showError(vector.layers.length ? "tick at least one of the vector's layers" : `vector ${vector.id} has no decoder-layer direction to sweep`);
+    return;
+  }
   const tokens = Math.max(1, parseInt($("sweep-tokens").value, 10) || 16);
   const table = $("sweep-table");
   table.textContent = "";
@@ -251,13 +260,30 @@ function fillLayers() {
   const v = currentVector();
   const select = $("layer");
   select.textContent = "";
+  $("sweep-layers").textContent = "";
   if (!v) return;
   if (v.layers.length > 1) select.appendChild(new Option(`all ${v.layers.length} of the vector's layers`, ""));
   for (const layer of v.layers) select.appendChild(new Option("layer " + layer, String(layer)));
   if (v.layers.length > 1) select.value = String(v.layers[Math.floor(v.layers.length / 2)]);
   $("vector-info").textContent = [v.method, v.hook_point !== "output" ? v.hook_point : "", v.file || ""]
     .filter(Boolean).join(" · ");
-  $("sweep-layers").placeholder = v.layers.slice(0, 4).join(" ");
+  fillSweepLayers(v);
+}
+
+// the sweep's layer choices are the vector's layers (the first four ticked)
+function fillSweepLayers(v) {
+  const box = $("sweep-layers");
+  box.textContent = "";
+  v.layers.forEach((layer, i) => {
+    const tick = Object.assign(document.createElement("input"), { type: "checkbox", value: String(layer), checked: i < 4 });
+    const label = document.createElement("label");
+    label.append(tick, String(layer));
+    box.appendChild(label);
+  });
+}
+
+function sweepLayers() {
+  return [...document.querySelectorAll("#sweep-layers input:checked")].map((el) => parseInt(el.value, 10));
 }
 
 function syncStrength(from) {
