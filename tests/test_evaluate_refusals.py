@@ -64,6 +64,14 @@ def test_the_bound_is_the_context_exactly(backend_models, backend):
         check_max_tokens(m, PROMPTS, max_tokens=room + 1)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_the_server_reads_the_same_context_from_the_folder(backend_models, tiny_dir, arch):
+    from mlx_steer.serve.app import context_length_of
+
+    assert context_length_of(tiny_dir(arch)) == backend_models("mlx", arch).context_length == \
+        backend_models("torch", arch).context_length == CONTEXT
+
+
 # -- the command line ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_dir, shared_models) -> dict:

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from ..engine.limits import declared_context
 from ..vectors.steering_vector import SteeringVector
 from . import errors
 from .body_limit import BodyLimit
@@ -23,9 +24,6 @@ from .routers import chat, completions, health, models, playground
 from .routers import vectors as vector_routes
 
 MAX_BODY = 8 * 1024 * 1024  # bytes; an inline vector of 65536 floats fits
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx", "max_sequence_length")
-
-
 def create_app(
     model: Any,
     *,
@@ -93,10 +91,5 @@ def context_length_of(model_path: str | Path) -> int | None:
         config = json.loads((Path(model_path) / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    for cfg in (config, config.get("text_config") or {}):
-        for key in CONTEXT_KEYS:
-            value = cfg.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-    return None
+    return declared_context(config)  # what a loaded model's context_length reads too
 
