@@ -76,6 +76,18 @@ def test_chunked_body_over_the_limit_is_413(server):
     assert_served(server)
 
 
+def test_connection_serves_the_next_request_after_a_413(server):
+    """One keep-alive connection: the refused body's rest is discarded, the next request on it is served."""
+    with httpx.Client(base_url=server.url, timeout=120, headers={"Content-Type": "application/json"}) as client:
+        refused = client.post("/v1/completions", content=chunked(padded_request(LIMIT + 3 * PIECE)))
+        assert_413(refused)
+        r = client.post("/v1/completions", content=json.dumps({"model": ARCH, "prompt": "I love", "max_tokens": 3}))
+        assert r.status_code == 200, r.text
+        local = [x.extensions["network_stream"].get_extra_info("client_addr") for x in (refused, r)]
+        assert local[0] == local[1]  # the same connection (the same local port)
+        assert r.json()["usage"]["completion_tokens"] == 3
+
+
 def test_chunked_body_at_the_limit_is_served(server):
     r = post(server, chunked(padded_request(LIMIT)))
     assert r.status_code == 200, r.text[:300]
