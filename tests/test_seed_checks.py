@@ -88,6 +88,8 @@ def test_the_largest_seed_samples_reproducibly(backend_models, backend):
     first = m.generate_tokens("I think", max_tokens=4, temp=1.0, seed=SEED_MAX)
     assert first == m.generate_tokens("I think", max_tokens=4, temp=1.0, seed=SEED_MAX)
     assert m.batch_generate(["I think"], max_tokens=4, temp=1.0, seed=SEED_MAX).token_ids[0] == first
+    # a numpy integer seed (what a seed drawn with numpy is) samples as the same int does
+    assert m.generate_tokens("I think", max_tokens=4, temp=1.0, seed=np.uint64(SEED_MAX)) == first
 
 
 # -- the command line ------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ class TorchBackend(MappedTree):
         if kwargs:
             raise ValueError(f"unsupported option(s) for the torch backend: {', '.join(sorted(kwargs))}")
         if sampler is None:
-            gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+            gen = torch.Generator(device=self.device).manual_seed(int(seed)) if seed is not None else None
             sampler = make_sampler(temp, top_p, min_p, top_k, generator=gen)
         return sampler, make_logits_processors(repetition_penalty, repetition_context_size) + list(logits_processors or [])
 
