@@ -169,3 +169,25 @@ def test_answers_the_tokenizer_cannot_tell_apart_are_refused(shared_models):
 
     with pytest.raises(ValueError, match="answers 'A' and 'B' tokenize the same"):
         ev.ab_prompt(Same(), ev.ABItem("q", "A", "B"))
+
+
+def test_a_prompt_that_is_not_a_prefix_falls_back_to_the_continuation_alone(shared_models):
+    """Where the full text's tokens do not start with the prompt's (a merge across the boundary), the
+    continuation is tokenized on its own and appended to the prompt's tokens (lm-eval's rule)."""
+    m = shared_models("llama")
+
+    class Tokenizer:
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) % 50 for c in text]
+
+    class Merging:  # the prompt ends in 3; with an answer after it, the boundary merges into 7
+        tokenizer, prompts = Tokenizer(), m.prompts
+
+        def encode(self, text, **kwargs):
+            return [1, 2, 7, 8] if kwargs.get("assistant_prefix") else [1, 2, 3]
+
+    seqs = ev.ab_prompt(Merging(), ev.ABItem("q", "A", "B"))
+    assert seqs.prompt == [1, 2, 3]
+    assert seqs.matching == [1, 2, 3, ord("(") % 50, ord("A") % 50]
+    assert seqs.not_matching == [1, 2, 3, ord("(") % 50, ord("B") % 50]
+    assert seqs.steer_from == 3 and seqs.rows == [seqs.matching[:-1]]
