@@ -49,18 +49,20 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 def perplexity_terms(model: Steerable, prompts: Sequence[Sequence[int]], generated: Sequence[Sequence[int]],
                      *, batch_size: int = 16) -> list[tuple[float, int]]:
     """Per row, (summed negative log-likelihood, count) of ``generated[i]`` after ``prompts[i]``
-    under the model as it is (no steering): one forward per batch of rows (float64 log-softmax)."""
+    under the model as it is (no steering): one forward per batch of rows (float64 log-softmax),
+    its logits kept only at the positions that predict the generated tokens."""
     out: list[tuple[float, int]] = []
     for b0 in range(0, len(prompts), batch_size):
-        rows = [list(p) + list(g) for p, g in zip(prompts[b0: b0 + batch_size], generated[b0: b0 + batch_size])]
-        tr = model.run(rows, logits=True)
-        logits = tr.logits
-        for r, (p, g) in enumerate(zip(prompts[b0: b0 + batch_size], generated[b0: b0 + batch_size])):
+        pairs = list(zip(prompts[b0: b0 + batch_size], generated[b0: b0 + batch_size]))
+        rows = [list(p) + list(g) for p, g in pairs]
+        k = max(1, max(len(g) for _, g in pairs))  # a row with fewer generated tokens repeats its last position
+        at = [[min(len(p) - 1 + j, len(p) + len(g) - 1) for j in range(k)] for p, g in pairs]
+        logits = model.to_numpy(model.run(rows, logits=at).logits)
+        for r, (p, g) in enumerate(pairs):
             if not g:
                 out.append((0.0, 0))
                 continue
-            first = tr.padding[r] + len(p) - 1  # the position predicting the first generated token
-            x = model.to_numpy(logits[r, first: first + len(g)]).astype(np.float64)
+            x = logits[r, : len(g)].astype(np.float64)  # from the position predicting the first generated token
             top = x.max(axis=-1, keepdims=True)
             logz = top[:, 0] + np.log(np.exp(x - top).sum(axis=-1))
             out.append((float(np.sum(logz - x[np.arange(len(g)), list(g)])), len(g)))
