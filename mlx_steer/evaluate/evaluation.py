@@ -68,8 +68,9 @@ def evaluate(
         judge: ``judge(texts) -> scores``, e.g. :func:`~mlx_steer.evaluate.judges.sentiment_judge`.
         controls: Also score ``"random"`` (a seeded direction of the vector's norm at each layer) and
             ``"flipped"`` (the vector negated).
-        ab_positions: Where A/B cells steer: ``"last"`` is CAA's "after the instruction" (the ``"("``
-            the answer follows), ``"all"`` every position.
+        ab_positions: Where A/B cells steer: ``"last"`` is CAA's "after the instruction" (from the
+            last token both answers' sequences share: the ``"("`` where the tokenizer splits it from
+            the letter, the last prompt token where ``"(A"`` is one token), ``"all"`` every position.
         positions: Where open-ended cells steer (default every position, generated tokens included).
         max_tokens: Tokens generated per prompt and cell.
         chat: Ask A/B questions and prompts as chat user turns (False: plain text, for base models).
@@ -85,7 +86,7 @@ def evaluate(
 
     Raises:
         ValueError: neither items nor prompts, prompts without a judge, bad strengths/layers/controls,
-            a layer the vector lacks, a letter that is not one token, bad options (naming them), a seed
+            a layer the vector lacks, answers that tokenize identically, bad options (naming them), a seed
             out of 0..2**64-1, a longest prompt + ``max_tokens`` over the model's context length.
     """
     if items is None and prompts is None:
