@@ -25,6 +25,7 @@ import numpy as np
 from ..engine import interventions as iv
 from ..engine.host_array import host_array
 from ..engine.paths import HOOK_POINTS
+from .calibration import Calibration
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
 _COMMON = ("model_id", "method", "read_positions")  # kept by + and - only when both sides agree
@@ -54,11 +55,14 @@ class SteeringVector:
         dtype: Array dtype, one of float16, float32, float64; the arrays are cast to it.
         created_by: The mlx-steer version that made it.
         extra: Free-form string metadata, saved with the vector.
+        calibration: Coefficients per site reaching a KL budget (:mod:`mlx_steer.vectors.calibration`),
+            or None; kept (rescaled by positive scaling) by ``to select with_sites * / normalized
+            scaled_per_site``, dropped by ``+ - neg orthogonalized``.
 
     Raises:
         ValueError: no sites, a path that is not a non-empty string without ``:``, arrays that
             are not 1-D/2-D, non-finite values, different D across sites, ``hidden_size`` not
-            matching D, unknown hook point or dtype, non-string metadata.
+            matching D, unknown hook point or dtype, non-string metadata, a calibration of a site the vector lacks.
     """
 
     directions: Mapping[str, np.ndarray]
@@ -70,6 +74,7 @@ class SteeringVector:
     dtype: str = "float32"
     created_by: str = field(default_factory=_library_version)
     extra: Mapping[str, str] = field(default_factory=dict)
+    calibration: Calibration | None = None
 
     __hash__ = None  # type: ignore[assignment]  # holds arrays; compare with ==
     __array_ufunc__ = None  # numpy scalars defer to our __rmul__ instead of broadcasting
@@ -99,6 +104,13 @@ class SteeringVector:
         bad = [f"{k!r}: {v!r}" for k, v in self.extra.items() if not (isinstance(k, str) and k and isinstance(v, str))]
         if bad:
             raise ValueError(f"extra must map non-empty strings to strings; bad entries: {', '.join(bad)}")
+        if self.calibration is not None:
+            if not isinstance(self.calibration, Calibration):
+                raise ValueError(f"calibration must be a Calibration or None, got {type(self.calibration).__name__}")
+            stray = [s for s in self.calibration.sites if s not in dirs]
+            if stray:
+                raise ValueError(f"calibration has coefficients for sites the vector lacks: {', '.join(stray)}; "
+                                 f"the vector has: {', '.join(dirs)}")
         object.__setattr__(self, "directions", MappingProxyType(dirs))
         object.__setattr__(self, "hidden_size", int(hidden))
         object.__setattr__(self, "dtype", dtype)
@@ -135,7 +147,7 @@ class SteeringVector:
         if not _is_real(factor):
             return NotImplemented
         f = _finite(factor, "multiplier")
-        return self._map(lambda _, a: a * f)
+        return self._rescale(self._map(lambda _, a: a * f), dict.fromkeys(self.sites, f))
 
     __rmul__ = __mul__
 
@@ -145,7 +157,7 @@ class SteeringVector:
         d = _finite(divisor, "divisor")
         if d == 0.0:
             raise ValueError("cannot divide a SteeringVector by 0")
-        return self._map(lambda _, a: a / d)
+        return self._rescale(self._map(lambda _, a: a / d), dict.fromkeys(self.sites, 1.0 / d))
 
     def __neg__(self) -> SteeringVector:
         return self._map(lambda _, a: -a)
@@ -174,7 +186,8 @@ class SteeringVector:
         zero = [s for s, n in norms.items() if n == 0.0]
         if zero:
             raise ValueError(f"cannot normalize zero directions at: {', '.join(zero)}")
-        return self._map(lambda s, a: a.astype(np.float64) / norms[s])
+        return self._rescale(self._map(lambda s, a: a.astype(np.float64) / norms[s]),
+                             {s: 1.0 / n for s, n in norms.items()})
 
     def orthogonalized(self, other: SteeringVector | np.ndarray) -> SteeringVector:
         """Remove from each site its projection onto ``other``'s direction: ``v - (v·u / u·u) u``.
@@ -228,7 +241,8 @@ class SteeringVector:
         if not wanted:
             raise ValueError(f"select() needs at least one site; this vector has: {', '.join(self.sites)}")
         self._check_known(wanted)
-        return self.replace(directions={s: self.directions[s] for s in wanted})
+        cal = self.calibration.restricted(tuple(wanted)) if self.calibration is not None else None
+        return self.replace(directions={s: self.directions[s] for s in wanted}, calibration=cal)
 
     def with_sites(self, mapping: Mapping[str, str]) -> SteeringVector:
         """The vector with sites renamed ``old -> new``; sites not in ``mapping`` keep their path.
@@ -241,7 +255,8 @@ class SteeringVector:
         clashes = sorted(p for p, n in Counter(renamed).items() if n > 1)
         if clashes:
             raise ValueError(f"renaming would put several sites at: {', '.join(clashes)}")
-        return self.replace(directions=dict(zip(renamed, self.directions.values())))
+        cal = self.calibration.renamed(mapping) if self.calibration is not None else None
+        return self.replace(directions=dict(zip(renamed, self.directions.values())), calibration=cal)
 
     def scaled_per_site(self, weights: Mapping[str, float]) -> SteeringVector:
         """The vector with each site's direction multiplied by ``weights[site]`` (1 where absent).
@@ -251,7 +266,7 @@ class SteeringVector:
         """
         self._check_known(weights)
         w = {s: _finite(v, f"weight for {s!r}") for s, v in weights.items()}
-        return self._map(lambda s, a: a * w[s] if s in w else a)
+        return self._rescale(self._map(lambda s, a: a * w[s] if s in w else a), w)
 
     def to_interventions(
         self, *, scale: float = 1.0, positions: object = "all", weights: Mapping[str, float] | None = None
@@ -281,8 +296,17 @@ class SteeringVector:
 
     # -- internals -----------------------------------------------------------------------------
     def _map(self, fn: Callable[[str, np.ndarray], np.ndarray]) -> SteeringVector:
-        """A vector with every array replaced by ``fn(site, array)``, cast back to this dtype."""
-        return self.replace(directions={s: fn(s, a).astype(self.dtype) for s, a in self.directions.items()})
+        """A vector with every array replaced by ``fn(site, array)``, cast back to this dtype (its
+        calibration dropped: the new directions are not the calibrated ones)."""
+        return self.replace(directions={s: fn(s, a).astype(self.dtype) for s, a in self.directions.items()},
+                            calibration=None)
+
+    def _rescale(self, out: SteeringVector, factors: Mapping[str, float]) -> SteeringVector:
+        """``out`` (site ``s`` times ``factors[s]``) with the calibration rescaled if every factor is positive."""
+        cal = self.calibration
+        if cal is None or any(factors.get(s, 1.0) <= 0 for s in cal.sites):
+            return out
+        return out.replace(calibration=cal.rescaled(factors))
 
     def _combine(self, other: SteeringVector, op: np.ufunc, verb: str) -> SteeringVector:
         left, right = set(self.sites), set(other.sites)

@@ -9,6 +9,10 @@ Layout, format version 1:
   list: safetensors sorts tensor names, this keeps the vector's site order), ``hidden_size``,
   ``hook_point``, ``dtype``, ``created_by``, and, when set, ``model_id``, ``method``,
   ``read_positions``; each ``extra`` entry as ``extra.<key>``. A field that is None is left out.
+- ``calibration`` (when the vector is calibrated): the JSON of its
+  :class:`~mlx_steer.vectors.calibration.Calibration`. Files without it load uncalibrated, and a
+  reader that predates it ignores it, so the format version stays 1. A GGUF control vector holds
+  no calibration.
 
 Loading with ``model=`` checks the hidden size and every site against that model and reports all
 differences in one error. A different ``model_id`` alone is accepted, because vectors port between
@@ -28,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .calibration import Calibration
 from .steering_vector import SteeringVector
 
 FORMAT = "mlx_steer.vector"
@@ -83,6 +88,8 @@ def save_vector(
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "sites": json.dumps(list(vec.sites))}
     meta |= {k: str(getattr(vec, k)) for k in (*_REQUIRED, *_OPTIONAL) if getattr(vec, k) is not None}
     meta |= {f"extra.{k}": v for k, v in vec.extra.items()}
+    if vec.calibration is not None:
+        meta["calibration"] = vec.calibration.to_json()
     return replace_atomically(path, lambda tmp: save_file({s: a.copy() for s, a in vec.directions.items()}, tmp, metadata=meta))
 
 
@@ -268,4 +275,9 @@ def _fields(path: Path, meta: dict[str, str]) -> dict[str, Any]:
     fields: dict[str, Any] = {k: meta[k] for k in (*_REQUIRED, *_OPTIONAL) if k in meta}
     fields["hidden_size"] = int(meta["hidden_size"])
     fields["extra"] = {k[len("extra."):]: v for k, v in meta.items() if k.startswith("extra.")}
+    if "calibration" in meta:
+        try:
+            fields["calibration"] = Calibration.from_json(meta["calibration"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: malformed calibration metadata: {exc}") from None
     return fields
