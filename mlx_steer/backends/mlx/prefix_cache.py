@@ -1,0 +1,100 @@
+"""Shared prefixes on MLX (:mod:`mlx_steer.engine.shared_prefix`): the prefixes run once, left-padded,
+into mlx-lm ``BatchKVCache`` s; each suffix forward gathers the cache rows it continues into a fresh
+batch cache (the kept one is never written), so each row's rotary offset, padding mask and absolute
+positions (the position tracker reads the per-row cache offset) are those of its own prefix."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import mlx.core as mx
+import numpy as np
+
+from ...engine.layout import Layout
+from ...engine.recording import Recorder
+from .arrays import XP
+from .logit_cut import cut_at_norm
+
+if TYPE_CHECKING:
+    from .backend import MLXBackend
+
+__all__ = ["MLXPrefix", "forward_from", "run_prefix"]
+
+
+@dataclass
+class MLXPrefix:
+    """The kept caches (one ``BatchKVCache`` per layer) and each prefix row's length and padding."""
+
+    cache: list
+    lengths: np.ndarray
+    padding: np.ndarray
+
+
+def run_prefix(backend: MLXBackend, tokens: list[list[int]]) -> MLXPrefix:
+    """Run the left-padded prefixes into batch caches (logits not computed beyond the last layer's
+    need: the head runs on one column)."""
+    from mlx_lm.models import cache as C
+
+    from ...engine.shared_prefix import PrefixRefused
+
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    pad = (lengths.max() - lengths).tolist()
+    if any(pad) and not backend._batch_padding_works(pad):
+        raise PrefixRefused("this model's left-padded batches are not exact; shared prefixes need them")
+    try:
+        cache = backend._batch_cache(pad)
+    except ValueError as exc:
+        raise PrefixRefused(str(exc)) from exc
+    if any(type(c) is not C.BatchKVCache for c in cache):
+        kinds = sorted({type(c).__name__ for c in cache})
+        raise PrefixRefused(f"shared prefixes need plain batch KV caches; this model uses {', '.join(kinds)}")
+    x = mx.array([[backend.prompts.pad_id] * p + t for p, t in zip(pad, tokens)])
+    last = np.zeros((len(tokens), 1), dtype=np.int64) + lengths[:, None] - 1
+    cut = cut_at_norm(backend, last)  # the head on one position per row: its logits are not used
+    try:
+        with backend.state.laid_out(Layout(lengths, pad)):
+            backend.model(x, cache=cache)
+    finally:
+        if cut is not None:
+            cut()
+    mx.eval([a for c in cache for a in (c.keys, c.values, c.offset, c.left_padding)])
+    return MLXPrefix(cache, lengths, np.asarray(pad, dtype=np.int64))
+
+
+def gathered(prefix: MLXPrefix, rows: np.ndarray) -> list:
+    """A fresh batch cache per layer holding prefix rows ``rows`` (repeats allowed)."""
+    from mlx_lm.models import cache as C
+
+    idx = mx.array(rows.astype(np.int32))
+    out = []
+    for c in prefix.cache:
+        g = C.BatchKVCache(left_padding=[0] * rows.size)
+        g.keys, g.values = c.keys[idx, :, : c._idx], c.values[idx, :, : c._idx]
+        g.offset, g.left_padding, g._idx = c.offset[idx], c.left_padding[idx], c._idx
+        out.append(g)
+    return out
+
+
+def forward_from(backend: MLXBackend, prefix: MLXPrefix, rows: np.ndarray, tokens: list[list[int]],
+                 recorders: Mapping[str, Recorder], *, keys: np.ndarray, keep_logits: bool,
+                 positions: np.ndarray | None) -> mx.array | None:
+    """One forward of equal-length suffixes, row ``i`` continuing prefix row ``rows[i]`` (row key
+    ``keys[i]``); logits at ``positions`` ((N, k) absolute, indexed by row key) when ``keep_logits``."""
+    cache = gathered(prefix, rows)
+    lp = prefix.lengths[rows]
+    x = mx.array(tokens)
+    at = positions if keep_logits else None
+    cut = None if at is None else cut_at_norm(backend, at)
+    try:
+        with backend.state.laid_out(Layout([len(t) for t in tokens], prefix.padding[rows], rows=keys)):
+            logits = backend.model(x, cache=cache)
+    finally:
+        if cut is not None:
+            cut()
+    if at is not None and cut is None:
+        logits = XP.take_along_rows(logits, at[keys] - lp[:, None])
+    results = [a for a in (r.result() for r in recorders.values()) if a is not None]
+    mx.eval(results + ([logits] if keep_logits else []))
+    return logits if keep_logits else None
