@@ -59,6 +59,8 @@ _NEUTRAL = {
     "SteeringVector": ("vectors.steering_vector", "SteeringVector"),
     "save_vector": ("vectors.vector_file", "save_vector"),
     "load_vector": ("vectors.vector_file", "load_vector"),
+    "gradients": ("engine.gradients", "gradients"),
+    "logit_diff": ("engine.gradients", "logit_diff"),
 }
 
 __all__ = sorted(["Positions", "Site", "interventions", *_MLX_NAMES, *_NEUTRAL])

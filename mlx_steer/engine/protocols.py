@@ -211,6 +211,13 @@ class Backend(Protocol):
         """A logits processor that makes ``token_ids`` impossible."""
         ...
 
+    def differentiate(self, fn: Callable[[list[Array]], tuple[Array, Any]],
+                      inputs: Sequence[np.ndarray]) -> tuple[Array, Any, list[np.ndarray | None]]:
+        """``fn(arrays) -> (scalar, aux)`` run on ``inputs`` as float32 device arrays with gradients on
+        (forwards inside it included); returns the scalar, ``aux``, and d scalar / d each input as
+        float32 host arrays (None where the scalar does not depend on an input: autograd was left)."""
+        ...
+
     # -- exporting edits (mlx_steer.export) ------------------------------------------------------------
     @property
     def model_type(self) -> str | None:

@@ -290,6 +290,11 @@ class MLXBackend(MappedTree):
             ids = [] if eos is None else [eos]
         return {int(i) for i in ids}
 
+    def differentiate(self, fn: Any, inputs: Sequence[np.ndarray]) -> tuple[mx.array, Any, list[np.ndarray | None]]:
+        from .gradients import differentiate
+
+        return differentiate(fn, inputs)
+
     def ban_tokens_processor(self, token_ids: Sequence[int]) -> Any:
         """A logits processor for :meth:`stream_generate` that makes ``token_ids`` impossible."""
         ids = sorted({int(t) for t in token_ids})

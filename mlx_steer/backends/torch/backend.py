@@ -76,6 +76,7 @@ class TorchBackend(MappedTree):
         return bool(module._forward_hooks or module._forward_pre_hooks)
 
     distributed: str | None = None  # whole (torch data parallelism runs a whole model per rank)
+    grad_enabled = False  # the forward keeps autograd on (differentiate sets it for its call)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -139,7 +140,7 @@ class TorchBackend(MappedTree):
         union = None if at is None or self._head_sites else np.unique(at)  # the columns the head runs on
         if union is not None:
             keep = torch.from_numpy(union).to(device)
-        with torch.no_grad(), self.state.laid_out(Layout(lengths, pad)):
+        with torch.set_grad_enabled(self.grad_enabled), self.state.laid_out(Layout(lengths, pad)):
             out = self.model(input_ids=x, use_cache=False, logits_to_keep=keep, **kwargs)
         if at is not None:  # each row's positions, from the kept columns (or from all of them)
             return self.xp.take_along_rows(out.logits, at if union is None else np.searchsorted(union, at))
@@ -243,6 +244,11 @@ class TorchBackend(MappedTree):
             if norm_path is not None:
                 h = self.modules[norm_path].forward(h)
             return self.modules[self.unembedding_path].forward(h)
+
+    def differentiate(self, fn: Any, inputs: Sequence[np.ndarray]) -> tuple[torch.Tensor, Any, list[np.ndarray | None]]:
+        from .gradients import differentiate
+
+        return differentiate(self, fn, inputs)
 
     def ban_tokens_processor(self, token_ids: Sequence[int]) -> Any:
         """A logits processor for :meth:`stream_generate` that makes ``token_ids`` impossible."""
