@@ -64,7 +64,7 @@ def top_tokens(
         raise ValueError(f"k must be a positive int, got {k!r}")
     key, d = pick(model, vector, site)
     logits = np.asarray(model.unembed(d[None], final_norm=final_norm), dtype=np.float32)[0]
-    n = _tokenizer_size(model.tokenizer)
+    n = tokenizer_size(model.tokenizer)
     if n is not None:  # padded vocabularies have rows no token decodes to
         logits = logits[: min(n, logits.shape[0])]
     order = np.argsort(-logits, kind="stable")
@@ -76,7 +76,7 @@ def top_tokens(
     return TokenReport(rows(order[:k]), rows(order[::-1][:k]), key, final_norm)
 
 
-def _tokenizer_size(tok: Any) -> int | None:
+def tokenizer_size(tok: Any) -> int | None:
     """Tokens the tokenizer knows (added ones included); None if it cannot say."""
     try:
         return len(tok)
