@@ -17,6 +17,7 @@ MODULES = {
     "monitor": {"MonitoredGeneration", "Persistence", "projection_monitor", "persistence_run"},
     "sweeps": {"METRICS", "SweepRow", "SweepResult", "sweep"},
     "thresholds": {"ThresholdRow", "ThresholdSearch", "condition_values", "find_threshold"},
+    "kl_calibration": {"NEUTRAL_PROMPTS", "calibrate", "kl_at"},
 }
 
 

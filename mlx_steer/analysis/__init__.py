@@ -3,7 +3,8 @@
 (:mod:`~mlx_steer.analysis.norms`), what a generation reads along it and how long steering lasts
 once released (:mod:`~mlx_steer.analysis.monitor`), and a layer x strength sweep of effect against
 fluency cost (:mod:`~mlx_steer.analysis.sweeps`), and where a steering condition should cut
-(:mod:`~mlx_steer.analysis.thresholds`).
+(:mod:`~mlx_steer.analysis.thresholds`), and each vector's coefficient at a KL budget
+(:mod:`~mlx_steer.analysis.kl_calibration`).
 
 Everything here is numpy over a model's public API (:class:`~mlx_steer.engine.model.Steerable`, the API both backends share:
 ``run``, ``stream_generate``, ``unembed``, ``encode``, ``resolve``...), so the same code serves
@@ -15,6 +16,7 @@ Everything here is numpy over a model's public API (:class:`~mlx_steer.engine.mo
              target_tokens=["love"], contrast_tokens=["hate"]).to_text()
 """
 
+from .kl_calibration import NEUTRAL_PROMPTS, calibrate, kl_at
 from .monitor import MonitoredGeneration, Persistence, persistence_run, projection_monitor
 from .norms import NormRow, norm_profile, relative_scale
 from .sweeps import METRICS, SweepResult, SweepRow, sweep
@@ -23,6 +25,7 @@ from .vocabulary_lens import TokenReport, top_tokens
 
 __all__ = [
     "METRICS",
+    "NEUTRAL_PROMPTS",
     "MonitoredGeneration",
     "NormRow",
     "Persistence",
@@ -31,8 +34,10 @@ __all__ = [
     "ThresholdRow",
     "ThresholdSearch",
     "TokenReport",
+    "calibrate",
     "condition_values",
     "find_threshold",
+    "kl_at",
     "norm_profile",
     "persistence_run",
     "projection_monitor",
