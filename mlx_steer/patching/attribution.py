@@ -1,0 +1,34 @@
+"""Attribution patching (Nanda's linear approximation): a cell's effect estimated as
+``(clean - corrupted) · d metric / d activation`` at the corrupted run, summed over the cell's
+positions — every cell from one forward and one backward of the corrupted prompt (plus the clean run)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..engine.gradients import gradients
+from .sweep import Sweep
+from .table import PatchRow
+
+if TYPE_CHECKING:
+    from ..engine.gradients import Metric
+    from ..engine.model import Steerable
+
+__all__ = ["attribution_rows"]
+
+
+def attribution_rows(model: Steerable, sweep: Sweep, metric: Metric) -> tuple[float, list[PatchRow]]:
+    """The corrupted prompt's metric, and one estimated row per cell."""
+    keys = list(dict.fromkeys(c.site.key for c in sweep.cells))
+    g = gradients(model, [sweep.pair.corrupted], metric, sites=keys)
+    corrupted = float(np.asarray(g.metric, dtype=np.float64).reshape(-1)[0])
+    rows = []
+    for cell in sweep.cells:
+        clean = sweep.clean[cell.site.key].astype(np.float64)
+        act = g.activations[cell.site.key][0].astype(np.float64)
+        grad = g.gradients[cell.site.key][0].astype(np.float64)
+        effect = sum(float((clean[c] - act[q]) @ grad[q]) for c, q in cell.pairs)
+        rows.append(sweep.row("attribution", cell, corrupted + effect, corrupted))
+    return corrupted, rows
