@@ -52,11 +52,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name + ':':<15} {_shown(vec, name)}")
     for key, value in vec.extra.items():
         print(f"{'extra.' + printable(key) + ':':<15} {printable(value)}")
+    cal = vec.calibration
+    if cal is not None:
+        print(f"{'calibration:':<15} target KL {cal.target_kl:g} nats ({cal.statistic}) over {cal.n_prompts} prompts x "
+              f"{cal.rollout_tokens} rollout tokens ({'greedy' if cal.temp == 0 else f'temp {cal.temp:g}, seed {cal.seed}'}), "
+              f"steering positions {printable(cal.positions)}; strength 1 in calibrated units = the coefficient")
     sites = {site: printable(site) for site in vec.sites}
     w = max(map(len, sites.values()))
     print(f"sites ({len(vec)}):")
     for site, norm in vec.norms().items():
-        print(f"  {sites[site]:<{w}}  shape {str(vec[site].shape):<10} norm {norm:.6g}")
+        c = cal.coefficients.get(site) if cal is not None else None
+        coefficient = "" if c is None or cal is None else \
+            f"  coefficient {c:.6g} (KL {cal.achieved_kl.get(site, float('nan')):.4g})"
+        print(f"  {sites[site]:<{w}}  shape {str(vec[site].shape):<10} norm {norm:.6g}{coefficient}")
     if not args.model:
         return 0
     model = model_for(args)
