@@ -20,6 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..engine.limits import check_length, check_seed
+from ..vectors.calibration import calibrated_vector
+from ..vectors.steering_vector import SteeringVector
 from .ab import ab_scores
 from .grid import Grid
 from .items import ABItem, as_items
@@ -30,7 +32,7 @@ from .table import EvalRow, EvalTable
 if TYPE_CHECKING:
     from ..engine.model import Steerable
 
-__all__ = ["check_max_tokens", "evaluate"]
+__all__ = ["check_max_tokens", "evaluate", "in_units", "selectivity"]
 
 
 def evaluate(
@@ -40,6 +42,8 @@ def evaluate(
     layers: Sequence[int | str],
     strengths: Sequence[float],
     items: Sequence[ABItem] | Sequence[Mapping] | None = None,
+    control_items: Sequence[ABItem] | Sequence[Mapping] | None = None,
+    units: str = "raw",
     prompts: Sequence[str] | None = None,
     judge: Judge | None = None,
     controls: Sequence[str] = (),
@@ -63,6 +67,12 @@ def evaluate(
         strengths: Multipliers (CAA's curves: e.g. -8 .. 8); 0 is the unsteered model.
         items: A/B items (:class:`ABItem` or dicts ``{question, answer_matching, answer_not_matching}``):
             measures ``ab_probability``.
+        control_items: A/B items of an unrelated behaviour, scored in the same cells: adds
+            ``control_ab_probability`` and ``selectivity`` (|target move| - |control move| from the
+            unsteered cell; see :class:`~mlx_steer.evaluate.table.EvalRow`). Needs ``items``.
+        units: ``"raw"``: strengths multiply the vector; ``"calibrated"``: strength 1 is each layer's
+            calibrated coefficient (the vector needs a calibration for every layer, see
+            :func:`mlx_steer.analysis.calibrate`).
         prompts: Open-ended prompts: measures ``behaviour`` (needs ``judge``), ``perplexity``,
             ``fluency`` and ``distinct_1``/``distinct_2``.
         judge: ``judge(texts) -> scores``, e.g. :func:`~mlx_steer.evaluate.judges.sentiment_judge`.
@@ -93,6 +103,9 @@ def evaluate(
         raise ValueError("evaluate needs A/B items=, open-ended prompts= (with a judge), or both")
     if prompts is not None and judge is None:
         raise ValueError("open-ended prompts need a judge=, e.g. mlx_steer.evaluate.sentiment_judge()")
+    if control_items is not None and items is None:
+        raise ValueError("control_items= measure selectivity against the target behaviour's items=; give items= too")
+    vector, coefficients = in_units(model, vector, layers, units)
     for name, value in (("max_tokens", max_tokens), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -100,6 +113,7 @@ def evaluate(
         raise ValueError(f"temp must be a non-negative number, got {temp!r}")
     seed = check_seed(seed)
     ab_items = as_items(items) if items is not None else None
+    controls_ab = as_items(control_items) if control_items is not None else None
     texts = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else None
     if texts is not None and (not texts or not all(isinstance(p, str) and p for p in texts)):
         raise ValueError("prompts must be a non-empty list of non-empty strings")
@@ -114,15 +128,19 @@ def evaluate(
                             positions=positions, seed=seed)
     grid = next(iter(grids.values()))
     n_distinct = len(grid.distinct())
-    total = n_distinct * ((len(ab_items) if ab_items else 0) + (len(texts) if texts else 0))
+    total = n_distinct * ((len(ab_items) if ab_items else 0) + (len(controls_ab) if controls_ab else 0)
+                          + (len(texts) if texts else 0))
     with tqdm(total=total, desc="evaluate", unit="row", disable=not progress) as bar:
         ab = ab_scores(model, ab_items, grids["ab"], chat=chat, system=system, batch_size=batch_size,
                        share_layers=share_layers, progress=bar.update) if ab_items is not None else None
+        ctl = ab_scores(model, controls_ab, grids["ab"], chat=chat, system=system, batch_size=batch_size,
+                        share_layers=share_layers, progress=bar.update) if controls_ab is not None else None
         gen = generation_scores(model, texts, grids["gen"], judge=judge, max_tokens=max_tokens, chat=chat,
                                 system=system, batch_size=batch_size, temp=temp, seed=seed,
                                 progress=bar.update) if texts is not None and judge is not None else None
     measures: list[str] = (["ab_probability"] if ab is not None else []) + (
-        ["behaviour", "perplexity", "fluency", "distinct_1", "distinct_2"] if gen is not None else [])
+        ["behaviour", "perplexity", "fluency", "distinct_1", "distinct_2"] if gen is not None else []) + (
+        ["control_ab_probability", "selectivity"] if ctl is not None else [])
     base_ppl = gen[("unsteered",)].perplexity if gen is not None else None
     rows, samples = [], {}
     for cell in grid.cells:
@@ -130,6 +148,10 @@ def evaluate(
         values: dict[str, Any] = {}
         if ab is not None:
             values["ab_probability"] = float(np.mean(ab[key]))
+        if ab is not None and ctl is not None:
+            values["control_ab_probability"] = float(np.mean(ctl[key]))
+            values["selectivity"] = selectivity(float(np.mean(ab[key])), float(np.mean(ab[("unsteered",)])),
+                                                values["control_ab_probability"], float(np.mean(ctl[("unsteered",)])))
         if gen is not None:
             g = gen[key]
             values.update(behaviour=float(np.mean(g.scores)), perplexity=g.perplexity,
@@ -140,7 +162,9 @@ def evaluate(
     info = {"model": str(getattr(model, "model_id", None) or ""), "backend": type(model).__name__,
             "items": str(len(ab_items) if ab_items else 0), "prompts": str(len(texts) if texts else 0),
             "seed": str(seed), "chat": str(chat), "ab_positions": str(ab_positions), "positions": str(positions),
-            "max_tokens": str(max_tokens), "temp": str(temp),
+            "max_tokens": str(max_tokens), "temp": str(temp), "units": units,
+            **({"control_items": str(len(controls_ab))} if controls_ab else {}),
+            **{f"coefficient {layer}": f"{c:.6g}" for layer, c in coefficients.items()},
             **{f"norm {layer}": f"{float(np.linalg.norm(grid.direction('steering', layer))):.4g}" for layer in grid.layers}}
     return EvalTable(tuple(rows), tuple(measures), info, samples)
 
@@ -157,3 +181,30 @@ def check_max_tokens(model: Steerable, prompts: Sequence[str], *, max_tokens: in
     longest = max(len(model.encode(p, chat=chat, system=system)) for p in prompts)
     check_length(model.context_length, longest + max_tokens, f"the longest prompt ({longest}) + max_tokens "
                  f"({max_tokens})", source="tokens of context")
+
+
+def selectivity(target: float, target_unsteered: float, control: float, control_unsteered: float) -> float:
+    """How much more a cell moves the target behaviour than the control one: ``|target - unsteered|
+    - |control - unsteered control|``."""
+    return abs(target - target_unsteered) - abs(control - control_unsteered)
+
+
+def in_units(model: Steerable, vector: object, layers: Sequence[int | str], units: str) -> tuple[object, dict]:
+    """(the vector to multiply by raw strengths, {layer: coefficient}) for strengths in ``units``:
+    ``"raw"`` leaves it as it is; ``"calibrated"`` multiplies each layer's direction by its calibrated
+    coefficient.
+
+    Raises:
+        ValueError: unknown units; calibrated units for a vector without a calibration of every layer.
+    """
+    if units == "raw":
+        return vector, {}
+    if units != "calibrated":
+        raise ValueError(f"unknown units {units!r}; valid: 'raw' (multipliers of the vector), 'calibrated' (1 = its "
+                         "calibrated coefficient)")
+    if not isinstance(vector, SteeringVector):
+        raise ValueError(f"calibrated units need a calibrated SteeringVector, got {type(vector).__name__}")
+    paths = {layer: model.resolve(layer if isinstance(layer, str) else f"layers.{layer}").path for layer in layers}
+    raw = calibrated_vector(vector, sites=tuple(dict.fromkeys(paths.values())))
+    cal = vector.calibration
+    return raw, {layer: cal.coefficients[p] for layer, p in paths.items()} if cal is not None else {}

@@ -20,9 +20,12 @@ if TYPE_CHECKING:
 __all__ = ["MEASURES", "EvalRow", "EvalTable"]
 
 # what a row can measure; None where the evaluation did not measure it
-MEASURES = ("ab_probability", "behaviour", "perplexity", "fluency", "distinct_1", "distinct_2")
+MEASURES = ("ab_probability", "behaviour", "perplexity", "fluency", "distinct_1", "distinct_2",
+            "control_ab_probability", "selectivity")
 _LABELS = {"ab_probability": "p(matching answer)", "behaviour": "judge score", "perplexity": "perplexity",
-           "fluency": "fluency (unsteered ppl / ppl)", "distinct_1": "distinct-1", "distinct_2": "distinct-2"}
+           "fluency": "fluency (unsteered ppl / ppl)", "distinct_1": "distinct-1", "distinct_2": "distinct-2",
+           "control_ab_probability": "p(matching) on the control items",
+           "selectivity": "selectivity (|target move| - |control move|)"}
 _STYLES: dict[str, Literal["-", ":", "--"]] = {"steering": "-", "random": ":", "flipped": "--"}
 
 
@@ -41,6 +44,10 @@ class EvalRow:
         fluency: The unsteered texts' perplexity over this cell's (1: as fluent as unsteered; lower is worse).
         distinct_1: Distinct word unigrams over all of them, over the cell's texts.
         distinct_2: The same for bigrams.
+        control_ab_probability: ``ab_probability`` on the control items (an unrelated behaviour).
+        selectivity: How much more the cell moves the target behaviour than the control one, against the
+            unsteered cell: ``|ab_probability - unsteered| - |control_ab_probability - unsteered control|``
+            (0 for the unsteered cell; > 0 where the steering moves what it is meant to more than what it is not).
     """
 
     vector: str
@@ -52,6 +59,8 @@ class EvalRow:
     fluency: float | None = None
     distinct_1: float | None = None
     distinct_2: float | None = None
+    control_ab_probability: float | None = None
+    selectivity: float | None = None
 
     def value(self, measure: str) -> float | None:
         return getattr(self, measure)
@@ -236,7 +245,8 @@ class EvalTable:
                 ax.axhline(0.5, color="grey", linewidth=0.5)
                 if full_scale:
                     ax.set_ylim(0.0, 1.0)
-            ax.set_xlabel("strength (multiplier)")
+            calibrated = self.info.get("units") == "calibrated"
+            ax.set_xlabel("strength (calibrated units: 1 = the KL budget)" if calibrated else "strength (multiplier)")
             ax.set_ylabel(_LABELS[measure])
             if "fluency" in self.measures and measure == "behaviour":
                 twin = ax.twinx()
