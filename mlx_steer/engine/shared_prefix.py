@@ -204,13 +204,13 @@ class SharedPrefix:
 
 def refuse_prefix_positions(plans: Mapping[str, SitePlan], lp: np.ndarray, ls: np.ndarray) -> None:
     """Raise :class:`PrefixRefused` for an intervention or recording that would act on a prefix
-    position of some row (prefix length ``lp``, suffix length ``ls``), or select suffix positions
-    other than the full forward's."""
-    pairs = sorted(set(zip(lp.tolist(), ls.tolist())))
+    position of a row it acts on (row key ``b``: prefix length ``lp[b]``, suffix length ``ls[b]``),
+    or select other suffix positions than in the full forward."""
     for plan in plans.values():
-        uses: list[tuple[Positions, str]] = [(i.positions, "intervention") for i in plan.interventions]
+        uses: list[tuple[Positions, str, frozenset[int] | None]] = [
+            (i.positions, "intervention", i.rows) for i in plan.interventions]
         if plan.record is not None:
-            uses.append((plan.record, "recording"))
+            uses.append((plan.record, "recording", None))
         for i in plan.interventions:
             if isinstance(i, iv.AddVector) and i.front_aligned:
                 raise PrefixRefused(f"a front-aligned tensor at {plan.site.key!r} acts from position 0, inside the "
@@ -218,8 +218,9 @@ def refuse_prefix_positions(plans: Mapping[str, SitePlan], lp: np.ndarray, ls: n
             if i.condition is not None:
                 raise PrefixRefused(f"a gated intervention at {plan.site.key!r} reads the whole prompt; run the "
                                     "whole sequence instead")
-        for sel, use in uses:
-            for p, s in pairs:
+        for sel, use, rows in uses:
+            keys = np.arange(lp.size) if rows is None else np.array(sorted(r for r in rows if r < lp.size), dtype=np.int64)
+            for p, s in sorted(set(zip(lp[keys].tolist(), ls[keys].tolist()))):
                 n = p + s
                 whole = sel.mask(np.arange(n)[None], np.array([n]), 0)[0]
                 tail = sel.mask(p + np.arange(s)[None], np.array([n]), np.array([p]))[0]

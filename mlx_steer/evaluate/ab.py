@@ -24,6 +24,8 @@ import numpy as np
 
 from ..analysis.cell_scoring import steered_layer
 from ..engine.positions import Positions, as_positions
+from ..engine.shared_prefix import PrefixRefused, refuse_prefix_positions
+from ..engine.shared_prefix import shared_prefix as shared_prefix_of
 from ..extraction.directions import extract
 from .continuations import ANSWER_PREFIX, ABSequences, ab_sequences
 from .grid import Grid
@@ -67,7 +69,8 @@ def ab_vector(model: Steerable, items: Sequence[ABItem] | Sequence[dict], *, lay
 
 def ab_scores(model: Steerable, items: Sequence[ABItem], grid: Grid, *, chat: bool = True,
               system: str | None = None, batch_size: int = 32, share_layers: bool = True,
-              progress: Callable[[int], Any] | None = None) -> dict[tuple, np.ndarray]:
+              shared_prefix: bool = True, progress: Callable[[int], Any] | None = None,
+              _all_logits: bool = False) -> dict[tuple, np.ndarray]:
     """Per distinct cell (``grid.key``), each item's behaviour probability.
 
     Items go in chunks, each item as one forward row (two where its answers' sequences differ
@@ -77,10 +80,24 @@ def ab_scores(model: Steerable, items: Sequence[ABItem], grid: Grid, *, chat: bo
     chunk once per cell (each row steered by its own cell), starting at its lowest steered layer
     (``run(from_layer=...)``): the layers below run once per chunk, not once per cell. A model that
     cannot skip layers runs them whole.
+
+    With ``shared_prefix`` and ``ab_positions="last"`` (steering only from each item's
+    ``steer_from`` on), each chunk's items run up to there once with a KV cache, and every cell,
+    the unsteered one included, runs only the few tokens after it from that cache
+    (:mod:`~mlx_steer.engine.shared_prefix`): the same numbers, one or two tokens per cell instead
+    of the whole prompt. Elsewhere (steering that touches the prompt, a model whose cache cannot be
+    shared) the forwards run whole as above. ``_all_logits`` (with ``shared_prefix=False,
+    share_layers=False``) keeps the full (B, L, V) logits of every forward: the path before logits
+    were kept only where read, for benchmarks.
     """
     seqs = [ab_prompt(model, it, chat=chat, system=system) for it in items]
     distinct = grid.distinct()
     specs = {k: grid.interventions(cell) for k, cell in distinct.items() if k != ("unsteered",)}  # built once per cell
+    if shared_prefix and not _all_logits and as_positions(grid.positions).kind == "last":
+        try:
+            return _from_prefixes(model, seqs, specs, grid.positions, batch_size=batch_size, progress=progress)
+        except PrefixRefused:
+            pass  # this model's cache cannot be shared (refused before any cell ran): run whole forwards
     start_of = {k: steered_layer(model, spec) or 0 for k, spec in specs.items()}  # the highest layer it may start at
     steered = sorted(specs, key=start_of.__getitem__)
     starts = sorted({s for s in start_of.values() if s >= 1}) if share_layers else []
@@ -96,8 +113,8 @@ def ab_scores(model: Steerable, items: Sequence[ABItem], grid: Grid, *, chat: bo
         at = [[max(0, len(r) - k + j) for j in range(k)] for r in rows]
         cells_per_forward = max(1, batch_size // len(rows))
         record = {f"{model.layer_paths[s]}:input": "all" for s in starts} if not whole else None
-        base = model.run(rows, record=record, logits=at)
-        out[("unsteered",)].append(_probabilities(model.to_numpy(base.logits), chunk))
+        base = model.run(rows, record=record, logits=True if _all_logits else at)
+        out[("unsteered",)].append(_probabilities(_last(model, base.logits, k), chunk))
         if progress is not None:
             progress(len(chunk))
         for g0 in range(0, len(steered), cells_per_forward):
@@ -108,18 +125,65 @@ def ab_scores(model: Steerable, items: Sequence[ABItem], grid: Grid, *, chat: bo
             if not whole and start in starts:
                 hidden = model.xp.concatenate([base.activations[f"{model.layer_paths[start]}:input"]] * len(keys), axis=0)
                 try:
-                    tr = model.run(rows * len(keys), interventions=per_row, logits=at * len(keys), check_finite=False,
-                                   from_layer=start, hidden=hidden)
+                    tr = model.run(rows * len(keys), interventions=per_row, logits=True if _all_logits else at * len(keys),
+                                   check_finite=False, from_layer=start, hidden=hidden)
                 except (ValueError, RuntimeError, TypeError, IndexError):
                     whole = True  # this model cannot start a forward at a layer: every forward runs whole
             if tr is None:
-                tr = model.run(rows * len(keys), interventions=per_row, logits=at * len(keys), check_finite=False)
+                tr = model.run(rows * len(keys), interventions=per_row, logits=True if _all_logits else at * len(keys),
+                               check_finite=False)
+            logits = _last(model, tr.logits, k)
+            for j, key in enumerate(keys):
+                out[key].append(_probabilities(logits[j * len(rows): (j + 1) * len(rows)], chunk))
+            if progress is not None:
+                progress(len(keys) * len(chunk))
+    return {key: np.concatenate(v) for key, v in out.items()}
+
+
+def _from_prefixes(model: Steerable, seqs: list[ABSequences], specs: dict[tuple, dict | None], positions: object,
+                   *, batch_size: int, progress: Callable[[int], Any] | None) -> dict[tuple, np.ndarray]:
+    """:func:`ab_scores` from shared prefixes: per chunk, each item's tokens before its first steered
+    or read position run once; each cell's rows continue them (see :func:`ab_scores`)."""
+    tails = _Tails(specs, positions)
+    keys_all = list(specs)
+    per_chunk = max(1, min(len(seqs), batch_size // 2))
+    out: dict[tuple, list[np.ndarray]] = {k: [] for k in [("unsteered",), *keys_all]}
+    for spec in specs.values():  # refused here, before any forward: a front-aligned vector, say
+        refuse_prefix_positions(model.plan(interventions=spec), np.array([2]), np.array([1]))
+    chunks = [seqs[c0: c0 + per_chunk] for c0 in range(0, len(seqs), per_chunk)]
+    ks = [max(len(r) - len(s.prompt) + 1 for s in chunk for r in s.rows) for chunk in chunks]  # logits kept per row
+    # each item's prefix ends before its first steered position and its first read one (both rows share it)
+    cuts = [[min(s.steer_from, *(len(r) - k for r in s.rows)) for s in chunk] for chunk, k in zip(chunks, ks)]
+    if min(min(c) for c in cuts) < 1:
+        raise PrefixRefused("an item's prompt is too short to share")
+    for chunk, k, cut in zip(chunks, ks, cuts):
+        rows = [r for s in chunk for r in s.rows]
+        of = [i for i, s in enumerate(chunk) for _ in s.rows]
+        at = [[max(0, len(r) - k + j) for j in range(k)] for r in rows]
+        tail = [len(r) - s.steer_from for s in chunk for r in s.rows]
+        suffixes = [r[cut[i]:] for i, r in zip(of, rows)]
+        cache = shared_prefix_of(model, [s.rows[0][: c] for s, c in zip(chunk, cut)])
+        base = cache.run(suffixes, prefix_of=of, logits=at, max_rows=batch_size)
+        out[("unsteered",)].append(_probabilities(model.to_numpy(base.logits), chunk))
+        if progress is not None:
+            progress(len(chunk))
+        cells_per_forward = max(1, batch_size // len(rows))
+        for g0 in range(0, len(keys_all), cells_per_forward):
+            keys = keys_all[g0: g0 + cells_per_forward]
+            per_row = [tails.spec(key, t) for key in keys for t in tail]
+            tr = cache.run(suffixes * len(keys), prefix_of=of * len(keys), interventions=per_row,
+                           logits=at * len(keys), check_finite=False, max_rows=max(batch_size, len(rows)))
             logits = model.to_numpy(tr.logits)
             for j, key in enumerate(keys):
                 out[key].append(_probabilities(logits[j * len(rows): (j + 1) * len(rows)], chunk))
             if progress is not None:
                 progress(len(keys) * len(chunk))
     return {key: np.concatenate(v) for key, v in out.items()}
+
+
+def _last(model: Steerable, logits: Any, k: int) -> np.ndarray:
+    """The logits of each row's last ``k`` positions ((B, k, V) kept, or the last k of (B, L, V) left-padded)."""
+    return model.to_numpy(logits)[:, -k:]
 
 
 class _Tails:
