@@ -118,14 +118,15 @@ def gradients(
     keys = _site_keys(model, sites)
     tokens = model.prompts.encode_batch(prompts, chat=chat)
     B, L = len(tokens), max(len(t) for t in tokens)
+    cols = _columns(positions, [len(t) for t in tokens], L)  # checked before anything runs
     user = _user_interventions(model, interventions, rows=B)
     widths = _widths(model, keys, tokens[0][:1])
-    seen: dict[str, Any] = {}
+    seen: dict[str, list] = {}
 
     def run(probes: list[Array]) -> tuple[Array, Any]:
         spec = {k: list(v) for k, v in user.items()}
         for key, probe in zip(keys, probes):
-            spec.setdefault(key, []).append(iv.custom(_probe(key, probe, seen, model.xp)))
+            spec.setdefault(key, []).append(iv.custom(_probe(key, probe, seen, model.backend.state)))
         logits = model.run(tokens, interventions=spec, check_finite=False).logits
         value = metric(logits)
         shape = tuple(getattr(value, "shape", ()) or ())
@@ -145,11 +146,11 @@ def gradients(
     values = model.to_numpy(value)
     if not np.all(np.isfinite(values)):
         raise ValueError(f"the metric is not finite ({values.tolist()}); a gradient of NaN or inf means nothing")
-    cols = _columns(positions, [len(t) for t in tokens], L)
     rows = np.arange(B)[:, None]
     pad = np.array([L - len(t) for t in tokens])[:, None]
     take = np.where(cols >= 0, cols + pad, 0)
-    acts = {k: np.where(cols[..., None] >= 0, model.to_numpy(seen[k])[rows, take], 0.0) for k in keys}
+    acts = {k: np.where(cols[..., None] >= 0, _assembled(model, seen[k], zeros[i].shape)[rows, take], 0.0)
+            for i, k in enumerate(keys)}
     grad = {k: np.where(cols[..., None] >= 0, g[rows, take], 0.0).astype(np.float32) for k, g in zip(keys, grads) if g is not None}
     return SiteGradients(tuple(keys), _mapping(acts, model.resolve_key), _mapping(grad, model.resolve_key),
                          values, cols, tokens)
@@ -160,15 +161,30 @@ def _mapping(arrays: dict[str, np.ndarray], resolve: Callable[[str], str]) -> Ac
     return Activations({k: functools.partial(lambda a: a, a) for k, a in arrays.items()}, resolve)
 
 
-def _probe(key: str, probe: Array, seen: dict[str, Any], xp: Any) -> Callable[[Array], Array]:
+def _probe(key: str, probe: Array, seen: dict[str, list], state: Any) -> Callable[[Array], Array]:
+    """What adds the probe at one site: the probe's rows and (right-aligned: rows are left-padded)
+    columns of the forward that runs, whole or row by row (a backend whose padded batches are wrong)."""
+    B, L, _ = probe.shape
+
     def add(h: Array) -> Array:
-        if tuple(h.shape) != tuple(probe.shape):
-            raise ValueError(f"site {key!r} ran with shape {tuple(h.shape)}, not the {tuple(probe.shape)} "
+        rows = np.asarray(state.rows)
+        n = h.shape[1]
+        if n > L or len(rows) != h.shape[0] or rows.max() >= B:
+            raise ValueError(f"site {key!r} ran with shape {tuple(h.shape)}, not within the {tuple(probe.shape)} "
                              "its probe was made for (does the site run more than once per forward?)")
-        seen[key] = h
-        return h + xp.astype(probe, h)
+        part = probe if len(rows) == B and n == L else probe[state.xp.index(rows, like=probe)][:, L - n:]
+        seen.setdefault(key, []).append((rows, h))
+        return h + state.xp.astype(part, h)
 
     return add
+
+
+def _assembled(model: Steerable, pieces: list, shape: tuple[int, ...]) -> np.ndarray:
+    """The (B, L, D) activations from the pieces the probes saw (rows, right-aligned columns)."""
+    out = np.zeros(shape, dtype=np.float32)
+    for rows, h in pieces:
+        out[rows, shape[1] - h.shape[1]:] = model.to_numpy(h)
+    return out
 
 
 def _site_keys(model: Steerable, sites: str | Sequence[str]) -> list[str]:

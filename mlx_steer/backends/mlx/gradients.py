@@ -21,5 +21,7 @@ def differentiate(fn: Callable[[list[mx.array]], tuple[mx.array, Any]],
         return fn(list(xs))
 
     (value, aux), grads = mx.value_and_grad(wrapped, argnums=list(range(len(arrays))))(*arrays)
+    if isinstance(grads, mx.array):  # one input: MLX gives the array itself
+        grads = (grads,)
     mx.eval(value, aux, grads)
     return value, aux, [np.array(g.astype(mx.float32)) for g in grads]
