@@ -397,7 +397,7 @@ def test_usage_errors_keep_argparse_exit_code(runs, ws, capsys):
 
 
 # -- help --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", ["extract", "record", "generate", "sweep", "inspect"])
+@pytest.mark.parametrize("command", ["extract", "record", "generate", "sweep", "inspect", "calibrate"])
 def test_help_has_examples(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])

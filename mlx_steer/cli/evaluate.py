@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import add_model, finite, layer, positive, positive_int, seed, usage_error
+from .calibrate import add_calibrated_flag
 from .inputs import check_output, existing_file, read_prompts
 from .loading import describe, fit_vector, model_for, vector_file
 
@@ -55,6 +56,12 @@ def fill(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--layers", nargs="+", type=layer, required=True, metavar="N", help="layers to steer, one at a time")
     sp.add_argument("--strengths", nargs="+", type=finite, default=list(DEFAULT_STRENGTHS), metavar="S",
                     help="multipliers (default -8 -4 -2 0 2 4 8)")
+    add_calibrated_flag(sp)
+    ctl = sp.add_mutually_exclusive_group()
+    ctl.add_argument("--control-items", metavar="FILE", help="A/B items of an unrelated behaviour: adds the "
+                     "control_ab_probability and selectivity columns (|target move| - |control move|)")
+    ctl.add_argument("--control-caa", choices=CAA, metavar="BEHAVIOUR",
+                     help="a shipped CAA dataset's --held-out items as those control items")
     sp.add_argument("--controls", nargs="*", choices=("random", "flipped"), default=[],
                     help="also score a random vector of the same norm and the sign-flipped vector")
     sp.add_argument("--ab-positions", choices=("last", "all"), default="last",
@@ -92,11 +99,18 @@ def run(args: argparse.Namespace) -> int:
         usage_error(args, "--min-fluency needs open-ended prompts (--prompts-file) to measure fluency")
     if args.temp < 0:
         usage_error(args, f"--temp must be >= 0, got {args.temp:g}")
+    if (args.control_items or args.control_caa) and not (args.items or args.caa):
+        usage_error(args, "--control-items/--control-caa measure selectivity against A/B items: give --items or --caa")
+    if args.calibrated and not args.vector:
+        usage_error(args, "--calibrated needs a calibrated --vector file (see mlx-steer calibrate)")
     if importlib.util.find_spec("matplotlib") is None:
         raise ImportError("the plot needs matplotlib: pip install matplotlib")
     out = _check_out_dir(args)  # created only to write the results: a run that fails leaves none
     items = ev.load_items(existing_file(args.items)) if args.items else ev.caa_items(args.caa) if args.caa else None
     prompts = read_prompts(args.prompts_file) if args.prompts_file else None
+    control = ev.load_items(existing_file(args.control_items)) if args.control_items else \
+        ev.split_items(ev.caa_items(args.control_caa), held_out=args.held_out, seed=args.seed)[1] \
+        if args.control_caa else None
     vec = vector_file(args) if args.vector else None
     model = model_for(args)
     if prompts is not None:  # before the extraction's forwards too
@@ -110,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         vec = fit_vector(args, model, vec, None, None)  # checked against the model
     table = ev.evaluate(model, vector=vec, layers=layers, strengths=args.strengths, items=items, prompts=prompts,
+                        control_items=control, units="calibrated" if args.calibrated else "raw",
                         judge=judge, controls=args.controls, ab_positions=args.ab_positions, positions=args.positions,
                         max_tokens=args.max_tokens, chat=args.chat, batch_size=args.batch_size, temp=args.temp,
                         seed=args.seed, progress=args.progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .calibrate import add_calibrated_flag, in_calibrated_units
 from .arguments import (add_model, check_chat, finite, non_negative, non_negative_int, positive, positive_int,
                         probability, seed, site, usage_error)
 from .inputs import contrast_prompts
@@ -33,6 +34,7 @@ def fill(sp: argparse.ArgumentParser) -> None:
                     help="where to steer: the site extracted on the fly, or the one site of --vector to use")
     sp.add_argument("--strength", "--strengths", dest="strengths", nargs="+", type=finite, default=[4.0],
                     metavar="S", help="scale(s) of the vector; one steered continuation each (default 4)")
+    add_calibrated_flag(sp)
     g = sp.add_argument_group("sampling (mlx-lm's options; default greedy)")
     g.add_argument("--max-tokens", type=positive_int, default=40, help="tokens per continuation (default 40)")
     g.add_argument("--temp", type=non_negative, default=0.0, help="sampling temperature (0 = greedy)")
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     vec = vector_file(args) if args.vector else None
     model = model_for(args)
     vec = fit_vector(args, model, vec, contrast, [args.layer] if args.layer else None)
+    vec = in_calibrated_units(args, model, vec, None)
     source = f"{len(contrast[0])} positive / {len(contrast[1])} negative prompts" if contrast else args.vector
     print(f"steering: {describe(vec)}; from {source}")
     gen = dict(max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, min_p=args.min_p, top_k=args.top_k,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .arguments import add_model, add_output, finite, layer, positive_int, usage_error
+from .calibrate import add_calibrated_flag, in_calibrated_units
 from .inputs import check_output, contrast_prompts, read_prompts
 from .loading import NonFiniteError, describe, fit_vector, model_for, vector_file
 
@@ -44,6 +45,7 @@ def fill(sp: argparse.ArgumentParser) -> None:
                     help="layers (or site paths) to steer, one at a time (default: the vector's sites)")
     sp.add_argument("--strengths", "--strength", dest="strengths", nargs="+", type=finite,
                     default=list(DEFAULT_STRENGTHS), metavar="S", help="scales (default -8 -4 0 4 8)")
+    add_calibrated_flag(sp)
     sp.add_argument("--target-tokens", nargs="+", required=True, metavar="TOKEN",
                     help='tokens the steering should raise (each one token; mind the leading space: " happy"; '
                          'integers are token ids)')
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     sites = [f"layers.{x}" if isinstance(x, int) else x for x in args.layers] if args.layers else None
     vec = fit_vector(args, model, vec, contrast, sites if contrast else None)
     layers = args.layers or _layer_indices(model, vec.sites)
+    vec = in_calibrated_units(args, model, vec, layers)
     group = launched_group(model)  # under mlx.launch / torchrun: ranks share the cells
     result = sweep(model, vector=vec, layers=layers, strengths=args.strengths, prompts=prompts,
                    target_tokens=_tokens(args.target_tokens), contrast_tokens=_tokens(args.contrast_tokens),
