@@ -18,6 +18,7 @@ import numpy as np
 from ..engine import interventions as iv
 from ..engine.continuous import Monitor
 from ..engine.positions import Positions, as_positions
+from ..vectors.calibration import calibrated_vector
 from .engine import Job
 from .registry import VectorRegistry
 from .schemas import (MAX_INLINE, ChatCompletionRequest, CompletionRequest, ConditionSpec, GenerationRequest, MonitorSpec,
@@ -157,8 +158,11 @@ class Planner:
             else:
                 raise FieldError(f"{where}.vector", "must be a registered vector's name or a list of floats, "
                                  f"got {type(spec.vector).__name__}")
+            if spec.units != "raw" and not isinstance(spec.vector, str):
+                raise FieldError(f"{where}.units", "calibrated units need a registered calibrated vector (by name); "
+                                 "an inline vector or an SAE feature has no calibration")
             entry = {"vector": name, "scale": spec.scale, "layers": [self._layer_index(s) for s in sites],
-                     "positions": str(pos)}
+                     "positions": str(pos), **({"units": spec.units} if spec.units != "raw" else {})}
             if spec.sae is not None:
                 entry.update(sae=spec.sae, feature=spec.feature, clamp=spec.clamp)
             if spec.when is not None:
@@ -177,6 +181,11 @@ class Planner:
             sites = [self._site(layer, f"{where}.layers").path for layer in spec.layers]
             for layer, site in zip(spec.layers, sites):
                 self._has(spec.vector, vec, layer, site, f"{where}.layers")
+        if spec.units == "calibrated":
+            try:
+                vec = calibrated_vector(vec, sites=tuple(sites))
+            except ValueError as exc:
+                raise FieldError(f"{where}.units", f"vector {spec.vector!r}: {exc}") from None
         try:
             return vec.select(sites).to_interventions(scale=spec.scale, positions=pos), sites
         except ValueError as exc:

@@ -93,6 +93,7 @@ class VectorRegistry(Mapping[str, SteeringVector]):
             "hidden_size": vec.hidden_size, "hook_point": vec.hook_point, "method": vec.method,
             "model_id": vec.model_id, "read_positions": vec.read_positions, "dtype": vec.dtype,
             "created_by": vec.created_by, "metadata": dict(vec.extra),
+            "calibration": vec.calibration.to_dict() if vec.calibration is not None else None,
         }
 
     def __getitem__(self, name: str) -> SteeringVector:

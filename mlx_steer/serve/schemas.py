@@ -47,6 +47,8 @@ class SteeringSpec(_Strict):
     feature: int | None = Field(None, ge=0, description="the SAE feature to add (scale) or clamp")
     clamp: float | None = Field(None, ge=-1e4, le=1e4, description="set the SAE feature to this value instead of adding")
     scale: float = Field(1.0, ge=-1e4, le=1e4)
+    units: Literal["raw", "calibrated"] = Field("raw", description='"calibrated": scale 1 is the registered '
+                                                "vector's calibrated coefficient at each layer (mlx-steer calibrate)")
     layers: list[int | str] | None = Field(None, min_length=1, max_length=512)
     positions: Any = Field("all", description='"all" | "last" | "prompt" | "generated" | int | [int, ...] | '
                                               '{"first_generated": n} | {"start": a, "stop": b}')
