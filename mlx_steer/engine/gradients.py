@@ -139,6 +139,10 @@ def gradients(
 
     zeros = [np.zeros((B, L, widths[k]), dtype=np.float32) for k in keys]
     _, value, grads = model.backend.differentiate(run, zeros)
+    idle = [k for k in keys if k not in seen]
+    if idle:
+        raise ValueError(f"sites {idle} do not run in a forward (a container, not a module that computes); "
+                         f"name modules that run, e.g. {model.layer_paths[0]}")
     cut = [k for k, g in zip(keys, grads) if g is None]
     if cut:
         raise ValueError(f"the gradient does not reach sites {cut}: something between them and the metric "

@@ -70,6 +70,10 @@ def prepare(model: Steerable, clean: str | Sequence[int], corrupted: str | Seque
     keys = [s.key for s in chosen]
     run = model.run([pair.clean], record=keys, logits=True)
     value = metric_rows(model, metric, run.logits, 1)[0]
+    idle = [k for k in keys if run.activations[k] is None]
+    if idle:
+        raise ValueError(f"sites {idle} do not run in a forward (a container, not a module that computes); "
+                         f"name modules that run, e.g. {model.layer_paths[0]} or resid, attn, mlp")
     acts = {k: model.to_numpy(run.activations[k])[0] for k in keys}
     return Sweep(pair, cells, float(value), acts)
 
