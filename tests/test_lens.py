@@ -182,3 +182,65 @@ def test_translators_for_another_model_are_refused(shared_models, tmp_path):
         lens.logit_lens(m, PROMPTS, tuned=lens.TunedLens.identity(m), stage="input")
     with pytest.raises(ValueError, match="is not a tuned-lens folder"):
         lens.TunedLens.load(tmp_path)
+
+
+# -- the command line ----------------------------------------------------------------------------
+def test_cli_lens_prints_the_table_and_writes_files(tiny_dir, shared_models, tmp_path, capsys):
+    from mlx_steer.cli import main
+
+    out = tmp_path / "out"
+    argv = ["lens", "--model", str(tiny_dir("llama")), *PROMPTS, "--targets", " the", "--top-k", "3", "-o", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "logit lens" in printed and "target ' the'" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["lens-0.png", "lens-1.png", "lens.csv", "lens.json"]
+    expected = lens.logit_lens(shared_models("llama"), PROMPTS, targets=" the", top_k=3)
+    assert lens.LensTable.from_json(out / "lens.json").rows == expected.rows
+    assert main([*argv[:-2], "--json", "--positions", "last"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {(r["prompt"], r["position"]) for r in rows} == {(0, len(shared_models("llama").encode(PROMPTS[0])) - 1),
+                                                           (1, len(shared_models("llama").encode(PROMPTS[1])) - 1)}
+
+
+def test_cli_lens_trains_saves_and_reads_translators(tiny_dir, shared_models, tmp_path, capsys):
+    from mlx_steer.cli import main
+
+    (tmp_path / "p.txt").write_text("\n".join(tiny_models.CORPUS[:7]) + "\n")
+    model = str(tiny_dir("llama"))
+    assert main(["lens", "--model", model, "--train", str(tmp_path / "p.txt"), "-o", str(tmp_path / "t"),
+                 "--steps", "5", "--lr", "0.01", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["tuned_kl"]) == 3
+    tuned = lens.TunedLens.load(tmp_path / "t", model=shared_models("llama"))
+    assert main(["lens", "--model", model, PROMPTS[0], "--tuned", str(tmp_path / "t"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = lens.logit_lens(shared_models("llama"), PROMPTS[0], tuned=tuned)
+    assert printed["lens"] == "tuned" and [r["top_ids"] for r in printed["rows"]] == [list(r.top_ids) for r in expected.rows]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--targets", " wonderful day"], "must be one token"),
+    (["--layers", "9"], "layer 9 out of range for a 4-layer model; valid: -4..3"),
+    (["--tuned", "."], "is not a tuned-lens folder"),
+])
+def test_cli_lens_user_errors_exit_2(tiny_dir, capsys, extra, message):
+    from mlx_steer.cli import main
+
+    assert main(["lens", "--model", str(tiny_dir("llama")), "Paris is the", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give one or more prompts"),
+    (["Paris", "--positions", "first"], "--positions takes all, last, or integers"),
+    (["--train", "p.txt"], "--train needs -o DIR"),
+    (["Paris", "--train", "p.txt", "-o", "x"], "--train takes its prompts from the file"),
+])
+def test_cli_lens_usage_errors_exit_2(tiny_dir, capsys, argv, message):
+    from mlx_steer.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["lens", "--model", str(tiny_dir("llama")), *argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err, err
