@@ -6,9 +6,9 @@ The paper's vector: one contrast pair, front-aligned (position i of "Love" minus
 prompts that lean negative or neutral, greedy; each is scored by VADER's compound sentiment (-1..+1),
 by its perplexity under the unsteered model (fluency = unsteered perplexity / perplexity) and by
 distinct-n; a random tensor of the same per-position norms is the control. Writes
-docs/results/actadd_sentiment.{csv,json} and docs/img/actadd_sentiment.png.
+docs/results/actadd_sentiment{TAG}.{csv,json} and docs/img/actadd_sentiment{TAG}.png.
 
-    python examples/actadd_sentiment.py [--model PATH] [--quick]
+    python examples/actadd_sentiment.py [--model PATH] [--tag TAG] [--quick]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> ev.EvalTable:
     ap.add_argument("--strengths", nargs="+", type=float, default=[0, 1, 2, 5, 10])
     ap.add_argument("--max-tokens", type=int, default=30)
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--tag", default="", help="suffix of the output files' names (e.g. _qwen2.5-coder-1.5b)")
     args = ap.parse_args(argv)
     prompts = PROMPTS
     if args.quick:
@@ -53,10 +54,12 @@ def main(argv: list[str] | None = None) -> ev.EvalTable:
                         judge=ev.sentiment_judge(), chat=False, max_tokens=args.max_tokens, controls=["random"], seed=0)
     (args.out / "results").mkdir(parents=True, exist_ok=True)
     (args.out / "img").mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / "results" / "actadd_sentiment.csv")
-    table.to_json(args.out / "results" / "actadd_sentiment.json")
-    table.plot(args.out / "img" / "actadd_sentiment.png",
-               title=f"ActAdd Love - Hate on SmolLM2-135M-Instruct ({len(prompts)} prompts, greedy)")
+    stem = f"actadd_sentiment{args.tag}"
+    table.to_csv(args.out / "results" / f"{stem}.csv")
+    table.to_json(args.out / "results" / f"{stem}.json")
+    name = Path(args.model).name if args.model else "SmolLM2-135M-Instruct"
+    table.plot(args.out / "img" / f"{stem}.png",
+               title=f"ActAdd Love - Hate on {name} ({len(prompts)} prompts, greedy)")
     print(table.to_text())
     for budget in (dict(min_fluency=0.5), dict(min_fluency=0.5, min_distinct=0.5)):
         best = table.best(**budget)
