@@ -153,6 +153,8 @@ def test_search_brackets_the_first_crossing_and_refuses_an_unreachable_target():
     assert c == pytest.approx(2.0, rel=1e-3)
     with pytest.raises(ValueError, match=r"steering at l never reaches a KL of 5 nats: the largest measured is 1"):
         search(lambda s: [min(c, 1.0) for c in s], target=5.0, start=1.0, rtol=1e-3, max_steps=4, what="steering at l")
+    with pytest.raises(ValueError, match=r"steering at l exceeds a KL of 1e-09 nats even at scale"):
+        search(lambda s: [1.0 for c in s], target=1e-9, start=1.0, rtol=1e-3, max_steps=3, what="steering at l")
 
 
 @pytest.mark.parametrize("kwargs, match", [

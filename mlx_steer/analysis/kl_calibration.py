@@ -203,6 +203,10 @@ def search(measure: Callable[[list[float]], list[float]], *, target: float, star
             break
         run(_candidates(lo, hi, seen[lo], seen[hi], target))
     bracket = _bracket(seen, target)
+    if bracket is None and all(v >= target for v in seen.values()):
+        c = min(seen)
+        raise ValueError(f"{what} exceeds a KL of {target:g} nats even at scale {c:.4g} ({seen[c]:.4g} nats): the "
+                         f"direction is too strong to calibrate at this budget; choose a larger target_kl")
     if bracket is None:
         c = max(seen, key=lambda k: seen[k])
         raise ValueError(f"{what} never reaches a KL of {target:g} nats: the largest measured is {seen[c]:.4g} at scale "
