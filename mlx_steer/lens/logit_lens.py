@@ -152,13 +152,14 @@ def logit_lens(
         where = [(b, start + b, tr.padding[b] + i) for b in range(len(batch)) for i in cells[start + b]]
         bi, ci = np.array([w[0] for w in where]), np.array([w[2] for w in where])
         final = logits[bi, ci]
-        check_last_layer(ops.logits(model, ro, model.to_numpy(tr.activations[last])[bi, ci]), final,
-                         dtype_name=str(model_dtype(model)))
-        logp_final = _log_softmax(final)
-        for layer in chosen:
-            h = model.to_numpy(tr.activations[sites[layer]])[bi, ci]
-            z = ops.logits(model, ro, h, tuned.translator(layer) if tuned is not None else None)
-            rows += _cells(model, z, logp_final, where, tr.padding, layer, batch, tids, top_k, n_real)
+        with model.calls("logit_lens"):  # the readout modules run outside a forward: nothing else may run them
+            check_last_layer(ops.logits(model, ro, model.to_numpy(tr.activations[last])[bi, ci]), final,
+                             dtype_name=str(model_dtype(model)))
+            logp_final = _log_softmax(final)
+            for layer in chosen:
+                h = model.to_numpy(tr.activations[sites[layer]])[bi, ci]
+                z = ops.logits(model, ro, h, tuned.translator(layer) if tuned is not None else None)
+                rows += _cells(model, z, logp_final, where, tr.padding, layer, batch, tids, top_k, n_real)
     rows.sort(key=lambda r: (r.prompt, chosen.index(r.layer), r.position))
     decode = model.tokenizer.decode
     info = {"model": str(model.model_id), "top_k": str(top_k), "prompts": str(len(tokens))}

@@ -142,7 +142,7 @@ class LensTable:
         """Per prompt, a layers x positions grid of each cell's top token (with the target's
         probability when there is a target)."""
         def fit(s: str) -> str:
-            s = repr(s)[1:-1]
+            s = repr(s)[1:-1] if s.strip() else repr(s)  # a blank token shows as ' '
             return s if len(s) <= width else s[: width - 1] + "~"
 
         out = [f"{self.lens} lens ({self.stage} of each layer)"]

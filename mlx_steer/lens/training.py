@@ -66,12 +66,13 @@ def lens_kl(model: Steerable, residuals: np.ndarray, tuned: TunedLens | None = N
     ops, ro = ops_for(model), readout_of(model)
     n = residuals.shape[1] - 1
     total = np.zeros(n)
-    for s in range(0, residuals.shape[0], chunk):
-        x = residuals[s : s + chunk]
-        logp = _log_softmax(ops.logits(model, ro, x[:, -1]))
-        for layer in range(n):
-            logq = _log_softmax(ops.logits(model, ro, x[:, layer], tuned.translator(layer) if tuned else None))
-            total[layer] += float(np.sum(np.exp(logp) * (logp - logq)))
+    with model.calls("lens_kl"):
+        for s in range(0, residuals.shape[0], chunk):
+            x = residuals[s : s + chunk]
+            logp = _log_softmax(ops.logits(model, ro, x[:, -1]))
+            for layer in range(n):
+                logq = _log_softmax(ops.logits(model, ro, x[:, layer], tuned.translator(layer) if tuned else None))
+                total[layer] += float(np.sum(np.exp(logp) * (logp - logq)))
     return total / residuals.shape[0]
 
 
@@ -106,8 +107,9 @@ def fit_translators(model: Steerable, residuals: np.ndarray, *, steps: int, lr: 
         while len(order) < steps * batch_tokens:
             order += rng.permutation(N).tolist()
         batches = [np.array(order[i * batch_tokens : (i + 1) * batch_tokens]) for i in range(steps)]
-    fitted = ops_for(model).fit(model, readout_of(model), residuals[:, :-1], residuals[:, -1], batches, lr=float(lr),
-                                optimizer=optimizer, init=list(zip(start.m, start.b)))
+    with model.calls("fit_translators"):
+        fitted = ops_for(model).fit(model, readout_of(model), residuals[:, :-1], residuals[:, -1], batches,
+                                    lr=float(lr), optimizer=optimizer, init=list(zip(start.m, start.b)))
     info = {"steps": str(steps), "lr": repr(float(lr)), "optimizer": optimizer, "batch_tokens": str(batch_tokens),
             "tokens": str(N), "seed": str(seed)}
     return TunedLens(model.model_id, D, L, tuple(m for m, _ in fitted), tuple(b for _, b in fitted), info)
