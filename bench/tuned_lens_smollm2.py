@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-tokens", type=int, default=64)
     ap.add_argument("-o", "--out", default=None)
+    ap.add_argument("--cache", default=None, help="npz of the recorded residuals and logit-lens KL (reused if present)")
     args = ap.parse_args()
     import numpy as np
 
@@ -54,11 +55,18 @@ def main() -> None:
     rng = np.random.default_rng(0)
     ps = [ps[i] for i in rng.permutation(len(ps))[:224]]
     t = time.perf_counter()
-    test, train = record_residuals(model, ps[:24]), record_residuals(model, ps[24:])
-    print(f"recorded {train.shape[0]} train / {test.shape[0]} held-out tokens in {time.perf_counter() - t:.0f} s", flush=True)
-    t = time.perf_counter()
-    logit = lens_kl(model, test)
-    print(f"logit-lens KL in {time.perf_counter() - t:.0f} s", flush=True)
+    if args.cache and Path(args.cache).exists():
+        cached = np.load(args.cache)
+        test, train, logit = cached["test"], cached["train"], cached["logit"]
+    else:
+        test, train = record_residuals(model, ps[:24]), record_residuals(model, ps[24:])
+        print(f"recorded {train.shape[0]} train / {test.shape[0]} held-out tokens in {time.perf_counter() - t:.0f} s",
+              flush=True)
+        t = time.perf_counter()
+        logit = lens_kl(model, test)
+        print(f"logit-lens KL in {time.perf_counter() - t:.0f} s", flush=True)
+        if args.cache:
+            np.savez(args.cache, test=test, train=train, logit=logit)
     t = time.perf_counter()
     lens = fit_translators(model, train, steps=args.steps, lr=args.lr, batch_tokens=args.batch_tokens)
     train_s = time.perf_counter() - t

@@ -62,8 +62,11 @@ def readout_of(model: Steerable) -> Readout:
     """The final norm, unembedding and logit transform of ``model`` (either backend).
 
     Raises:
-        ValueError: the model has no unembedding that can be found.
+        ValueError: the model has no unembedding that can be found, or is sharded over ranks.
     """
+    if model.distributed is not None:
+        raise ValueError(f"the lens reads a whole model's norm and head; this one is sharded over ranks "
+                         f"({model.distributed}): load it whole in one process")
     softcap = _setting(model, "final_logit_softcapping")
     scale = 1.0
     if (s := _setting(model, "logit_scale")) is not None and model.backend.model_type in ("cohere", "cohere2"):
