@@ -8,6 +8,11 @@ and, with ``share_layers``, the input of each steered layer, so a steered forwar
 lowest steered layer (``run(from_layer=..., hidden=...)``) instead of recomputing the unsteered
 layers below it. The first such forward also carries one prompt unsteered, checked against the
 unsteered pass; a model where they differ (or that cannot skip layers) runs every forward whole.
+
+With ``shared_prefix`` (every cell steers each prompt's last position only), each batch's prompts
+but their last token run once with a KV cache (:mod:`~mlx_steer.engine.shared_prefix`) and each
+cell runs one token per prompt from it: the positions before the last are the unsteered pass's
+(KL 0 there), so only the last position's KL and behaviour are computed per cell.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ class CellScorer:
     def __init__(
         self, model: Steerable, chunks: list[list[list[int]]], read_key: str | None,
         unit: np.ndarray | None, target: list[int] | None, contrast: list[int] | None, *, rows_per_forward: int,
-        steered_layers: Sequence[int | None] = (), share_layers: bool = True,
+        steered_layers: Sequence[int | None] = (), share_layers: bool = True, shared_prefix: bool = False,
     ):
         self.model, self.chunks, self.rows_per_forward = model, chunks, rows_per_forward
         self.read_key, self.unit, self.target, self.contrast = read_key, unit, target, contrast
@@ -59,6 +64,9 @@ class CellScorer:
         if kept * len(self.starts) > SHARED_INPUT_BUDGET:
             self.starts = []
         self.checked: bool | None = None  # whether a forward that skips layers matched the whole one
+        # prompts of one token have no prefix to share
+        self.prefixes: list[Any] | None = [] if shared_prefix and min(len(t) for c in chunks for t in c) >= 2 else None
+        self.base_last: list[Reference] = []  # per batch: the unsteered distributions at each prompt's last token
 
     def baseline(self) -> float:
         """The unsteered pass: its mean behaviour; keeps what the steered cells are scored against."""
@@ -80,13 +88,16 @@ class CellScorer:
             kl, n_pos = np.zeros(len(group)), 0
             base = []
             for b, chunk in enumerate(self.chunks):
-                for c, (value, logits) in enumerate(self._run(b, chunk, group, from_layer)):
+                last = self.prefixes is not None and self.base is not None
+                for c, (value, logits) in enumerate(self._from_prefix(b, chunk, group) if last
+                                                    else self._run(b, chunk, group, from_layer)):
                     values[c].append(value)
                     if self.base is None:
                         base.append(Reference.of(logits))
+                        self.base_last.append(base[-1].at(np.cumsum([len(t) for t in chunk]) - 1))
                     else:
-                        kl[c] += self.base[b].kl_sum(logits)
-                n_pos += len(logits)
+                        kl[c] += (self.base_last if last else self.base)[b].kl_sum(logits)
+                n_pos += sum(len(t) for t in chunk)  # every real position (KL 0 before the last, from a prefix)
             if self.base is None:
                 self.base, n_pos = base, 0
             out.extend((float(np.mean(np.concatenate(v))), float(kl[c] / n_pos) if n_pos else 0.0)
@@ -143,6 +154,29 @@ class CellScorer:
             out.append((value, logits[sl][real]))
         return out
 
+    def _from_prefix(self, b: int, chunk: list[list[int]], group: list[dict | None]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`_run` from batch ``b``'s shared prefix (its prompts but their last token, run once):
+        per cell, the behaviour of each prompt and the logits at its last token."""
+        from ..engine.shared_prefix import shared_prefix
+
+        m, n = self.model, len(chunk)
+        assert self.prefixes is not None
+        if len(self.prefixes) <= b:
+            self.prefixes.append(shared_prefix(m, [t[:-1] for t in chunk]))
+        tr = self.prefixes[b].run([t[-1:] for t in chunk] * len(group), prefix_of=list(range(n)) * len(group),
+                                  interventions=[spec for spec in group for _ in chunk],
+                                  record={self.read_key: "last"} if self.read_key else None, logits="last",
+                                  check_finite=False, max_rows=self.rows_per_forward)
+        logits = m.to_numpy(tr.logits)[:, 0]
+        acts = m.to_numpy(tr.activations[self.read_key])[:, -1] if self.read_key and self.unit is not None else None
+        out = []
+        for c in range(len(group)):
+            sl = slice(c * n, (c + 1) * n)
+            value = (similarity.project(acts[sl], self.unit) if acts is not None and self.unit is not None
+                     else self._logit_diff(logits[sl]))
+            out.append((value, logits[sl]))
+        return out
+
     def _matches_unsteered(self, b: int, prompt: list[int], logits: np.ndarray) -> bool:
         """Whether (length, V) logits of batch ``b``'s first prompt give the unsteered pass's
         next-token distributions at its real positions (within float tolerance)."""
@@ -190,6 +224,10 @@ class Reference:
         logp = x - _logsumexp(x)[:, None]
         probs = np.exp(logp)
         return cls(probs, np.einsum("pv,pv->p", probs, logp), probs.sum(axis=-1))
+
+    def at(self, positions: np.ndarray) -> Reference:
+        """The distributions at ``positions`` (indices into the flattened positions) only."""
+        return Reference(self.probs[positions], self.neg_entropy[positions], self.mass[positions])
 
     def kl_sum(self, logits: np.ndarray) -> float:
         """Σ over positions of KL(unsteered || steered), for (positions, V) steered logits."""

@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..engine import interventions as iv
+from ..engine.positions import as_positions
 from .vector_inputs import batches, layer_direction, prompt_list, unit_direction
 from .cell_scoring import CellScorer, steered_layer
 
@@ -126,6 +127,7 @@ def sweep(
     progress: bool = True,
     group: Group | None = None,
     share_layers: bool = True,
+    shared_prefix: bool = True,
 ) -> SweepResult:
     """Steer one layer at a time at each strength; measure behaviour and fluency cost.
 
@@ -163,6 +165,9 @@ def sweep(
             the steered forwards there (``run(from_layer=...)``): the unsteered layers below run
             once, not once per cell. The same numbers (checked on one prompt first; a model where
             a forward that skips layers differs runs whole); False runs every forward whole.
+        shared_prefix: With ``positions="last"``, run each batch's prompts but their last token once
+            with a KV cache and every cell's last token from it (KL is 0 before the last position,
+            where no cell steers); False runs each cell's prompts whole.
 
     Returns:
         A :class:`SweepResult`.
@@ -197,7 +202,8 @@ def sweep(
              for layer, s in steered]
     at = [steered_layer(model, spec) for spec in specs]
     measure = CellScorer(model, chunks, read_key, unit, target, contrast, rows_per_forward=batch_size,
-                         steered_layers=at, share_layers=share_layers)
+                         steered_layers=at, share_layers=share_layers,
+                         shared_prefix=shared_prefix and as_positions(positions).kind == "last")
     base_behaviour = measure.baseline()
     if group is None:
         from ..distributed.group import launched_group
