@@ -9,7 +9,8 @@ extraction on both backends (with the matmul throughput that explains it); an 8-
 batched as rows of one forward vs one cell per forward, scored by forwards and by generation (bench/sweep.py),
 on both backends; memory kept by recording the last token vs the full sequence; the steered server with 8
 concurrent clients vs 8 sequential on MLX (bench/serve.py, in its own process); the torch backend's generation
-overhead vs plain HF generate (torch_overhead.py, in its own process), with nnsight and
+overhead vs plain HF generate (torch_overhead.py, in its own process), the CAA A/B evaluation of one behaviour
+from shared prefixes vs main 433fce3's path (bench/ab_eval.py, each variant in its own process), with nnsight and
 steering-vectors rows when those import (e.g. installed with ``pip install --target DIR --no-deps``
 and put on ``PYTHONPATH``: a plain install would change transformers); and MLX decode ÷ torch decode.
 Ratios are measured within one run, interleaved, on the same machine.
@@ -243,6 +244,7 @@ def main() -> None:
     del rand
     rows += bench_extraction(smol, "SmolLM2 (MLX)", n_pairs, repeats)
     rows += sweep_bench.bench(smol, "MLX", repeats, target=3.0)
+    rows += sweep_bench.bench_last_token(smol, "MLX", repeats, target=3.0)
     rows += sweep_bench.bench_generation(smol, "MLX", repeats, target=3.0)
     rows += bench_memory(smol, 64 if args.quick else 512)
     rows += bench_serve(8 if args.quick else 32, 1 if args.quick else 2)
@@ -254,6 +256,7 @@ def main() -> None:
         tsmol = torch_load(folder, dtype=torch.float32)
         rows += bench_extraction(tsmol, "SmolLM2 (torch CPU)", n_pairs, repeats)
         rows += sweep_bench.bench(tsmol, "torch CPU, fp32", repeats, target=3.0)
+        rows += sweep_bench.bench_last_token(tsmol, "torch CPU, fp32", repeats, target=3.0)
         rows += sweep_bench.bench_generation(tsmol, "torch CPU, fp32", repeats, target=3.0)
         del tsmol
         rows += bench_matmul()
@@ -263,6 +266,9 @@ def main() -> None:
         rows.append({"benchmark": "torch rows", "variant": "skipped (--skip-torch or torch not installed)",
                      "value": float("nan"), "unit": ""})
 
+    import ab_eval  # the CAA A/B evaluation from shared prefixes vs 433fce3's path, each variant in its own process
+
+    rows += ab_eval.bench(["mlx", "torch"] if has_torch else ["mlx"], args.quick)
     rows = rows_blas + rows
     where = machine()
     print(f"\nmachine: {where}\n{'quick run, ' if args.quick else ''}total {time.time() - t0:.0f}s; "

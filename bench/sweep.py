@@ -4,6 +4,9 @@ cells batched as rows of one forward, whole or starting at the steered layer, on
 
     python bench/sweep.py [--repeats 3] [--backends torch mlx] [--json out.json]
 
+The same sweep steering only each prompt's last token (:func:`bench_last_token`) runs its cells from shared
+prefixes (the prompts but their last token run once with a KV cache).
+
 Also the same cells scored by generation (:func:`bench_generation`): one ``batch_generate`` per cell vs one
 for all cells. On Linux, MLX needs the optimized BLAS mlx_steer loads (docs/blas.md) for batching to pay.
 """
@@ -58,6 +61,35 @@ def bench(model, label: str, repeats: int, target: float | None = None) -> list[
         assert np.allclose(first, other, atol=1e-3), "every variant must give the same table"
     medians = {k: float(np.median(t)) for k, t in times.items()}
     return speedup_rows(f"8-strength sweep of layers.{LAYER}, SmolLM2 ({label})", medians, target)
+
+
+def bench_last_token(model, label: str, repeats: int, target: float | None = None) -> list[dict]:
+    """The same sweep steering each prompt's last token only (``positions="last"``): one cell per forward,
+    every forward whole, vs the default, where each batch's prompts but their last token run once from a
+    shared prefix and each cell runs one token per prompt (KL is 0 before the last position, where no cell
+    steers). The tables are checked equal."""
+    import mlx_steer as ms
+    from mlx_steer.analysis import sweep
+
+    vec = ms.extract(model, POS, NEG, sites=[f"layers.{LAYER}"], progress=False)
+    kw = dict(vector=vec, layers=[LAYER], strengths=STRENGTHS, prompts=PROMPTS, target_tokens=[" good"],
+              contrast_tokens=[" bad"], positions="last", progress=False)
+    variants = {
+        "one cell per forward, whole forwards": dict(batch_size=len(PROMPTS), share_layers=False, shared_prefix=False),
+        "8 cells per forward from shared prefixes (default)": dict(batch_size=8 * len(PROMPTS)),
+    }
+    sweep(model, **{**kw, "strengths": [1.0]}, batch_size=len(PROMPTS))  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    tables = {}
+    for _ in range(repeats):
+        for name, opts in variants.items():
+            t = time.perf_counter()
+            tables[name] = sweep(model, **kw, **opts).table
+            times[name].append(time.perf_counter() - t)
+    first, other = (np.array(t, dtype=float) for t in tables.values())
+    assert np.allclose(first, other, atol=1e-3), "every variant must give the same table"
+    medians = {k: float(np.median(t)) for k, t in times.items()}
+    return speedup_rows(f"8-strength sweep of layers.{LAYER} steering the last token, SmolLM2 ({label})", medians, target)
 
 
 def bench_generation(model, label: str, repeats: int, target: float | None = None, max_tokens: int = 16) -> list[dict]:
@@ -121,10 +153,12 @@ def main() -> None:
     if "torch" in args.backends:
         tmodel = torch_load(path, dtype="float32")
         rows += bench(tmodel, "torch CPU, fp32", args.repeats, target=3.0)
+        rows += bench_last_token(tmodel, "torch CPU, fp32", args.repeats, target=3.0)
         rows += bench_generation(tmodel, "torch CPU, fp32", args.repeats, target=3.0)
     if "mlx" in args.backends:
         mmodel = ms.load(path)
         rows += bench(mmodel, "MLX", args.repeats, target=3.0)
+        rows += bench_last_token(mmodel, "MLX", args.repeats, target=3.0)
         rows += bench_generation(mmodel, "MLX", args.repeats, target=3.0)
     print(markdown(rows))
     if args.json:
