@@ -3,10 +3,12 @@ a full curve run (e.g. on Qwen2.5-Coder-1.5B-Instruct, ``mlx_steer.demo.qwen_mod
 
 A few held-out items of one behaviour, CAA's vector at one layer (from a few extraction items), and
 ``evaluate`` with that layer and two strengths (the unsteered cell is one of them when 0 is given),
-no controls. Prints the extraction and evaluation wall times, seconds per item-cell, peak process
+no controls. ``--positions last`` (the default, CAA's) lets ``evaluate`` run each item's prompt
+once and every cell from its KV cache; ``--positions all`` steers every position, so each cell runs the
+whole prompt (the cost of the path before shared prefixes). Prints the extraction and evaluation wall times, seconds per item-cell, peak process
 memory (ru_maxrss) and MLX's peak array memory, and the estimate for a full grid.
 
-    python examples/caa_cell_cost.py [--model PATH] [--items 4] [--layer 12] [--strengths -8 8]
+    python examples/caa_cell_cost.py [--model PATH] [--items 4] [--layer 12] [--strengths -8 8] [--positions all]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--layer", type=int, default=12)
     ap.add_argument("--strengths", nargs="+", type=float, default=[-8.0, 8.0])
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--positions", default="last", choices=["last", "all"], help="where to steer (see above)")
     args = ap.parse_args(argv)
     if args.quick:
         args.items, args.train = 2, 2
@@ -42,13 +45,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     mx.reset_peak_memory()
     t2 = time.perf_counter()
     table = ev.evaluate(model, vector=vector, layers=[args.layer], strengths=args.strengths, items=test,
-                        batch_size=args.batch_size, seed=0)
+                        batch_size=args.batch_size, ab_positions=args.positions, seed=0)
     t_eval = time.perf_counter() - t2
     cells = len(args.strengths)
     per = t_eval / (len(test) * cells)
     out = {
         "load_s": t_load, "extract_s": t_extract, "extract_s_per_item": t_extract / len(train),
-        "eval_s": t_eval, "items": len(test), "cells": cells, "s_per_item_cell": per,
+        "positions": args.positions, "eval_s": t_eval, "items": len(test), "cells": cells, "s_per_item_cell": per,
         "mlx_peak_gb": mx.get_peak_memory() / 1e9,
         "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # KiB on Linux
     }
