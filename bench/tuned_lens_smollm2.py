@@ -1,6 +1,6 @@
 """Tuned lens vs logit lens on SmolLM2-135M-Instruct: held-out KL per layer (the figures in docs/lens.md).
 
-    python bench/tuned_lens_smollm2.py [--backend torch|mlx] [--steps 12] [--lr 3e-3] [-o DIR]
+    python bench/tuned_lens_smollm2.py [--backend torch|mlx] [--steps 12] [--lr 1e-3] [--optimizer sgd|adam] [-o DIR]
 
 Prompts: the first 8 words of each question in the bundled CAA refusal, corrigibility and
 survival-instinct files (short, varied text); 200 train and 24 held-out prompts.
@@ -33,7 +33,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backend", default="torch", choices=["torch", "mlx"])
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     ap.add_argument("--batch-tokens", type=int, default=64)
     ap.add_argument("-o", "--out", default=None)
     ap.add_argument("--cache", default=None, help="npz of the recorded residuals and logit-lens KL (reused if present)")
@@ -68,10 +69,11 @@ def main() -> None:
         if args.cache:
             np.savez(args.cache, test=test, train=train, logit=logit)
     t = time.perf_counter()
-    lens = fit_translators(model, train, steps=args.steps, lr=args.lr, batch_tokens=args.batch_tokens)
+    lens = fit_translators(model, train, steps=args.steps, lr=args.lr, batch_tokens=args.batch_tokens,
+                          optimizer=args.optimizer)
     train_s = time.perf_counter() - t
     tuned = lens_kl(model, test, lens)
-    print(f"training: {args.steps} Adam steps of {args.batch_tokens} tokens, lr {args.lr}, {train_s:.0f} s "
+    print(f"training: {args.steps} {args.optimizer} steps of {args.batch_tokens} tokens, lr {args.lr}, {train_s:.0f} s "
           f"({args.backend})")
     print("| layer | logit lens KL | tuned lens KL |\n|---:|---:|---:|")
     for i, (a, b) in enumerate(zip(logit, tuned)):

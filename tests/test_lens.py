@@ -90,7 +90,7 @@ def test_identity_translators_are_the_logit_lens_exactly(backend_models, backend
 def test_saved_translators_reload_to_identical_outputs(shared_models, tmp_path):
     m = shared_models("llama")
     res = lens.record_residuals(m, tiny_models.CORPUS[:7])
-    trained = lens.fit_translators(m, res, steps=5, lr=1e-2, batch_tokens=64)
+    trained = lens.fit_translators(m, res, steps=5, lr=1e-2, optimizer="adam", batch_tokens=64)
     assert any(np.abs(x).max() > 0 for x in trained.m)  # it moved: the round trip is not of zeros
     trained.save(tmp_path / "t")
     back = lens.TunedLens.load(tmp_path / "t", model=m)
@@ -117,7 +117,7 @@ def test_training_lowers_held_out_kl_at_every_layer(fresh_models, backend):
     m = fresh_models(backend, "llama")
     before = snapshot(m)
     prompts = [f"{a} {b}" for a in tiny_models.CORPUS[:7] for b in ("and so on.", "Tell me more.", "The end.")]
-    tuned, report = lens.train_tuned_lens(m, prompts, steps=60, lr=1e-2, held_out=0.25)
+    tuned, report = lens.train_tuned_lens(m, prompts, steps=60, lr=1e-2, optimizer="adam", held_out=0.25)
     assert len(report.tuned_kl) == m.num_layers - 1
     assert all(t < lo for t, lo in zip(report.tuned_kl, report.logit_kl)), report.to_text()
     assert_untouched(m, before)  # read, not trained
@@ -134,7 +134,7 @@ def test_quantized_model_is_read_not_trained(load_tiny):
     m = ms.SteerableModel(base.model, base.tokenizer)
     weights = {k: np.array(v) for k, v in tree_flatten(m.model.parameters())}
     res = lens.record_residuals(m, tiny_models.CORPUS[:7])
-    tuned = lens.fit_translators(m, res, steps=30, lr=1e-2, batch_tokens=10**6)
+    tuned = lens.fit_translators(m, res, steps=30, lr=1e-2, optimizer="adam", batch_tokens=10**6)
     assert (lens.lens_kl(m, res, tuned) < lens.lens_kl(m, res)).all()  # gradients reached the translators
     assert all(np.array_equal(np.array(v), weights[k]) for k, v in tree_flatten(m.model.parameters()))
     table = lens.logit_lens(m, PROMPTS, layers=[-1])  # the last layer's read is still its logits

@@ -51,7 +51,7 @@ def fill(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--train", metavar="PROMPTS_FILE", help="train tuned-lens translators on these prompts")
     g.add_argument("--steps", type=positive_int, default=100, help="optimizer steps (default 100)")
     g.add_argument("--lr", type=positive, default=1e-3, help="learning rate (default 1e-3)")
-    g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="default adam")
+    g.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
     g.add_argument("--batch-tokens", type=positive_int, default=256, help="tokens per step (default 256)")
     g.add_argument("--held-out", type=probability, default=0.2, help="share of prompts held out (default 0.2)")
     g.add_argument("--seed", type=seed, default=0, help="split and shuffle seed (default 0)")

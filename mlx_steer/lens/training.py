@@ -76,7 +76,7 @@ def lens_kl(model: Steerable, residuals: np.ndarray, tuned: TunedLens | None = N
     return total / residuals.shape[0]
 
 
-def fit_translators(model: Steerable, residuals: np.ndarray, *, steps: int, lr: float, optimizer: str = "adam",
+def fit_translators(model: Steerable, residuals: np.ndarray, *, steps: int, lr: float, optimizer: str = "sgd",
                     batch_tokens: int = 256, seed: int = 0, init: TunedLens | None = None) -> TunedLens:
     """Fit translators to ``residuals`` (tokens, layers, D). Each step takes ``batch_tokens`` tokens of
     a seeded shuffle (all of them, in order, when ``batch_tokens`` >= the token count: deterministic
@@ -116,7 +116,7 @@ def fit_translators(model: Steerable, residuals: np.ndarray, *, steps: int, lr: 
 
 
 def train_tuned_lens(model: Steerable, prompts: Sequence[str], *, steps: int = 100, lr: float = 1e-3,
-                     optimizer: str = "adam", batch_tokens: int = 256, held_out: float = 0.2, seed: int = 0,
+                     optimizer: str = "sgd", batch_tokens: int = 256, held_out: float = 0.2, seed: int = 0,
                      chat: bool = False, batch_size: int = 16) -> tuple[TunedLens, LensTrainingReport]:
     """Record ``prompts``, hold out a seeded share of them, fit translators on the rest and measure
     both lenses on the held-out prompts. The model is read, never changed (a quantized one too).
@@ -126,7 +126,9 @@ def train_tuned_lens(model: Steerable, prompts: Sequence[str], *, steps: int = 1
         prompts: Training text; short prompts work (every real token is a training example).
         steps: Optimizer steps.
         lr: Learning rate.
-        optimizer: ``"adam"`` or ``"sgd"``.
+        optimizer: ``"sgd"`` (default: its steps shrink with the error, so layers the logit lens
+            already reads well move little) or ``"adam"`` (steps of about ``lr`` per entry on every
+            layer alike: keep ``lr`` near 1e-4 on real models).
         batch_tokens: Tokens per step.
         held_out: Share of the prompts kept out of training (0 < held_out < 1).
         seed: Seeds the split and the shuffling (0..2**64-1).
