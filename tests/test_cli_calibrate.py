@@ -72,17 +72,38 @@ def test_calibrated_strengths_in_evaluate_and_generate(ws, tmp_path, capsys):
     assert line.endswith(text) and line[len("[+1]"):].strip() == text.strip()
 
 
-def test_user_errors_are_one_line(ws, tmp_path, capsys):
-    def error(argv):
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1, err
-        return err
+def test_calibrated_strengths_in_sweep(ws, tmp_path, capsys):
+    from mlx_steer.analysis import sweep
+    from mlx_steer.vectors.calibration import calibrated_vector
 
-    assert "no calibration; run `mlx-steer calibrate`" in error(
-        ["generate", "x", "--model", ws["model"], "--vector", ws["vec"], "--calibrated", "--max-tokens", "2"])
-    assert "unknown KL statistic 'median'" in error(
-        ["calibrate", ws["vec"], "--model", ws["model"], "--statistic", "median", "-o", str(tmp_path / "o.safetensors")])
+    cal = _calibrate(ws, str(tmp_path / "cal.safetensors"), "--layers", "2")
+    vec = ms.load_vector(cal, model=ws["m"])
+    capsys.readouterr()
+    assert main(["sweep", "--model", ws["model"], "--vector", cal, "--calibrated", "--layers", "2", "--strengths",
+                 "0", "1", "--target-tokens", "5", "--contrast-tokens", "6", "--prompts-file",
+                 str(ws["dir"] / "prompts.txt")]) == 0
+    shown = capsys.readouterr().out
+    want = sweep(ws["m"], vector=calibrated_vector(vec, sites=(vec.sites[1],)), layers=[2], strengths=[0.0, 1.0],
+                 prompts=PROMPTS, target_tokens=[5], contrast_tokens=[6])
+    assert want.to_text() in shown
+    capsys.readouterr()  # the library's progress bar
+    assert "no coefficient for" in _error(["sweep", "--model", ws["model"], "--vector", cal, "--calibrated", "--layers",
+                                           "1", "--target-tokens", "5", "--contrast-tokens", "6"], capsys)
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_user_errors_are_one_line(ws, tmp_path, capsys):
+    assert "no calibration; run `mlx-steer calibrate`" in _error(
+        ["generate", "x", "--model", ws["model"], "--vector", ws["vec"], "--calibrated", "--max-tokens", "2"], capsys)
+    assert "unknown KL statistic 'median'" in _error(
+        ["calibrate", ws["vec"], "--model", ws["model"], "--statistic", "median", "-o", str(tmp_path / "o.safetensors")],
+        capsys)
     with pytest.raises(SystemExit) as exc:
         main(["calibrate", ws["vec"], "--model", ws["model"], "-o", str(tmp_path / "o.gguf")])
     assert exc.value.code == 2 and "a GGUF holds no calibration" in capsys.readouterr().err
