@@ -167,6 +167,12 @@ def test_refusals_leave_the_model_untouched(fresh_models, backend, case):
     np.testing.assert_array_equal(m.to_numpy(m.run(tokens).logits), logits_before)
 
 
+def test_a_site_that_never_runs_is_refused(backend_models):
+    m = backend_models("torch", "llama")
+    with pytest.raises(ValueError, match=r"\['model.layers'\] do not run in a forward"):
+        ms.gradients(m, ["I love"], ms.logit_diff(TARGET, FOIL), sites=["model.layers"])
+
+
 def test_torch_refuses_a_detaching_intervention(fresh_models):
     import torch
 

@@ -139,10 +139,7 @@ def gradients(
 
     zeros = [np.zeros((B, L, widths[k]), dtype=np.float32) for k in keys]
     _, value, grads = model.backend.differentiate(run, zeros)
-    idle = [k for k in keys if k not in seen]
-    if idle:
-        raise ValueError(f"sites {idle} do not run in a forward (a container, not a module that computes); "
-                         f"name modules that run, e.g. {model.layer_paths[0]}")
+    _check_ran(model, [k for k in keys if k not in seen])
     cut = [k for k, g in zip(keys, grads) if g is None]
     if cut:
         raise ValueError(f"the gradient does not reach sites {cut}: something between them and the metric "
@@ -214,7 +211,14 @@ def _widths(model: Steerable, keys: list[str], first_token: list[int]) -> dict[s
     """Each site's activation width, from a one-token recording (a module's size is not always
     known before it runs)."""
     acts = model.run([first_token], record=keys, logits=False).activations
+    _check_ran(model, [k for k in keys if acts[k] is None])
     return {k: int(acts[k].shape[-1]) for k in keys}
+
+
+def _check_ran(model: Steerable, idle: list[str]) -> None:
+    if idle:
+        raise ValueError(f"sites {idle} do not run in a forward (a container, not a module that computes); "
+                         f"name modules that run, e.g. {model.layer_paths[0]}")
 
 
 def _columns(positions: object, lengths: list[int], L: int) -> np.ndarray:

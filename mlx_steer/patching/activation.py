@@ -14,6 +14,7 @@ import numpy as np
 
 from ..engine import interventions as iv
 from ..engine.layer_skip import latest_start
+from ..engine.logit_positions import LogitsSpec
 from .pair import metric_rows
 from .sweep import Cell, Sweep
 from .table import PatchRow
@@ -31,10 +32,11 @@ def cell_interventions(sweep: Sweep, cell: Cell) -> dict[str, list[iv.Interventi
     return {cell.site.key: [iv.set(clean[c], positions=[q]) for c, q in cell.pairs]}
 
 
-def activation_rows(model: Steerable, sweep: Sweep, metric: Metric, *,
-                    batch_size: int) -> tuple[float, list[PatchRow]]:
+def activation_rows(model: Steerable, sweep: Sweep, metric: Metric, *, batch_size: int,
+                    logits: LogitsSpec = True) -> tuple[float, list[PatchRow]]:
     """The corrupted prompt's metric, and one row per cell; cells run ``batch_size`` at a time, in
-    order of the layer they start at."""
+    order of the layer they start at. ``logits``: which positions' logits the metric reads (as for
+    ``run``; ``"last"`` skips the unembedding elsewhere)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     cells = sweep.cells
@@ -42,7 +44,7 @@ def activation_rows(model: Steerable, sweep: Sweep, metric: Metric, *,
               for c in cells]
     used = sorted({s for s in starts if s > 0})
     inputs = [f"{model.layer_paths[s]}:input" for s in used]
-    base = model.run([sweep.pair.corrupted], record=inputs or None, logits=True)
+    base = model.run([sweep.pair.corrupted], record=inputs or None, logits=logits)
     corrupted = float(metric_rows(model, metric, base.logits, 1)[0])
     hidden = {s: model.to_numpy(base.activations[k]) for s, k in zip(used, inputs)}
     order = sorted(range(len(cells)), key=lambda i: starts[i])
@@ -50,7 +52,7 @@ def activation_rows(model: Steerable, sweep: Sweep, metric: Metric, *,
     for at in range(0, len(order), batch_size):
         chunk = order[at:at + batch_size]
         start = min(starts[i] for i in chunk)
-        out = model.run([sweep.pair.corrupted] * len(chunk), logits=True,
+        out = model.run([sweep.pair.corrupted] * len(chunk), logits=logits,
                         interventions=[cell_interventions(sweep, cells[i]) for i in chunk],
                         from_layer=start or None,
                         hidden=np.repeat(hidden[start], len(chunk), axis=0) if start else None)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..engine.gradients import logit_diff
+from ..engine.logit_positions import LogitsSpec
 from .activation import activation_rows
 from .attribution import attribution_rows
 from .pair import single_token
@@ -82,17 +83,19 @@ def patch(model: Steerable, clean: Prompt, corrupted: Prompt, *, metric: Metric 
     """
     if method not in (*METHODS, "both"):
         raise ValueError(f"method {method!r} unknown; valid: activation, attribution, both")
+    keep: LogitsSpec = True
     if metric is None:
         if target is None or foil is None:
             raise ValueError("give a metric, or target and foil tokens (their logit difference is the metric)")
         metric = logit_diff(single_token(model, target, "target"), single_token(model, foil, "foil"))
+        keep = "last"  # all that metric reads: the unembedding skips the other positions
     elif target is not None or foil is not None:
         raise ValueError("give a metric or target and foil, not both")
     sweep = prepare(model, clean, corrupted, metric, sites=sites, positions=positions, aligned=aligned, chat=chat)
     rows: list[PatchRow] = []
     corrupted_metric = None
     if method in ("activation", "both"):
-        corrupted_metric, found = activation_rows(model, sweep, metric, batch_size=batch_size)
+        corrupted_metric, found = activation_rows(model, sweep, metric, batch_size=batch_size, logits=keep)
         rows.extend(found)
     if method in ("attribution", "both"):
         value, found = attribution_rows(model, sweep, metric)
