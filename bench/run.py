@@ -226,6 +226,7 @@ def main() -> None:
 
     import blas as blas_bench
     import generate_overhead as go
+    import patching as patching_bench
     import sweep as sweep_bench
 
     t0 = time.time()
@@ -246,6 +247,7 @@ def main() -> None:
     rows += sweep_bench.bench(smol, "MLX", repeats, target=3.0)
     rows += sweep_bench.bench_last_token(smol, "MLX", repeats, target=3.0)
     rows += sweep_bench.bench_generation(smol, "MLX", repeats, target=3.0)
+    rows += patching_bench.bench(smol, "MLX", repeats)
     rows += bench_memory(smol, 64 if args.quick else 512)
     rows += bench_serve(8 if args.quick else 32, 1 if args.quick else 2)
     if has_torch:
