@@ -34,7 +34,7 @@ def ws(tmp_path_factory, tiny_dir, shared_models) -> dict:
 
 def _calibrate(ws, out: str, *extra: str) -> str:
     argv = ["calibrate", ws["vec"], "--model", ws["model"], "--target-kl", "0.05", "--prompts-file",
-            str(ws["dir"] / "prompts.txt"), "--rollout-tokens", "4", "--no-chat", "-o", out, *extra]
+            str(ws["dir"] / "prompts.txt"), "--rollout-tokens", "4", "--no-chat", "--no-progress", "-o", out, *extra]
     assert main(argv) == 0
     return out
 

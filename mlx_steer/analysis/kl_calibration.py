@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
+from tqdm import tqdm
 
 from ..engine import interventions as iv
 from ..engine.limits import check_seed
@@ -88,6 +89,7 @@ def calibrate(
     rtol: float = 0.02,
     max_steps: int = 12,
     batch_size: int = 32,
+    progress: bool = False,
 ) -> SteeringVector:
     """The vector with a :class:`~mlx_steer.vectors.calibration.Calibration`: per site, the coefficient
     whose steering reaches ``target_kl`` (see the module's docstring for what is measured).
@@ -108,6 +110,7 @@ def calibrate(
         rtol: Stop once a candidate's statistic is within this relative distance of the target.
         max_steps: At most this many batched steps per site (widening and narrowing).
         batch_size: Rows per forward.
+        progress: Show a progress bar of the steered rows measured (on stderr).
 
     Returns:
         ``vector`` with ``calibration`` set (replacing any earlier one; sites not calibrated have no
@@ -149,9 +152,10 @@ def calibrate(
                                      batch_size=batch_size)}
     coefficients, achieved = {}, {}
     for s in chosen:
-        measure = _measure(model, ro, keys[s], vector[s], positions, statistic, batch_size)
-        coefficients[s], achieved[s] = search(measure, target=float(target_kl), start=start[keys[s]], rtol=rtol,
-                                              max_steps=max_steps, what=f"steering at {s}")
+        with tqdm(desc=f"calibrate {s}", unit="row", disable=not progress) as bar:
+            measure = _measure(model, ro, keys[s], vector[s], positions, statistic, batch_size, bar.update)
+            coefficients[s], achieved[s] = search(measure, target=float(target_kl), start=start[keys[s]], rtol=rtol,
+                                                  max_steps=max_steps, what=f"steering at {s}")
     prompt_hash = hashlib.sha256(json.dumps(texts).encode()).hexdigest()
     cal = Calibration(coefficients, float(target_kl), statistic, achieved, positions=str(positions),
                       prompts_sha256=prompt_hash, n_prompts=len(texts), rollout_tokens=int(rollout_tokens),
@@ -237,7 +241,7 @@ def _candidates(lo: float, hi: float, f_lo: float, f_hi: float, target: float) -
 
 
 def _measure(model: Steerable, ro: Rollouts, key: str, direction: np.ndarray, positions: str, statistic: str,
-             batch_size: int) -> Callable[[list[float]], list[float]]:
+             batch_size: int, done: Callable[[int], object] | None = None) -> Callable[[list[float]], list[float]]:
     """``measure(scales) -> statistic per scale``: all scales' rows in the same batched forwards."""
     d = np.asarray(direction, dtype=np.float32)
     where = positions if d.ndim == 1 else "all"  # a front-aligned (n, D) tensor sets its own positions
@@ -245,6 +249,8 @@ def _measure(model: Steerable, ro: Rollouts, key: str, direction: np.ndarray, po
     def measure(scales: list[float]) -> list[float]:
         steer = [{key: iv.add_vector(d, scale=c, positions=where)} for c in scales]
         kls = token_kls(model, ro, steer, batch_size=batch_size)
+        if done is not None:
+            done(len(scales) * len(ro.tokens))
         return [kl_statistic(k, statistic) for k in kls]
 
     return measure

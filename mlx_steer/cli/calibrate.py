@@ -44,6 +44,7 @@ def fill(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=seed, default=0, help="rollout sampling seed (0..2**64-1, default 0)")
     sp.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="rows per forward (default 32)")
     sp.add_argument("--no-chat", dest="chat", action="store_false", help="plain text prompts (a base model)")
+    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
     add_output(sp, "-o", "--output", required=True, help="where to write the calibrated vector (.safetensors; with --force it may be the input)")
 
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     sites = [model.resolve(f"layers.{x}" if isinstance(x, int) else x).path for x in args.layers] if args.layers else None
     cal = calibrate(model, vec, target_kl=args.target_kl, statistic=args.statistic, sites=sites, prompts=prompts,
                     rollout_tokens=args.rollout_tokens, positions=args.positions, chat=args.chat, temp=args.temp,
-                    seed=args.seed, batch_size=args.batch_size)
+                    seed=args.seed, batch_size=args.batch_size, progress=args.progress)
     c = cal.calibration
     assert c is not None
     print(f"calibrated to KL {c.target_kl:g} nats ({c.statistic}) over {c.n_prompts} prompts x {c.rollout_tokens} tokens:")
