@@ -22,9 +22,11 @@ input formats:
   CSV     a header naming positive,negative, then one pair per row (.tsv: tab-separated)
   text    --positive-file pos.txt --negative-file neg.txt, one prompt per line
 
-examples (start with --read mean, each prompt's mean over its tokens, as the demo does; the default reads
-the last token alone, which depends on how each prompt ends; extract then prints each site's vector norm
-next to the mean norm of the activations read, with a hint when it looks too weak to steer):
+Start with --read mean (each prompt's mean over its tokens, as the demo does); the default reads the
+last token alone, which depends on how each prompt ends. extract then prints each site's vector norm
+next to the mean norm of the activations read, with a hint when it looks too weak to steer.
+
+examples:
   mlx-steer extract pairs.jsonl --model mlx-community/Llama-3.2-1B-Instruct-4bit \\
       --layers 6 8 --read mean -o happy.safetensors
   mlx-steer extract pairs.csv --model ./my-model --sites layers.10 --method pca --read mean -o v.safetensors
