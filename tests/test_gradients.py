@@ -191,3 +191,15 @@ def test_sharded_models_are_refused(shared_models, monkeypatch):
     monkeypatch.setattr(type(m.backend), "distributed", "tensor")
     with pytest.raises(ValueError, match=r"sharded over ranks \(tensor\)"):
         ms.gradients(m, ["I love"], ms.logit_diff(TARGET, FOIL), sites=["layers.1"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_last_position_logits_give_the_same_gradients(backend_models, backend):
+    m = backend_models(backend, "gpt2")
+    tokens = [m.encode(p) for p in PROMPTS]
+    sites = ["layers.0", "layers.2.mlp"]
+    full = ms.gradients(m, tokens, ms.logit_diff(TARGET, FOIL), sites=sites)
+    last = ms.gradients(m, tokens, ms.logit_diff(TARGET, FOIL), sites=sites, logits="last")
+    np.testing.assert_allclose(last.metric, full.metric, atol=1e-5)
+    for site in sites:
+        np.testing.assert_allclose(last.gradients[site], full.gradients[site], atol=1e-5)

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import interventions as iv
 from .activations import Activations
+from .logit_positions import LogitsSpec
 from .plan import as_interventions
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def gradients(
     positions: object = "all",
     interventions: Mapping | Any = None,
     chat: bool = False,
+    logits: LogitsSpec = True,
 ) -> SiteGradients:
     """d ``metric(logits)`` / d activation at ``sites``, with the activations, in one forward and one
     backward over the batch.
@@ -101,6 +103,8 @@ def gradients(
             (negative: from each row's end) kept in the result.
         interventions: Active during the run (as for ``run``): the gradient of the steered model.
         chat: Wrap each prompt as a chat user turn.
+        logits: The logits the metric sees, as for ``run``: ``True`` (B, L, V), or e.g. ``"last"``
+            (B, 1, V), which spares the unembedding (and its backward) elsewhere.
 
     Returns:
         A :class:`SiteGradients`.
@@ -127,8 +131,8 @@ def gradients(
         spec = {k: list(v) for k, v in user.items()}
         for key, probe in zip(keys, probes):
             spec.setdefault(key, []).append(iv.custom(_probe(key, probe, seen, model.backend.state)))
-        logits = model.run(tokens, interventions=spec, check_finite=False).logits
-        value = metric(logits)
+        out = model.run(tokens, interventions=spec, check_finite=False, logits=logits).logits
+        value = metric(out)
         shape = tuple(getattr(value, "shape", ()) or ())
         if not model.xp.is_array(value) or shape not in ((), (B,)):
             got = f"shape {shape}" if model.xp.is_array(value) else type(value).__name__
@@ -210,9 +214,11 @@ def _user_interventions(model: Steerable, interventions: Mapping | Any, *, rows:
 def _widths(model: Steerable, keys: list[str], first_token: list[int]) -> dict[str, int]:
     """Each site's activation width, from a one-token recording (a module's size is not always
     known before it runs)."""
-    acts = model.run([first_token], record=keys, logits=False).activations
-    _check_ran(model, [k for k in keys if acts[k] is None])
-    return {k: int(acts[k].shape[-1]) for k in keys}
+    layers = set(model.layer_paths)
+    unknown = [k for k in keys if model.resolve(k).path not in layers]  # a decoder layer's in and out: hidden size
+    acts = model.run([first_token], record=unknown, logits=False).activations if unknown else {}
+    _check_ran(model, [k for k in unknown if acts[k] is None])
+    return {k: int(acts[k].shape[-1]) if k in unknown else model.hidden_size for k in keys}
 
 
 def _check_ran(model: Steerable, idle: list[str]) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..engine.gradients import gradients
+from ..engine.logit_positions import LogitsSpec
 from .sweep import Sweep
 from .table import PatchRow
 
@@ -19,10 +20,12 @@ if TYPE_CHECKING:
 __all__ = ["attribution_rows"]
 
 
-def attribution_rows(model: Steerable, sweep: Sweep, metric: Metric) -> tuple[float, list[PatchRow]]:
-    """The corrupted prompt's metric, and one estimated row per cell."""
+def attribution_rows(model: Steerable, sweep: Sweep, metric: Metric, *,
+                     logits: LogitsSpec = True) -> tuple[float, list[PatchRow]]:
+    """The corrupted prompt's metric, and one estimated row per cell (``logits``: the positions the
+    metric reads, as for ``run``)."""
     keys = list(dict.fromkeys(c.site.key for c in sweep.cells))
-    g = gradients(model, [sweep.pair.corrupted], metric, sites=keys)
+    g = gradients(model, [sweep.pair.corrupted], metric, sites=keys, logits=logits)
     corrupted = float(np.asarray(g.metric, dtype=np.float64).reshape(-1)[0])
     rows = []
     for cell in sweep.cells:

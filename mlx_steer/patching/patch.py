@@ -91,14 +91,15 @@ def patch(model: Steerable, clean: Prompt, corrupted: Prompt, *, metric: Metric 
         keep = "last"  # all that metric reads: the unembedding skips the other positions
     elif target is not None or foil is not None:
         raise ValueError("give a metric or target and foil, not both")
-    sweep = prepare(model, clean, corrupted, metric, sites=sites, positions=positions, aligned=aligned, chat=chat)
+    sweep = prepare(model, clean, corrupted, metric, sites=sites, positions=positions, aligned=aligned, chat=chat,
+                    logits=keep)
     rows: list[PatchRow] = []
     corrupted_metric = None
     if method in ("activation", "both"):
         corrupted_metric, found = activation_rows(model, sweep, metric, batch_size=batch_size, logits=keep)
         rows.extend(found)
     if method in ("attribution", "both"):
-        value, found = attribution_rows(model, sweep, metric)
+        value, found = attribution_rows(model, sweep, metric, logits=keep)
         corrupted_metric = value if corrupted_metric is None else corrupted_metric
         rows.extend(found)
     assert corrupted_metric is not None

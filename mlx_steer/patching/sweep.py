@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..engine.logit_positions import LogitsSpec
 from .pair import PromptPair, metric_rows, prompt_pair
 from .sites import PatchSite, patch_sites
 from .table import PatchRow
@@ -52,10 +53,10 @@ class Sweep:
 
 def prepare(model: Steerable, clean: str | Sequence[int], corrupted: str | Sequence[int], metric: Metric, *,
             sites: str | Sequence[str], positions: object, aligned: Sequence[tuple[int, int]] | None,
-            chat: bool) -> Sweep:
+            chat: bool, logits: LogitsSpec = True) -> Sweep:
     """Check the inputs, lay out the cells, and run the clean prompt once (recording every site).
 
-    ``positions``: ``"each"`` (one cell per aligned position), ``"all"`` (one cell per site, every
+    ``logits``: the positions the metric reads (as for ``run``). ``positions``: ``"each"`` (one cell per aligned position), ``"all"`` (one cell per site, every
     aligned position patched at once), or a list of corrupted positions (one cell each).
 
     Raises:
@@ -68,7 +69,7 @@ def prepare(model: Steerable, clean: str | Sequence[int], corrupted: str | Seque
     groups = _groups(positions, pair)
     cells = tuple(Cell(s, g) for s in chosen for g in groups)
     keys = [s.key for s in chosen]
-    run = model.run([pair.clean], record=keys, logits=True)
+    run = model.run([pair.clean], record=keys, logits=logits)
     value = metric_rows(model, metric, run.logits, 1)[0]
     idle = [k for k in keys if run.activations[k] is None]
     if idle:
