@@ -75,7 +75,7 @@ def patch(model: Steerable, clean: Prompt, corrupted: Prompt, *, metric: Metric 
         metric: As for :func:`activation_patching`; or give ``target`` and ``foil`` (single tokens,
             e.g. ``" Paris"`` and ``" Rome"``, or ids) for their logit difference at the last position.
         method: ``activation``, ``attribution`` or ``both``.
-        Others: as for :func:`activation_patching`.
+        sites: As for :func:`activation_patching` (so are ``positions``, ``aligned``, ``batch_size``, ``chat``).
 
     Raises:
         ValueError: as for :func:`activation_patching`; an unknown method; neither or both of
