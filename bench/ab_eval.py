@@ -9,7 +9,8 @@ every (item, cell) row a whole forward of the prompt (from the lowest steered la
 per chunk), full (B, L, V) logits. The timed part is the scoring (the vector, extracted once from 100 other
 items, is the same file for every variant); each process warms up on 2 items first. Memory: the process's
 peak resident set (``ru_maxrss``, the model's weights included) and, on MLX, ``mx.get_peak_memory()`` over
-the scoring alone. The variants' probabilities are checked equal within 1e-6.
+the scoring alone. The variants' probabilities are checked equal within 1e-5 (SmolLM2 in fp32: today's
+whole-forward path differs from itself by ~2e-6 when only its chunking changes).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def bench(backends: list[str], quick: bool) -> list[dict]:
                     scores[variant] = {k: z[k] for k in z.files}
             first, *rest = scores.values()
             worst = max(float(np.nanmax(np.abs(first[k] - other[k]))) for other in rest for k in first)
-            assert worst <= 1e-6, f"{backend}: the variants differ by {worst:g}"
+            assert worst <= 1e-5, f"{backend}: the variants differ by {worst:g}"  # SmolLM2's fp32 floor, see the docstring
             label = "MLX" if backend == "mlx" else "torch CPU, fp32"
             n_cells = next(iter(figures.values()))["cells"]
             name = (f"CAA A/B evaluation, {BEHAVIOUR}, {len(held)} items x {n_cells} cells ({len(layers)} layers, "
