@@ -45,7 +45,7 @@ VARIANTS = {
 def _setup(quick: bool) -> tuple[list, list, list[int], list[float]]:
     from mlx_steer.evaluate import caa_items, split_items
 
-    held, train = split_items(caa_items(BEHAVIOUR), held_out=8 if quick else 50, train=16 if quick else 100, seed=0)
+    train, held = split_items(caa_items(BEHAVIOUR), held_out=8 if quick else 50, train=16 if quick else 100, seed=0)
     return held, train, LAYERS[:2] if quick else LAYERS, [-4.0, 0.0, 4.0] if quick else STRENGTHS
 
 
