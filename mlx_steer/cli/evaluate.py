@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 from .arguments import add_model, finite, layer, positive, positive_int, seed, usage_error
 from .calibrate import add_calibrated_flag
-from .inputs import check_output, existing_file, read_prompts
+from .inputs import existing_file, read_prompts
 from .loading import describe, fit_vector, model_for, vector_file
+from .output_folder import check_out_dir, write_into
 
 CAA = (  # ev.CAA_BEHAVIOURS, not imported: every mlx-steer call imports this module (a test keeps them equal)
     "coordinate-other-ais", "corrigible-neutral-HHH", "myopic-reward", "refusal", "survival-instinct")
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         usage_error(args, "--calibrated needs a calibrated --vector file (see mlx-steer calibrate)")
     if importlib.util.find_spec("matplotlib") is None:
         raise ImportError("the plot needs matplotlib: pip install matplotlib")
-    out = _check_out_dir(args)  # created only to write the results: a run that fails leaves none
+    out = check_out_dir(args.out, OUTPUTS, force=args.force)  # made only to write: a failed run leaves none
     items = ev.load_items(existing_file(args.items)) if args.items else ev.caa_items(args.caa) if args.caa else None
     prompts = read_prompts(args.prompts_file) if args.prompts_file else None
     control = ev.load_items(existing_file(args.control_items)) if args.control_items else \
@@ -130,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
                         seed=args.seed, progress=args.progress)
     print(f"evaluate: {describe(vec)}")
     print(table.to_text())
-    csv_path, json_path, png_path = _write(out, table, title=args.caa or Path(args.items or args.prompts_file).name)
+    title = args.caa or Path(args.items or args.prompts_file).name
+    csv_path, json_path, png_path = write_into(out, OUTPUTS, lambda paths: (
+        table.to_csv(paths[0]), table.to_json(paths[1]), table.plot(paths[2], title=title)))
     try:
         best = table.best(maximize=not args.minimize, min_fluency=args.min_fluency)
     except ValueError as exc:
@@ -156,40 +158,6 @@ def _judge(args: argparse.Namespace) -> Any:
             usage_error(args, "--judge substring: needs words, e.g. substring:wedding,bride")
         return judges.substring_judge(words)
     usage_error(args, f"unknown --judge {spec!r}; valid: sentiment, substring:WORD,WORD")
-
-
-def _check_out_dir(args: argparse.Namespace) -> Path:
-    """-o checked before any work, and nothing created: an existing folder (its outputs new, or
-    --force), or a new folder's name in a writable folder."""
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{args.out} is a file; -o names a folder for {', '.join(OUTPUTS)}")
-    if out.is_dir():
-        for name in OUTPUTS:
-            check_output(str(out / name), force=args.force)
-    else:
-        check_output(args.out)  # its folder exists and can be written
-    return out
-
-
-def _write(out: Path, table: Any, *, title: str) -> list[Path]:
-    """The table and plot written into ``out``, made here if it is new; a folder this call made is
-    removed again when a write fails."""
-    try:
-        out.mkdir()
-        created = True
-    except FileExistsError:
-        created = False
-    paths = [out / name for name in OUTPUTS]
-    try:
-        table.to_csv(paths[0])
-        table.to_json(paths[1])
-        table.plot(paths[2], title=title)
-    except BaseException:
-        if created:
-            shutil.rmtree(out)
-        raise
-    return paths
 
 
 def _fmt(x: float | None) -> str:

@@ -5,13 +5,11 @@ printed as a layers x positions table, with -o written as CSV, JSON and a heatma
 from __future__ import annotations
 
 import argparse
-import shutil
-from collections.abc import Callable
-from pathlib import Path
 
 from .arguments import add_model, positive, positive_int, probability, seed, usage_error
-from .inputs import check_output, read_prompts
+from .inputs import read_prompts
 from .loading import model_for
+from .output_folder import check_out_dir, write_into
 
 SUMMARY = "logit lens and tuned lens: what each layer's residual predicts, per position"
 OPTION_GROUPS = ("backend", "encode")
@@ -68,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..lens import TunedLens, logit_lens
 
     positions = _positions(args)
-    out = _check_out_dir(args, _outputs(len(args.prompts))) if args.out else None
+    out = check_out_dir(args.out, _outputs(len(args.prompts)), force=args.force) if args.out else None
     model = model_for(args)
     tuned = TunedLens.load(args.tuned, model=model) if args.tuned else None
     targets = None if not args.targets else (args.targets[0] if len(args.targets) == 1 else args.targets)
@@ -76,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                        top_k=args.top_k, stage=args.stage, tuned=tuned, chat=args.chat, batch_size=args.batch_size)
     print(table.to_json() if args.json else table.to_text())
     if out is not None:
-        written = _write(out, _outputs(len(args.prompts)), lambda paths: (
+        written = write_into(out, _outputs(len(args.prompts)), lambda paths: (
             table.to_csv(paths[0]), table.to_json(paths[1]),
             [table.plot(prompt=i, path=p) for i, p in enumerate(paths[2:])]))
         if not args.json:
@@ -94,13 +92,13 @@ def _train(args: argparse.Namespace) -> int:
         usage_error(args, "--train takes its prompts from the file; drop the PROMPT arguments, --tuned and --targets")
     if not args.out:
         usage_error(args, "--train needs -o DIR, the folder to save the translators in")
-    out = _check_out_dir(args, (CONFIG_NAME, WEIGHTS_NAME))
+    out = check_out_dir(args.out, (CONFIG_NAME, WEIGHTS_NAME), force=args.force)
     prompts = read_prompts(args.train)
     model = model_for(args)
     lens, report = train_tuned_lens(model, prompts, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                                     batch_tokens=args.batch_tokens, held_out=args.held_out, seed=args.seed,
                                     chat=args.chat)
-    _write(out, (out / CONFIG_NAME, out / WEIGHTS_NAME), lambda paths: lens.save(out))
+    write_into(out, (CONFIG_NAME, WEIGHTS_NAME), lambda paths: lens.save(out))
     if args.json:
         print(json.dumps({"layers": report.layers, "logit_kl": report.logit_kl, "tuned_kl": report.tuned_kl,
                           "train_tokens": report.train_tokens, "held_out_tokens": report.held_out_tokens,
@@ -123,34 +121,3 @@ def _positions(args: argparse.Namespace) -> object:
 
 def _outputs(n: int) -> tuple[str, ...]:
     return (*OUTPUTS, *(f"lens-{i}.png" for i in range(n)))
-
-
-def _check_out_dir(args: argparse.Namespace, names: tuple) -> Path:
-    """-o checked before any work, and nothing created: an existing folder (its outputs new, or
-    --force), or a new folder's name in a writable folder."""
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{args.out} is a file; -o names a folder")
-    if out.is_dir():
-        for name in names:
-            check_output(str(out / Path(name).name), force=args.force)
-    else:
-        check_output(args.out)
-    return out
-
-
-def _write(out: Path, names: tuple, write: Callable[[list[Path]], object]) -> list[Path]:
-    """Run ``write(paths)`` into ``out`` (made here if new; removed again when a write fails)."""
-    try:
-        out.mkdir()
-        created = True
-    except FileExistsError:
-        created = False
-    paths = [out / Path(n).name for n in names]
-    try:
-        write(paths)
-    except BaseException:
-        if created:
-            shutil.rmtree(out)
-        raise
-    return paths

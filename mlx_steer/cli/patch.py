@@ -5,16 +5,10 @@ sites × positions, with a target-vs-foil logit difference as the metric; prints
 from __future__ import annotations
 
 import argparse
-import shutil
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .arguments import add_model, positive_int
-from .inputs import check_output
 from .loading import model_for
-
-if TYPE_CHECKING:
-    from ..patching.table import PatchTable
+from .output_folder import check_out_dir, write_into
 
 SUMMARY = "find where a behaviour lives: activation / attribution patching over sites x positions"
 OPTION_GROUPS = ("backend",)
@@ -53,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     """``mlx-steer patch``."""
     from ..patching import patch
 
-    out = _check_out_dir(args) if args.out else None
+    out = check_out_dir(args.out, OUTPUTS, force=args.force) if args.out else None
     if out is not None:
         import importlib.util
 
@@ -64,42 +58,10 @@ def run(args: argparse.Namespace) -> int:
                   sites=args.sites, positions=args.positions, batch_size=args.batch_size)
     print(table.to_json() if args.json else table.to_text())
     if out is not None:
-        written = _write(out, table)
+        names = [OUTPUTS[0], OUTPUTS[1]] + [f"{m}.png" for m in table.methods]
+        written = write_into(out, names, lambda paths: (
+            table.to_csv(paths[0]), table.to_json(paths[1]),
+            [table.heatmap(method, path) for method, path in zip(table.methods, paths[2:])]))
         if not args.json:
             print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
-
-
-def _check_out_dir(args: argparse.Namespace) -> Path:
-    """-o checked before any work, and nothing created: an existing folder (its outputs new, or
-    --force), or a new folder's name in a writable folder."""
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{args.out} is a file; -o names a folder for {', '.join(OUTPUTS)}")
-    if out.is_dir():
-        for name in OUTPUTS:
-            check_output(str(out / name), force=args.force)
-    else:
-        check_output(args.out)  # its folder exists and can be written
-    return out
-
-
-def _write(out: Path, table: PatchTable) -> list[Path]:
-    """The table and a heatmap per method written into ``out`` (made here if new; removed again
-    when a write fails)."""
-    try:
-        out.mkdir()
-        created = True
-    except FileExistsError:
-        created = False
-    paths = [out / OUTPUTS[0], out / OUTPUTS[1]] + [out / f"{m}.png" for m in table.methods]
-    try:
-        table.to_csv(paths[0])
-        table.to_json(paths[1])
-        for method, path in zip(table.methods, paths[2:]):
-            table.heatmap(method, path)
-    except BaseException:
-        if created:
-            shutil.rmtree(out)
-        raise
-    return paths
