@@ -2,7 +2,7 @@
 oracles: plain SteerableModel calls, numpy, the model's weights edited by hand, and recomputation of a
 generation without a cache.
 
-The four tutorials (``tutorial_checks.TUTORIALS``) are notebooks too. Each is executed once, as a notebook
+The tutorials (``tutorial_checks.TUTORIALS``) are notebooks too. Each is executed once, as a notebook
 (jupytext, then nbclient in a ``python3`` kernel, quick mode and the model set through the environment as
 a user would), and its oracle checks (``tutorial_checks.py``) run in that same kernel afterwards, on the
 notebook's globals: one execution serves both. The other examples run once in-process through their

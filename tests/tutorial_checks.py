@@ -1,4 +1,4 @@
-"""The oracle checks of the four tutorials, run inside the kernel that has just executed the tutorial as a
+"""The oracle checks of the tutorials, run inside the kernel that has just executed the tutorial as a
 notebook (tests/test_examples.py), each on the notebook's globals ``g``; oracles: plain SteerableModel
 calls, numpy, the model's weights edited by hand, and recomputation of a generation without a cache.
 
@@ -21,7 +21,7 @@ from mlx_steer.engine import interventions as niv
 from mlx_steer.engine.positions import Positions
 from mlx_steer.vectors import similarity
 
-TUTORIALS = ("nnsight_recipes", "actadd", "caa_mlxterp", "persona_persistence")
+TUTORIALS = ("nnsight_recipes", "actadd", "caa_mlxterp", "persona_persistence", "localize")
 Check = Callable[[dict], None]
 CHECKS: dict[str, dict[str, Check]] = {name: {} for name in TUTORIALS}
 
@@ -231,3 +231,81 @@ def transcript_reads_and_their_directions(g: dict) -> None:
     np.testing.assert_allclose(np.diag(cmat), 1.0, atol=1e-6)
     assert np.linalg.norm(g["top_direction"]) == pytest.approx(1.0, abs=1e-5)
     assert 0.0 < g["explained"] <= 1.0 and g["strength"] > 0, (g["explained"], g["strength"])  # toward the in-persona side
+
+
+# -- localize --------------------------------------------------------------------------------------
+def _diff_at_last(g: dict, prompt: str, interventions: dict | None = None) -> float:
+    m = g["model"]
+    last = np.array(m.run(prompt, interventions=interventions).logits[0, -1].astype(mx.float32)).astype(np.float64)
+    return float(last[g["paris"]] - last[g["rome"]])
+
+
+@check("localize")
+def lens_last_layer_is_the_models_output(g: dict) -> None:
+    m, table = g["model"], g["lens_table"]
+    logits = np.array(m.run(g["CLEAN"]).logits[0].astype(mx.float32)).astype(np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    final = [r for r in table.rows if r.layer == m.num_layers - 1]
+    assert [r.position for r in final] == list(range(len(m.encode(g["CLEAN"])))), [r.position for r in final]
+    for r in final:
+        top = np.argsort(-p[r.position], kind="stable")[: len(r.top_ids)]
+        assert list(r.top_ids) == top.tolist(), (r.position, r.top_ids, top)
+        np.testing.assert_allclose(r.top_probs, p[r.position, top], rtol=1e-4, atol=1e-6)
+        assert r.target_prob == pytest.approx(p[r.position, g["paris"]], rel=1e-4, abs=1e-6), r
+    assert final[-1].top_tokens[0] == g["TARGET"], final[-1]  # the model answers Paris on the clean prompt
+
+
+@check("localize")
+def patching_cells_equal_solo_runs(g: dict) -> None:
+    """The steering cell and the strongest subject cell: the corrupted prompt run alone with that one
+    ``set`` of the clean activation, and the fraction recomputed from plain runs of both prompts."""
+    m, table, last = g["model"], g["table"], g["LAST"]
+    clean, corrupted = _diff_at_last(g, g["CLEAN"]), _diff_at_last(g, g["CORRUPTED"])
+    assert table.clean_metric == pytest.approx(clean, abs=1e-4) and table.corrupted_metric == pytest.approx(corrupted, abs=1e-4)
+    subject = max((r for r in table.rows if r.method == "activation" and r.position < last), key=lambda r: r.fraction)
+    for row in (g["found"], subject):
+        acts = m.to_numpy(m.run(g["CLEAN"], record=[row.site], logits=False).activations[row.site])[0]
+        alone = _diff_at_last(g, g["CORRUPTED"], {row.site: niv.set(acts[row.position], positions=[row.position])})
+        assert row.metric == pytest.approx(alone, rel=1e-5, abs=1e-4), (row, alone)
+        assert row.fraction == pytest.approx((alone - corrupted) / (clean - corrupted), abs=1e-4), (row, alone)
+    assert g["found"].fraction >= 0.5 and g["found"].position == last, g["found"]
+
+
+@check("localize")
+def attribution_by_hand_and_its_correlation(g: dict) -> None:
+    """Each attribution cell is corrupted + (clean - corrupted) . grad, the gradient from
+    ``ms.gradients`` at the corrupted run; the printed r is numpy's corrcoef over the cells' metrics."""
+    m, table = g["model"], g["table"]
+    keys = list(dict.fromkeys(r.site for r in table.rows))
+    metric = ms.logit_diff(g["paris"], g["rome"])
+    grads = ms.gradients(m, [g["CORRUPTED"]], metric, sites=keys)
+    clean = m.run(g["CLEAN"], record=keys, logits=False).activations
+    for r in (r for r in table.rows if r.method == "attribution"):
+        delta = m.to_numpy(clean[r.site])[0, r.position] - grads.activations[r.site][0, r.position]
+        estimate = float(np.dot(delta.astype(np.float64), grads.gradients[r.site][0, r.position].astype(np.float64)))
+        assert r.metric == pytest.approx(table.corrupted_metric + estimate, rel=1e-4, abs=1e-3), (r, estimate)
+    cells = {(r.method, r.site, r.position): r.metric for r in table.rows}
+    pairs = [(v, cells[("attribution", s, p)]) for (meth, s, p), v in cells.items() if meth == "activation"]
+    assert len(pairs) == table.grid("activation").size, len(pairs)
+    expected = np.corrcoef(np.array(pairs).T)[0, 1]
+    assert g["correlation"] == pytest.approx(expected, abs=1e-12), (g["correlation"], expected)
+
+
+@check("localize")
+def steered_generations_equal_solo_generation(g: dict) -> None:
+    """The vector is the clean - corrupted residual recorded by hand; each evaluated cell's text is a
+    solo greedy generation with that intervention; the judge's scores say Paris where the text does,
+    and steering flipped the answer."""
+    m, site, last, cfg, steering = g["model"], g["steer_site"], g["LAST"], g["cfg"], g["steering"]
+    acts = [m.to_numpy(m.run(p, record=[site], logits=False).activations[site])[0, last] for p in (g["CLEAN"], g["CORRUPTED"])]
+    np.testing.assert_allclose(g["direction"], acts[0] - acts[1], rtol=1e-4, atol=1e-3)
+    said = {}
+    for s in cfg.strengths:
+        spec = None if s == 0 else {site: niv.add_vector(g["direction"], scale=s, positions=[last])}
+        alone = m.generate(g["CORRUPTED"], max_tokens=cfg.gen_tokens, interventions=spec)
+        text = steering.texts[("steering", g["STEER_LAYER"], s)][0]
+        assert text == alone, (s, text, alone)
+        said[s] = steering.cell(g["STEER_LAYER"], s).behaviour
+        assert said[s] == float(g["TARGET"].lower() in text.lower()), (s, text, said[s])
+    assert said[0.0] == 0.0 and said[max(cfg.strengths)] == 1.0, said
