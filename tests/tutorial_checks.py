@@ -262,7 +262,8 @@ def patching_cells_equal_solo_runs(g: dict) -> None:
     ``set`` of the clean activation, and the fraction recomputed from plain runs of both prompts."""
     m, table, last = g["model"], g["table"], g["LAST"]
     clean, corrupted = _diff_at_last(g, g["CLEAN"]), _diff_at_last(g, g["CORRUPTED"])
-    assert table.clean_metric == pytest.approx(clean, abs=1e-4) and table.corrupted_metric == pytest.approx(corrupted, abs=1e-4)
+    assert table.clean_metric == pytest.approx(clean, abs=1e-4), (table.clean_metric, clean)
+    assert table.corrupted_metric == pytest.approx(corrupted, abs=1e-4), (table.corrupted_metric, corrupted)
     subject = max((r for r in table.rows if r.method == "activation" and r.position < last), key=lambda r: r.fraction)
     for row in (g["found"], subject):
         acts = m.to_numpy(m.run(g["CLEAN"], record=[row.site], logits=False).activations[row.site])[0]
@@ -298,7 +299,8 @@ def steered_generations_equal_solo_generation(g: dict) -> None:
     solo greedy generation with that intervention; the judge's scores say Paris where the text does,
     and steering flipped the answer."""
     m, site, last, cfg, steering = g["model"], g["steer_site"], g["LAST"], g["cfg"], g["steering"]
-    acts = [m.to_numpy(m.run(p, record=[site], logits=False).activations[site])[0, last] for p in (g["CLEAN"], g["CORRUPTED"])]
+    acts = [m.to_numpy(m.run(p, record=[site], logits=False).activations[site])[0, last]
+            for p in (g["CLEAN"], g["CORRUPTED"])]
     np.testing.assert_allclose(g["direction"], acts[0] - acts[1], rtol=1e-4, atol=1e-3)
     said = {}
     for s in cfg.strengths:
