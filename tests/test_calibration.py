@@ -11,7 +11,8 @@ from mlx_steer.analysis import calibrate, kl_at
 from mlx_steer.analysis.kl_calibration import search
 from mlx_steer.analysis.kl_rollouts import make_rollouts, token_kls
 from mlx_steer.engine import interventions as iv
-from mlx_steer.vectors.calibration import Calibration, calibrated_vector
+from mlx_steer.vectors.calibrated_units import calibrated_vector
+from mlx_steer.vectors.calibration import Calibration
 from mlx_steer.vectors.steering_vector import SteeringVector
 from mlx_steer.vectors.vector_file import load_vector, save_vector
 from torch_fixtures import *  # noqa: F403  (fixtures)

@@ -74,7 +74,7 @@ def test_calibrated_strengths_in_evaluate_and_generate(ws, tmp_path, capsys):
 
 def test_calibrated_strengths_in_sweep(ws, tmp_path, capsys):
     from mlx_steer.analysis import sweep
-    from mlx_steer.vectors.calibration import calibrated_vector
+    from mlx_steer.vectors.calibrated_units import calibrated_vector
 
     cal = _calibrate(ws, str(tmp_path / "cal.safetensors"), "--layers", "2")
     vec = ms.load_vector(cal, model=ws["m"])

@@ -92,7 +92,7 @@ def in_calibrated_units(args: argparse.Namespace, model: Any, vec: Any, layers: 
     """
     if not getattr(args, "calibrated", False):
         return vec
-    from ..vectors.calibration import calibrated_vector
+    from ..vectors.calibrated_units import calibrated_vector
 
     if not getattr(args, "vector", None):
         usage_error(args, "--calibrated needs a calibrated --vector file (see mlx-steer calibrate)")

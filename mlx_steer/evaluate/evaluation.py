@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..engine.limits import check_length, check_seed
-from ..vectors.calibration import calibrated_vector
+from ..vectors.calibrated_units import calibrated_vector
 from ..vectors.steering_vector import SteeringVector
 from .ab import ab_scores
 from .grid import Grid

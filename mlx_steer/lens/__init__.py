@@ -10,10 +10,9 @@ of top tokens, target probabilities and ranks, and KL to the model's output, wit
     tuned.save("lens_dir"); lens.logit_lens(model, prompt, tuned=lens.TunedLens.load("lens_dir", model=model))
 """
 
-from .heatmap import lens_heatmap
 from .logit_lens import logit_lens, target_id
 from .readout import Readout, readout_of
-from .table import LensRow, LensTable
+from .table import LensRow, LensTable, lens_heatmap
 from .training import LensTrainingReport, fit_translators, lens_kl, record_residuals, train_tuned_lens
 from .tuned_lens import TunedLens
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..analysis.vocabulary_lens import tokenizer_size
-from .ops import model_dtype, ops_for
+from .ops import model_dtype
+from .ops_choice import ops_for
 from .readout import check_last_layer, readout_of
 from .table import LensRow, LensTable
 

@@ -39,14 +39,3 @@ def model_dtype(model: Steerable) -> Any:
 def model_device(model: Steerable) -> Any:
     """The torch device of the model (None on MLX)."""
     return getattr(model.backend, "device", None)
-
-
-def ops_for(model: Steerable) -> LensOps:
-    """The lens operations of ``model``'s backend."""
-    if model.xp.array_type == "torch.Tensor":
-        from .torch_ops import TorchLensOps
-
-        return TorchLensOps()
-    from .mlx_ops import MLXLensOps
-
-    return MLXLensOps()

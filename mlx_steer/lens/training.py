@@ -15,7 +15,7 @@ import numpy as np
 
 from ..engine.limits import check_seed
 from .logit_lens import _log_softmax
-from .ops import ops_for
+from .ops_choice import ops_for
 from .readout import readout_of
 from .tuned_lens import TunedLens
 

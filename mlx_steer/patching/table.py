@@ -1,5 +1,7 @@
 """The result of a patching sweep: one row per (method, site, position) cell, as CSV, JSON, text, a
-(sites × positions) grid and a heatmap; with both methods, their agreement (Pearson over cells)."""
+(sites × positions) grid and a heatmap (sites down, positions across with their tokens, colour the
+fraction recovered, drawn on a bare matplotlib ``Figure``); with both methods, their agreement
+(Pearson over cells)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["METHODS", "PatchRow", "PatchTable"]
+__all__ = ["METHODS", "PatchRow", "PatchTable", "draw"]
 
 METHODS = ("activation", "attribution")
 
@@ -161,6 +163,26 @@ class PatchTable:
     def heatmap(self, method: str = "activation", path: str | Path | None = None) -> Figure:
         """Sites × positions heatmap of the fraction recovered, token labels on the x axis; written
         to ``path`` (PNG) when given."""
-        from .heatmap import draw
-
         return draw(self, method, path)
+
+
+def draw(table: PatchTable, method: str, path: str | Path | None = None) -> Figure:
+    """``table``'s ``method`` grid as a heatmap, saved to ``path`` when given."""
+    from matplotlib.figure import Figure
+
+    grid = table.grid(method)
+    tokens = {r.position: r.token for r in table.rows}
+    xlabels = [f"{'all' if p is None else p} {tokens[p]!r}" for p in table.positions]
+    fig = Figure(figsize=(max(6.0, 2.0 + 0.6 * len(xlabels)), max(3.0, 1.5 + 0.3 * len(table.labels))), layout="constrained")
+    ax = fig.add_subplot()
+    finite = grid[np.isfinite(grid)]
+    bound = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
+    im = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(range(len(xlabels)), xlabels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(table.labels)), table.labels, fontsize=8)
+    ax.set_xlabel("corrupted prompt position")
+    ax.set_title(f"{method} patching")
+    fig.colorbar(im, ax=ax, label="fraction recovered")
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -18,7 +18,7 @@ import numpy as np
 from ..engine import interventions as iv
 from ..engine.continuous import Monitor
 from ..engine.positions import Positions, as_positions
-from ..vectors.calibration import calibrated_vector
+from ..vectors.calibrated_units import calibrated_vector
 from .engine import Job
 from .registry import VectorRegistry
 from .schemas import (MAX_INLINE, ChatCompletionRequest, CompletionRequest, ConditionSpec, GenerationRequest, MonitorSpec,

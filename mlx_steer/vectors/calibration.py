@@ -5,7 +5,7 @@ A site's coefficient ``c`` is the scale at which adding ``c * direction`` at tha
 model's next-token distributions, over short unsteered rollouts on neutral prompts, by ``target_kl``
 nats (the mean, or a percentile, of per-token KL(p_unsteered || p_steered)); see
 :func:`mlx_steer.analysis.kl_calibration.calibrate`. Strength 1 in calibrated units is that
-coefficient: :func:`calibrated_vector` turns a calibrated vector into the raw vector to steer with.
+coefficient: :func:`~mlx_steer.vectors.calibrated_units.calibrated_vector` turns a calibrated vector into the raw vector to steer with.
 
 In a vector file it is one metadata entry, ``calibration``, holding :meth:`Calibration.to_json`;
 files without it load with ``calibration=None`` and readers that predate it ignore the entry.
@@ -20,12 +20,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .steering_vector import SteeringVector
 
-__all__ = ["Calibration", "calibrated_vector", "check_statistic"]
+__all__ = ["Calibration", "check_statistic"]
 
 _PERCENTILE = re.compile(r"p(100|[1-9]?[0-9](\.[0-9]+)?)")
 
@@ -145,27 +143,6 @@ class Calibration:
 
     def __reduce__(self) -> tuple:  # mappingproxy fields do not pickle
         return Calibration.from_json, (self.to_json(),)
-
-
-def calibrated_vector(vector: SteeringVector, *, sites: tuple[str, ...] | None = None) -> SteeringVector:
-    """The raw vector for strengths in calibrated units: each site's direction times its coefficient
-    (strength 1 = the calibrated coefficient), restricted to ``sites`` (resolved paths) when given.
-
-    Raises:
-        ValueError: the vector has no calibration, or none for a site it is asked to steer (naming
-            the calibrated sites and how to calibrate).
-    """
-    cal = getattr(vector, "calibration", None)
-    if cal is None:
-        raise ValueError("calibrated strengths need a calibrated vector, and this vector has no calibration; "
-                         "run `mlx-steer calibrate` (or mlx_steer.analysis.calibrate) on it first, or give raw strengths")
-    wanted = tuple(vector.sites) if sites is None else tuple(sites)
-    missing = [s for s in wanted if s not in cal.coefficients]
-    if missing:
-        raise ValueError(f"the vector's calibration has no coefficient for {', '.join(missing)}; "
-                         f"calibrated sites: {', '.join(cal.sites)}")
-    chosen = vector if sites is None else vector.select(list(wanted))
-    return chosen.scaled_per_site({s: cal.coefficients[s] for s in wanted}).replace(calibration=None)
 
 
 def _finite(x: object) -> bool:

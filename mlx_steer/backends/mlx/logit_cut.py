@@ -20,10 +20,10 @@ from . import hooks as hk
 from .arrays import XP
 
 if TYPE_CHECKING:
-    from .backend import MLXBackend
+    from ...engine.protocols import Backend
 
 
-def cut_at_norm(backend: MLXBackend, positions: np.ndarray) -> Callable[[], None] | None:
+def cut_at_norm(backend: Backend, positions: np.ndarray) -> Callable[[], None] | None:
     """Patch the final norm to keep ``positions`` ((B, k) absolute, by row key) of each forward;
     returns what undoes it, or None where the logits must be gathered after the forward."""
     norm = final_norm_path(backend.modules, backend.resolver.container)

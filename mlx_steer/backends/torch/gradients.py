@@ -4,18 +4,24 @@ backend's forward run in grad mode for the call."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from .backend import TorchBackend
-
 __all__ = ["differentiate"]
 
 
-def differentiate(backend: TorchBackend, fn: Callable[[list[torch.Tensor]], tuple[torch.Tensor, Any]],
+class GradMode(Protocol):
+    """What this needs of the torch backend (typed here: the backend imports this module)."""
+
+    grad_enabled: bool
+
+    @property
+    def device(self) -> torch.device: ...
+
+
+def differentiate(backend: GradMode, fn: Callable[[list[torch.Tensor]], tuple[torch.Tensor, Any]],
                   inputs: Sequence[np.ndarray]) -> tuple[torch.Tensor, Any, list[np.ndarray | None]]:
     """``fn(tensors) -> (scalar, aux)`` on ``inputs`` as float32 leaf tensors; returns the scalar, ``aux``
     and d scalar / d each input as float32 host arrays (None for an input the scalar does not depend
