@@ -66,7 +66,7 @@ def test_the_mlx_head_runs_on_the_kept_positions_only(shared_models, arch, monke
     m = shared_models(arch)
     cuts = []
     real = logit_cut.cut_at_norm
-    monkeypatch.setattr("mlx_steer.backends.mlx.backend.cut_at_norm", lambda b, p: cuts.append(real(b, p)) or cuts[-1])
+    monkeypatch.setattr("mlx_steer.backends.mlx.logit_cut.cut_at_norm", lambda b, p: cuts.append(real(b, p)) or cuts[-1])
     m.run(PROMPTS, logits="last")
     assert cuts and cuts[0] is not None  # the norm was cut: the head saw (B, 1, D)
     norm = m.final_norm_path  # a hook on the final norm (or the head) is left to see every position

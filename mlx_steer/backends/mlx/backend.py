@@ -25,7 +25,7 @@ from . import hooks as hk
 from . import writing
 from .arrays import XP
 from .batch_loop import GeneratorLoop, generate_rows
-from .logit_cut import cut_at_norm
+from .logit_cut import logits_at
 from .sampling import make_sampling
 
 if TYPE_CHECKING:
@@ -109,22 +109,17 @@ class MLXBackend(MappedTree):
         lengths = [len(t) for t in tokens]
         L = max(lengths)
         pad = [L - n for n in lengths]
-        at = positions if keep_logits else None  # (B, k) absolute positions whose logits are kept
-        cut = None if at is None else cut_at_norm(self, at)  # the head then runs on those positions only
-        try:
+
+        def run() -> mx.array:
             if any(pad) and not self._batch_padding_works(pad):
-                logits = self._forward_rows(tokens, recorders)
-            else:
-                pad_id = self.prompts.pad_id
-                x = mx.array([[pad_id] * p + t for p, t in zip(pad, tokens)])
-                cache = self._batch_cache(pad) if any(pad) else None
-                with self.state.laid_out(Layout(lengths, pad)):
-                    logits = self.model(x, cache=cache)
-        finally:
-            if cut is not None:
-                cut()
-        if at is not None and cut is None:
-            logits = XP.take_along_rows(logits, padded_columns(at, pad))
+                return self._forward_rows(tokens, recorders)
+            x = mx.array([[self.prompts.pad_id] * p + t for p, t in zip(pad, tokens)])
+            cache = self._batch_cache(pad) if any(pad) else None
+            with self.state.laid_out(Layout(lengths, pad)):
+                return self.model(x, cache=cache)
+
+        # (B, k) absolute positions whose logits are kept: the head then runs on those positions only
+        logits = logits_at(self, positions if keep_logits else None, run, lambda at: padded_columns(at, pad))
         results = [a for a in (r.result() for r in recorders.values()) if a is not None]
         mx.eval(results + ([logits] if keep_logits else []))
         return logits if keep_logits else None

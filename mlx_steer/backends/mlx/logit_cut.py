@@ -41,3 +41,18 @@ def cut_at_norm(backend: Backend, positions: np.ndarray) -> Callable[[], None] |
     entry = hk.Entry(after=hk.on_output(keep))
     hk.attach(module, entry)
     return lambda: hk.detach(module, entry)
+
+
+def logits_at(backend: Backend, at: np.ndarray | None, run: Callable[[], mx.array],
+              columns: Callable[[np.ndarray], np.ndarray]) -> mx.array:
+    """``run()``'s logits at ``at`` ((B, k) absolute positions) when given: the norm cut there for the
+    forward, or, where it cannot be cut, the full logits gathered at ``columns(at)`` after it."""
+    cut = None if at is None else cut_at_norm(backend, at)
+    try:
+        logits = run()
+    finally:
+        if cut is not None:
+            cut()
+    if at is not None and cut is None:
+        logits = XP.take_along_rows(logits, columns(at))
+    return logits

@@ -14,8 +14,7 @@ import numpy as np
 
 from ...engine.layout import Layout
 from ...engine.recording import Recorder
-from .arrays import XP
-from .logit_cut import cut_at_norm
+from .logit_cut import cut_at_norm, logits_at
 
 if TYPE_CHECKING:
     from .backend import MLXBackend
@@ -85,16 +84,12 @@ def forward_from(backend: MLXBackend, prefix: MLXPrefix, rows: np.ndarray, token
     cache = gathered(prefix, rows)
     lp = prefix.lengths[rows]
     x = mx.array(tokens)
-    at = positions if keep_logits else None
-    cut = None if at is None else cut_at_norm(backend, at)
-    try:
+
+    def run() -> mx.array:
         with backend.state.laid_out(Layout([len(t) for t in tokens], prefix.padding[rows], rows=keys)):
-            logits = backend.model(x, cache=cache)
-    finally:
-        if cut is not None:
-            cut()
-    if at is not None and cut is None:
-        logits = XP.take_along_rows(logits, at[keys] - lp[:, None])
+            return backend.model(x, cache=cache)
+
+    logits = logits_at(backend, positions if keep_logits else None, run, lambda at: at[keys] - lp[:, None])
     results = [a for a in (r.result() for r in recorders.values()) if a is not None]
     mx.eval(results + ([logits] if keep_logits else []))
     return logits if keep_logits else None

@@ -3,7 +3,7 @@ modules hooked with torch hooks, one masked padded forward, generation loops ste
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,26 +125,44 @@ class TorchBackend(MappedTree):
 
     def forward(self, tokens: list[list[int]], recorders: Mapping[str, Recorder], *,
                 keep_logits: bool, positions: np.ndarray | None = None) -> torch.Tensor | None:
-        lengths = [len(t) for t in tokens]
-        L = max(lengths)
-        pad = np.array([L - n for n in lengths], dtype=np.int64)
-        device = self.device
-        x = torch.tensor([[self.prompts.pad_id] * int(p) + t for p, t in zip(pad, tokens)], device=device)
+        x, pad, mask, pos = self.left_padded(tokens)
         kwargs: dict[str, Any] = {}
         if pad.any():  # rows must see exactly what a single run sees: mask the padding, shift positions
-            cols = np.arange(L)[None] - pad[:, None]
-            kwargs["attention_mask"] = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
-            kwargs["position_ids"] = torch.from_numpy(np.maximum(cols, 0)).to(device)
-        keep: int | torch.Tensor = self._logits_to_keep(0 if keep_logits else 1)
+            kwargs["attention_mask"], kwargs["position_ids"] = mask, pos
         at = padded_columns(positions, pad) if keep_logits and positions is not None else None
+        keep, result = self.kept_logits(at, keep_logits=keep_logits)
+        with torch.set_grad_enabled(self.grad_enabled), self.state.laid_out(Layout([len(t) for t in tokens], pad)):
+            out = self.model(input_ids=x, use_cache=False, logits_to_keep=keep, **kwargs)
+        return result(out.logits)
+
+    def left_padded(self, tokens: list[list[int]]) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
+        """Rows left-padded to the longest: input ids, each row's padding, the attention mask hiding
+        it and the position ids counting from each row's first real token."""
+        lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+        L = int(lengths.max())
+        pad = L - lengths
+        device = self.device
+        x = torch.tensor([[self.prompts.pad_id] * int(p) + t for p, t in zip(pad, tokens)], device=device)
+        cols = np.arange(L)[None] - pad[:, None]
+        mask = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
+        return x, pad, mask, torch.from_numpy(np.maximum(cols, 0)).to(device)
+
+    def kept_logits(self, at: np.ndarray | None, *, keep_logits: bool
+                    ) -> tuple[int | torch.Tensor, Callable[[torch.Tensor], torch.Tensor | None]]:
+        """``logits_to_keep`` for a forward, and what makes its result from the logits: each row's
+        columns ``at`` (B, k) when given (the head runs on their union unless a site on it is hooked),
+        else all the logits when ``keep_logits``, else None."""
+        keep: int | torch.Tensor = self._logits_to_keep(0 if keep_logits else 1)
         union = None if at is None or self._head_sites else np.unique(at)  # the columns the head runs on
         if union is not None:
-            keep = torch.from_numpy(union).to(device)
-        with torch.set_grad_enabled(self.grad_enabled), self.state.laid_out(Layout(lengths, pad)):
-            out = self.model(input_ids=x, use_cache=False, logits_to_keep=keep, **kwargs)
-        if at is not None:  # each row's positions, from the kept columns (or from all of them)
-            return self.xp.take_along_rows(out.logits, at if union is None else np.searchsorted(union, at))
-        return out.logits if keep_logits else None
+            keep = torch.from_numpy(union).to(self.device)
+
+        def result(logits: torch.Tensor) -> torch.Tensor | None:
+            if at is not None:  # each row's positions, from the kept columns (or from all of them)
+                return self.xp.take_along_rows(logits, at if union is None else np.searchsorted(union, at))
+            return logits if keep_logits else None
+
+        return keep, result
 
     # -- generation --------------------------------------------------------------------------
     def sampling(

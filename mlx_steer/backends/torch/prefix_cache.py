@@ -39,16 +39,12 @@ def run_prefix(backend: TorchBackend, tokens: list[list[int]]) -> TorchPrefix:
 
     from ...engine.shared_prefix import PrefixRefused
 
-    model, device = backend.model, backend.device
-    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
-    L = int(lengths.max())
-    pad = L - lengths
-    x = torch.tensor([[backend.prompts.pad_id] * int(p) + t for p, t in zip(pad, tokens)], device=device)
-    cols = np.arange(L)[None] - pad[:, None]
-    mask = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
+    model = backend.model
+    x, pad, mask, pos = backend.left_padded(tokens)
+    lengths = x.shape[1] - pad
     cache = DynamicCache(config=model.config)
     with torch.no_grad(), backend.state.laid_out(Layout(lengths, pad)):
-        model(input_ids=x, attention_mask=mask, position_ids=torch.from_numpy(np.maximum(cols, 0)).to(device),
+        model(input_ids=x, attention_mask=mask, position_ids=pos,
               **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
     kinds = {type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer}
     if kinds:
@@ -79,13 +75,8 @@ def forward_from(backend: TorchBackend, prefix: TorchPrefix, rows: np.ndarray, t
     mask = torch.cat([prefix.mask.index_select(0, idx), torch.ones((n, S), dtype=prefix.mask.dtype, device=device)], 1)
     pos = torch.from_numpy(lp[:, None] + np.arange(S)[None]).to(device)
     at = positions[keys] - lp[:, None] if keep_logits and positions is not None else None  # suffix columns
-    keep: int | torch.Tensor = backend._logits_to_keep(0 if keep_logits else 1)
-    union = None if at is None or backend._head_sites else np.unique(at)
-    if union is not None:
-        keep = torch.from_numpy(union).to(device)
+    keep, result = backend.kept_logits(at, keep_logits=keep_logits)
     with torch.no_grad(), backend.state.laid_out(Layout([S] * n, prefix.padding[rows], rows=keys)):
         out = model(input_ids=torch.tensor(tokens, device=device), attention_mask=mask, position_ids=pos,
                     **{cache_keyword(model): gathered(backend, prefix, rows)}, use_cache=True, logits_to_keep=keep)
-    if at is not None:
-        return backend.xp.take_along_rows(out.logits, at if union is None else np.searchsorted(union, at))
-    return out.logits if keep_logits else None
+    return result(out.logits)
