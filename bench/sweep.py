@@ -38,7 +38,6 @@ def bench(model, label: str, repeats: int, target: float | None = None) -> list[
     before); all cells in one forward, whole; and all cells in one forward starting at the steered
     layer (the default). Rows in bench/run.py's format; ``target`` is the speed-up asked of the default."""
     import mlx_steer as ms
-    from mlx_steer.analysis import sweep
 
     vec = ms.extract(model, POS, NEG, sites=[f"layers.{LAYER}"], progress=False)
     kw = dict(vector=vec, layers=[LAYER], strengths=STRENGTHS, prompts=PROMPTS, target_tokens=[" good"],
@@ -48,6 +47,33 @@ def bench(model, label: str, repeats: int, target: float | None = None) -> list[
         "8 cells per forward, whole forwards": dict(batch_size=8 * len(PROMPTS), share_layers=False),
         f"8 cells per forward, layers below {LAYER} run once (default)": dict(batch_size=8 * len(PROMPTS)),
     }
+    medians = _timed_sweeps(model, kw, variants, repeats)
+    return speedup_rows(f"8-strength sweep of layers.{LAYER}, SmolLM2 ({label})", medians, target)
+
+
+def bench_last_token(model, label: str, repeats: int, target: float | None = None) -> list[dict]:
+    """The same sweep steering each prompt's last token only (``positions="last"``): one cell per forward,
+    every forward whole, vs the default, where each batch's prompts but their last token run once from a
+    shared prefix and each cell runs one token per prompt (KL is 0 before the last position, where no cell
+    steers). The tables are checked equal."""
+    import mlx_steer as ms
+
+    vec = ms.extract(model, POS, NEG, sites=[f"layers.{LAYER}"], progress=False)
+    kw = dict(vector=vec, layers=[LAYER], strengths=STRENGTHS, prompts=PROMPTS, target_tokens=[" good"],
+              contrast_tokens=[" bad"], positions="last", progress=False)
+    variants = {
+        "one cell per forward, whole forwards": dict(batch_size=len(PROMPTS), share_layers=False, shared_prefix=False),
+        "8 cells per forward from shared prefixes (default)": dict(batch_size=8 * len(PROMPTS)),
+    }
+    medians = _timed_sweeps(model, kw, variants, repeats)
+    return speedup_rows(f"8-strength sweep of layers.{LAYER} steering the last token, SmolLM2 ({label})", medians, target)
+
+
+def _timed_sweeps(model, kw: dict, variants: dict[str, dict], repeats: int) -> dict[str, float]:
+    """Median seconds of ``sweep(model, **kw, **variant)`` per variant, run interleaved after a warm-up;
+    the variants' tables are checked equal."""
+    from mlx_steer.analysis import sweep
+
     sweep(model, **{**kw, "strengths": [1.0]}, batch_size=len(PROMPTS))  # warm-up
     times: dict[str, list[float]] = {k: [] for k in variants}
     tables = {}
@@ -59,37 +85,7 @@ def bench(model, label: str, repeats: int, target: float | None = None) -> list[
     first, *rest = (np.array(t, dtype=float) for t in tables.values())
     for other in rest:
         assert np.allclose(first, other, atol=1e-3), "every variant must give the same table"
-    medians = {k: float(np.median(t)) for k, t in times.items()}
-    return speedup_rows(f"8-strength sweep of layers.{LAYER}, SmolLM2 ({label})", medians, target)
-
-
-def bench_last_token(model, label: str, repeats: int, target: float | None = None) -> list[dict]:
-    """The same sweep steering each prompt's last token only (``positions="last"``): one cell per forward,
-    every forward whole, vs the default, where each batch's prompts but their last token run once from a
-    shared prefix and each cell runs one token per prompt (KL is 0 before the last position, where no cell
-    steers). The tables are checked equal."""
-    import mlx_steer as ms
-    from mlx_steer.analysis import sweep
-
-    vec = ms.extract(model, POS, NEG, sites=[f"layers.{LAYER}"], progress=False)
-    kw = dict(vector=vec, layers=[LAYER], strengths=STRENGTHS, prompts=PROMPTS, target_tokens=[" good"],
-              contrast_tokens=[" bad"], positions="last", progress=False)
-    variants = {
-        "one cell per forward, whole forwards": dict(batch_size=len(PROMPTS), share_layers=False, shared_prefix=False),
-        "8 cells per forward from shared prefixes (default)": dict(batch_size=8 * len(PROMPTS)),
-    }
-    sweep(model, **{**kw, "strengths": [1.0]}, batch_size=len(PROMPTS))  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    tables = {}
-    for _ in range(repeats):
-        for name, opts in variants.items():
-            t = time.perf_counter()
-            tables[name] = sweep(model, **kw, **opts).table
-            times[name].append(time.perf_counter() - t)
-    first, other = (np.array(t, dtype=float) for t in tables.values())
-    assert np.allclose(first, other, atol=1e-3), "every variant must give the same table"
-    medians = {k: float(np.median(t)) for k, t in times.items()}
-    return speedup_rows(f"8-strength sweep of layers.{LAYER} steering the last token, SmolLM2 ({label})", medians, target)
+    return {k: float(np.median(t)) for k, t in times.items()}
 
 
 def bench_generation(model, label: str, repeats: int, target: float | None = None, max_tokens: int = 16) -> list[dict]:
