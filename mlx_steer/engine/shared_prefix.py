@@ -18,6 +18,7 @@ cache rows its suffixes continue, so the kept cache itself is never changed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,6 +27,7 @@ import numpy as np
 
 from . import interventions as iv
 from .hooks import Hooks
+from .layer_skip import LayerSkip
 from .logit_positions import LogitsSpec, logit_positions
 from .plan import SitePlan, check_plans
 from .positions import Positions
@@ -42,8 +44,9 @@ class PrefixRunner(Protocol):
     """What a backend offers for shared prefixes: a ``prefix_cache`` module beside its backend class
     (``mlx_steer/backends/<name>/prefix_cache.py``) with these two functions."""
 
-    def run_prefix(self, backend: Any, tokens: list[list[int]]) -> Any:
-        """Run left-padded prefixes once; returns the kept caches (opaque to the engine)."""
+    def run_prefix(self, backend: Any, tokens: list[list[int]], *, prompt_lengths: np.ndarray | None = None) -> Any:
+        """Run left-padded prefixes once (their prompts ending at ``prompt_lengths``, default their
+        own lengths); returns the kept caches (opaque to the engine)."""
         ...
 
     def forward_from(self, backend: Any, prefix: Any, rows: np.ndarray, tokens: list[list[int]],
@@ -125,6 +128,8 @@ class SharedPrefix:
         record_stage: str = "after",
         check_finite: bool = True,
         max_rows: int = 64,
+        from_layer: int | None = None,
+        hidden: Any = None,
     ) -> Trace:
         """Continue prefix row ``prefix_of[i]`` with ``suffixes[i]``, each row with its own steering.
 
@@ -140,6 +145,12 @@ class SharedPrefix:
                 negative from its end), within the suffix; False keeps none.
             check_finite: Raise ValueError on NaN/+inf logits.
             max_rows: The most rows one forward carries (its gathered cache rows included).
+            from_layer: Start the suffix forwards at this decoder layer (1 .. layers - 1) with
+                ``hidden`` as its input, as for ``run``: the layers below run for no row (their
+                cache rows are not read again in that forward), and sites below it are refused.
+            hidden: (suffixes, longest suffix, hidden size) input of ``from_layer`` at the suffix
+                positions, each row's right-aligned (left-padded, as a batch of the suffixes), e.g.
+                what ``layers.{from_layer}:input`` recorded there in an unsteered full forward.
 
         Returns:
             A :class:`Trace` whose rows are the suffixes in order; ``tokens`` the whole sequences.
@@ -171,12 +182,20 @@ class SharedPrefix:
                     what="the shortest prefix + suffix")
         refuse_prefix_positions(plans, lp, ls)
         keep = None if logits is False else _suffix_logits(logits, lp, full)
+        skip = None
+        if from_layer is not None or hidden is not None:
+            if from_layer is None or hidden is None:
+                raise ValueError("from_layer and hidden go together: the layer to start at and its input")
+            skip = LayerSkip(m.backend, from_layer, hidden, rows=N, length=int(ls.max()), plans=plans)
         groups = [g[i: i + max_rows] for n in sorted(set(ls.tolist())) for g in [np.flatnonzero(ls == n)]
                   for i in range(0, g.size, max_rows)]
         xp = m.xp
         logit_parts: list[Array] = []
         rec_parts: dict[str, list[Array]] = {}
-        with m.calls("run"), Hooks(m.backend, plans, reduce, registry=m.registry) as hooks:
+        with m.calls("run"), Hooks(m.backend, plans, reduce, registry=m.registry) as hooks, \
+                contextlib.ExitStack() as undo:
+            for u in skip.install() if skip is not None else []:
+                undo.callback(u)
             for rows in groups:
                 out = self.runner.forward_from(m.backend, self.state, of[rows], [tokens[r] for r in rows], hooks.recorders,
                                              keys=rows, keep_logits=keep is not None, positions=keep)
@@ -202,10 +221,13 @@ class SharedPrefix:
             return Trace(hooks.activations, logits_out, [self.tokens[o] + t for o, t in zip(of.tolist(), tokens)])
 
 
-def refuse_prefix_positions(plans: Mapping[str, SitePlan], lp: np.ndarray, ls: np.ndarray) -> None:
+def refuse_prefix_positions(plans: Mapping[str, SitePlan], lp: np.ndarray, ls: np.ndarray, *,
+                            prompt_ends: np.ndarray | None = None) -> None:
     """Raise :class:`PrefixRefused` for an intervention or recording that would act on a prefix
     position of a row it acts on (row key ``b``: prefix length ``lp[b]``, suffix length ``ls[b]``),
-    or select other suffix positions than in the full forward."""
+    or select other suffix positions than in the full forward. ``prompt_ends`` (per row key) is
+    where each row's prompt ends when the suffix goes on past it (generation: ``generated`` and
+    ``last`` count from there, as in the full run); by default the whole sequence is the prompt."""
     for plan in plans.values():
         uses: list[tuple[Positions, str, frozenset[int] | None]] = [
             (i.positions, "intervention", i.rows) for i in plan.interventions]
@@ -220,10 +242,11 @@ def refuse_prefix_positions(plans: Mapping[str, SitePlan], lp: np.ndarray, ls: n
                                     "whole sequence instead")
         for sel, use, rows in uses:
             keys = np.arange(lp.size) if rows is None else np.array(sorted(r for r in rows if r < lp.size), dtype=np.int64)
-            for p, s in sorted(set(zip(lp[keys].tolist(), ls[keys].tolist()))):
+            ends = lp + ls if prompt_ends is None else np.asarray(prompt_ends, dtype=np.int64)
+            for p, s, e in sorted(set(zip(lp[keys].tolist(), ls[keys].tolist(), ends[keys].tolist()))):
                 n = p + s
-                whole = sel.mask(np.arange(n)[None], np.array([n]), 0)[0]
-                tail = sel.mask(p + np.arange(s)[None], np.array([n]), np.array([p]))[0]
+                whole = sel.mask(np.arange(n)[None], np.array([e]), 0)[0]
+                tail = sel.mask(p + np.arange(s)[None], np.array([e]), np.array([p if prompt_ends is None else 0]))[0]
                 if whole[:p].any():
                     raise PrefixRefused(
                         f"{use} at {plan.site.key!r} selects positions {sel}, which include position "
