@@ -59,6 +59,9 @@ _NEUTRAL = {
     "SteeringVector": ("vectors.steering_vector", "SteeringVector"),
     "save_vector": ("vectors.vector_file", "save_vector"),
     "load_vector": ("vectors.vector_file", "load_vector"),
+    "save_vector_pack": ("vectors.pack", "save_vector_pack"),
+    "VectorCard": ("vectors.vector_card", "VectorCard"),
+    "load_vector_card": ("vectors.hub", "load_vector_card"),
     "gradients": ("engine.gradients", "gradients"),
     "logit_diff": ("engine.gradients", "logit_diff"),
 }

@@ -8,8 +8,8 @@ import argparse
 from typing import Any
 
 from .arguments import add_model, add_output, layer, non_negative, positive, positive_int, seed, usage_error
-from .inputs import check_output, existing_file, read_prompts
-from .loading import model_for
+from .inputs import check_output, read_prompts
+from .loading import model_for, vector_path
 
 SUMMARY = "find each layer's coefficient at a KL budget and store it in the vector file"
 OPTION_GROUPS = ("backend",)
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     check_statistic(args.statistic)
     if not args.output.lower().endswith(".safetensors"):
         usage_error(args, f"-o {args.output}: a calibrated vector is written as .safetensors (a GGUF holds no calibration)")
-    path = existing_file(args.vector)
+    path = vector_path(args.vector)
     out = check_output(args.output, force=args.force)
     prompts = read_prompts(args.prompts_file) if args.prompts_file else None
     model = model_for(args)

@@ -42,7 +42,8 @@ examples:
 def fill(sp: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` options to its subparser."""
     add_model(sp)
-    sp.add_argument("--vector", metavar="FILE", help="vector file (default: CAA's vector from the A/B items)")
+    sp.add_argument("--vector", metavar="FILE", help="vector file or hub repo ORG/NAME[@REV][:VECTOR] "
+                    "(default: CAA's vector from the A/B items)")
     src = sp.add_mutually_exclusive_group()
     src.add_argument("--items", metavar="FILE", help="A/B items, JSON list or JSONL: question, answer_matching, "
                                                      "answer_not_matching (CAA's *_behavior names work too)")

@@ -27,7 +27,8 @@ examples:
 def fill(sp: argparse.ArgumentParser) -> None:
     """Add the ``export`` options to its subparser."""
     add_model(sp)
-    sp.add_argument("--vector", metavar="FILE", help="vector file to add at each of its decoder layers")
+    sp.add_argument("--vector", metavar="FILE", help="vector file (or hub repo ORG/NAME[@REV][:VECTOR]) "
+                    "to add at each of its decoder layers")
     sp.add_argument("--scale", type=finite, default=None, metavar="S", help="scale of --vector (required with it)")
     sp.add_argument("--ablate", metavar="FILE", help="vector file whose direction is removed from every residual write")
     sp.add_argument("--ablate-layer", type=site, metavar="N|SITE",

@@ -29,7 +29,8 @@ def fill(sp: argparse.ArgumentParser) -> None:
     """Add the ``generate`` options to its subparser."""
     sp.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt(s) to continue")
     add_model(sp)
-    sp.add_argument("--vector", metavar="FILE", help="vector file to steer with (all its sites, or --layer's)")
+    sp.add_argument("--vector", metavar="FILE", help="vector file to steer with (all its sites, or --layer's); "
+                    "or a hub repo ORG/NAME[@REV][:VECTOR]")
     sp.add_argument("--layer", type=site, metavar="N|SITE",
                     help="where to steer: the site extracted on the fly, or the one site of --vector to use")
     sp.add_argument("--strength", "--strengths", dest="strengths", nargs="+", type=finite, default=[4.0],

@@ -6,8 +6,8 @@ import argparse
 from typing import TYPE_CHECKING
 
 from .arguments import add_model, positive_int
-from .inputs import existing_file, printable
-from .loading import model_for
+from .inputs import printable
+from .loading import model_for, vector_path
 
 if TYPE_CHECKING:
     from ..vectors.steering_vector import SteeringVector
@@ -23,7 +23,8 @@ examples:
 
 def fill(sp: argparse.ArgumentParser) -> None:
     """Add the ``inspect`` options to its subparser."""
-    sp.add_argument("vector", metavar="FILE", help="vector file (.safetensors, or a control-vector .gguf)")
+    sp.add_argument("vector", metavar="FILE", help="vector file (.safetensors, or a control-vector .gguf), a pack folder, "
+                    "or a hub repo ORG/NAME[@REV][:VECTOR]")
     add_model(sp, required=False)
     sp.add_argument("-k", "--top-k", type=positive_int, default=10, help="tokens per list with --model (default 10)")
     sp.add_argument("--final-norm", action="store_true", help="apply the final norm before unembedding (logit lens)")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis import top_tokens
     from ..vectors.vector_file import load_vector
 
-    path = existing_file(args.vector)
+    path = vector_path(args.vector)
     vec = load_vector(path)
     fields = ("model_id", "method", "read_positions", "hook_point", "hidden_size", "dtype", "created_by")
     print(f"file: {printable(args.vector)}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from .inputs import existing_file
@@ -26,11 +27,20 @@ def model_for(args: argparse.Namespace) -> Any:
     return load_model(args.model, backend=getattr(args, "backend", "mlx"), device=args.device)
 
 
+def vector_path(text: str) -> Path:
+    """A --vector: a file, a vector-pack folder ``FOLDER[:VECTOR]``, or a hub repo
+    ``ORG/NAME[@REVISION][:VECTOR]`` (from the hub cache, or downloaded unless HF_HUB_OFFLINE)."""
+    from ..vectors.hub import hub_spec, vector_source
+
+    spec = hub_spec(text)
+    return existing_file(text) if spec is None else vector_source(spec[0], revision=spec[1], name=spec[2])
+
+
 def vector_file(args: argparse.Namespace) -> Any:
     """The --vector file, read without a model (checked against the model later)."""
     from ..vectors.vector_file import load_vector
 
-    return load_vector(existing_file(args.vector))
+    return load_vector(vector_path(args.vector))
 
 
 def fit_vector(
@@ -45,7 +55,7 @@ def fit_vector(
     if vec is None:
         assert contrast is not None and sites, "the commands check: contrast prompts come with --layer(s)"
         return extract(model, *contrast, sites=sites, method=args.method, read=args.read, progress=False)
-    vec = load_vector(existing_file(args.vector), model=model)  # raises with every mismatch listed
+    vec = load_vector(vector_path(args.vector), model=model)  # raises with every mismatch listed
     if sites:
         vec = vec.select([model.resolve(s).path for s in sites])
     return vec

@@ -40,7 +40,8 @@ examples:
 def fill(sp: argparse.ArgumentParser) -> None:
     """Add the ``sweep`` options to its subparser."""
     add_model(sp)
-    sp.add_argument("--vector", metavar="FILE", help="vector file with a direction per layer (or one for all)")
+    sp.add_argument("--vector", metavar="FILE", help="vector file with a direction per layer (or one for all); "
+                    "or a hub repo ORG/NAME[@REV][:VECTOR]")
     sp.add_argument("--layers", nargs="+", type=layer, metavar="N",
                     help="layers (or site paths) to steer, one at a time (default: the vector's sites)")
     sp.add_argument("--strengths", "--strength", dest="strengths", nargs="+", type=finite,

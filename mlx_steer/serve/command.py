@@ -56,7 +56,8 @@ def fill(sp: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options to its subparser."""
     sp.add_argument("--model", required=True, metavar="PATH_OR_ID", help="model folder (or hub id, if cached)")
     sp.add_argument("--vector", action="append", default=[], metavar="NAME=FILE",
-                    help="register a vector file (.safetensors or .gguf) under NAME (repeat for several)")
+                    help="register a vector file (.safetensors or .gguf), or a hub repo ORG/NAME[@REV][:VECTOR], "
+                         "under NAME (repeat for several)")
     sp.add_argument("--vectors-dir", metavar="DIR", help="register every vector file in DIR under its file stem")
     sp.add_argument("--sae", action="append", default=[], metavar="NAME=DIR",
                     help="register a sparse autoencoder (SAELens layout) under NAME: requests add or clamp its features")
@@ -137,6 +138,11 @@ def _vector_spec(text: str) -> tuple[str, Path]:
         raise ValueError(f"--vector {text!r}: expected NAME=FILE, e.g. love=love.safetensors")
     if not NAME.match(name):
         raise ValueError(f"--vector {text!r}: the name must be 1-64 letters, digits, '_', '.' or '-'")
+    from ..vectors.hub import hub_spec, vector_source
+
+    spec = hub_spec(file)  # a pack folder or a hub repo ORG/NAME[@REVISION][:VECTOR]
+    if spec is not None:
+        return name, vector_source(spec[0], revision=spec[1], name=spec[2])
     path = Path(file).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"--vector {name}: no such file: {file}")

@@ -118,11 +118,24 @@ def _model_type(model_id: str | None) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def load_vector(path: str | os.PathLike, *, model: Any = None) -> SteeringVector:
-    """Read a vector file written by :func:`save_vector`.
+def load_vector(
+    path: str | os.PathLike,
+    *,
+    model: Any = None,
+    revision: str | None = None,
+    filename: str | None = None,
+    name: str | None = None,
+) -> SteeringVector:
+    """Read a vector file written by :func:`save_vector`, from disk or from a hub repo.
 
     Args:
-        path: The ``.safetensors`` vector file, or a control-vector GGUF (told by its content).
+        path: The ``.safetensors`` vector file, or a control-vector GGUF (told by its content); a
+            vector-pack folder (:func:`~mlx_steer.vectors.pack.save_vector_pack`); or a Hugging Face
+            hub repo id ``org/name`` (from the hub cache; downloaded when not cached unless
+            ``HF_HUB_OFFLINE`` is set). A local path that exists always wins.
+        revision: Hub ids only: a branch, tag or commit hash (default: ``main``).
+        filename: Which vector file of a folder or repo; without it (and ``name``) it must hold one.
+        name: Which vector of a pack, by the name in its card (or a file's stem).
         model: Optional model (anything with ``hidden_size``, ``resolve_path`` and optionally
             ``model_id`` and ``layer_paths``, like both backends' models) to check the vector
             against; the returned vector's sites are then that model's paths.
@@ -131,16 +144,16 @@ def load_vector(path: str | os.PathLike, *, model: Any = None) -> SteeringVector
         The SteeringVector, arrays bit-identical to the saved ones.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: not a safetensors file, not an mlx_steer vector file (says what was found), an
+        FileNotFoundError: no file at ``path`` and not a hub repo id; a repo id not in the hub
+            cache when offline (at once), or not found on the hub.
+        ValueError: a folder or repo with no vector file, or several and no ``filename``/``name``
+            (lists them); not a safetensors file, not an mlx_steer vector file (says what was found), an
             unsupported format version or malformed metadata, or it does not fit ``model`` (every
             difference listed).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no vector file at {path}")
-    if not path.is_file():
-        raise ValueError(f"{path} is not a file; expected an mlx_steer vector file (.safetensors)")
+    from .hub import vector_source
+
+    path = vector_source(path, revision=revision, filename=filename, name=name)
     vec = _read_gguf(path) if _is_gguf(path) else _read_safetensors(path)
     if model is None:
         return vec
