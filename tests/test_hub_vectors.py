@@ -278,13 +278,17 @@ def test_cli_vector_by_id_from_the_cache(hub, tmp_path, tiny_dir, shared_models,
     assert "vector repo 'acme/elsewhere' is not in the hub cache and HF_HUB_OFFLINE is set" in capsys.readouterr().err
 
 
-def test_serve_vector_by_id(hub, tmp_path):
-    from mlx_steer.serve.command import _vector_spec
-
-    v = vector(12)
-    put(hub, "acme/v", {"v.safetensors": ms.save_vector(v, tmp_path / "v.safetensors")})
-    name, path = _vector_spec("love=acme/v")
-    assert name == "love"
-    same(ms.load_vector(path), v)
-    with pytest.raises(FileNotFoundError, match="--vector love: no such file: nope.safetensors"):
-        _vector_spec("love=nope.safetensors")
+def test_serve_vector_by_id(hub, tmp_path, capsys, monkeypatch):
+    """serve resolves each --vector before loading the model: a cached id passes (the error is then the
+    missing model's), an id neither cached nor reachable offline is the one-line error naming it."""
+    pytest.importorskip("fastapi", reason="serve needs the serve extra")
+    pytest.importorskip("uvicorn", reason="serve needs the serve extra")
+    put(hub, "acme/v", {"v.safetensors": ms.save_vector(vector(12), tmp_path / "v.safetensors")})
+    no_model = str(tmp_path / "no-model")
+    assert main(["serve", "--model", no_model, "--vector", "love=acme/v"]) == 2
+    assert capsys.readouterr().err == f"error: no such file: {no_model}\n"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["serve", "--model", no_model, "--vector", "love=acme/w"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: vector repo 'acme/w' is not in the hub cache and HF_HUB_OFFLINE is set")
+    assert err.count("\n") == 1
