@@ -80,6 +80,70 @@ def test_patching_the_whole_residual_stream_recovers_everything(backend_models, 
     np.testing.assert_allclose(each.grid()[-1, :-1], 0.0, atol=1e-5)  # the last layer elsewhere: nothing
 
 
+def _spy_prefix_runs(monkeypatch) -> list[tuple[int, int | None]]:
+    """(prefix length, from_layer) of every shared-prefix forward call the sweep makes."""
+    from mlx_steer.engine.shared_prefix import SharedPrefix
+
+    seen: list[tuple[int, int | None]] = []
+    real = SharedPrefix.run
+
+    def spy(self, suffixes, **kw):
+        seen.append((int(self.lengths[kw["prefix_of"][0]]), kw.get("from_layer")))
+        return real(self, suffixes, **kw)
+
+    monkeypatch.setattr(SharedPrefix, "run", spy)
+    return seen
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma2"])
+def test_cells_from_shared_prefixes_equal_solo_runs(backend_models, backend, arch, monkeypatch):
+    """With the metric on the last position (target/foil), forwards start after a cached prefix of the
+    corrupted prompt and at a layer above 0 (gemma2's cache cannot be shared: whole prompts)."""
+    m = backend_models(backend, arch)
+    clean, corrupted = _pair(m)
+    seen = _spy_prefix_runs(monkeypatch)
+    table = patch(m, clean, corrupted, target=TARGET, foil=FOIL, sites=["resid", "attn"], method="activation",
+                  batch_size=8)
+    assert table.corrupted_metric == pytest.approx(_diff(raw_logits(m, corrupted)[0]), abs=1e-5)
+    if arch != "gemma2":
+        assert any(p > 0 for p, _ in seen) and any(f for _, f in seen)
+    recorded = m.run([clean], record=[s.key for s in patch_sites(m, ["resid", "attn"])]).activations
+    for s in patch_sites(m, ["resid", "attn"]):
+        value = m.to_numpy(recorded[s.key])[0]
+        for p in range(len(corrupted)):
+            solo = m.to_numpy(m.run([corrupted], interventions={s.key: iv.set(value[p], positions=[p])}).logits)[0]
+            assert table.cell(s.label, p).metric == pytest.approx(_diff(solo), abs=1e-5), (s.label, p)
+    alone = patch(m, clean, corrupted, target=TARGET, foil=FOIL, sites=["resid", "attn"], method="activation",
+                  batch_size=1)
+    np.testing.assert_allclose(table.grid("activation", "metric"), alone.grid("activation", "metric"), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_metric_read_mid_prompt_starts_no_later_than_it(backend_models, backend, monkeypatch):
+    """The metric reads position 2: cells after it change nothing (the corrupted metric exactly, an
+    oracle that needs no run) and every forward's prefix ends at or before it."""
+    from mlx_steer.engine.gradients import logit_diff
+    from mlx_steer.patching.activation import activation_rows
+    from mlx_steer.patching.sweep import prepare
+
+    m = backend_models(backend, "llama")
+    clean, corrupted = _pair(m)
+    metric = logit_diff(TARGET, FOIL)
+    sweep = prepare(m, clean, corrupted, metric, sites="resid", positions="each", aligned=None, chat=False, logits=[2])
+    seen = _spy_prefix_runs(monkeypatch)
+    value, rows = activation_rows(m, sweep, metric, batch_size=2, logits=[2])  # many forwards: prefixes pay
+    assert seen and all(p <= 2 for p, _ in seen)
+    recorded = m.to_numpy(m.run([clean], record=["layers.1"]).activations["layers.1"])[0]
+    for row in rows:
+        if row.position > 2:
+            assert row.metric == pytest.approx(value, abs=1e-5)
+    for p in range(3):
+        solo = m.to_numpy(m.run([corrupted], interventions={"layers.1": iv.set(recorded[p], positions=[p])}).logits)[0]
+        got = next(r for r in rows if r.site.endswith("layers.1") and r.position == p)
+        assert got.metric == pytest.approx(float(solo[2, TARGET] - solo[2, FOIL]), abs=1e-5)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("positions", ["each", "all"])
 def test_attribution_equals_clean_minus_corrupted_dot_grad(backend_models, backend, positions):

@@ -2,9 +2,13 @@
 ``set`` at its site and position(s) (the engine's per-row steering), so a whole sweep is a few
 batched forwards; every row's metric equals that of its own solo run.
 
-Every row is the same corrupted prompt, so below a cell's layer all rows compute the same thing: a
-batch starts at the lowest layer its cells patch (``run(from_layer=..., hidden=...)``, the layer's
-input recorded once from the corrupted run), which halves a sweep over every layer."""
+Every row is the same corrupted prompt, so a cell changes nothing before the first position it
+patches nor below the layer it patches: a forward of cells runs only the positions from the lowest
+one its cells patch (and the metric reads), continuing a cached prefix of the corrupted prompt
+(:mod:`~mlx_steer.engine.shared_prefix`), and only the layers from the lowest one they patch, fed the
+corrupted run's input there (:mod:`~mlx_steer.engine.layer_skip`). :func:`~.tiling.tile` groups the
+cells into such forwards. Where a prefix cannot be shared (the metric reads every position, a model
+split over ranks or whose cache cannot be shared) the forwards run the whole prompt."""
 
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ import numpy as np
 
 from ..engine import interventions as iv
 from ..engine.layer_skip import latest_start
-from ..engine.logit_positions import LogitsSpec
+from ..engine.logit_positions import LogitsSpec, logit_positions
+from ..engine.shared_prefix import PrefixRefused, shared_prefix
 from .pair import metric_rows
 from .sweep import Cell, Sweep
 from .table import PatchRow
+from .tiling import tile
 
 if TYPE_CHECKING:
     from ..engine.gradients import Metric
@@ -34,27 +40,47 @@ def cell_interventions(sweep: Sweep, cell: Cell) -> dict[str, list[iv.Interventi
 
 def activation_rows(model: Steerable, sweep: Sweep, metric: Metric, *, batch_size: int,
                     logits: LogitsSpec = True) -> tuple[float, list[PatchRow]]:
-    """The corrupted prompt's metric, and one row per cell; cells run ``batch_size`` at a time, in
-    order of the layer they start at. ``logits``: which positions' logits the metric reads (as for
-    ``run``; ``"last"`` skips the unembedding elsewhere)."""
+    """The corrupted prompt's metric, and one row per cell; at most ``batch_size`` cells per forward.
+    ``logits``: which positions' logits the metric reads (as for ``run``; ``"last"`` skips the
+    unembedding elsewhere and lets forwards start at a later position)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    cells = sweep.cells
-    starts = [0 if model.distributed is not None else latest_start(model.backend, model.resolve(c.site.key).path)
-              for c in cells]
+    cells, corrupted = sweep.cells, sweep.pair.corrupted
+    n, L = model.num_layers, len(corrupted)
+    starts = [0 if model.distributed is not None else min(latest_start(model.backend, model.resolve(c.site.key).path),
+                                                           n - 1) for c in cells]
     used = sorted({s for s in starts if s > 0})
     inputs = [f"{model.layer_paths[s]}:input" for s in used]
-    base = model.run([sweep.pair.corrupted], record=inputs or None, logits=logits)
-    corrupted = float(metric_rows(model, metric, base.logits, 1)[0])
+    base = model.run([corrupted], record=inputs or None, logits=logits)
+    value = float(metric_rows(model, metric, base.logits, 1)[0])
     hidden = {s: model.to_numpy(base.activations[k]) for s, k in zip(used, inputs)}
-    order = sorted(range(len(cells)), key=lambda i: starts[i])
+    read = None if logits is False or model.distributed is not None else logit_positions(logits, [L])
+    firsts = [0 if read is None else min(min(q for _, q in c.pairs), int(read.min())) for c in cells]
+    tiles = tile(list(zip(firsts, starts)), length=L, layers=n, max_rows=batch_size)
+    prefix = None
+    needed = sorted({t.start for t in tiles if t.start > 0})
+    if needed:
+        try:
+            prefix = shared_prefix(model, [corrupted[:p] for p in needed])
+        except PrefixRefused:  # whole prompts instead, tiled for them
+            tiles = tile([(0, s) for s in starts], length=L, layers=n, max_rows=batch_size)
     values = np.empty(len(cells))
-    for at in range(0, len(order), batch_size):
-        chunk = order[at:at + batch_size]
-        start = min(starts[i] for i in chunk)
-        out = model.run([sweep.pair.corrupted] * len(chunk), logits=logits,
-                        interventions=[cell_interventions(sweep, cells[i]) for i in chunk],
-                        from_layer=start or None,
-                        hidden=np.repeat(hidden[start], len(chunk), axis=0) if start else None)
-        values[chunk] = metric_rows(model, metric, out.logits, len(chunk))
-    return corrupted, [sweep.row("activation", c, float(v), corrupted) for c, v in zip(cells, values)]
+    for t in tiles:
+        for at in range(0, len(t.cells), batch_size):
+            chunk = list(t.cells[at:at + batch_size])
+            steer = [cell_interventions(sweep, cells[i]) for i in chunk]
+            out = None
+            if prefix is not None and t.start > 0:
+                try:
+                    out = prefix.run([corrupted[t.start:]] * len(chunk), prefix_of=[needed.index(t.start)] * len(chunk),
+                                     interventions=steer, logits=logits, max_rows=batch_size,
+                                     from_layer=t.layer or None,
+                                     hidden=np.repeat(hidden[t.layer][:, t.start:], len(chunk), 0) if t.layer else None)
+                except PrefixRefused:  # e.g. an intervention that reads the whole prompt: the whole forward
+                    out = None
+            if out is None:
+                out = model.run([corrupted] * len(chunk), logits=logits, interventions=steer,
+                                from_layer=t.layer or None,
+                                hidden=np.repeat(hidden[t.layer], len(chunk), axis=0) if t.layer else None)
+            values[chunk] = metric_rows(model, metric, out.logits, len(chunk))
+    return value, [sweep.row("activation", c, float(v), value) for c, v in zip(cells, values)]
