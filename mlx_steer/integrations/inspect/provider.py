@@ -12,6 +12,7 @@ planned, the generated token ids, each monitor's projection for every token, and
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +60,9 @@ class MlxSteerAPI(ModelAPI):
             raise PrerequisiteError(f"mlx_steer/{model_name}: {exc}") from None
         self.engine = Engine(self.model, max_batch=self.options.max_batch, max_queue=4096)
         self.engine.start()
+        # Inspect's CLI never closes its models: stop the worker at exit, before the interpreter
+        # tears down under a thread still inside the model (which aborts the process)
+        weakref.finalize(self, self.engine.stop)
 
     @staticmethod
     def _load(model_name: str, options: ProviderOptions) -> Any:
