@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..engine.prefix_generation import PromptPrefixes, refuse_prompt_positions
+from ..engine.shared_prefix import PrefixRefused
 from .grid import Grid
 from .judges import Judge, judge_scores
 
 if TYPE_CHECKING:
     from ..engine.model import Steerable
+    from ..engine.results import BatchResult
 
 __all__ = ["Generations", "distinct_n", "generation_scores", "perplexity_terms"]
 
@@ -71,18 +74,27 @@ def perplexity_terms(model: Steerable, prompts: Sequence[Sequence[int]], generat
 
 def generation_scores(model: Steerable, prompts: Sequence[str], grid: Grid, *, judge: Judge, max_tokens: int,
                       chat: bool = True, system: str | None = None, batch_size: int = 16, temp: float = 0.0,
-                      seed: int = 0, progress: Callable[[int], Any] | None = None) -> dict[tuple, Generations]:
-    """Per distinct cell (``grid.key``), its generations over ``prompts`` and their scores."""
+                      seed: int = 0, shared_prefix: bool = True,
+                      progress: Callable[[int], Any] | None = None) -> dict[tuple, Generations]:
+    """Per distinct cell (``grid.key``), its generations over ``prompts`` and their scores.
+
+    With ``shared_prefix`` and every cell steering only each prompt's last position and the
+    generated tokens (e.g. positions ``"last"`` or ``"generated"``), each prompt but its last token
+    runs once and every (prompt, cell) row generates from a copy of its cache
+    (:mod:`~mlx_steer.engine.prefix_generation`): the same rows in the same batches, the same greedy
+    tokens. Otherwise (or where the model's cache cannot be shared) each row runs its whole prompt.
+    """
     ids = [model.encode(p, chat=chat, system=system) for p in prompts]
     distinct = grid.distinct()
     specs = {k: grid.interventions(cell) for k, cell in distinct.items()}  # built once per cell
     jobs = [(k, i) for k in distinct for i in range(len(ids))]
     tokens: dict[tuple, list[list[int]]] = {k: [] for k in distinct}
     texts: dict[tuple, list[str]] = {k: [] for k in distinct}
+    prefixes = _prompt_prefixes(model, ids, list(specs.values()), max_tokens) if shared_prefix else None
     for j0 in range(0, len(jobs), batch_size):
         part = jobs[j0: j0 + batch_size]
-        res = model.batch_generate([ids[i] for _, i in part], max_tokens=max_tokens, temp=temp, seed=seed,
-                                   interventions=[specs[k] for k, _ in part])
+        res = _generate(model, prefixes, ids, [i for _, i in part], max_tokens=max_tokens, temp=temp, seed=seed,
+                        interventions=[specs[k] for k, _ in part])
         for (k, _), toks, text in zip(part, res.token_ids, res.texts):
             tokens[k].append(list(toks))
             texts[k].append(text)
@@ -94,3 +106,30 @@ def generation_scores(model: Steerable, prompts: Sequence[str], grid: Grid, *, j
         out[k] = Generations(tuple(texts[k]), judge_scores(judge, texts[k]), sum(t for t, _ in terms),
                              sum(n for _, n in terms))
     return out
+
+
+def _prompt_prefixes(model: Steerable, ids: list[list[int]], specs: list[Any], max_tokens: int) -> PromptPrefixes | None:
+    """The prompts' shared prefixes, or None where a cell's steering touches a prompt position
+    before the last (or the model cannot share its cache): checked before anything runs."""
+    lengths = np.array([len(t) for t in ids], dtype=np.int64)
+    try:
+        for spec in specs:
+            refuse_prompt_positions(model.plan(interventions=spec), lengths, max_tokens)
+        return PromptPrefixes(model, ids)
+    except PrefixRefused:
+        return None
+
+
+def _generate(model: Steerable, prefixes: PromptPrefixes | None, ids: list[list[int]], rows: list[int], *,
+              max_tokens: int, temp: float, seed: int, interventions: list[Any]) -> BatchResult:
+    """One batch of rows (prompt indices ``rows``), from the shared prefixes where they serve."""
+    def whole() -> BatchResult:
+        return model.batch_generate([ids[i] for i in rows], max_tokens=max_tokens, temp=temp, seed=seed,
+                                    interventions=interventions)
+
+    if prefixes is None:
+        return whole()
+    try:
+        return prefixes.batch_generate(rows, max_tokens=max_tokens, temp=temp, seed=seed, interventions=interventions)
+    except PrefixRefused:  # refused before any forward (e.g. this batch size's padding is not exact)
+        return whole()

@@ -34,9 +34,11 @@ class GeneratorLayout(SequenceLayout):
 
 def generate_rows(
     mlx_model: Any, state: PositionState, tokens: list[list[int]], *, max_tokens: int, sampler: Any, processors: list,
-    prefill_step_size: int, stop_tokens: list[int],
+    prefill_step_size: int, stop_tokens: list[int], caches: list[list[Any]] | None = None,
 ) -> Iterator[RowStep]:
-    """Every row's tokens as mlx-lm's ``BatchGenerator`` makes them; row keys are prompt indices."""
+    """Every row's tokens as mlx-lm's ``BatchGenerator`` makes them; row keys are prompt indices.
+    With ``caches`` (per row, mlx-lm caches holding its prompt but the last token), each row starts
+    there: only its last prompt token is inserted, and it goes straight to decoding."""
     from mlx_lm.generate import BatchGenerator
 
     B = len(tokens)
@@ -45,7 +47,9 @@ def generate_rows(
                          prefill_step_size=prefill_step_size)
     layout = GeneratorLayout(track(gen), key_base=0)
     try:
-        uids = gen.insert(tokens, max_tokens=[max_tokens] * B, logits_processors=[list(processors)] * B)
+        uids = gen.insert(tokens if caches is None else [t[-1:] for t in tokens], max_tokens=[max_tokens] * B,
+                          caches=caches, all_tokens=None if caches is None else [t[:-1] for t in tokens],
+                          logits_processors=[list(processors)] * B)
         for uid, t in zip(uids, tokens):  # uids are 0..B-1: row keys are prompt indices
             layout.add(uid, prompt_len=len(t))
         with state.laid_out(layout):

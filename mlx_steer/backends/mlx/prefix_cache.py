@@ -31,9 +31,10 @@ class MLXPrefix:
     padding: np.ndarray
 
 
-def run_prefix(backend: MLXBackend, tokens: list[list[int]]) -> MLXPrefix:
+def run_prefix(backend: MLXBackend, tokens: list[list[int]], *, prompt_lengths: np.ndarray | None = None) -> MLXPrefix:
     """Run the left-padded prefixes into batch caches (logits not computed beyond the last layer's
-    need: the head runs on one column)."""
+    need: the head runs on one column); ``prompt_lengths`` (default the prefixes') is where each
+    row's prompt ends, for position selectors (a generation's prefix stops before its last token)."""
     from mlx_lm.models import cache as C
 
     from ...engine.shared_prefix import PrefixRefused
@@ -53,7 +54,7 @@ def run_prefix(backend: MLXBackend, tokens: list[list[int]]) -> MLXPrefix:
     last = np.zeros((len(tokens), 1), dtype=np.int64) + lengths[:, None] - 1
     cut = cut_at_norm(backend, last)  # the head on one position per row: its logits are not used
     try:
-        with backend.state.laid_out(Layout(lengths, pad)):
+        with backend.state.laid_out(Layout(lengths if prompt_lengths is None else prompt_lengths, pad)):
             backend.model(x, cache=cache)
     finally:
         if cut is not None:

@@ -94,10 +94,12 @@ def generate_step(
 class PaddedBatch:
     """Left-padded rows sharing one KV cache (padding masked, positions shifted, so each row
     computes what it computes alone): :meth:`prefill` the prompts, then :meth:`step` one token
-    per row. Each returns the (B, V) logits of every row's last position."""
+    per row. Each returns the (B, V) logits of every row's last position. A ``cache`` already
+    holding the first columns of the padded prompts (e.g. all but the last, from shared prefixes)
+    is continued: :meth:`prefill` runs only the columns after it."""
 
     def __init__(self, model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, prefill_step_size: int,
-                 logits_to_keep: Callable[[int], int] = lambda n: n):
+                 logits_to_keep: Callable[[int], int] = lambda n: n, cache: Any = None):
         from transformers import DynamicCache
 
         self.model, self.prefill_step_size, self.logits_to_keep = model, prefill_step_size, logits_to_keep
@@ -109,7 +111,8 @@ class PaddedBatch:
         self.attn = torch.from_numpy((cols >= 0).astype(np.int64)).to(device)
         self.pos = torch.from_numpy(np.maximum(cols, 0)).to(device)
         self.next_pos = torch.from_numpy(cols[:, -1] + 1).to(device)
-        self.cache, self.cache_kw = DynamicCache(config=model.config), cache_keyword(model)
+        self.cache = DynamicCache(config=model.config) if cache is None else cache
+        self.cache_kw = cache_keyword(model)
         self.sampling = False  # whether the forward running now is one whose logits are sampled
 
     @torch.no_grad()  # per call, not around a loop: grad mode must not leak to the consumer
@@ -121,7 +124,7 @@ class PaddedBatch:
 
     def prefill(self) -> torch.Tensor:
         """Run the prompts (all but the last column in chunks, then the last column alone)."""
-        L, start = self.ids.shape[1], 0
+        L, start = self.ids.shape[1], int(self.cache.get_seq_length())
         while start < L - 1:
             n = min(self.prefill_step_size, L - 1 - start)
             self._forward(self.ids[:, start : start + n], start + n, self.pos[:, start : start + n], sampled=False)
@@ -154,13 +157,13 @@ def log_probs(logits: torch.Tensor, processors: Sequence[Sequence[LogitsProcesso
 def generate_rows(
     model: Any, prompts: Sequence[Sequence[int]], *, max_tokens: int, sampler: Sampler,
     logits_processors: list[LogitsProcessor], prefill_step_size: int, pad_id: int, eos: Collection[int],
-    logits_to_keep: Callable[[int], int] = lambda n: n,
+    logits_to_keep: Callable[[int], int] = lambda n: n, cache: Any = None,
 ) -> Iterator[RowStep]:
-    """Generate for every prompt in one :class:`PaddedBatch`; yields each row's tokens, EOS
-    included with ``finish_reason="stop"``. Finished rows keep decoding until every row is done
-    (their tokens unused)."""
+    """Generate for every prompt in one :class:`PaddedBatch` (continuing ``cache``, see there); yields
+    each row's tokens, EOS included with ``finish_reason="stop"``. Finished rows keep decoding until
+    every row is done (their tokens unused)."""
     batch = PaddedBatch(model, prompts, pad_id=pad_id, prefill_step_size=prefill_step_size,
-                        logits_to_keep=logits_to_keep)
+                        logits_to_keep=logits_to_keep, cache=cache)
     contexts = [torch.tensor(list(p), dtype=torch.long, device=batch.device) for p in prompts]
     done = [False] * batch.B
     logits = batch.prefill()

@@ -32,8 +32,11 @@ class TorchPrefix:
     padding: np.ndarray
 
 
-def run_prefix(backend: TorchBackend, tokens: list[list[int]]) -> TorchPrefix:
-    """Run the left-padded prefixes into a ``DynamicCache`` (the head on the last column only)."""
+def run_prefix(backend: TorchBackend, tokens: list[list[int]], *,
+               prompt_lengths: np.ndarray | None = None) -> TorchPrefix:
+    """Run the left-padded prefixes into a ``DynamicCache`` (the head on the last column only);
+    ``prompt_lengths`` (default the prefixes') is where each row's prompt ends, for position
+    selectors (a generation's prefix stops before its last token)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
@@ -43,7 +46,7 @@ def run_prefix(backend: TorchBackend, tokens: list[list[int]]) -> TorchPrefix:
     x, pad, mask, pos = backend.left_padded(tokens)
     lengths = x.shape[1] - pad
     cache = DynamicCache(config=model.config)
-    with torch.no_grad(), backend.state.laid_out(Layout(lengths, pad)):
+    with torch.no_grad(), backend.state.laid_out(Layout(lengths if prompt_lengths is None else prompt_lengths, pad)):
         model(input_ids=x, attention_mask=mask, position_ids=pos,
               **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
     kinds = {type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer}
