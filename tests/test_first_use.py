@@ -98,7 +98,7 @@ def _bash_blocks(path: Path) -> list[str]:
 def test_the_readme_test_command_is_what_ci_runs_and_installs_no_index_url():
     readme = [line for block in _bash_blocks(ROOT / "README.md") for line in block.splitlines()]
     commands = [line for line in readme if line.startswith("python -m pip install torch==2.13.0 && ")]
-    assert len(commands) == 2, commands  # the demo's and the tests'
+    assert len(commands) == 1, commands  # the tests'; the demo's installs no torch (tests/test_mlx_only_setup.py)
     assert all("--index-url" not in c for c in commands), commands  # CI's machine reaches no other index
     test = next(c for c in commands if c.endswith("python -m pytest -q"))
     assert test in (ROOT / ".ci" / "run").read_text().splitlines()

@@ -2,9 +2,10 @@
 offline real-model helpers share (:mod:`mlx_steer.demo.real_model` for SmolLM2,
 :mod:`mlx_steer.demo.qwen_model` for Qwen2.5-Coder-1.5B).
 
-transformers dequantizes the GGUF (weights through the ``gguf`` package, tokenizer and chat template from
-the ``tokenizer.ggml.*`` metadata) and saves an fp32 folder that both ``mlx_lm.load`` and transformers
-read. A folder is built in a temporary sibling and published with one rename, with a marker file written
+:func:`convert_gguf` has transformers dequantize the GGUF (weights through the ``gguf`` package, tokenizer
+and chat template from the ``tokenizer.ggml.*`` metadata; needs torch) and save an fp32 folder that both
+``mlx_lm.load`` and transformers read; SmolLM2 is converted without torch by default
+(:mod:`mlx_steer.demo.gguf_llama`), Qwen's k-quants still through transformers. A folder is built in a temporary sibling and published with one rename, with a marker file written
 last, so a reader sees no folder or a complete one.
 
 Importing this module is cheap: torch and transformers are imported only when a folder is built.
