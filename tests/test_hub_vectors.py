@@ -117,6 +117,18 @@ def test_filename_and_name_choose_a_file(hub, tmp_path):
         ms.load_vector("acme/two", name="a", filename="a.safetensors")
 
 
+def test_a_repo_without_vectors_and_a_card_not_ours(hub, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    put(hub, "acme/a-model", {"config.json": tmp_path / "config.json"})
+    with pytest.raises(ValueError, match=r"^hub repo acme/a-model holds no vector file \(.safetensors or .gguf\)"):
+        ms.load_vector("acme/a-model")
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# someone's vectors\n")
+    v = vector(13)
+    put(hub, "acme/theirs", {"README.md": tmp_path / "README.md",
+                             "happy.safetensors": ms.save_vector(v, tmp_path / "happy.safetensors")})
+    same(ms.load_vector("acme/theirs", name="happy"), v)  # names from file stems; their card is not read
+
+
 def test_gguf_control_vector_by_id(hub, tmp_path):
     pytest.importorskip("gguf")
     from mlx_steer.vectors.gguf_vector import export_gguf, import_gguf

@@ -141,7 +141,8 @@ def pick_file(folder: Path, *, filename: str | None, name: str | None, where: st
                    if p.suffix in SUFFIXES and p.is_file() and not any(part.startswith(".") for part in
                                                                          p.relative_to(folder).parts))
     if not files:
-        raise ValueError(f"{where} is not a file and holds no vector file (.safetensors or .gguf); {_VALID}")
+        what = "holds" if where.startswith("hub repo") else "is not a file and holds"
+        raise ValueError(f"{where} {what} no vector file (.safetensors or .gguf); {_VALID}")
     if filename is not None:
         if filename not in files:
             raise ValueError(f"{where} holds no vector file {filename!r}; valid: {', '.join(files)}")
