@@ -53,6 +53,76 @@ def test_unpermute_restores_hf_row_order_by_hand():
     assert np.array_equal(unpermute_rope_rows(_permute_like_llama_cpp(w, 3), 3), w)
 
 
+_GGUF_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
+               "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+               "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+               "mlp.down_proj": "ffn_down"}
+
+
+def _write_llama_gguf(folder: Path, path: Path) -> None:
+    """The tiny llama folder as llama.cpp's converter would write it (F32, q/k rows permuted)."""
+    gguf = pytest.importorskip("gguf")
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((folder / "config.json").read_text())
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(cfg["num_hidden_layers"]), w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"]), w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads), w.add_head_count_kv(kv), w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg["rope_theta"]), w.add_file_type(0)
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv_: kv_[1])
+    specials = {t["content"] for t in tok["added_tokens"] if t["special"]}
+    w.add_tokenizer_model("gpt2"), w.add_tokenizer_pre("default"), w.add_token_list([t for t, _ in vocab])
+    w.add_token_types([3 if t in specials else 1 for t, _ in vocab])
+    w.add_token_merges([" ".join(m) for m in tok["model"]["merges"]])
+    w.add_bos_token_id(cfg["bos_token_id"]), w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_pad_token_id(cfg["pad_token_id"])
+    w.add_chat_template(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
+                        or (folder / "chat_template.jinja").read_text())
+    for name, array in sorted(load_file(folder / "model.safetensors").items()):
+        stem = name.removesuffix(".weight")
+        layer = re.match(r"model\.layers\.(\d+)\.(.+)$", stem)
+        gguf_name = f"blk.{layer.group(1)}.{_GGUF_NAMES[layer.group(2)]}" if layer else _GGUF_NAMES[stem]
+        if gguf_name.endswith(("attn_q", "attn_k")):
+            array = _permute_like_llama_cpp(array, heads if gguf_name.endswith("attn_q") else kv)
+        w.add_tensor(f"{gguf_name}.weight", np.ascontiguousarray(array))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+
+
+def test_a_llama_gguf_round_trips_to_the_folder_it_came_from(tiny_dir, tmp_path):
+    """Tiny llama (untied head, 4 query / 2 kv heads) -> GGUF as llama.cpp writes it -> MLX conversion:
+    the original folder is the oracle for weights, config, tokenizer and logits."""
+    import mlx.core as mx
+    from mlx_lm import load
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    from mlx_steer.demo.gguf_llama import convert_llama_gguf
+
+    src, out = tiny_dir("llama"), tmp_path / "out"
+    _write_llama_gguf(src, tmp_path / "tiny.gguf")
+    out.mkdir()
+    convert_llama_gguf(tmp_path / "tiny.gguf", out, model_id="tiny/llama")
+    ours, theirs = load_file(out / "model.safetensors"), load_file(src / "model.safetensors")
+    assert sorted(ours) == sorted(theirs)
+    assert all(np.array_equal(ours[k], theirs[k]) for k in theirs)
+    a, b = json.loads((out / "config.json").read_text()), json.loads((src / "config.json").read_text())
+    same = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "max_position_embeddings", "vocab_size", "tie_word_embeddings", "bos_token_id", "eos_token_id",
+            "pad_token_id", "rope_theta", "model_type")
+    assert {k: a[k] for k in same} == {k: b[k] for k in same}
+    assert a["rms_norm_eps"] == float(np.float32(b["rms_norm_eps"]))  # GGUF stores it as float32
+    ta, tb = (AutoTokenizer.from_pretrained(f, local_files_only=True) for f in (out, src))
+    texts = [*TEXTS, "<s>hello</s><|user|>x<|end|>"]
+    assert [ta.encode(t) for t in texts] == [tb.encode(t) for t in texts]
+    (ma, _), (mb, _) = load(str(out)), load(str(src))
+    ids = mx.array([tb.encode("the cat sat on the mat")])
+    assert np.array_equal(np.array(ma(ids)), np.array(mb(ids)))
+
+
 def test_an_unknown_conversion_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"via='torch'.*valid: 'mlx', 'transformers'"):
         prepare_smollm2(cache_dir=tmp_path, via="torch")  # type: ignore[arg-type]
