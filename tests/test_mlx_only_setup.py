@@ -226,10 +226,11 @@ def test_greedy_tokens_equal_on_five_prompts(smollm2_dir, transformers_dir):
 
 
 def _demo_command() -> str:
-    commands = [line for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-                for line in block.splitlines() if line.endswith("python -m mlx_steer.demo")]
-    assert len(commands) == 1, commands
-    return commands[0]
+    commands = {path: [line for block in re.findall(r"```bash\n(.*?)```", (ROOT / path).read_text(), re.S)
+                       for line in block.splitlines() if line.endswith("python -m mlx_steer.demo")]
+                for path in ("README.md", "docs/quickstart.md")}
+    assert commands["README.md"] == commands["docs/quickstart.md"] and len(commands["README.md"]) == 1, commands
+    return commands["README.md"][0]
 
 
 def test_the_readme_demo_command_installs_no_torch_and_ci_runs_it():
