@@ -80,15 +80,18 @@ def test_loglikelihood_equals_hand_computation_with_per_request_steering(backend
 
     m = backend_models(backend, "llama")
     lm = SteeredLM(m, vector=str(vector_file), scale=SCALE, layers=1, batch_size=3)
-    overrides = [None, {"scale": 8}, {"vector": None}, {"layers": "2"}, None]  # one batch mixes them
-    reqs = [_req("loglikelihood", p, {} if o is None else {"mlx_steer": o}, i) for i, (p, o) in enumerate(zip(PAIRS, overrides))]
+    greedy = ("I love", m.generate("I love", max_tokens=2, interventions=_spec(m, vector_file, SCALE)))
+    pairs = [*PAIRS, greedy]
+    overrides = [None, {"scale": 8}, {"vector": None}, {"layers": "2"}, None, None]  # one batch mixes them
+    reqs = [_req("loglikelihood", p, {} if o is None else {"mlx_steer": o}, i) for i, (p, o) in enumerate(zip(pairs, overrides))]
     got = lm.loglikelihood(reqs)
     specs = [_spec(m, vector_file, SCALE), _spec(m, vector_file, 8.0), None, _spec(m, vector_file, SCALE, "layers.2"),
-             _spec(m, vector_file, SCALE)]
-    for (ctx, cont), spec, (logprob, greedy) in zip(PAIRS, specs, got):
-        want, want_greedy = _hand_score(m, *_hand_pair(m, ctx, cont), spec)
+             _spec(m, vector_file, SCALE), _spec(m, vector_file, SCALE)]
+    wanted = [_hand_score(m, *_hand_pair(m, ctx, cont), spec) for (ctx, cont), spec in zip(pairs, specs)]
+    for (ctx, cont), (logprob, is_greedy), (want, want_greedy) in zip(pairs, got, wanted):
         assert abs(logprob - want) < 1e-5, (ctx, cont, logprob, want)
-        assert greedy == want_greedy
+        assert is_greedy == want_greedy
+    assert wanted[-1][1] and not wanted[0][1]  # both outcomes of is_greedy are checked
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -299,3 +302,13 @@ def test_mlx_steer_imports_without_lm_eval():
             "try:\n    import mlx_steer.integrations.lm_eval\nexcept ImportError:\n    print('refused')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "refused", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chat_template_for_lm_evals_apply_chat_template(backend_models, backend):
+    from mlx_steer.integrations.lm_eval import SteeredLM
+
+    lm = SteeredLM(backend_models(backend, "llama"))
+    chat = [{"role": "user", "content": "Paris is"}, {"role": "assistant", "content": " the"}]
+    assert lm.apply_chat_template(chat[:1]) == "<|user|>Paris is<|end|><|assistant|>"  # tiny_models.CHAT_TEMPLATE
+    assert lm.apply_chat_template(chat, add_generation_prompt=False).endswith("<|assistant|> the")

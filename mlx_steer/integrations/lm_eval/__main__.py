@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0 when lm-eval finished, 2 on a ValueError or FileNotFoundError (printed as one line).
     """
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval.__main__ import cli_evaluate  # type: ignore[import-untyped]
 
     from . import SteeredLM  # noqa: F401  (registers the model)
 

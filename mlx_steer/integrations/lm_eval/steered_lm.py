@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lm_eval import utils as lm_utils
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
+from lm_eval import utils as lm_utils  # type: ignore[import-untyped]
+from lm_eval.api.model import LM  # type: ignore[import-untyped]
+from lm_eval.api.registry import register_model  # type: ignore[import-untyped]
 
 from .generation import GenRequest, gen_options, generate_all
 from .scoring import TokenPair, score_pairs
