@@ -201,3 +201,36 @@ def test_smollm2_steered_and_unsteered_from_the_cli(tmp_path, smollm2_dir):
         assert out[i].metadata["tokens"] == steered and out[i + 2].metadata["tokens"] == plain
         assert steered != plain
         assert len(out[i].metadata["projections"]["v"]) == len(steered)
+
+
+@pytest.mark.slow
+def test_docs_page_runs_as_written(tmp_path, smollm2_dir):
+    """docs/inspect.md's ``bash`` blocks, then its ``python`` blocks, run in one folder on SmolLM2 with
+    ``PATH`` filled in (``sh`` blocks, the pip install, are not run); the steered log's first sample
+    equals ``generate`` with the page's steering, and the sample the page leaves unsteered equals plain ``generate``."""
+    import re
+
+    import mlx_steer as ms
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "inspect.md").read_text()
+    fences = re.findall(r"^```(\w+)\n(.*?)^```", page, re.S | re.M)
+    bin_dir = str(Path(sys.executable).parent)  # mlx-steer, inspect and python from this environment
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1",
+           "INSPECT_LOG_LEVEL": "warning"}
+    for kind in ("bash", "python"):
+        for code in (c for k, c in fences if k == kind):
+            code = re.sub(r"\bPATH\b", str(smollm2_dir), code)
+            args = ["bash", "-e", "-c", code] if kind == "bash" else [sys.executable, "-c", code]
+            proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+            assert proc.returncode == 0, f"{code[:300]}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert "batch_peak" in proc.stdout
+    from inspect_ai.log import read_eval_log
+
+    m = ms.load(str(smollm2_dir))
+    vec = ms.load_vector(tmp_path / "love.safetensors", model=m)
+    log = read_eval_log(str(next((tmp_path / "logs-love").glob("*.eval"))))
+    ids = chat_ids(m, "Describe your neighbours in one sentence.")
+    steered = m.generate_tokens(ids, max_tokens=24, interventions=vec.to_interventions(scale=4.0))
+    out = {int(s.id): s.output for s in log.samples}  # ids 1, 2, 3 in the dataset's order
+    assert out[1].metadata["tokens"] == steered
+    assert out[3].metadata["tokens"] == m.generate_tokens(ids, max_tokens=24) != steered
