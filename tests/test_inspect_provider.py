@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -208,8 +209,6 @@ def test_docs_page_runs_as_written(tmp_path, smollm2_dir):
     """docs/inspect.md's ``bash`` blocks, then its ``python`` blocks, run in one folder on SmolLM2 with
     ``PATH`` filled in (``sh`` blocks, the pip install, are not run); the steered log's first sample
     equals ``generate`` with the page's steering, and the sample the page leaves unsteered equals plain ``generate``."""
-    import re
-
     import mlx_steer as ms
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "inspect.md").read_text()
@@ -234,3 +233,48 @@ def test_docs_page_runs_as_written(tmp_path, smollm2_dir):
     out = {int(s.id): s.output for s in log.samples}  # ids 1, 2, 3 in the dataset's order
     assert out[1].metadata["tokens"] == steered
     assert out[3].metadata["tokens"] == m.generate_tokens(ids, max_tokens=24) != steered
+
+
+def test_generate_config_and_steering_sources_in_process(steer_files):
+    """What the CLI tests do not reach: each config field that cannot be honoured is refused by name,
+    and a call's steering comes from extra_body, else the sample's metadata, else the model args."""
+    from inspect_ai.model import ChatMessageTool, ChatMessageUser, GenerateConfig
+
+    from mlx_steer.integrations.inspect.options import OptionError, parse_options
+    from mlx_steer.integrations.inspect.requests import RequestError, chat_request
+
+    _, vectors, _ = steer_files
+    options = parse_options({"vector": str(vectors / "love.safetensors"), "scale": 2, "layers": "1,2"})
+    assert options.steering == ({"vector": "love", "scale": 2.0, "layers": [1, 2]},) and options.monitor == ("love",)
+    user = [ChatMessageUser(content="hi")]
+
+    def request(config=GenerateConfig(), metadata=None, messages=user, tools=False):
+        return chat_request(messages, config, options=options, model_id="m", metadata=metadata, has_tools=tools)
+
+    sample = {"mlx_steer": {"steering": [{"vector": "love", "scale": -1.0}]}}
+    assert request()["steering"] == [{"vector": "love", "scale": 2.0, "layers": [1, 2]}]
+    assert request(metadata=sample)["steering"] == [{"vector": "love", "scale": -1.0}]
+    got = request(GenerateConfig(extra_body={"steering": []}), metadata=sample)
+    assert "steering" not in got and got["monitor"] == ["love"]  # unsteered, still monitored
+    got = request(GenerateConfig(max_tokens=5, temperature=0.7, top_p=0.9, top_k=3, stop_seqs=["."], seed=4))
+    assert {k: got[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")} == \
+        {"max_tokens": 5, "temperature": 0.7, "top_p": 0.9, "top_k": 3, "stop": ["."], "seed": 4}
+    for config, message in [(GenerateConfig(num_choices=2), "num_choices=2 is not supported"),
+                            (GenerateConfig(logprobs=True), "logprobs=True is not supported"),
+                            (GenerateConfig(logit_bias={3: 1.0}), "logit_bias={3: 1.0} is not supported"),
+                            (GenerateConfig(extra_body={"steer": []}), "unknown key 'steer'; valid: steering, monitor")]:
+        with pytest.raises(RequestError, match=re.escape(message)):
+            request(config)
+    with pytest.raises(RequestError, match="do not call tools"):
+        request(tools=True)
+    with pytest.raises(RequestError, match="message 1 is a tool result"):
+        request(messages=[*user, ChatMessageTool(content="4", tool_call_id="x")])
+    for args, message in [({"vector": "nope.safetensors"}, "no such file: nope.safetensors"),
+                          ({"scale": 4}, "-M scale needs something to steer with"),
+                          ({"feature": 3}, "-M feature needs -M sae=DIR"),
+                          ({"vectors": f"calm={vectors / 'calm.safetensors'}", "monitor": "love"},
+                           "-M monitor='love': not a registered vector; registered: calm"),
+                          ({"backend": "jax"}, "-M backend='jax': valid: mlx, torch"),
+                          ({"max_batch": 0}, "-M max_batch=0: expected an integer >= 1")]:
+        with pytest.raises(OptionError, match=re.escape(message)):
+            parse_options(args)

@@ -100,9 +100,11 @@ def parse_options(args: dict[str, Any]) -> ProviderOptions:
 
 
 def _listed(value: Any) -> list[Any]:
+    """A list arg: a list, one value, or a comma-separated string (as given from Python or quoted)."""
     if value is None:
         return []
-    return list(value) if isinstance(value, list) else [value]
+    items = list(value) if isinstance(value, list) else [value]
+    return [part.strip() for x in items for part in (x.split(",") if isinstance(x, str) else [x])]
 
 
 def _vector_arg(value: Any, arg: str) -> tuple[str, Path]:

@@ -84,7 +84,8 @@ class MlxSteerAPI(ModelAPI):
                        default_max_tokens=options.max_tokens, saes=saes)
 
     def _probe(self) -> dict[str, Any]:
-        return chat_request([], GenerateConfig(max_tokens=1), options=self.options, model_id=self.model_name,
+        """A one-message request with the default steering and max_tokens (positions are checked against them)."""
+        return chat_request([], GenerateConfig(), options=self.options, model_id=self.model_name,
                             metadata=None, has_tools=False) | {"messages": [{"role": "user", "content": "hi"}]}
 
     def _plan(self, request: dict[str, Any]) -> Plan:
