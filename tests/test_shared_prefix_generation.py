@@ -111,3 +111,24 @@ def test_generation_scores_equal_the_full_path(backend_models, backend, position
         np.testing.assert_array_equal(got[k].scores, ref[k].scores)
         assert got[k].n_tokens == ref[k].n_tokens and got[k].nll == ref[k].nll
     assert len({got[k].texts for k in got}) > 1  # the cells differ
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_smollm2_generations_from_shared_prefixes(smollm2, smollm2_dir, backend):
+    if backend == "mlx":
+        m = smollm2
+    else:
+        from mlx_steer.torch_backend import load
+
+        m = load(str(smollm2_dir))
+    prompts = [m.encode(p, chat=True) for p in ("Tell me about cats.", "What should I cook tonight for my friends?")]
+    vec = np.random.default_rng(4).standard_normal(m.hidden_size).astype(np.float32)
+    vec *= 4.0 / np.linalg.norm(vec)
+    grid = Grid(m, vector=vec, layers=[10], strengths=[6.0], controls=("random", "flipped"), positions="last")
+    specs = [grid.interventions(c) for c in grid.distinct().values()]  # unsteered, +6, random, -6 (flipped)
+    rows = [(s, i) for s in specs for i in range(len(prompts))]  # prompts of different lengths in one batch
+    got = PromptPrefixes(m, prompts).batch_generate([i for _, i in rows], max_tokens=4, interventions=[s for s, _ in rows])
+    ref = m.batch_generate([prompts[i] for _, i in rows], max_tokens=4, interventions=[s for s, _ in rows])
+    assert got.token_ids == ref.token_ids
+    assert len({tuple(t) for t in got.token_ids[::2]}) > 1  # the cells differ
