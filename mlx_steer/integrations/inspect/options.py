@@ -104,7 +104,7 @@ def _listed(value: Any) -> list[Any]:
     if value is None:
         return []
     items = list(value) if isinstance(value, list) else [value]
-    return [part.strip() for x in items for part in (x.split(",") if isinstance(x, str) else [x])]
+    return [part for x in items for part in ([p.strip() for p in x.split(",")] if isinstance(x, str) else [x])]
 
 
 def _vector_arg(value: Any, arg: str) -> tuple[str, Path]:
