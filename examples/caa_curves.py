@@ -6,7 +6,7 @@ the other); then p(matching letter) / (p(A) + p(B)) after the assistant prefix "
 items, for each layer and multiplier, against a random vector of the same norm and the sign-flipped
 vector. Writes docs/results/caa_<behaviour>.{csv,json} and docs/img/caa_<behaviour>.png.
 
-    python examples/caa_curves.py [--model PATH] [--behaviours corrigible-neutral-HHH myopic-reward]
+    python examples/caa_curves.py [--model PATH] [--tag TAG] [--behaviours corrigible-neutral-HHH myopic-reward]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict[str, ev.EvalTable]:
     ap.add_argument("--positions", default="last", choices=["last", "all"],
                     help="where to steer: last = CAA's 'after the instruction' (the '(' token)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--tag", default="", help="suffix of the output files' names (e.g. _qwen2.5-coder-1.5b)")
     args = ap.parse_args(argv)
     if args.quick:
         args.behaviours, args.layers, args.strengths, args.held_out, args.train = args.behaviours[:1], [6], [-8, 0, 8], 4, 8
@@ -42,18 +43,21 @@ def main(argv: list[str] | None = None) -> dict[str, ev.EvalTable]:
         t0 = time.perf_counter()
         train, test = ev.split_items(ev.caa_items(name), held_out=args.held_out, train=args.train, seed=0)
         vector = ev.ab_vector(model, train, layers=args.layers)
+        t1 = time.perf_counter()
         table = ev.evaluate(model, vector=vector, layers=args.layers, strengths=args.strengths, items=test,
                             controls=["random", "flipped"], ab_positions=args.positions, seed=0)
-        tag = name if args.positions == "last" else f"{name}-all-positions"
+        tag = (name if args.positions == "last" else f"{name}-all-positions") + args.tag
         (args.out / "results").mkdir(parents=True, exist_ok=True)
         (args.out / "img").mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out / "results" / f"caa_{tag}.csv")
         table.to_json(args.out / "results" / f"caa_{tag}.json")
-        title = f"CAA {name} on SmolLM2-135M-Instruct ({args.held_out} held-out items, steering {args.positions})"
+        model_name = Path(args.model).name if args.model else "SmolLM2-135M-Instruct"
+        title = f"CAA {name} on {model_name} ({args.held_out} held-out items, steering {args.positions})"
         table.plot(args.out / "img" / f"caa_{tag}.png", title=title)
         table.plot(args.out / "img" / f"caa_{tag}_zoom.png", title=title + ", zoomed", full_scale=False)
         best = table.best()
-        print(f"\n== {name}: {len(train)} extraction items, {len(test)} held out, {time.perf_counter() - t0:.0f} s")
+        print(f"\n== {name}: {len(train)} extraction items, {len(test)} held out, {time.perf_counter() - t0:.0f} s "
+              f"({t1 - t0:.0f} s extracting)")
         print(table.to_text())
         print(f"best: layer {best.layer}, strength {best.strength:g}: p = {best.ab_probability:.4f} "
               f"(unsteered {table.cell(args.layers[0], 0.0).ab_probability:.4f})" if 0.0 in args.strengths else "")

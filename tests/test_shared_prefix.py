@@ -141,3 +141,34 @@ def test_smollm2_ab_scores_from_shared_prefixes(smollm2, smollm2_dir, backend):
     # the chunking changes (batch_size 8 vs 4, measured on MLX), so 1e-5 is the bound that means "same numbers"
     for key in whole:
         np.testing.assert_allclose(shared[key], whole[key], atol=1e-5, rtol=0, err_msg=str(key))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_smollm2_shared_prefixes_exact_in_float64(smollm2_dir, backend):
+    """In float64 the shared-prefix path gives today's whole-forward A/B probabilities to the last bit
+    on SmolLM2 (measured: 0.0 on both backends), items of two lengths in one batch, both controls: what
+    fp32 leaves (up to ~6e-6, above) is the BLAS's rounding of differently shaped products, not the path."""
+    if backend == "mlx":
+        import mlx.core as mx
+
+        import mlx_steer as ms
+
+        m = ms.load(str(smollm2_dir))
+        m.backend.model.set_dtype(mx.float64)
+    else:
+        from mlx_steer.torch_backend import load
+
+        m = load(str(smollm2_dir), dtype="float64")
+    items = ev.caa_items("myopic-reward")[:1] + ev.caa_items("refusal")[:1]  # different lengths
+    assert len({len(ev.ab_prompt(m, it).prompt) for it in items}) == 2
+    vec = np.random.default_rng(4).standard_normal(m.hidden_size).astype(np.float32)
+    vec *= 2.0 / np.linalg.norm(vec)
+    grid = ev.Grid(m, vector=vec, layers=[8], strengths=[8.0], controls=("random", "flipped"),
+                   positions="last", seed=0)
+    shared = ev.ab.ab_scores(m, items, grid, batch_size=8)
+    whole = ev.ab.ab_scores(m, items, grid, batch_size=8, shared_prefix=False, share_layers=False)
+    assert set(shared) == set(whole) and len(whole) == 4
+    for key in whole:
+        np.testing.assert_allclose(shared[key], whole[key], atol=1e-12, rtol=0, err_msg=str(key))
+    assert np.ptp(np.concatenate([whole[k] for k in whole])) > 1e-2  # the cells differ: the check can fail
