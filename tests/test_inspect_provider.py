@@ -246,6 +246,7 @@ def test_generate_config_and_steering_sources_in_process(steer_files):
     _, vectors, _ = steer_files
     options = parse_options({"vector": str(vectors / "love.safetensors"), "scale": 2, "layers": "1,2"})
     assert options.steering == ({"vector": "love", "scale": 2.0, "layers": [1, 2]},) and options.monitor == ("love",)
+    assert parse_options({"vector": str(vectors / "love.safetensors"), "layers": 1}).steering[0]["layers"] == [1]
     user = [ChatMessageUser(content="hi")]
 
     def request(config=GenerateConfig(), metadata=None, messages=user, tools=False):
