@@ -132,3 +132,19 @@ def test_smollm2_generations_from_shared_prefixes(smollm2, smollm2_dir, backend)
     ref = m.batch_generate([prompts[i] for _, i in rows], max_tokens=4, interventions=[s for s, _ in rows])
     assert got.token_ids == ref.token_ids
     assert len({tuple(t) for t in got.token_ids[::2]}) > 1  # the cells differ
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_model_whose_cache_cannot_be_shared_falls_back(backend_models, backend):
+    """gemma2: mlx-lm's padded batches are not exact at some sizes, and transformers keeps its
+    sliding-window layers in their own cache class; generation_scores then runs the full path."""
+    m = backend_models(backend, "gemma2")
+    with pytest.raises(PrefixRefused, match="padded batches|cache layers"):
+        PromptPrefixes(m, [m.encode(p, chat=True) for p in ("The cat", "I think the day is long", "Why")])
+    grid = Grid(m, vector=_vector(m, 5), layers=[1], strengths=[4.0], controls=("flipped",), positions="last")
+    kw = dict(judge=_judge, max_tokens=4, batch_size=6)
+    got = generation_scores(m, ["The cat", "I think the day is long", "Why"], grid, **kw)
+    ref = generation_scores(m, ["The cat", "I think the day is long", "Why"], grid, shared_prefix=False, **kw)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert got[k].texts == ref[k].texts and got[k].nll == ref[k].nll, k
