@@ -80,6 +80,24 @@ def test_patching_the_whole_residual_stream_recovers_everything(backend_models, 
     np.testing.assert_allclose(each.grid()[-1, :-1], 0.0, atol=1e-5)  # the last layer elsewhere: nothing
 
 
+def test_tiling_covers_every_cell_once_and_minimizes_its_cost():
+    """Free forwards: each (position, layer) alone, the least work by hand; costly forwards: one tile
+    from the lowest position and layer; in between every cell once, in tiles of at most max_rows."""
+    from mlx_steer.patching.tiling import Costs, tile
+
+    spans = [(p, l) for l in range(6) for p in range(5)]
+    free = tile(spans, length=5, layers=6, max_rows=64, costs=Costs(forward=0, layer=0))
+    assert sorted((t.start, t.layer) for t in free) == sorted(spans)
+    assert all(spans[i] == (t.start, t.layer) for t in free for i in t.cells)
+    costly = tile(spans, length=5, layers=6, max_rows=64, costs=Costs(forward=1e9, layer=0))
+    assert [(t.start, t.layer, sorted(t.cells)) for t in costly] == [(0, 0, list(range(len(spans))))]
+    mid = tile(spans, length=5, layers=6, max_rows=7)
+    assert sorted(i for t in mid for i in t.cells) == list(range(len(spans)))
+    assert all(spans[i][0] >= t.start and spans[i][1] >= t.layer for t in mid for i in t.cells)
+    with pytest.raises(ValueError, match=r"span \(5, 0\) outside.*positions 0..4"):
+        tile([(5, 0)], length=5, layers=6, max_rows=4)
+
+
 def _spy_prefix_runs(monkeypatch) -> list[tuple[int, int | None]]:
     """(prefix length, from_layer) of every shared-prefix forward call the sweep makes."""
     from mlx_steer.engine.shared_prefix import SharedPrefix

@@ -18,10 +18,13 @@ __all__ = ["Costs", "Tile", "tile"]
 @dataclass(frozen=True)
 class Costs:
     """The fixed costs, in token-layers (one token through one decoder layer): per forward, and per
-    decoder layer a forward runs (its weights read however few tokens pass)."""
+    decoder layer a forward runs (its weights read however few tokens pass). The defaults lie between
+    a least-squares fit of SmolLM2 forwards on a loaded 2-core CPU (MLX: 0.56 ms per token-layer,
+    22 ms per layer run, 57 ms per forward: 38 and 100 token-layers) and a quiet one's ~0.1 s per
+    1-token forward; the tiling's total changes by under 5% across that range."""
 
-    forward: float = 300.0
-    layer: float = 4.0
+    forward: float = 100.0
+    layer: float = 20.0
 
 
 @dataclass(frozen=True)

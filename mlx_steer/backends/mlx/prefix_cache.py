@@ -85,6 +85,8 @@ def forward_from(backend: MLXBackend, prefix: MLXPrefix, rows: np.ndarray, token
     cache = gathered(prefix, rows)
     lp = prefix.lengths[rows]
     x = mx.array(tokens)
+    for c in cache:  # grow each layer's cache by the suffix alone, not mlx-lm's 256-token step (zeros + copy)
+        c.step = x.shape[1]
 
     def run() -> mx.array:
         with backend.state.laid_out(Layout([len(t) for t in tokens], prefix.padding[rows], rows=keys)):
