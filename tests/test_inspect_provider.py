@@ -147,23 +147,6 @@ def test_steered_run_equals_generate_with_projections_per_sample_steering_and_ba
     assert 2 <= max(peaks) <= 4, peaks  # samples ran together, never more than max_connections
 
 
-def test_unsteered_run_one_at_a_time(tmp_path, steer_files):
-    """No -M steering: plain greedy ``generate``; with ``--max-connections 1`` each sample is alone in the batch."""
-    import mlx_steer as ms
-
-    model_dir, _, _ = steer_files
-    rows = [{"prompt": p, "metadata": {}} for p in PROMPTS[:3]]
-    done = run_inspect(tmp_path, model_dir, rows, "--max-connections", "1")
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = outputs(tmp_path)
-    m = ms.load(str(model_dir))
-    for i, row in enumerate(rows):
-        want = m.generate_tokens(chat_ids(m, row["prompt"]), max_tokens=MAX_TOKENS)
-        assert out[i].metadata["tokens"] == want and out[i].completion == m.prompts.decode(want)
-        assert out[i].metadata["projections"] == {} and out[i].metadata["steering"] is None
-        assert out[i].metadata["batch_peak"] == 1
-
-
 @pytest.mark.parametrize("args, message", [
     (["-M", "bogus=1"], "unknown model arg 'bogus' (-M bogus=...); valid: backend, device, vector"),
     (["-M", "vector=VEC", "-M", "layers=9"], "steering[0].layers: layer 9 out of range for a 4-layer model; valid: -4..3"),

@@ -1,6 +1,7 @@
 """The torch-free set-up: SmolLM2 prepared by MLX alone (mlx_steer/demo/gguf_llama.py) equals the folder
-transformers' GGUF loader prepares (weights, config, tokenizer, greedy tokens), the preparation runs where
-``import torch`` fails, and the README's demo command installs no torch and is what CI runs in a clean venv.
+transformers' GGUF loader prepares (weights bit for bit, config, tokenizer), the preparation runs where
+``import torch`` fails, and the README's demo command installs no torch and is what CI runs in a clean venv
+(where .ci/mlx_only_check.py compares the two folders' greedy tokens on 5 prompts).
 """
 
 from __future__ import annotations
@@ -31,10 +32,6 @@ CHATS = [
     [{"role": "user", "content": "Name three colours of the rainbow."}],
     [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2?"},
      {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3? 🙂"}],
-]
-GREEDY_PROMPTS = [
-    "Name three colours of the rainbow.", "Write a haiku about the sea.", "What is 17 + 25? Answer briefly.",
-    "Translate 'good morning' into French.", "Tell me a fact about Paris.",
 ]
 
 
@@ -206,23 +203,6 @@ def test_mlx_folder_equals_the_transformers_folder(smollm2_dir, transformers_dir
                 b.apply_chat_template(chat, add_generation_prompt=gen, tokenize=True, return_dict=False)
     assert (a.bos_token, a.eos_token, a.pad_token, a.unk_token, a.model_max_length) == \
         (b.bos_token, b.eos_token, b.pad_token, b.unk_token, b.model_max_length)
-
-
-@pytest.mark.slow
-def test_greedy_tokens_equal_on_five_prompts(smollm2_dir, transformers_dir):
-    import mlx.core as mx
-    from mlx_lm import load
-    from mlx_lm.generate import generate_step
-
-    def greedy(folder: Path) -> list[list[int]]:
-        model, tokenizer = load(str(folder))
-        out = []
-        for text in GREEDY_PROMPTS:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-            out.append(list(ids) + [int(t) for t, _ in generate_step(mx.array(ids), model, max_tokens=16)])
-        return out
-
-    assert greedy(smollm2_dir) == greedy(transformers_dir)
 
 
 def _demo_command() -> str:
