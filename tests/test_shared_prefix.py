@@ -130,13 +130,7 @@ def test_smollm2_ab_scores_from_shared_prefixes(smollm2, smollm2_dir, backend):
         from mlx_steer.torch_backend import load
 
         m = load(str(smollm2_dir))
-    items = ev.caa_items("myopic-reward")[:2] + ev.caa_items("refusal")[:1]  # different lengths
-    vec = np.random.default_rng(4).standard_normal(m.hidden_size).astype(np.float32)
-    vec *= 2.0 / np.linalg.norm(vec)
-    grid = ev.Grid(m, vector=vec, layers=[8], strengths=[8.0], controls=("random", "flipped"),
-                   positions="last", seed=0)
-    shared = ev.ab.ab_scores(m, items, grid, batch_size=8)
-    whole = ev.ab.ab_scores(m, items, grid, batch_size=8, shared_prefix=False, share_layers=False)
+    shared, whole = _smollm2_both_paths(m, ev.caa_items("myopic-reward")[:2] + ev.caa_items("refusal")[:1])
     # fp32 on SmolLM2's 30 layers: today's whole-forward path differs from itself by up to 1.8e-6 when only
     # the chunking changes (batch_size 8 vs 4, measured on MLX), so 1e-5 is the bound that means "same numbers"
     for key in whole:
@@ -160,15 +154,19 @@ def test_smollm2_shared_prefixes_exact_in_float64(smollm2_dir, backend):
         from mlx_steer.torch_backend import load
 
         m = load(str(smollm2_dir), dtype="float64")
-    items = ev.caa_items("myopic-reward")[:1] + ev.caa_items("refusal")[:1]  # different lengths
+    shared, whole = _smollm2_both_paths(m, ev.caa_items("myopic-reward")[:1] + ev.caa_items("refusal")[:1])
+    assert set(shared) == set(whole) and len(whole) == 4
+    for key in whole:
+        np.testing.assert_allclose(shared[key], whole[key], atol=1e-12, rtol=0, err_msg=str(key))
+    assert np.ptp(np.concatenate([whole[k] for k in whole])) > 1e-2  # the cells differ: the check can fail
+
+
+def _smollm2_both_paths(m, items: list) -> tuple[dict, dict]:
+    """A/B scores of ``items`` (of different lengths) at layer 8, +8, both controls: shared, whole."""
     assert len({len(ev.ab_prompt(m, it).prompt) for it in items}) == 2
     vec = np.random.default_rng(4).standard_normal(m.hidden_size).astype(np.float32)
     vec *= 2.0 / np.linalg.norm(vec)
     grid = ev.Grid(m, vector=vec, layers=[8], strengths=[8.0], controls=("random", "flipped"),
                    positions="last", seed=0)
     shared = ev.ab.ab_scores(m, items, grid, batch_size=8)
-    whole = ev.ab.ab_scores(m, items, grid, batch_size=8, shared_prefix=False, share_layers=False)
-    assert set(shared) == set(whole) and len(whole) == 4
-    for key in whole:
-        np.testing.assert_allclose(shared[key], whole[key], atol=1e-12, rtol=0, err_msg=str(key))
-    assert np.ptp(np.concatenate([whole[k] for k in whole])) > 1e-2  # the cells differ: the check can fail
+    return shared, ev.ab.ab_scores(m, items, grid, batch_size=8, shared_prefix=False, share_layers=False)

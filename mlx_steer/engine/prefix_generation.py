@@ -16,7 +16,6 @@ front-aligned tensors, gates, which read the whole prompt) is refused with
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,7 +25,7 @@ from .hooks import Hooks
 from .limits import check_loop
 from .plan import check_plans
 from .results import BatchResult, RowStep
-from .shared_prefix import PrefixRefused, prefix_runner, refuse_prefix_positions
+from .shared_prefix import PrefixRefused, backend_module, prefix_runner, refuse_prefix_positions
 
 if TYPE_CHECKING:
     from .model import Steerable
@@ -51,12 +50,7 @@ def prefix_generator(backend: object) -> PrefixGenerator:
     Raises:
         PrefixRefused: the backend has none.
     """
-    package = type(backend).__module__.rpartition(".")[0]
-    try:
-        module: Any = importlib.import_module(f"{package}.prefix_generation")
-    except ModuleNotFoundError as exc:
-        raise PrefixRefused(f"the {type(backend).__name__} backend cannot generate from shared prefixes") from exc
-    return module
+    return backend_module(backend, "prefix_generation", "generate from shared prefixes")
 
 
 class PromptPrefixes:

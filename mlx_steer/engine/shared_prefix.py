@@ -62,12 +62,20 @@ def prefix_runner(backend: object) -> PrefixRunner:
     Raises:
         PrefixRefused: the backend has none.
     """
+    return backend_module(backend, "prefix_cache", "run from shared prefixes")
+
+
+def backend_module(backend: object, name: str, what: str) -> Any:
+    """The module ``name`` beside ``backend``'s class in its package (a backend's optional verbs).
+
+    Raises:
+        PrefixRefused: the backend has none ("the X backend cannot {what}").
+    """
     package = type(backend).__module__.rpartition(".")[0]
     try:
-        module: Any = importlib.import_module(f"{package}.prefix_cache")
+        return importlib.import_module(f"{package}.{name}")
     except ModuleNotFoundError as exc:
-        raise PrefixRefused(f"the {type(backend).__name__} backend cannot run from shared prefixes") from exc
-    return module
+        raise PrefixRefused(f"the {type(backend).__name__} backend cannot {what}") from exc
 
 
 class PrefixRefused(ValueError):
