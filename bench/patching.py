@@ -66,7 +66,8 @@ def bench(model, label: str, repeats: int) -> list[dict]:
     assert np.allclose(a, b.grid("activation", "metric").ravel(), atol=1e-3), "the same cells, the same numbers"
     rows = speedup_rows(f"residual-stream activation patching, {cells}, SmolLM2 ({label})",
                         {"one cell per forward, whole forwards": one,
-                         "64 cells per forward, each batch from its lowest patched layer (patch)": batched}, 5.0)
+                         "batched (patch): cells tiled by position and layer band, each forward continuing a shared "
+                         "prefix of the corrupted prompt from its lowest patched layer": batched}, 5.0)
     forward, _ = _median(lambda: model.run([CORRUPTED]), max(repeats, 5))
     attribution, c = _median(lambda: patch(model, CLEAN, CORRUPTED, method="attribution", **kw), repeats)
     rows += speedup_rows(f"attribution patching, {cells}, SmolLM2 ({label})",
