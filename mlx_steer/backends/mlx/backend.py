@@ -26,7 +26,7 @@ from . import writing
 from .arrays import XP
 from .batch_loop import GeneratorLoop, generate_rows
 from .logit_cut import logits_at
-from .sampling import make_sampling
+from .sampling import batch_sampling, left_padding, make_sampling
 
 if TYPE_CHECKING:
     from ...engine.protocols import Backend
@@ -203,11 +203,8 @@ class MLXBackend(MappedTree):
                       **options: Any) -> Iterator[RowStep]:
         """mlx-lm's ``BatchGenerator`` over every row at once (row by row where this model's
         padded batches are wrong, see :meth:`_batch_padding_works`)."""
-        sampler, processors, rest = make_sampling(**options)
-        if rest:
-            raise ValueError(f"unsupported option(s) for batch generation: {', '.join(sorted(rest))}")
-        lengths = [len(t) for t in tokens]
-        pad = [max(lengths) - n for n in lengths]
+        sampler, processors = batch_sampling(**options)
+        pad = left_padding(tokens)
         if len(tokens) > 1 and any(pad) and not self._batch_padding_works(pad):
             for row, t in enumerate(tokens):
                 with self.state.laid_out(Layout([len(t)], rows=[row])):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...engine.results import RowStep
 from .batch_loop import generate_rows
-from .sampling import make_sampling
+from .sampling import batch_sampling, left_padding
 
 if TYPE_CHECKING:
     from .backend import MLXBackend
@@ -34,11 +34,8 @@ def generate_rows_from(backend: MLXBackend, prefix: MLXPrefix, rows: np.ndarray,
     """
     from ...engine.shared_prefix import PrefixRefused
 
-    sampler, processors, rest = make_sampling(**options)
-    if rest:
-        raise ValueError(f"unsupported option(s) for batch generation: {', '.join(sorted(rest))}")
-    lengths = [len(t) for t in tokens]
-    pad = [max(lengths) - n for n in lengths]
+    sampler, processors = batch_sampling(**options)
+    pad = left_padding(tokens)
     if len(tokens) > 1 and any(pad) and not backend._batch_padding_works(pad):
         raise PrefixRefused("this model's left-padded batches are not exact; generation from shared prefixes needs them")
     kept = {r: [c.extract(r) for c in prefix.cache] for r in sorted(set(rows.tolist()))}  # read, never written

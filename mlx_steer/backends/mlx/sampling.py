@@ -8,7 +8,7 @@ import mlx.core as mx
 
 from .seeded_sampler import SeededSampler
 
-__all__ = ["make_sampling"]
+__all__ = ["batch_sampling", "left_padding", "make_sampling"]
 
 
 def make_sampling(
@@ -29,3 +29,21 @@ def make_sampling(
         repetition_penalty=repetition_penalty, repetition_context_size=repetition_context_size
     ) + list(logits_processors or [])
     return sampler, processors, rest
+
+
+def batch_sampling(**options: Any) -> tuple[Any, list]:
+    """The sampler and logits processors of a batched generation (every option must be one it takes).
+
+    Raises:
+        ValueError: options a batched generation does not take, named.
+    """
+    sampler, processors, rest = make_sampling(**options)
+    if rest:
+        raise ValueError(f"unsupported option(s) for batch generation: {', '.join(sorted(rest))}")
+    return sampler, processors
+
+
+def left_padding(tokens: list[list[int]]) -> list[int]:
+    """Each row's left padding in a batch of ``tokens`` (to the longest row)."""
+    longest = max(len(t) for t in tokens)
+    return [longest - len(t) for t in tokens]
