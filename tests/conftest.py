@@ -70,3 +70,11 @@ def smollm2(smollm2_dir):
     import mlx_steer as ms
 
     return ms.load(str(smollm2_dir))
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch(smollm2_dir):
+    """A shared torch-backend model of SmolLM2, fp32 (tests must not mutate it)."""
+    from mlx_steer.torch_backend import load
+
+    return load(str(smollm2_dir))

@@ -162,12 +162,12 @@ def test_bad_model_args_exit_with_one_message(tmp_path, steer_files, args, messa
 
 
 @pytest.mark.slow
-def test_smollm2_steered_and_unsteered_from_the_cli(tmp_path, smollm2_dir):
+def test_smollm2_steered_and_unsteered_from_the_cli(tmp_path, smollm2_dir, smollm2):
     """The real SmolLM2 from the CLI: the steered samples equal ``generate`` with the same steering and
     differ from the unsteered ones, which equal plain ``generate``."""
     import mlx_steer as ms
 
-    m = ms.load(str(smollm2_dir))
+    m = smollm2
     v = np.random.default_rng(7).normal(size=m.hidden_size).astype(np.float32)
     v *= 8.0 / np.linalg.norm(v)
     ms.save_vector(ms.SteeringVector({"model.layers.10": v}), tmp_path / "v.safetensors")
@@ -188,7 +188,7 @@ def test_smollm2_steered_and_unsteered_from_the_cli(tmp_path, smollm2_dir):
 
 
 @pytest.mark.slow
-def test_docs_page_runs_as_written(tmp_path, smollm2_dir):
+def test_docs_page_runs_as_written(tmp_path, smollm2_dir, smollm2):
     """docs/inspect.md's ``bash`` blocks, then its ``python`` blocks, run in one folder on SmolLM2 with
     ``PATH`` filled in (``sh`` blocks, the pip install, are not run); the steered log's first sample
     equals ``generate`` with the page's steering, and the sample the page leaves unsteered equals plain ``generate``."""
@@ -208,7 +208,7 @@ def test_docs_page_runs_as_written(tmp_path, smollm2_dir):
     assert "batch_peak" in proc.stdout
     from inspect_ai.log import read_eval_log
 
-    m = ms.load(str(smollm2_dir))
+    m = smollm2
     vec = ms.load_vector(tmp_path / "love.safetensors", model=m)
     log = read_eval_log(str(next((tmp_path / "logs-love").glob("*.eval"))))
     ids = chat_ids(m, "Describe your neighbours in one sentence.")

@@ -123,13 +123,8 @@ def test_ab_scores_steering_every_position_falls_back(backend_models, backend):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_smollm2_ab_scores_from_shared_prefixes(smollm2, smollm2_dir, backend):
-    if backend == "mlx":
-        m = smollm2
-    else:
-        from mlx_steer.torch_backend import load
-
-        m = load(str(smollm2_dir))
+def test_smollm2_ab_scores_from_shared_prefixes(smollm2, smollm2_torch, backend):
+    m = smollm2 if backend == "mlx" else smollm2_torch
     shared, whole = _smollm2_both_paths(m, ev.caa_items("myopic-reward")[:2] + ev.caa_items("refusal")[:1])
     # fp32 on SmolLM2's 30 layers: today's whole-forward path differs from itself by up to 1.8e-6 when only
     # the chunking changes (batch_size 8 vs 4, measured on MLX), so 1e-5 is the bound that means "same numbers"

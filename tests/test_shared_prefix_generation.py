@@ -115,13 +115,8 @@ def test_generation_scores_equal_the_full_path(backend_models, backend, position
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_smollm2_generations_from_shared_prefixes(smollm2, smollm2_dir, backend):
-    if backend == "mlx":
-        m = smollm2
-    else:
-        from mlx_steer.torch_backend import load
-
-        m = load(str(smollm2_dir))
+def test_smollm2_generations_from_shared_prefixes(smollm2, smollm2_torch, backend):
+    m = smollm2 if backend == "mlx" else smollm2_torch
     prompts = [m.encode(p, chat=True) for p in ("Tell me about cats.", "What should I cook tonight for my friends?")]
     vec = np.random.default_rng(4).standard_normal(m.hidden_size).astype(np.float32)
     vec *= 4.0 / np.linalg.norm(vec)
