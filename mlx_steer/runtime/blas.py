@@ -29,6 +29,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from . import openblas_core
+
 ENV = "MLX_STEER_BLAS"
 OFF_VALUES = ("off", "0", "none", "reference")
 HOW_TO_GET = ("install one: `sudo apt-get install libopenblas0-pthread` (Debian/Ubuntu; other distributions "
@@ -58,6 +60,9 @@ class BlasSetup:
         loaded: the library this module loaded globally before MLX, or None.
         mlx_was_imported: ``mlx.core`` was already imported when mlx_steer was (too late to change).
         error: why the requested library could not be used, or None.
+        core: the kernel set the loaded OpenBLAS runs (``openblas_get_corename``), or None.
+        core_chosen: the ``OPENBLAS_CORETYPE`` this module set from the CPU's features before loading
+            it (see :mod:`.openblas_core`), or None (the user's own value, or nothing set).
     """
 
     applies: bool
@@ -66,6 +71,8 @@ class BlasSetup:
     loaded: str | None = None
     mlx_was_imported: bool = False
     error: str | None = None
+    core: str | None = None
+    core_chosen: str | None = None
 
 
 _SETUP: BlasSetup | None = None
@@ -117,6 +124,7 @@ def _decide() -> BlasSetup:
     path = _installed_fast() if setting == "auto" else setting
     if path is None or mlx_was_imported:
         return BlasSetup(applies=True, setting=setting, wanted=path, mlx_was_imported=mlx_was_imported)
+    chosen = openblas_core.choose(path)  # before loading: OpenBLAS reads it once, when it loads
     try:
         lib = ctypes.CDLL(path, mode=os.RTLD_GLOBAL | os.RTLD_NOW)
         lib.cblas_sgemm  # noqa: B018 -- AttributeError when it is not a CBLAS
@@ -125,7 +133,8 @@ def _decide() -> BlasSetup:
             f"{ENV}={setting!r} cannot be used as MLX's BLAS ({exc}); valid: 'auto' (default), 'off', or the "
             "path of a shared library exporting cblas_sgemm (e.g. OpenBLAS's libopenblas.so.0); MLX keeps "
             "its bundled reference BLAS"))
-    return BlasSetup(applies=True, setting=setting, wanted=path, loaded=path)
+    return BlasSetup(applies=True, setting=setting, wanted=path, loaded=path, core=openblas_core.core_name(lib),
+                     core_chosen=chosen)
 
 
 def _installed_fast() -> str | None:

@@ -1,20 +1,22 @@
 """``mlx-steer doctor``: what this process runs on, and whether MLX got a fast BLAS.
 
 Prints the platform, the versions of mlx, mlx-lm, torch and transformers, MLX's default device, which
-BLAS MLX's ``cblas_sgemm`` is bound to (read from the dynamic linker, see :mod:`.blas`), and a measured
+BLAS MLX's ``cblas_sgemm`` is bound to (read from the dynamic linker, see :mod:`.blas`), the kernel set
+an OpenBLAS runs (:mod:`.openblas_core`), and a measured
 fp32 matmul rate; when MLX runs on the bundled reference BLAS it says how to get a fast one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from . import blas
+from . import blas, openblas_core
 
 MATMUL = (256, 576, 1536)  # (M, K, N): a SmolLM2-sized projection over a batch of 256 token rows
 
@@ -53,6 +55,7 @@ def report(*, measure: bool = True) -> dict[str, Any]:
         "mlx": _version_of("mlx"), "mlx_backend": _mlx_build(),
         "mlx_lm": _version_of("mlx-lm"), "torch": _version_of("torch"), "transformers": _version_of("transformers"),
         "blas_setting": setup.setting, "blas_error": setup.error,
+        "openblas_core": setup.core, "openblas_core_chosen": setup.core_chosen,
     }
     if facts["mlx"] is None:
         return facts | {"mlx_device": None, "blas": None, "blas_kind": None, "blas_fast": None,
@@ -101,6 +104,11 @@ def format_report(facts: dict[str, Any]) -> str:
         ("BLAS", f"{facts['blas_kind']}: {facts['blas']}" if facts["blas"] else facts["blas_kind"] or "-"),
         (f"{blas.ENV}", facts["blas_setting"]),
     ]
+    if facts["openblas_core"] is not None:
+        how = (f"{openblas_core.ENV}={facts['openblas_core_chosen']}, set from the CPU's features"
+               if facts["openblas_core_chosen"] else f"{openblas_core.ENV}={os.environ[openblas_core.ENV]}, set by you"
+               if openblas_core.ENV in os.environ else "OpenBLAS's own detection")
+        lines.append(("OpenBLAS kernels", f"{facts['openblas_core']} ({how})"))
     if facts["matmul_gflops"] is not None:
         m, k, n = MATMUL
         lines.append(("matmul", f"fp32 ({m}x{k})·({k}x{n}): {facts['matmul_gflops']:.1f} GFLOP/s"))
