@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ANSWER_PREFIX", "ab_prompt", "ab_scores", "ab_vector"]
 
+# A cell's forward from a shared prefix runs one or two tokens per row, not the ~100 of the whole prompt:
+# it carries this many times ``batch_size`` rows (its memory per row is a few tokens' activations, one
+# layer's gathered prefix keys and values, and the logits at the answer's positions).
+SUFFIX_ROWS_PER_ROW = 8
+
 
 def ab_prompt(model: Steerable, item: ABItem, *, chat: bool = True, system: str | None = None) -> ABSequences:
     """The prompt (the item up to the assistant's reply) and both answers' full token sequences.
@@ -109,7 +114,7 @@ def ab_scores(model: Steerable, items: Sequence[ABItem], grid: Grid, *, chat: bo
         chunk = seqs[c0: c0 + per_chunk]
         rows = [r for s in chunk for r in s.rows]
         tail = [len(r) - s.steer_from for s in chunk for r in s.rows]  # steered positions at each row's end
-        k = max(len(r) - len(s.prompt) + 1 for s in chunk for r in s.rows)  # logits kept per row: its last k
+        k = max(len(r) - s.steer_from for s in chunk for r in s.rows)  # logits kept per row: its last k
         at = [[max(0, len(r) - k + j) for j in range(k)] for r in rows]
         cells_per_forward = max(1, batch_size // len(rows))
         record = {f"{model.layer_paths[s]}:input": "all" for s in starts} if not whole else None
@@ -151,7 +156,7 @@ def _from_prefixes(model: Steerable, seqs: list[ABSequences], specs: dict[tuple,
     for spec in specs.values():  # refused here, before any forward: a front-aligned vector, say
         refuse_prefix_positions(model.plan(interventions=spec), np.array([2]), np.array([1]))
     chunks = [seqs[c0: c0 + per_chunk] for c0 in range(0, len(seqs), per_chunk)]
-    ks = [max(len(r) - len(s.prompt) + 1 for s in chunk for r in s.rows) for chunk in chunks]  # logits kept per row
+    ks = [max(len(r) - s.steer_from for s in chunk for r in s.rows) for chunk in chunks]  # logits kept per row
     # each item's prefix ends before its first steered position and its first read one (both rows share it)
     cuts = [[min(s.steer_from, *(len(r) - k for r in s.rows)) for s in chunk] for chunk, k in zip(chunks, ks)]
     if min(min(c) for c in cuts) < 1:
@@ -167,12 +172,13 @@ def _from_prefixes(model: Steerable, seqs: list[ABSequences], specs: dict[tuple,
         out[("unsteered",)].append(_probabilities(model.to_numpy(base.logits), chunk))
         if progress is not None:
             progress(len(chunk))
-        cells_per_forward = max(1, batch_size // len(rows))
+        suffix_rows = batch_size * SUFFIX_ROWS_PER_ROW
+        cells_per_forward = max(1, suffix_rows // len(rows))
         for g0 in range(0, len(keys_all), cells_per_forward):
             keys = keys_all[g0: g0 + cells_per_forward]
             per_row = [tails.spec(key, t) for key in keys for t in tail]
             tr = cache.run(suffixes * len(keys), prefix_of=of * len(keys), interventions=per_row,
-                           logits=at * len(keys), check_finite=False, max_rows=max(batch_size, len(rows)))
+                           logits=at * len(keys), check_finite=False, max_rows=max(suffix_rows, len(rows)))
             logits = model.to_numpy(tr.logits)
             for j, key in enumerate(keys):
                 out[key].append(_probabilities(logits[j * len(rows): (j + 1) * len(rows)], chunk))
@@ -217,7 +223,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def _probabilities(logits: np.ndarray, chunk: list[ABSequences]) -> np.ndarray:
     """``p(m) / (p(m) + p(n))`` of each item's two continuations, from its rows' logits ((rows, k, V),
-    kept at each row's last k positions); float64, NaN where the logits are not finite."""
+    kept at each row's last k positions); float64, NaN where the logits are not finite. The tokens
+    both continuations share (the ``"("`` a tokenizer splits off) have the same log-probability in
+    both and cancel in the ratio: only the tokens from the first that differs are read."""
     logp = _log_softmax(logits)
     k = logp.shape[1]
     out, r = np.empty(len(chunk)), 0
@@ -227,7 +235,7 @@ def _probabilities(logits: np.ndarray, chunk: list[ABSequences]) -> np.ndarray:
         for a, answer in enumerate((s.matching, s.not_matching)):
             row = r + (a if len(rows) == 2 else 0)
             first = len(rows[a if len(rows) == 2 else 0]) - k  # absolute position of the row's first kept column
-            ll.append(sum(logp[row, p - 1 - first, answer[p]] for p in range(len(s.prompt), len(answer))))
+            ll.append(sum(logp[row, p - 1 - first, answer[p]] for p in range(s.common, len(answer))))
         r += len(rows)
         with np.errstate(over="ignore", invalid="ignore"):
             out[i] = 1.0 / (1.0 + np.exp(ll[1] - ll[0]))

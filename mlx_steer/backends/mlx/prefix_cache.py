@@ -1,6 +1,6 @@
 """Shared prefixes on MLX (:mod:`mlx_steer.engine.shared_prefix`): the prefixes run once, left-padded,
-into mlx-lm ``BatchKVCache`` s; each suffix forward gathers the cache rows it continues into a fresh
-batch cache (the kept one is never written), so each row's rotary offset, padding mask and absolute
+into mlx-lm ``BatchKVCache`` s; each suffix forward reads the cache rows it continues, each layer
+gathering them when it runs (the kept cache is never written, nothing gathered is kept), so each row's rotary offset, padding mask and absolute
 positions (the position tracker reads the per-row cache offset) are those of its own prefix."""
 
 from __future__ import annotations
@@ -64,17 +64,31 @@ def run_prefix(backend: MLXBackend, tokens: list[list[int]], *, prompt_lengths: 
 
 
 def gathered(prefix: MLXPrefix, rows: np.ndarray) -> list:
-    """A fresh batch cache per layer holding prefix rows ``rows`` (repeats allowed)."""
+    """Per layer, a batch cache reading prefix rows ``rows`` (repeats allowed) for one forward: its
+    ``update_and_fetch`` returns those rows followed by the new keys and values and keeps neither, so
+    a forward holds one layer's gathered rows at a time, not every layer's."""
+    idx = mx.array(rows.astype(np.int32))
+    return [_gathering_cache()(c, idx) for c in prefix.cache]
+
+
+def _gathering_cache() -> type:
     from mlx_lm.models import cache as C
 
-    idx = mx.array(rows.astype(np.int32))
-    out = []
-    for c in prefix.cache:
-        g = C.BatchKVCache(left_padding=[0] * rows.size)
-        g.keys, g.values = c.keys[idx, :, : c._idx], c.values[idx, :, : c._idx]
-        g.offset, g.left_padding, g._idx = c.offset[idx], c.left_padding[idx], c._idx
-        out.append(g)
-    return out
+    class GatheringCache(C.BatchKVCache):
+        def __init__(self, source: C.BatchKVCache, idx: mx.array):
+            super().__init__(left_padding=[0] * idx.size)
+            self.source, self.idx = source, idx
+            self.offset, self.left_padding, self._idx = source.offset[idx], source.left_padding[idx], source._idx
+
+        def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+            n = self.source._idx
+            out = tuple(mx.concatenate([kept[self.idx, :, :n], new], axis=2)
+                        for kept, new in ((self.source.keys, keys), (self.source.values, values)))
+            self.offset = self.offset + keys.shape[2]
+            self._idx += keys.shape[2]
+            return out[0], out[1]
+
+    return GatheringCache
 
 
 def forward_from(backend: MLXBackend, prefix: MLXPrefix, rows: np.ndarray, tokens: list[list[int]],
@@ -85,8 +99,6 @@ def forward_from(backend: MLXBackend, prefix: MLXPrefix, rows: np.ndarray, token
     cache = gathered(prefix, rows)
     lp = prefix.lengths[rows]
     x = mx.array(tokens)
-    for c in cache:  # grow each layer's cache by the suffix alone, not mlx-lm's 256-token step (zeros + copy)
-        c.step = x.shape[1]
 
     def run() -> mx.array:
         with backend.state.laid_out(Layout([len(t) for t in tokens], prefix.padding[rows], rows=keys)):

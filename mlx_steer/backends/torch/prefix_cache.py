@@ -1,12 +1,14 @@
 """Shared prefixes on torch (:mod:`mlx_steer.engine.shared_prefix`): the prefixes run once, left-padded
-(padding masked, positions shifted), into a transformers ``DynamicCache``; each suffix forward gathers
-the cache rows it continues into a fresh cache (the kept one is never written), with the prefix's
-attention mask and position ids continuing from each row's own prefix length."""
+(padding masked, positions shifted), into a transformers ``DynamicCache``; each suffix forward reads
+the cache rows it continues, with the prefix's attention mask and position ids continuing from each
+row's own prefix length. The kept cache is never written: each layer of a suffix forward gathers its
+rows (one copy, from the prefix padded once per suffix length with room for the suffix) when the layer
+runs and keeps nothing, so a forward holds one layer's gathered rows at a time, not every layer's."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,12 +26,49 @@ __all__ = ["TorchPrefix", "forward_from", "run_prefix"]
 
 @dataclass
 class TorchPrefix:
-    """The kept cache, its attention mask (P, Lp), and each prefix row's length and padding."""
+    """The kept cache, its attention mask (P, Lp), each prefix row's length and padding, and per suffix
+    length ``S`` each layer's keys and values with ``S`` empty columns after the prefix (made on first use)."""
 
     cache: Any
     mask: torch.Tensor
     lengths: np.ndarray
     padding: np.ndarray
+    roomy: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+
+    def with_room(self, S: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (P, heads, Lp + S, head dim) keys and values, the last ``S`` columns zero."""
+        if S not in self.roomy:
+            def pad(x: torch.Tensor) -> torch.Tensor:
+                return torch.cat([x, x.new_zeros(*x.shape[:-2], S, x.shape[-1])], dim=-2)
+
+            self.roomy[S] = [(pad(layer.keys), pad(layer.values)) for layer in self.cache.layers]
+        return self.roomy[S]
+
+
+def _gathering_layer() -> type:
+    """A ``DynamicLayer`` whose ``update`` returns prefix rows followed by the new keys and values, keeping neither."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GatheringLayer(DynamicLayer):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, idx: torch.Tensor, prefix_len: int):
+            super().__init__()
+            self.source, self.idx, self.prefix_len = (keys, values), idx, prefix_len
+            self.keys = self.values = keys  # only read for dtype/device/length checks
+            self.is_initialized, self.device = True, keys.device
+
+        def get_seq_length(self) -> int:
+            return self.prefix_len
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            out = []
+            for source, new in zip(self.source, (key_states, value_states)):
+                rows = source.index_select(0, self.idx)  # one copy: (n, heads, Lp + S, head dim)
+                rows[..., self.prefix_len:, :] = new
+                out.append(rows)
+            return out[0], out[1]
+
+    return GatheringLayer
 
 
 def run_prefix(backend: TorchBackend, tokens: list[list[int]], *,
@@ -55,14 +94,16 @@ def run_prefix(backend: TorchBackend, tokens: list[list[int]], *,
     return TorchPrefix(cache, mask, lengths, pad)
 
 
-def gathered(backend: TorchBackend, prefix: TorchPrefix, rows: np.ndarray) -> Any:
-    """A fresh ``DynamicCache`` holding prefix rows ``rows`` (repeats allowed)."""
+def gathered(backend: TorchBackend, prefix: TorchPrefix, rows: np.ndarray, suffix_len: int) -> Any:
+    """A ``DynamicCache`` reading prefix rows ``rows`` (repeats allowed) for one forward of
+    ``suffix_len`` tokens: each layer gathers its rows when it runs and keeps nothing."""
     from transformers import DynamicCache
 
     idx = torch.from_numpy(rows.astype(np.int64)).to(backend.device)
+    layer_type = _gathering_layer()
     out = DynamicCache(config=backend.model.config)
-    for i, layer in enumerate(prefix.cache.layers):
-        out.update(layer.keys.index_select(0, idx), layer.values.index_select(0, idx), i)
+    Lp = prefix.mask.shape[1]
+    out.layers = [layer_type(k, v, idx, Lp) for k, v in prefix.with_room(suffix_len)]
     return out
 
 
@@ -81,5 +122,5 @@ def forward_from(backend: TorchBackend, prefix: TorchPrefix, rows: np.ndarray, t
     keep, result = backend.kept_logits(at, keep_logits=keep_logits)
     with torch.no_grad(), backend.state.laid_out(Layout([S] * n, prefix.padding[rows], rows=keys)):
         out = model(input_ids=torch.tensor(tokens, device=device), attention_mask=mask, position_ids=pos,
-                    **{cache_keyword(model): gathered(backend, prefix, rows)}, use_cache=True, logits_to_keep=keep)
+                    **{cache_keyword(model): gathered(backend, prefix, rows, S)}, use_cache=True, logits_to_keep=keep)
     return result(out.logits)
