@@ -5,6 +5,7 @@ positions (the position tracker reads the per-row cache offset) are those of its
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -68,9 +69,11 @@ def gathered(prefix: MLXPrefix, rows: np.ndarray) -> list:
     ``update_and_fetch`` returns those rows followed by the new keys and values and keeps neither, so
     a forward holds one layer's gathered rows at a time, not every layer's."""
     idx = mx.array(rows.astype(np.int32))
-    return [_gathering_cache()(c, idx) for c in prefix.cache]
+    cache_type = _gathering_cache()
+    return [cache_type(c, idx) for c in prefix.cache]
 
 
+@functools.cache
 def _gathering_cache() -> type:
     from mlx_lm.models import cache as C
 
@@ -81,9 +84,10 @@ def _gathering_cache() -> type:
             self.offset, self.left_padding, self._idx = source.offset[idx], source.left_padding[idx], source._idx
 
         def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-            n = self.source._idx
+            n, kept_keys, kept_values = self.source._idx, self.source.keys, self.source.values
+            assert kept_keys is not None and kept_values is not None  # the prefix ran
             out = tuple(mx.concatenate([kept[self.idx, :, :n], new], axis=2)
-                        for kept, new in ((self.source.keys, keys), (self.source.values, values)))
+                        for kept, new in ((kept_keys, keys), (kept_values, values)))
             self.offset = self.offset + keys.shape[2]
             self._idx += keys.shape[2]
             return out[0], out[1]

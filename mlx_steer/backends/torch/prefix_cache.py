@@ -7,6 +7,7 @@ runs and keeps nothing, so a forward holds one layer's gathered rows at a time, 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ class TorchPrefix:
         return self.roomy[S]
 
 
+@functools.cache
 def _gathering_layer() -> type:
     """A ``DynamicLayer`` whose ``update`` returns prefix rows followed by the new keys and values, keeping neither."""
     from transformers.cache_utils import DynamicLayer
