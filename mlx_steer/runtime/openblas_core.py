@@ -10,7 +10,9 @@ OpenBLAS reads ``OPENBLAS_CORETYPE`` once, when it is loaded. So before :mod:`.b
 :func:`choose` sets it from the CPU's feature flags (``/proc/cpuinfo``) where the user has not:
 ``SkylakeX`` (the AVX-512 kernels) where the CPU has AVX-512 F/CD/BW/DQ/VL, ``Haswell`` (AVX2 and FMA)
 where it has those, nothing otherwise. A value the user set is left as it is (``OPENBLAS_CORETYPE=Prescott``
-restores the generic kernels). The variable is set in ``os.environ``, so processes this one starts (the
+restores the generic kernels). An OpenBLAS built without a kernel set answers its name with the nearest it
+has (its ``dynamic.c`` aliases SkylakeX to Haswell, Haswell to Sandybridge, ...), never with less than
+it would detect. The variable is set in ``os.environ``, so processes this one starts (the
 data-parallel workers, a served model) load OpenBLAS the same way. :func:`core_name` reads back what the
 loaded library runs (``mlx-steer doctor`` prints it).
 """
