@@ -72,7 +72,9 @@ def _torch_gflops(seconds: float = 1.0) -> float | None:
         import torch
     except ImportError:
         return None
-    m, k, n = doctor_shape()
+    from mlx_steer.runtime.doctor import MATMUL
+
+    m, k, n = MATMUL
     a, b = torch.randn(m, k), torch.randn(k, n)
     a @ b
     best, deadline = float("inf"), time.perf_counter() + seconds
@@ -81,12 +83,6 @@ def _torch_gflops(seconds: float = 1.0) -> float | None:
         a @ b
         best = min(best, time.perf_counter() - t)
     return 2 * m * k * n / best / 1e9
-
-
-def doctor_shape() -> tuple[int, int, int]:
-    from mlx_steer.runtime.doctor import MATMUL
-
-    return MATMUL
 
 
 def run_variants(repeats: int) -> dict[str, dict]:

@@ -156,6 +156,7 @@ def _from_prefixes(model: Steerable, seqs: list[ABSequences], specs: dict[tuple,
     for spec in specs.values():  # refused here, before any forward: a front-aligned vector, say
         refuse_prefix_positions(model.plan(interventions=spec), np.array([2]), np.array([1]))
     chunks = [seqs[c0: c0 + per_chunk] for c0 in range(0, len(seqs), per_chunk)]
+    suffix_rows = batch_size * SUFFIX_ROWS_PER_ROW
     ks = [max(len(r) - s.steer_from for s in chunk for r in s.rows) for chunk in chunks]  # logits kept per row
     # each item's prefix ends before its first steered position and its first read one (both rows share it)
     cuts = [[min(s.steer_from, *(len(r) - k for r in s.rows)) for s in chunk] for chunk, k in zip(chunks, ks)]
@@ -172,7 +173,6 @@ def _from_prefixes(model: Steerable, seqs: list[ABSequences], specs: dict[tuple,
         out[("unsteered",)].append(_probabilities(model.to_numpy(base.logits), chunk))
         if progress is not None:
             progress(len(chunk))
-        suffix_rows = batch_size * SUFFIX_ROWS_PER_ROW
         cells_per_forward = max(1, suffix_rows // len(rows))
         for g0 in range(0, len(keys_all), cells_per_forward):
             keys = keys_all[g0: g0 + cells_per_forward]

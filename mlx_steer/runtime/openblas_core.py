@@ -4,7 +4,7 @@ An OpenBLAS built with ``DYNAMIC_ARCH`` (Debian's and Ubuntu's ``libopenblas0-pt
 from the CPU's model number when it loads. A CPU newer than the library, or one a virtual machine reports
 as a bare "Intel(R) Xeon(R) Processor", gets the generic ``Prescott`` (SSE3) kernels: on an AVX-512 machine
 with OpenBLAS 0.3.21 that made a (256×576)·(576×1536) fp32 matmul take 10.4 ms instead of 3.1 ms, and
-SmolLM2's whole forward several times slower (``bench/blas_core.py``).
+SmolLM2's whole forward several times slower (``bench/blas.py``).
 
 OpenBLAS reads ``OPENBLAS_CORETYPE`` once, when it is loaded. So before :mod:`.blas` loads an OpenBLAS,
 :func:`choose` sets it from the CPU's feature flags (``/proc/cpuinfo``) where the user has not:

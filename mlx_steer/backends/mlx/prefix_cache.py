@@ -1,7 +1,8 @@
 """Shared prefixes on MLX (:mod:`mlx_steer.engine.shared_prefix`): the prefixes run once, left-padded,
 into mlx-lm ``BatchKVCache`` s; each suffix forward reads the cache rows it continues, each layer
-gathering them when it runs (the kept cache is never written, nothing gathered is kept), so each row's rotary offset, padding mask and absolute
-positions (the position tracker reads the per-row cache offset) are those of its own prefix."""
+gathering them when it runs (the kept cache is never written, nothing gathered is kept), so each
+row's rotary offset, padding mask and absolute positions (the position tracker reads the per-row
+cache offset) are those of its own prefix."""
 
 from __future__ import annotations
 
