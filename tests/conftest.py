@@ -54,6 +54,23 @@ def shared_models(load_tiny):
 
 
 @pytest.fixture(scope="session")
+def marker_models(tiny_root):
+    """marker_models(backend) -> a shared tiny llama whose tokenizer has ``<think>``, ``</think>``,
+    ``<tool_call>`` and ``</tool_call>`` as added special tokens (tests must not mutate it)."""
+    import mlx_steer as ms
+
+    folder = tiny_models.build("llama", tiny_root / "llama-markers", seed=3, markers=True)
+    cache: dict = {}
+
+    def get(backend: str = "mlx"):
+        if backend not in cache:
+            cache[backend] = ms.load(str(folder), backend=backend)
+        return cache[backend]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct, prepared once per cache (CI sets MLX_STEER_CACHE)."""
     import os

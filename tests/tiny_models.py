@@ -62,11 +62,16 @@ def _config(arch: str):
     raise ValueError(f"unknown tiny architecture {arch!r}; valid: {ARCHS}")
 
 
-def build_tokenizer():
+MARKERS = ("<think>", "</think>", "<tool_call>", "</tool_call>")  # added tokens of a "reasoning" tokenizer
+
+
+def build_tokenizer(*, markers: bool = False):
+    """The tiny byte-level BPE; ``markers=True`` adds :data:`MARKERS` as special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+    specials += list(MARKERS) if markers else []
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -92,8 +97,9 @@ def fix_rope_theta(folder: Path) -> None:
         path.write_text(json.dumps(cfg, indent=2))
 
 
-def build(arch: str, folder: Path, *, seed: int = 0) -> Path:
-    """Save a seeded random `arch` model (fp32) and the tiny tokenizer to `folder`."""
+def build(arch: str, folder: Path, *, seed: int = 0, markers: bool = False) -> Path:
+    """Save a seeded random `arch` model (fp32) and the tiny tokenizer to `folder` (with the
+    reasoning markers as added tokens when ``markers``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -109,7 +115,7 @@ def build(arch: str, folder: Path, *, seed: int = 0) -> Path:
             if p.dim() >= 2:
                 p.normal_(0.0, 0.08)
     model.save_pretrained(folder)
-    build_tokenizer().save_pretrained(folder)
+    build_tokenizer(markers=markers).save_pretrained(folder)
     fix_rope_theta(folder)
     if arch == "gpt2":
         _strip_gpt2_prefix(folder)

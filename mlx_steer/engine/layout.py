@@ -59,12 +59,14 @@ class SequenceLayout(Layout):
         # row keys are base + uid: by default a range no other call's row keys (prompt indices) reach
         self.base = next(_KEY_SPACES) << 32 if key_base is None else key_base
         self.decoding = False  # whether the current forward samples tokens (monitors read those)
+        self.span_rows: dict[int, object] = {}  # row key -> its token history, for span selectors
 
     def add(self, uid: int, *, prompt_len: int) -> None:
         self.length_of[uid] = prompt_len
 
     def drop(self, uid: int) -> None:
         self.length_of.pop(uid, None)
+        self.span_rows.pop(self.base + uid, None)
 
     def rows_of(self, batch: int, cache: object, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         uids, self.decoding = self.current(cache)

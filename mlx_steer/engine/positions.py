@@ -13,11 +13,16 @@ last position" when it is computed, which makes cached generation equal a full r
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .span_book import SpanBook, TokenFacts, anchor_of
+from .span_json import SPAN_KEYS, SPAN_NAMES, named_node, parse_span
+from .span_nodes import And, Index, Node, Not, Or
 
 if TYPE_CHECKING:
     from .arrays import ArrayOps
@@ -30,17 +35,31 @@ NAMED = ("all", "last", "prompt", "generated")
 class Positions:
     """A position selector. Build with :func:`as_positions` or the class methods.
 
+    Selectors combine with ``&``, ``|`` and ``~`` (e.g. ``Positions("generated") & ~spans.special()``);
+    span selectors (:mod:`mlx_steer.engine.spans`) are resolved per row from the tokens.
+
     Attributes:
-        kind: One of ``all, last, last_n, prompt, generated, first_generated, indices, window``.
+        kind: One of ``all, last, last_n, prompt, generated, first_generated, indices, window, span``.
         indices: Absolute indices for ``indices``.
         start: Window start (inclusive), or ``n`` for ``first_generated`` and ``last_n``.
         stop: Window stop (exclusive).
+        span: The span expression for ``span``.
     """
 
     kind: str = "all"
     indices: tuple[int, ...] = ()
     start: int = 0
     stop: int = 0
+    span: Node | None = None
+
+    def __and__(self, other: object) -> Positions:
+        return Positions("span", span=And((_node(self), _node(as_positions(other)))))
+
+    def __or__(self, other: object) -> Positions:
+        return Positions("span", span=Or((_node(self), _node(as_positions(other)))))
+
+    def __invert__(self) -> Positions:
+        return Positions("span", span=Not(_node(self)))
 
     @classmethod
     def window(cls, start: int, stop: int) -> Positions:
@@ -94,9 +113,13 @@ class Positions:
             return (pos >= plen) & (pos < plen + self.start)
         if k == "indices":
             return real & np.isin(pos, self.indices)
+        if k == "span":
+            raise ValueError(f"span selector {self} is resolved from each row's tokens, not from positions alone")
         return (pos >= self.start) & (pos < self.stop)
 
     def __str__(self) -> str:
+        if self.kind == "span":
+            return str(self.span)
         if self.kind == "indices":
             return "indices(" + ",".join(map(str, self.indices)) + ")"
         if self.kind == "window":
@@ -147,8 +170,11 @@ class PositionState:
     Each backend's position tracker calls :meth:`begin` before every forward.
     """
 
-    def __init__(self, xp: ArrayOps) -> None:
-        self.xp = xp
+    def __init__(self, xp: ArrayOps, *, tokenizer: Any = None) -> None:
+        self.xp, self.tokenizer = xp, tokenizer
+        self.book: SpanBook | None = None  # made when a span selector is first used
+        self._tokens: Any = None  # the current forward's input tokens (device), None for embeddings
+        self._anchor: Any = None  # a weak reference to its KV cache
         self.pos = np.zeros((1, 0), dtype=np.int64)
         self.prompt_len = np.zeros(1, dtype=np.int64)  # where each row's prompt ends (absolute)
         self.prompt_start = np.zeros(1, dtype=np.int64)  # where it starts: past turns come before
@@ -156,8 +182,9 @@ class PositionState:
         self.layouts: list[Layout] = []  # pushed by the model's own trace/generate calls
         self._masks: dict[tuple, object] = {}
 
-    def begin(self, offsets: np.ndarray, length: int, cache: object = None) -> None:
-        """Start a forward of ``length`` tokens whose first token sits at ``offsets`` (B,)."""
+    def begin(self, offsets: np.ndarray, length: int, cache: object = None, tokens: Any = None) -> None:
+        """Start a forward of ``length`` tokens whose first token sits at ``offsets`` (B,);
+        ``tokens`` (B, L) are its input ids (None when it runs on embeddings)."""
         B = offsets.shape[0]
         self.pos = offsets.reshape(-1, 1) + np.arange(length, dtype=np.int64)
         if self.layouts:
@@ -167,6 +194,21 @@ class PositionState:
             self.prompt_len = self.pos[:, -1] + 1 if length else offsets
             self.rows = np.arange(B, dtype=np.int64)
         self._masks = {}
+        self._tokens, self._anchor = tokens, _weak(anchor_of(cache))
+        if self.book is not None:
+            self._begin_book(self.book)
+
+    def _begin_book(self, book: SpanBook) -> None:
+        table = getattr(self.layouts[-1], "span_rows", None) if self.layouts else None
+        book.begin(self.pos, self.rows, self._tokens, table, None if self._anchor is None else self._anchor())
+
+    def _span_book(self) -> SpanBook:
+        if self.book is None:
+            if self.tokenizer is None:
+                raise ValueError("span selectors need the model's tokenizer; this model has none")
+            self.book = SpanBook(TokenFacts(self.tokenizer), self.xp)
+            self._begin_book(self.book)
+        return self.book
 
     @contextlib.contextmanager
     def laid_out(self, layout: Layout) -> Iterator[None]:
@@ -185,7 +227,11 @@ class PositionState:
 
     def host_mask(self, sel: Positions, rows: frozenset[int] | None = None) -> np.ndarray:
         """Boolean (B, L): positions ``sel`` of the rows whose key is in ``rows`` (all when None)."""
-        m = sel.mask(self.pos, self.prompt_len, self.prompt_start)
+        if sel.kind == "span":
+            assert sel.span is not None
+            m = self._span_book().mask(sel.span, self.pos, lambda p: p.mask(self.pos, self.prompt_len, self.prompt_start))
+        else:
+            m = sel.mask(self.pos, self.prompt_len, self.prompt_start)
         if rows is not None:
             m = m & np.isin(self.rows, list(rows))[:, None]
         return m
@@ -199,6 +245,20 @@ class PositionState:
             m = True if host.all() else False if not host.any() else self.xp.mask(host[..., None], like=like)
             self._masks[k] = m
         return m
+
+
+def _weak(anchor: object) -> Any:
+    try:
+        return None if anchor is None else weakref.ref(anchor)
+    except TypeError:  # not weakly referable: its rows are kept with the uncached ones
+        return None
+
+
+def _node(p: Positions) -> Node:
+    if p.kind == "span":
+        assert p.span is not None
+        return p.span
+    return Index(p)
 
 
 def _nonneg(value: object, what: str) -> int:
@@ -217,7 +277,9 @@ def as_positions(spec: object) -> Positions:
 
     Args:
         spec: ``"all" | "last" | "prompt" | "generated"``, an int, a list/tuple of ints, a
-            ``slice(start, stop)`` or ``range``, or a :class:`Positions`.
+            ``slice(start, stop)`` or ``range``, a :class:`Positions`, ``"special" | "reasoning" |
+            "answer"``, ``{"first_generated": n}``, ``{"start": a, "stop": b}``, or a span object
+            (:mod:`mlx_steer.engine.span_json`).
 
     Raises:
         ValueError: naming the bad selector and the valid forms.
@@ -227,10 +289,19 @@ def as_positions(spec: object) -> Positions:
     if isinstance(spec, str):
         if spec in NAMED:
             return Positions(spec)
+        if spec in SPAN_NAMES:
+            return Positions("span", span=named_node(spec, Positions("generated")))
         raise ValueError(
-            f"unknown position selector {spec!r}; valid: {', '.join(NAMED)}, an int, a list of "
-            "ints, slice(start, stop), Positions.window(a, b), Positions.first_generated(n)"
+            f"unknown position selector {spec!r}; valid: {', '.join(NAMED + SPAN_NAMES)}, an int, a list of "
+            "ints, slice(start, stop), Positions.window(a, b), Positions.first_generated(n), a span "
+            f"object with one of the keys {', '.join(SPAN_KEYS)}"
         )
+    if isinstance(spec, dict):
+        if set(spec) == {"first_generated"}:
+            return Positions.first_generated(spec["first_generated"])
+        if set(spec) == {"start", "stop"}:
+            return Positions.window(spec["start"], spec["stop"])
+        return Positions("span", span=parse_span(spec, leaf=as_positions, generated=Positions("generated")))
     if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
         return Positions("indices", indices=(_nonneg(spec, "position index"),))
     if isinstance(spec, slice):
@@ -246,7 +317,8 @@ def as_positions(spec: object) -> Positions:
         if not values:
             raise ValueError("empty list of position indices")
         return Positions("indices", indices=tuple(sorted(set(values))))
-    raise ValueError(f"cannot use {spec!r} as positions; valid: {', '.join(NAMED)}, int, list, slice")
+    raise ValueError(f"cannot use {spec!r} as positions; valid: {', '.join(NAMED + SPAN_NAMES)}, int, list, "
+                     "slice, a span object (see mlx_steer.engine.span_json)")
 
 
 def check_reachable(positions: Positions, limit: int, *, what: str) -> None:

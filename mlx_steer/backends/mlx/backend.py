@@ -53,7 +53,7 @@ class MLXBackend(MappedTree):
         args = getattr(model, "args", None)
         self.hidden_size, self.n_heads = model_sizes(args)
         self.xp = XP
-        self.state = PositionState(XP)
+        self.state = PositionState(XP, tokenizer=tokenizer)
         self._padded_batches: dict[int, bool] = {}  # batch size -> padded batches are right
         self._map_tree()
 
@@ -103,6 +103,11 @@ class MLXBackend(MappedTree):
         entry = hk.Entry(instead=fn)
         hk.attach(module, entry)
         return lambda: hk.detach(module, entry)
+
+    def attach_patterns(self, layers: Sequence[int], sink: Any) -> Any:
+        from .attention_patterns import attach_patterns
+
+        return attach_patterns(self.modules, self.layer_paths, layers, sink, model_type=self.model_type)
 
     def forward(self, tokens: list[list[int]], recorders: Mapping[str, Recorder], *,
                 keep_logits: bool, positions: np.ndarray | None = None) -> mx.array | None:

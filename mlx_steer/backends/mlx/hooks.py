@@ -168,7 +168,7 @@ def position_tracker(state: PositionState) -> Entry:
         else:
             raise ValueError("the model was called with neither input tokens nor input_embeddings")
         cache = kwargs["cache"] if "cache" in kwargs else (args[1] if len(args) > 1 else None)
-        state.begin(cache_offsets(cache, B), L, cache)
+        state.begin(cache_offsets(cache, B), L, cache, x if x is not None and x.size else None)
         return args
 
     return Entry(before=before)

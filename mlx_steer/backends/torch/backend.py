@@ -51,7 +51,7 @@ class TorchBackend(MappedTree):
         config = hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
         self.hidden_size, self.n_heads = model_sizes(config)
         self.xp = XP
-        self.state = PositionState(XP)
+        self.state = PositionState(XP, tokenizer=tokenizer)
         self._head_sites = 0
         self._eos_ids = eos_token_ids(hf_model, tokenizer)
         self._map_tree()
@@ -122,6 +122,11 @@ class TorchBackend(MappedTree):
 
     def bypass(self, path: str, fn: Any) -> Any:
         return hk.bypass(self.modules[path], fn)
+
+    def attach_patterns(self, layers: Sequence[int], sink: Any) -> Any:
+        from .attention_patterns import attach_patterns
+
+        return attach_patterns(self.modules, self.layer_paths, layers, sink)
 
     def forward(self, tokens: list[list[int]], recorders: Mapping[str, Recorder], *,
                 keep_logits: bool, positions: np.ndarray | None = None) -> torch.Tensor | None:

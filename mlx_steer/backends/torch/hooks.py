@@ -67,7 +67,8 @@ def position_tracker(module: nn.Module, state: PositionState) -> Callable:
         past = cache_length(_cache_argument(bound), bound.get("cache_position"))
         pad = state.padding
         pad = left_padding(bound.get("attention_mask"), B) if pad is None else np.broadcast_to(pad, (B,))
-        state.begin(past - pad, L, _cache_argument(bound))
+        ids = bound.get("input_ids")
+        state.begin(past - pad, L, _cache_argument(bound), ids if isinstance(ids, torch.Tensor) else None)
 
     return hook
 
