@@ -35,6 +35,7 @@ _moved_modules.install()  # the module paths from before engine/, vectors/ and e
 from .engine import interventions  # noqa: E402
 from .engine.paths import Site  # noqa: E402
 from .engine.positions import Positions  # noqa: E402
+from .engine import spans  # noqa: E402
 
 
 def _version() -> str:
@@ -66,7 +67,7 @@ _NEUTRAL = {
     "logit_diff": ("engine.gradients", "logit_diff"),
 }
 
-__all__ = sorted(["Positions", "Site", "interventions", *_MLX_NAMES, *_NEUTRAL])
+__all__ = sorted(["Positions", "Site", "interventions", "spans", *_MLX_NAMES, *_NEUTRAL])
 
 
 def __dir__() -> list[str]:
