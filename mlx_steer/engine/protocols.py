@@ -155,6 +155,12 @@ class Backend(Protocol):
         undoes it."""
         ...
 
+    def attach_patterns(self, layers: Sequence[int], sink: Callable[[int, Array], None]) -> Undo:
+        """Until undone, every forward calls ``sink(layer, weights)`` with the (B, H, L_q, L_k) float32
+        attention weights of each decoder layer in ``layers`` (keys: the whole KV cache), the model's
+        output unchanged; raises ValueError, naming it, for an architecture it cannot read."""
+        ...
+
     def bypass(self, path: str, fn: Callable[[Array], Array]) -> Undo:
         """Until undone, a call of the module at ``path`` returns ``fn(hidden)`` (``hidden``: its
         first argument) without running the module; returns what undoes it."""

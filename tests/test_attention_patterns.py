@@ -1,0 +1,135 @@
+"""Attention patterns (``mlx_steer.heads``) equal transformers' eager attention with
+``output_attentions=True`` on the same weights: for prompts, left-padded batches (each row against
+its solo run) and tokens generated under the KV cache, on both backends and every tiny architecture.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from mlx_steer.heads import attention_patterns, record_patterns
+from tiny_models import ARCHS
+from torch_fixtures import *  # noqa: F403  (fixtures)
+from torch_fixtures import BACKENDS, assert_untouched, snapshot
+
+TOL = 1e-5  # fp32, against transformers' eager attention
+BATCH = ["I love", "The weather is great, happy people walk", "Tell me a story about a cat"]
+LAYERS = [0, 3]
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_dir):
+    """eager(arch) -> the folder loaded by transformers alone with eager attention (the oracle)."""
+    from transformers import AutoModelForCausalLM
+
+    cache: dict = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            cache[arch] = AutoModelForCausalLM.from_pretrained(
+                str(tiny_dir(arch)), dtype=torch.float32, attn_implementation="eager").eval()
+        return cache[arch]
+
+    return get
+
+
+def eager_patterns(hf, tokens: list[int]) -> list[np.ndarray]:
+    """(H, n, n) per layer for one unpadded sequence, from transformers' eager attention."""
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor([tokens]), output_attentions=True, use_cache=False)
+    return [a[0].numpy() for a in out.attentions]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_left_padded_batch_rows_equal_eager_solo(backend_models, eager, backend, arch):
+    m = backend_models(backend, arch)
+    before = snapshot(m)
+    got = attention_patterns(m, BATCH, layers=LAYERS)
+    assert_untouched(m, before)
+    assert got.layers == LAYERS
+    tokens = [m.encode(p) for p in BATCH]
+    assert got.lengths == tuple(len(t) for t in tokens)
+    for r, t in enumerate(tokens):
+        want = eager_patterns(eager(arch), t)
+        for layer in LAYERS:
+            row = got.row(r, layer)
+            assert row.shape == want[layer].shape
+            np.testing.assert_allclose(row, want[layer], atol=TOL, rtol=0)
+            n = len(t)
+            assert np.allclose(row.sum(-1), 1.0, atol=1e-6)
+            assert (row[:, np.triu_indices(n, 1)[0], np.triu_indices(n, 1)[1]] == 0).all()  # future keys
+            assert (got[layer][r, :, n:] == 0).all() and (got[layer][r, :, :, n:] == 0).all()  # past the row
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generated_rows_cover_their_whole_context(backend_models, eager, backend, arch):
+    m = backend_models(backend, arch)
+    prompt = m.encode("Tell me a story about")
+    with record_patterns(m, layers=LAYERS) as rec:
+        new = m.generate_tokens(prompt, max_tokens=6)
+    got = rec.result()
+    seq = prompt + new
+    n = got.lengths[0]
+    assert len(seq) - 1 <= n <= len(seq) and len(new) == 6  # the last token is fed back only if a step ran after it
+    want = eager_patterns(eager(arch), seq[:n])
+    for layer in LAYERS:
+        np.testing.assert_allclose(got.row(0, layer), want[layer], atol=TOL, rtol=0)
+        assert (got.row(0, layer)[:, len(prompt):, : len(prompt)].sum(-1) > 0).all()  # decode rows see the prompt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batched_generation_rows_equal_eager(backend_models, eager, backend):
+    m = backend_models(backend, "llama")
+    prompts = ["I love", "The weather is great, happy"]
+    with record_patterns(m, layers=[1]) as rec:
+        out = m.batch_generate(prompts, max_tokens=4)
+    got = rec.result()
+    for r, p in enumerate(prompts):
+        seq = m.encode(p) + out.token_ids[r]
+        n = got.lengths[r]
+        assert len(seq) - 1 <= n <= len(seq)
+        np.testing.assert_allclose(got.row(r, 1), eager_patterns(eager("llama"), seq[:n])[1], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+def test_outputs_unchanged_while_recording(backend_models, backend, arch):
+    m = backend_models(backend, arch)
+    plain = m.to_numpy(m.run(BATCH).logits)
+    with record_patterns(m, layers=None) as rec:
+        during = m.to_numpy(m.run(BATCH).logits)
+    assert np.array_equal(plain, during)
+    assert rec.result().layers == [0, 1, 2, 3]
+    assert np.array_equal(plain, m.to_numpy(m.run(BATCH).logits))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_layers_refused_and_nothing_installed(backend_models, backend):
+    m = backend_models(backend, "qwen2")
+    before = snapshot(m)
+    with pytest.raises(ValueError, match=r"layer 4 out of range for a 4-layer model; valid: -4\.\.3"):
+        attention_patterns(m, "I love", layers=[0, 4])
+    with pytest.raises(ValueError, match="layers is empty"):
+        attention_patterns(m, "I love", layers=[])
+    assert_untouched(m, before)
+
+
+def test_mlx_architecture_without_readable_attention_refused_by_name(load_tiny, monkeypatch):
+    import mlx_lm.models.phi3 as phi3
+
+    m = load_tiny("phi3")
+    monkeypatch.delattr(phi3, "scaled_dot_product_attention")
+    before = snapshot(m)
+    with pytest.raises(ValueError, match="not supported for the phi3 architecture.*supported:.*gemma2"):
+        attention_patterns(m, "I love")
+    assert_untouched(m, before)
+
+
+def test_mlx_rotating_cache_refused(shared_models):
+    m = shared_models("qwen2")  # no make_cache of its own: max_kv_size gives a rotating cache
+    before = snapshot(m)
+    with pytest.raises(ValueError, match="cover only the last 4 tokens"), record_patterns(m, layers=0):
+        m.generate_tokens("Tell me a story about a cat who lives on", max_tokens=2, max_kv_size=4)
+    assert_untouched(m, before)
