@@ -1,0 +1,98 @@
+"""Each attention head's result: its output ``z`` (TransformerLens' ``hook_z``) and what it writes
+to the residual stream, ``z_h · W_O[h]`` (``hook_result``).
+
+``z`` is read at the site head ablation uses: the input of the attention's output projection
+(``self_attn.o_proj:input``, GPT-2's ``attn.c_proj:input``), where the heads sit side by side, so
+(B, T, H · d_head) becomes (B, T, H, d_head). Head ``h``'s write is ``z[..., h, :]`` through the
+projection's columns ``h · d_head .. (h + 1) · d_head``; the writes summed over heads, plus the
+projection's bias, are the attention output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .attention_sites import layer_indices, output_projection_path
+
+if TYPE_CHECKING:
+    from ..engine.model import Steerable
+
+__all__ = ["HeadResults", "head_results", "output_weight"]
+
+
+@dataclass(frozen=True)
+class HeadResults:
+    """Per layer: ``z[i]`` (B, T, H, d_head) and ``writes[i]`` (B, T, H, D) float32 at the recorded
+    positions (left-padded rows as ``model.run`` records them), and ``bias[i]`` (D,) of the output
+    projection or None: ``writes[i].sum(2) + bias[i]`` is the attention output."""
+
+    z: dict[int, np.ndarray]
+    writes: dict[int, np.ndarray]
+    bias: dict[int, np.ndarray | None]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.z)
+
+
+def head_results(
+    model: Steerable,
+    prompts: str | Sequence[str] | Sequence[Sequence[int]],
+    *,
+    layers: int | Sequence[int] | None = None,
+    positions: object = "all",
+    chat: bool = False,
+    interventions: Mapping | Any = None,
+) -> HeadResults:
+    """Each head's output and residual write at ``layers`` over one forward of ``prompts``.
+
+    Args:
+        model: A model of either backend.
+        prompts: A string, a list of strings, or lists of token ids (left-padded as ``model.run`` pads).
+        layers: Decoder layer indices (negative: from the end); None: every layer.
+        positions: Which positions to keep, as ``record_positions`` of ``model.run``.
+        chat: Wrap each prompt as a chat user turn.
+        interventions: Steering applied during the forward (``z`` is read after it, as it flows on).
+
+    Raises:
+        ValueError: a bad layer index, a layer without an output projection, or a model whose
+            head count does not divide the projection's input.
+    """
+    backend = model.backend
+    indices = layer_indices(layers, len(backend.layer_paths))
+    paths = {i: output_projection_path(backend.modules, backend.layer_paths[i]) for i in indices}
+    weights = {i: output_weight(backend, p) for i, p in paths.items()}  # before running: refuse early
+    H = backend.n_heads
+    for i, (w, _) in weights.items():
+        if H is None or w.shape[1] % H:
+            raise ValueError(f"{paths[i]} takes {w.shape[1]} inputs, not a multiple of the head count {H}")
+    sites = {i: f"{p}:input" for i, p in paths.items()}
+    trace = model.run(prompts, record=list(sites.values()), record_positions=positions, chat=chat,
+                      interventions=interventions, logits=False)
+    z, writes, bias = {}, {}, {}
+    for i, site in sites.items():
+        x = model.to_numpy(trace.activations[model.resolve_key(site)])
+        w, b = weights[i]
+        zi = x.reshape(*x.shape[:-1], H, -1)
+        wh = w.reshape(w.shape[0], H, -1)  # (D, H, d_head)
+        z[i], writes[i], bias[i] = zi, np.einsum("bthd,ohd->btho", zi, wh), b
+    return HeadResults(z, writes, bias)
+
+
+def output_weight(backend: Any, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The output projection at ``path`` as float32 ``W`` (D, H · d_head) and bias (D,) or None
+    (an MLX quantized projection dequantized)."""
+    module = backend.modules[path]
+    if all(hasattr(module, a) for a in ("scales", "bits", "group_size")):  # mlx.nn.QuantizedLinear
+        import mlx.core as mx
+
+        w = mx.dequantize(module.weight, module.scales, module.get("biases"), group_size=module.group_size,
+                          bits=module.bits, mode=getattr(module, "mode", "affine"))
+        b = module.get("bias") if "bias" in module else None
+        return np.array(w.astype(mx.float32)), None if b is None else np.array(b.astype(mx.float32))
+    dense = backend.dense(path)
+    return dense.weight, dense.bias

@@ -1,0 +1,78 @@
+"""Per-head results (``mlx_steer.heads.head_results``): each head's write summed over heads, plus
+the output projection's bias, is the attention output recorded on its own; each head's ``z`` is its
+attention pattern times its values (recorded at the value projection), on both backends."""
+
+import numpy as np
+import pytest
+
+from mlx_steer.heads import attention_patterns, head_results
+from tiny_models import ARCHS, HEADS, HIDDEN
+from torch_fixtures import *  # noqa: F403  (fixtures)
+from torch_fixtures import BACKENDS, assert_untouched, snapshot
+
+BATCH = ["I love", "The weather is great, happy people walk", "Tell me a story about a cat"]
+ATTN = {"gpt2": ("attn", "attn.c_proj")}  # (attention module, output projection) below a layer
+D_HEAD = HIDDEN // HEADS
+
+
+def values(m, arch: str, layer: int, trace_site_for) -> np.ndarray:
+    """(B, L, H_kv, d_head) values of ``layer``, sliced from the projection that makes them."""
+    site, part = {"gpt2": ("attn.c_attn", slice(2 * HIDDEN, None)),
+                  "phi3": ("self_attn.qkv_proj", slice(2 * HIDDEN, None))}.get(arch, ("self_attn.v_proj", slice(None)))
+    v = trace_site_for(f"layers.{layer}.{site}")[..., part]
+    return v.reshape(*v.shape[:2], -1, D_HEAD)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_writes_sum_to_attention_output_and_z_is_pattern_times_values(backend_models, backend, arch):
+    m = backend_models(backend, arch)
+    before = snapshot(m)
+    got = head_results(m, BATCH, layers=[0, -1])
+    assert_untouched(m, before)
+    assert got.layers == [0, 3]
+    attn, o_proj = ATTN.get(arch, ("self_attn", "self_attn.o_proj"))
+    sites = [f"layers.{i}.{o_proj}" for i in (0, 3)] + [f"layers.{i}.{s}" for i in (0, 3) for s in
+                                                       ("attn.c_attn", "self_attn.qkv_proj", "self_attn.v_proj")
+                                                       if f"{m.layer_paths[i]}.{s}" in m.modules]
+    tr = m.run(BATCH, record=sites, logits=False)
+    rec = {s: m.to_numpy(tr.activations[m.resolve_key(s)]) for s in sites}
+    pats = attention_patterns(m, BATCH, layers=[0, 3])
+    for i in (0, 3):
+        B, L, H, dh = got.z[i].shape
+        assert (H, dh) == (HEADS, D_HEAD) and got.writes[i].shape == (B, L, H, HIDDEN)
+        total = got.writes[i].sum(2) + (0 if got.bias[i] is None else got.bias[i])
+        np.testing.assert_allclose(total, rec[f"layers.{i}.{o_proj}"], atol=2e-5, rtol=0)
+        v = values(m, arch, i, lambda s: rec[s])
+        v = np.repeat(v, H // v.shape[2], axis=2)  # query head h reads value head h // (H / H_kv)
+        for r, n in enumerate(tr.lengths):
+            p = L - n  # left padding
+            want = np.einsum("hqk,khd->qhd", pats.row(r, i), v[r, p:])
+            np.testing.assert_allclose(got.z[i][r, p:], want, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_last_position_is_each_rows_last_token(backend_models, backend):
+    m = backend_models(backend, "qwen2")
+    every = head_results(m, BATCH, layers=1)
+    last = head_results(m, BATCH, layers=1, positions="last")
+    assert last.z[1].shape[1] == 1
+    np.testing.assert_array_equal(last.writes[1][:, 0], every.writes[1][:, -1])
+
+
+def test_mlx_quantized_projection_is_dequantized(load_tiny):
+    import mlx.nn as nn
+
+    m = load_tiny("llama")
+    nn.quantize(m.model, group_size=32, bits=8)
+    got = head_results(m, "Tell me a story", layers=2)
+    out = m.to_numpy(m.run("Tell me a story", record=["layers.2.self_attn.o_proj"]).activations[
+        m.resolve_key("layers.2.self_attn.o_proj")])
+    np.testing.assert_allclose(got.writes[2].sum(2), out, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_layer_refused(backend_models, backend):
+    m = backend_models(backend, "gpt2")
+    with pytest.raises(ValueError, match=r"layer -5 out of range for a 4-layer model; valid: -4\.\.3"):
+        head_results(m, "I love", layers=-5)
