@@ -67,8 +67,10 @@ def head_results(
     paths = {i: output_projection_path(backend.modules, backend.layer_paths[i]) for i in indices}
     weights = {i: output_weight(backend, p) for i, p in paths.items()}  # before running: refuse early
     H = backend.n_heads
+    if H is None:
+        raise ValueError("the model's config gives no attention head count: per-head results need one")
     for i, (w, _) in weights.items():
-        if H is None or w.shape[1] % H:
+        if w.shape[1] % H:
             raise ValueError(f"{paths[i]} takes {w.shape[1]} inputs, not a multiple of the head count {H}")
     sites = {i: f"{p}:input" for i, p in paths.items()}
     trace = model.run(prompts, record=list(sites.values()), record_positions=positions, chat=chat,
