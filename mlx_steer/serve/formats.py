@@ -2,7 +2,10 @@
 
 Extensions, all optional: ``steering`` and ``monitor`` (what was applied and read) at the top
 level; per choice ``projections`` (``{vector: float}`` per stream chunk, ``{vector: [float, ...]}``
-in a whole response, one per generated token) and, with ``return_token_ids``, ``token_ids``.
+in a whole response, one per generated token) and, with ``return_token_ids``, ``token_ids``. With
+``steering``, a whole response's choice (a stream's last chunk) has ``steered_tokens`` (a bool per
+generated token); with ``monitor``, ``projection_spans`` (each monitor's projections split into
+the reasoning and the answer: :mod:`mlx_steer.serve.steered`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Format:
         self.id = f"{self.prefix}{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.offset = 0  # characters released so far (text_offset of completions logprobs)
+        self.streamed: list[Token] = []  # a stream's tokens, for what its last chunk reports on all of them
 
     # -- what a subclass supplies ----------------------------------------------------------------
     def _delta(self, text: str, *, first: bool = False) -> dict[str, Any]:
@@ -54,6 +58,7 @@ class Format:
     def chunk(self, tok: Token) -> dict[str, Any]:
         choice = {"index": 0, **self._delta(tok.text), "logprobs": self._logprobs([tok]), "finish_reason": None}
         self.offset += len(tok.text)
+        self.streamed.append(tok)
         if tok.projections:
             choice["projections"] = tok.projections
         if self.token_ids:
@@ -61,7 +66,8 @@ class Format:
         return self._envelope([choice])
 
     def finish(self, fin: Finished) -> dict[str, Any]:
-        body = self._envelope([{"index": 0, **self._delta(fin.text), "logprobs": None, "finish_reason": fin.reason}])
+        choice = {"index": 0, **self._delta(fin.text), "logprobs": None, "finish_reason": fin.reason}
+        body = self._envelope([{**choice, **self._spans(self.streamed, fin)}])
         if fin.conditions is not None:
             body["conditions"] = conditions_of(fin.conditions)
         return body
@@ -78,11 +84,25 @@ class Format:
                                      for m in self.plan.monitor}
         if self.token_ids:
             choice["token_ids"] = [t.token for t in tokens]
-        body = self._envelope([choice], extras=True, stream=False)
+        body = self._envelope([{**choice, **self._spans(tokens, fin)}], extras=True, stream=False)
         body["usage"] = self._usage(len(tokens))
         if fin.conditions is not None:
             body["conditions"] = conditions_of(fin.conditions)
         return body
+
+    def _spans(self, tokens: list[Token], fin: Finished) -> dict[str, Any]:
+        """``steered_tokens`` (with steering) and ``projection_spans`` (with monitors) of a finished choice."""
+        spans, out = self.plan.spans, dict[str, Any]()
+        if spans is None:
+            return out
+        prompt, ids = self.plan.job.prompt, [t.token for t in tokens]
+        if self.plan.steering is not None:
+            decided = conditions_of(fin.conditions) if fin.conditions is not None else None
+            out["steered_tokens"] = spans.steered(prompt, ids, decided)
+        if self.plan.monitor:
+            projections = {m["vector"]: [t.projections.get(m["vector"]) for t in tokens] for m in self.plan.monitor}
+            out["projection_spans"] = spans.monitor_split(prompt, ids, projections)
+        return out
 
     def _envelope(self, choices: list[dict], *, extras: bool = False, stream: bool = True) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "object": self.chunk_object if stream else self.object,

@@ -19,8 +19,10 @@ from ..engine import interventions as iv
 from ..engine.continuous import Monitor
 from ..engine.positions import Positions, as_positions
 from ..vectors.calibrated_units import calibrated_vector
+from ..engine.span_book import TokenFacts
 from .engine import Job
 from .registry import VectorRegistry
+from .steered import SteeredSpans
 from .schemas import (MAX_INLINE, ChatCompletionRequest, CompletionRequest, ConditionSpec, GenerationRequest, MonitorSpec,
                       SteeringSpec)
 
@@ -44,6 +46,7 @@ class Plan:
     prompt_tokens: int
     steering: list[dict[str, Any]] | None
     monitor: list[dict[str, Any]] | None
+    spans: SteeredSpans | None = None  # which tokens the steering covered, monitors by span
 
 
 class Planner:
@@ -60,6 +63,7 @@ class Planner:
                  default_max_tokens: int = DEFAULT_MAX_TOKENS, saes: Mapping[str, Any] | None = None):
         self.model, self.vectors, self.saes = model, vectors, dict(saes or {})
         self.context_length, self.default_max_tokens = context_length, default_max_tokens
+        self.facts = TokenFacts(model.tokenizer)  # resolves responses' spans on the event loop's thread
 
     # -- requests ------------------------------------------------------------------------------
     def chat(self, req: ChatCompletionRequest) -> Plan:
@@ -100,7 +104,7 @@ class Planner:
     def _plan(self, req: GenerationRequest, prompt: list[int], prompt_field: str, max_tokens: int | None,
               top_logprobs: int | None) -> Plan:
         max_tokens = self._max_tokens(len(prompt), prompt_field, max_tokens)
-        interventions, steering = self._steering(req.steering or [], len(prompt) + max_tokens)
+        interventions, steering, entries = self._steering(req.steering or [], len(prompt) + max_tokens)
         monitors, monitor = self._monitors(req.monitor or [])
         sampling: dict[str, Any] = {"temp": req.temperature, "top_p": req.top_p if req.top_p < 1.0 else 0.0,
                                     "top_k": req.top_k, "min_p": req.min_p}
@@ -119,7 +123,7 @@ class Planner:
         job = Job(prompt, max_tokens, interventions, monitors, sampling, tuple(req.stop or ()), top_logprobs,
                   steering=compiled)
         return Plan(job, len(prompt), steering if req.steering is not None else None,
-                    monitor if req.monitor is not None else None)
+                    monitor if req.monitor is not None else None, SteeredSpans(tuple(entries), self.facts))
 
     def _max_tokens(self, prompt_len: int, prompt_field: str, asked: int | None) -> int:
         ctx = self.context_length
@@ -139,9 +143,10 @@ class Planner:
                              "tokens can be generated", code="context_length_exceeded")
         return asked
 
-    def _steering(self, specs: list[SteeringSpec], limit: int) -> tuple[dict[str, list] | None, list[dict]]:
+    def _steering(self, specs: list[SteeringSpec], limit: int
+                  ) -> tuple[dict[str, list] | None, list[dict], list[tuple[Positions, bool]]]:
         out: dict[str, list] = {}
-        echo = []
+        echo, entries = [], []
         for i, spec in enumerate(specs):
             where = f"steering[{i}]"
             pos = parse_positions(spec.positions, f"{where}.positions")
@@ -171,7 +176,8 @@ class Planner:
             for key, intervention in ivs.items():
                 out.setdefault(key, []).append(intervention)
             echo.append(entry)
-        return out or None, echo
+            entries.append((pos, spec.when is not None))
+        return out or None, echo, entries
 
     def _named(self, spec: SteeringSpec, pos: Positions, where: str) -> tuple[dict, list[str]]:
         vec = self._vector(spec.vector, f"{where}.vector")
@@ -295,20 +301,29 @@ class Planner:
 
 def parse_positions(spec: object, param: str) -> Positions:
     """A JSON position selector: ``"all" | "last" | "prompt" | "generated"``, an index, a list of
-    indices, ``{"first_generated": n}`` or ``{"start": a, "stop": b}``."""
+    indices, ``{"first_generated": n}``, ``{"start": a, "stop": b}``, or a span selector
+    (``"reasoning" | "answer" | "special"``, ``{"between": [open, close]}``, ``{"not": ...}`` ...:
+    :mod:`mlx_steer.engine.span_json`)."""
     try:
         if isinstance(spec, dict):
             if set(spec) == {"first_generated"} and _int(spec["first_generated"]):
                 return Positions.first_generated(spec["first_generated"])
             if set(spec) == {"start", "stop"} and _int(spec["start"]) and _int(spec["stop"]):
                 return Positions.window(spec["start"], spec["stop"])
-            raise ValueError('a positions object is {"first_generated": n} or {"start": a, "stop": b} with ints')
+            if set(spec) & {"first_generated", "start", "stop"}:
+                raise ValueError('a positions object is {"first_generated": n} or {"start": a, "stop": b} with ints')
+            return as_positions(spec)
         if isinstance(spec, str) or _int(spec) or (isinstance(spec, list) and spec and all(_int(x) for x in spec)):
             return as_positions(spec)
         raise ValueError(f'positions must be "all", "last", "prompt", "generated", an index, a non-empty list of '
-                         f'indices, {{"first_generated": n}} or {{"start": a, "stop": b}}; got {spec!r}')
+                         f'indices, {{"first_generated": n}}, {{"start": a, "stop": b}} or a span selector '
+                         f'({SPAN_FORMS}); got {spec!r}')
     except ValueError as exc:
         raise FieldError(param, str(exc)) from None
+
+
+SPAN_FORMS = ('"reasoning", "answer", "special", {"between": [open, close], "from_token": n}, {"after": marker}, '
+              '{"before": marker}, {"outside": [open, close]}, {"not": s}, {"and": [s, ...]}, {"or": [s, ...]}')
 
 
 def _int(x: object) -> bool:

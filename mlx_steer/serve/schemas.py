@@ -51,7 +51,11 @@ class SteeringSpec(_Strict):
                                                 "vector's calibrated coefficient at each layer (mlx-steer calibrate)")
     layers: list[int | str] | None = Field(None, min_length=1, max_length=512)
     positions: Any = Field("all", description='"all" | "last" | "prompt" | "generated" | int | [int, ...] | '
-                                              '{"first_generated": n} | {"start": a, "stop": b}')
+                                              '{"first_generated": n} | {"start": a, "stop": b} | a span '
+                                              'selector: "reasoning" | "answer" | "special" | {"between": '
+                                              '[open, close], "from_token": n} | {"after": m} | {"before": m} | '
+                                              '{"outside": [open, close]} | {"not": s} | {"and": [s, ...]} | '
+                                              '{"or": [s, ...]} (markers: text or token ids)')
     when: ConditionSpec | None = Field(None, description="steer only where this holds for the prompt; then "
                                                          "the steering acts on the generated tokens")
 

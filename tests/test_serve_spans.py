@@ -1,0 +1,149 @@
+"""Span positions over HTTP: a request steering ``{"between": ["<think>", "</think>"]}`` (or any span
+selector) gives the same greedy tokens and log-probabilities as the same request steering the
+explicit index list of that span, located by hand in the prompt's tokens; the response says which
+generated tokens were steered and splits the monitors by span; bad span JSON is a 400 naming the
+field and the valid forms. On both backends, on a tiny model whose tokenizer has ``<think>`` and
+``</think>`` as added tokens."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from serve_helpers import serving, write_vectors
+
+pytest.importorskip("fastapi", reason="the serve tests need the test extra: pip install -e '.[test]'")
+
+MODEL = "llama-markers"
+N = 6  # tokens generated
+CLOSED = "I love <think> cats and dogs are good </think> so"  # a span that ends in the prompt
+OPEN = "I love cats <think> and dogs"  # a span still open when generation starts: it lasts to the end
+
+
+@pytest.fixture(scope="module", params=["mlx", "torch"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def oracle(marker_models, backend):
+    """The library's copy of the marker model: its tokenizer locates the spans by hand."""
+    return marker_models(backend)
+
+
+@pytest.fixture(scope="module")
+def server(oracle, tiny_root, backend, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"span_vectors_{backend}")
+    write_vectors(oracle, folder)  # love: layers 1, 2; calm: 2; edge: 1
+    with serving(["--model", str(tiny_root / MODEL), "--vectors-dir", str(folder), "--backend", backend],
+                 tmp_path_factory.mktemp(f"span_log_{backend}")) as srv:
+        yield srv
+
+
+def post(server, body: dict, route: str = "/v1/completions") -> httpx.Response:
+    return httpx.post(f"{server.url}{route}", json={"model": MODEL, **body}, timeout=120)
+
+
+def run(server, prompt: str, positions, *, monitor: bool = False) -> dict:
+    """The first choice of a greedy completion steered by ``love`` x 6 at ``positions``."""
+    body = {"prompt": prompt, "max_tokens": N, "ignore_eos": True, "logprobs": 3, "return_token_ids": True,
+            "steering": [{"vector": "love", "scale": 6, "positions": positions}]}
+    if monitor:
+        body["monitor"] = [{"vector": "calm", "layer": 2}]
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]
+
+
+def by_hand(oracle, prompt: str) -> tuple[list[int], int]:
+    """The prompt's ids and where its span begins: the token after ``<think>`` (its one id)."""
+    ids = list(oracle.encode(prompt))
+    think = oracle.tokenizer.convert_tokens_to_ids("<think>")
+    assert ids.count(think) == 1, ids
+    return ids, ids.index(think) + 1
+
+
+def same(a: dict, b: dict) -> None:
+    assert a["token_ids"] == b["token_ids"]
+    np.testing.assert_allclose(a["logprobs"]["token_logprobs"], b["logprobs"]["token_logprobs"], atol=1e-5, rtol=0)
+
+
+def test_a_closed_span_steers_what_its_index_list_steers(server, oracle):
+    ids, start = by_hand(oracle, CLOSED)
+    stop = ids.index(oracle.tokenizer.convert_tokens_to_ids("</think>")) + 1  # the closing marker is inside
+    span = run(server, CLOSED, {"between": ["<think>", "</think>"]})
+    same(span, run(server, CLOSED, list(range(start, stop))))
+    assert span["steered_tokens"] == [False] * N  # the span closed in the prompt
+    unsteered = post(server, {"prompt": CLOSED, "max_tokens": N, "ignore_eos": True, "logprobs": 3}).json()
+    assert not np.allclose(span["logprobs"]["token_logprobs"],
+                           unsteered["choices"][0]["logprobs"]["token_logprobs"], atol=1e-3)  # it did steer
+
+
+def test_an_open_span_steers_the_generation_as_its_index_list_does(server, oracle):
+    ids, start = by_hand(oracle, OPEN)
+    P = len(ids)
+    span = run(server, OPEN, {"between": ["<think>", "</think>"]})
+    assert oracle.tokenizer.convert_tokens_to_ids("</think>") not in span["token_ids"]  # it stays open
+    same(span, run(server, OPEN, list(range(start, P + N))))
+    assert span["steered_tokens"] == [True] * N
+    outside = run(server, OPEN, {"not": {"between": ["<think>", "</think>"]}})
+    same(outside, run(server, OPEN, list(range(start))))
+    assert outside["steered_tokens"] == [False] * N
+
+
+def test_answer_steers_the_generated_tokens_of_a_model_not_reasoning(server, oracle):
+    ids, _ = by_hand(oracle, CLOSED)
+    P = len(ids)
+    answer = run(server, CLOSED, "answer")
+    same(answer, run(server, CLOSED, list(range(P, P + N))))
+    assert answer["steered_tokens"] == [True] * N
+    mixed = run(server, CLOSED, {"and": ["generated", {"not": [P + 1, P + 3]}]})
+    same(mixed, run(server, CLOSED, [P, P + 2, P + 4, P + 5]))
+    assert mixed["steered_tokens"] == [True, False, True, False, True, True]
+
+
+@pytest.mark.parametrize("prompt", [OPEN, CLOSED], ids=["open", "closed"])
+def test_monitors_are_split_by_span(server, oracle, prompt):
+    """Token i's projection is read from the activation at position P + i - 1 (the first token's at the
+    prompt's last): the split puts it in the span that position is in, located by hand."""
+    ids, start = by_hand(oracle, prompt)
+    P, think_end = len(ids), ids.index(oracle.tokenizer.convert_tokens_to_ids("</think>")) if "</think>" in prompt else None
+    choice = run(server, prompt, {"between": ["<think>", "</think>"]}, monitor=True)
+    values = np.array(choice["projections"]["calm"])
+    read = np.arange(P - 1, P - 1 + N)
+    inside = (read >= start) & (read <= (think_end if think_end is not None else P + N))
+    answer = (read >= P) & ~inside
+    split = choice["projection_spans"]["calm"]
+    assert split["reasoning"]["tokens"] == int(inside.sum()) and split["answer"]["tokens"] == int(answer.sum())
+    for name, mask in (("reasoning", inside), ("answer", answer)):
+        expected = values[mask].mean() if mask.any() else None
+        assert split[name]["mean"] == pytest.approx(expected, abs=1e-9)
+    assert (inside.sum(), answer.sum()) == ((N, 0) if prompt == OPEN else (0, N - 1))
+
+
+BAD = [  # (positions, what the message says)
+    ({"between": "<think>"}, '"between" takes [open, close]'),
+    ({"between": ["", "</think>"]}, "opening marker is an empty string"),
+    ({"betwixt": ["<think>", "</think>"]}, "a span object has one of the keys between, after, before"),
+    ({"and": []}, '"and" takes a non-empty list of selectors'),
+    ({"between": ["<think>", "</think>"], "from_token": -1}, "from_token must be an int >= 0"),
+    ({"before": "x", "from_token": 2}, "from_token applies to between, after and reasoning"),
+    ({"not": 1.5}, "cannot use 1.5 as positions"),
+    ("thinking", "unknown position selector 'thinking'; valid: all, last, prompt, generated, special"),
+    (1.5, 'or a span selector ("reasoning", "answer", "special", {"between": [open, close]'),
+]
+
+
+@pytest.mark.parametrize("positions,message", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_span_json_is_a_400_naming_the_field(server, positions, message, backend):
+    if backend != "mlx":
+        pytest.skip("parsing is the planner's, before any backend runs")
+    before = httpx.get(f"{server.url}/health", timeout=10).json()["requests"]
+    r = post(server, {"prompt": "I love", "max_tokens": 2,
+                      "steering": [{"vector": "calm", "scale": 1}, {"vector": "love", "positions": positions}]})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "steering[1].positions" and error["message"].startswith("steering[1].positions: ")
+    assert message in error["message"], error["message"]
+    assert httpx.get(f"{server.url}/health", timeout=10).json()["requests"] == before  # nothing ran
