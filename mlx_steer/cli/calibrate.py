@@ -9,6 +9,7 @@ from typing import Any
 
 from .arguments import add_model, add_output, layer, non_negative, positive, positive_int, seed, usage_error
 from .inputs import check_output, read_prompts
+from .position_option import add_positions
 from .loading import model_for, vector_path
 
 SUMMARY = "find each layer's coefficient at a KL budget and store it in the vector file"
@@ -38,8 +39,8 @@ def fill(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--prompts-file", metavar="FILE", help="neutral prompts, one per line (default: 16 built in)")
     sp.add_argument("--rollout-tokens", type=positive_int, default=16, metavar="N",
                     help="tokens the unsteered model generates per prompt (default 16)")
-    sp.add_argument("--positions", choices=("all", "last", "prompt", "generated"), default="all",
-                    help="where the calibration steers (default all)")
+    add_positions(sp, names=("all", "last", "prompt", "generated"), default="all",
+                  help="where the calibration steers (default all)")
     sp.add_argument("--temp", type=non_negative, default=0.0, help="rollout sampling temperature (default 0: greedy)")
     sp.add_argument("--seed", type=seed, default=0, help="rollout sampling seed (0..2**64-1, default 0)")
     sp.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="rows per forward (default 32)")

@@ -14,6 +14,7 @@ from .calibrate import add_calibrated_flag
 from .inputs import existing_file, read_prompts
 from .loading import describe, fit_vector, model_for, vector_file
 from .output_folder import check_out_dir, write_into
+from .position_option import add_positions
 
 CAA = (  # ev.CAA_BEHAVIOURS, not imported: every mlx-steer call imports this module (a test keeps them equal)
     "coordinate-other-ais", "corrigible-neutral-HHH", "myopic-reward", "refusal", "survival-instinct")
@@ -67,8 +68,8 @@ def fill(sp: argparse.ArgumentParser) -> None:
                     help="also score a random vector of the same norm and the sign-flipped vector")
     sp.add_argument("--ab-positions", choices=("last", "all"), default="last",
                     help="where A/B cells steer: last = the '(' after the question (CAA), all = every position")
-    sp.add_argument("--positions", choices=("all", "prompt", "generated"), default="all",
-                    help="where open-ended cells steer (default all)")
+    add_positions(sp, names=("all", "prompt", "generated"), default="all",
+                  help="where open-ended cells steer (default all)")
     sp.add_argument("--max-tokens", type=positive_int, default=40, metavar="N", help="tokens per generation (default 40)")
     sp.add_argument("--temp", type=finite, default=0.0, metavar="T", help="sampling temperature (default 0: greedy)")
     sp.add_argument("--seed", type=seed, default=0,
