@@ -80,6 +80,21 @@ def test_generated_rows_cover_their_whole_context(backend_models, eager, backend
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_chunked_prefill_and_a_second_turn_equal_eager(backend_models, eager, backend):
+    m = backend_models(backend, "qwen2")
+    cache = m.make_prompt_cache()
+    first, second = m.encode("Tell me a story about"), m.encode(" a cat who lives")
+    with record_patterns(m, layers=[2]) as rec:
+        new1 = m.generate_tokens(first, max_tokens=3, prefill_step_size=2, prompt_cache=cache)
+        new2 = m.generate_tokens(second, max_tokens=3, prefill_step_size=2, prompt_cache=cache)
+    got = rec.result()
+    seq = first + new1 + second + new2
+    n = got.lengths[0]
+    assert len(seq) - 1 <= n <= len(seq)
+    np.testing.assert_allclose(got.row(0, 2), eager_patterns(eager("qwen2"), seq[:n])[2], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_generation_rows_equal_eager(backend_models, eager, backend):
     m = backend_models(backend, "llama")
     prompts = ["I love", "The weather is great, happy"]
@@ -133,3 +148,49 @@ def test_mlx_rotating_cache_refused(shared_models):
     with pytest.raises(ValueError, match="cover only the last 4 tokens"), record_patterns(m, layers=0):
         m.generate_tokens("Tell me a story about a cat who lives on", max_tokens=2, max_kv_size=4)
     assert_untouched(m, before)
+
+
+def _with_config(src, dst, **changes):
+    """A copy of the model folder ``src`` with ``changes`` in its config.json."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_torch_sliding_window_equals_eager(tiny_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from mlx_steer.torch_backend import load
+
+    folder = _with_config(tiny_dir("gemma2"), tmp_path / "gemma2", sliding_window=3)
+    m = load(str(folder))
+    tokens = m.encode("The weather is great, happy people walk")
+    got = attention_patterns(m, tokens, layers=[0, 1])
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
+    want = eager_patterns(hf, tokens)
+    n = len(tokens)
+    assert hf.config.layer_types[0] == "sliding_attention" and hf.config.layer_types[1] == "full_attention"
+    for layer in (0, 1):
+        np.testing.assert_allclose(got.row(0, layer), want[layer], atol=TOL, rtol=0)
+    outside = np.tril(np.ones((n, n), bool), -3)  # keys 3 or more tokens back
+    assert (got.row(0, 0)[:, outside] == 0).all() and (got.row(0, 1)[:, outside] > 0).all()
+
+
+def test_mlx_sliding_window_renormalizes_the_full_pattern(tiny_dir, tmp_path, shared_models):
+    import mlx_steer as ms
+
+    layer_types = ["sliding_attention"] + ["full_attention"] * 3
+    m = ms.load(str(_with_config(tiny_dir("llama"), tmp_path / "llama", layer_types=layer_types, sliding_window=3)))
+    full = shared_models("llama")  # the same weights, every layer full attention
+    tokens = m.encode("The weather is great, happy people walk")
+    got = attention_patterns(m, tokens, layers=0).row(0, 0)
+    n = len(tokens)
+    window = np.tril(np.ones((n, n), bool)) & ~np.tril(np.ones((n, n), bool), -3)
+    p = attention_patterns(full, tokens, layers=0).row(0, 0) * window  # layer 0 sees the same q and k
+    np.testing.assert_allclose(got, p / p.sum(-1, keepdims=True), atol=TOL, rtol=0)
+    assert (got[:, ~window] == 0).all()

@@ -41,6 +41,10 @@ def attach_patterns(modules: dict[str, nn.Module], layer_paths: Sequence[str], l
             raise ValueError(f"attention patterns are not supported for {type(m).__name__}: it does not pick its "
                              "attention function from config._attn_implementation (supported: transformers models "
                              "whose attention modules use ALL_ATTENTION_FUNCTIONS)")
+        if impl == "eager" and getattr(m, "reorder_and_upcast_attn", False):  # GPT-2's own eager variant
+            raise ValueError(f"attention patterns are not supported for {type(m).__name__} with "
+                             "reorder_and_upcast_attn=True under eager attention; load it with "
+                             "attn_implementation='sdpa' or set reorder_and_upcast_attn=False")
     _register()
     originals: list[tuple[nn.Module, Any]] = []
     try:
