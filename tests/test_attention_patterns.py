@@ -118,6 +118,34 @@ def test_outputs_unchanged_while_recording(backend_models, backend, arch):
     assert np.array_equal(plain, during)
     assert rec.result().layers == [0, 1, 2, 3]
     assert np.array_equal(plain, m.to_numpy(m.run(BATCH).logits))
+    assert_default_path(m)
+
+
+def assert_default_path(m) -> None:
+    """Nothing of a recording is left: mlx-lm's model files call their own attention again, every
+    torch attention module holds the model's config."""
+    if type(m).__name__ == "TorchSteerableModel":
+        attns = [mod for name, mod in m.modules.items() if name.endswith(("self_attn", ".attn"))]
+        assert attns and all(a.config is m.model.config for a in attns)
+        return
+    import mlx.core as mx
+    import mlx_lm.models.base as base
+    import mlx_lm.models.gemma2 as gemma2
+    import mlx_lm.models.llama as llama
+
+    assert llama.scaled_dot_product_attention is base.scaled_dot_product_attention and gemma2.mx is mx
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_an_error_in_the_block_undoes_the_recording(backend_models, backend, arch):
+    m = backend_models(backend, arch)
+    before = snapshot(m)
+    with pytest.raises(RuntimeError, match="boom"), record_patterns(m, layers=[1]):
+        m.run("I love")
+        raise RuntimeError("boom")
+    assert_untouched(m, before)
+    assert_default_path(m)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -194,3 +222,14 @@ def test_mlx_sliding_window_renormalizes_the_full_pattern(tiny_dir, tmp_path, sh
     p = attention_patterns(full, tokens, layers=0).row(0, 0) * window  # layer 0 sees the same q and k
     np.testing.assert_allclose(got, p / p.sum(-1, keepdims=True), atol=TOL, rtol=0)
     assert (got[:, ~window] == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_another_model_of_the_same_file_is_not_recorded(backend_models, fresh_models, backend):
+    a, b = backend_models(backend, "gemma2"), fresh_models(backend, "gemma2")
+    plain = b.to_numpy(b.run(BATCH).logits)
+    with record_patterns(a, layers=[0]) as rec:
+        during = b.to_numpy(b.run(BATCH).logits)
+        a.run("I love")
+    assert np.array_equal(plain, during)
+    assert [rows.tolist() for _, rows, _, _ in rec.pieces[0]] == [[0]]  # a's one forward only
