@@ -18,6 +18,8 @@ MODULES = {
     "sweeps": {"METRICS", "SweepRow", "SweepResult", "sweep"},
     "thresholds": {"ThresholdRow", "ThresholdSearch", "condition_values", "find_threshold"},
     "kl_calibration": {"NEUTRAL_PROMPTS", "calibrate", "kl_at"},
+    "loops": {"Loop", "find_loops", "label_loops", "text_loops"},
+    "phases": {"generation_loops", "span_masks", "span_means"},
 }
 
 

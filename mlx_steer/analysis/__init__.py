@@ -1,7 +1,8 @@
 """Analysis of steering directions, for either backend: what a direction writes to the vocabulary
 (:mod:`~mlx_steer.analysis.vocabulary_lens`), how large it is next to the residual stream
 (:mod:`~mlx_steer.analysis.norms`), what a generation reads along it and how long steering lasts
-once released (:mod:`~mlx_steer.analysis.monitor`), and a layer x strength sweep of effect against
+once released (:mod:`~mlx_steer.analysis.monitor`), split by span (:mod:`~mlx_steer.analysis.phases`),
+repetition loops (:mod:`~mlx_steer.analysis.loops`), and a layer x strength sweep of effect against
 fluency cost (:mod:`~mlx_steer.analysis.sweeps`), and where a steering condition should cut
 (:mod:`~mlx_steer.analysis.thresholds`), and each vector's coefficient at a KL budget
 (:mod:`~mlx_steer.analysis.kl_calibration`).
@@ -17,13 +18,16 @@ Everything here is numpy over a model's public API (:class:`~mlx_steer.engine.mo
 """
 
 from .kl_calibration import NEUTRAL_PROMPTS, calibrate, kl_at
+from .loops import Loop, find_loops, label_loops, text_loops
 from .monitor import MonitoredGeneration, Persistence, persistence_run, projection_monitor
 from .norms import NormRow, norm_profile, relative_scale
+from .phases import generation_loops, span_masks, span_means
 from .sweeps import METRICS, SweepResult, SweepRow, sweep
 from .thresholds import ThresholdRow, ThresholdSearch, condition_values, find_threshold
 from .vocabulary_lens import TokenReport, top_tokens
 
 __all__ = [
+    "Loop",
     "METRICS",
     "NEUTRAL_PROMPTS",
     "MonitoredGeneration",
@@ -36,12 +40,18 @@ __all__ = [
     "TokenReport",
     "calibrate",
     "condition_values",
+    "find_loops",
     "find_threshold",
+    "generation_loops",
     "kl_at",
+    "label_loops",
     "norm_profile",
     "persistence_run",
     "projection_monitor",
     "relative_scale",
+    "span_masks",
+    "span_means",
     "sweep",
+    "text_loops",
     "top_tokens",
 ]

@@ -13,6 +13,8 @@ import numpy as np
 from ..engine import interventions as iv
 from ..vectors import similarity
 from ..engine.positions import Positions
+from . import phases
+from .loops import Loop, find_loops
 from .vector_inputs import is_vector_set, unit_direction
 
 if TYPE_CHECKING:
@@ -35,11 +37,48 @@ class MonitoredGeneration:
     site: str
     prompt_len: int
     finish_reason: str | None
+    prompt_tokens: tuple[int, ...] = ()
 
     @property
     def positions(self) -> np.ndarray:
         """Absolute position each projection was read at."""
         return self.prompt_len - 1 + np.arange(len(self.tokens))
+
+    def span_mask(self, selector: object, *, tokenizer: Any) -> np.ndarray:
+        """Per projection: whether ``selector`` (any position selector, span selectors included)
+        selects the position it was read at (see :mod:`~mlx_steer.analysis.phases`)."""
+        return self._masks({"s": selector}, tokenizer)["s"][self.positions]
+
+    def by_span(self, selectors: Mapping[str, object], *, tokenizer: Any) -> dict[str, float]:
+        """Name -> mean projection over the positions each selector selects (NaN where none), e.g.
+        ``by_span({"reasoning": spans.reasoning(), "answer": spans.answer()}, tokenizer=model.tokenizer)``.
+
+        Raises:
+            ValueError: a bad selector, or a generation without its prompt tokens.
+        """
+        means = phases.span_means(self.projections, self.positions, self._masks(selectors, tokenizer))
+        return {name: float(m) for name, m in means.items()}
+
+    def loops(self, *, spans: Mapping[str, object] | None = None, tokenizer: Any = None, n: int = 4,
+              window: int = 64, min_repeats: int = 3) -> list[Loop]:
+        """The repetition loops of the generated tokens (:func:`~mlx_steer.analysis.loops.find_loops`),
+        at absolute positions, each labelled with the span of ``spans`` holding most of its tokens."""
+        if not spans:
+            return [lp.shifted(self.prompt_len) for lp in find_loops(self.tokens, n=n, window=window,
+                                                                     min_repeats=min_repeats)]
+        self._check_prompt()
+        return phases.generation_loops(self.prompt_tokens, self.tokens, tokenizer=tokenizer, spans=spans, n=n,
+                                       window=window, min_repeats=min_repeats)
+
+    def _masks(self, selectors: Mapping[str, object], tokenizer: Any) -> dict[str, np.ndarray]:
+        self._check_prompt()
+        return phases.span_masks(selectors, self.prompt_tokens + self.tokens, tokenizer=tokenizer,
+                                 prompt_len=self.prompt_len)
+
+    def _check_prompt(self) -> None:
+        if len(self.prompt_tokens) != self.prompt_len:
+            raise ValueError(f"splitting by span needs the prompt's {self.prompt_len} tokens; this generation "
+                             f"holds {len(self.prompt_tokens)} (prompt_tokens=)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,7 +232,7 @@ def _monitored(model: Steerable, ids: list[int], key: str, unit: np.ndarray, **g
         raise RuntimeError(f"recorded {acts.shape[0]} positions for {len(tokens)} generated tokens")
     proj = similarity.project(acts[: len(tokens)], unit)
     return dict(text="".join(text), tokens=tuple(tokens), projections=proj, site=key,
-                prompt_len=len(ids), finish_reason=finish)
+                prompt_len=len(ids), finish_reason=finish, prompt_tokens=tuple(int(t) for t in ids))
 
 
 def _reposition(spec: Mapping, positions: Positions) -> dict[str, list]:
