@@ -76,3 +76,19 @@ def test_bad_layer_refused(backend_models, backend):
     m = backend_models(backend, "gpt2")
     with pytest.raises(ValueError, match=r"layer -5 out of range for a 4-layer model; valid: -4\.\.3"):
         head_results(m, "I love", layers=-5)
+
+
+def test_the_docs_snippet_runs(tiny_dir):
+    """docs/heads.md's snippet, with the demo model swapped for a tiny one."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "heads.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace("from mlx_steer.demo.real_model import prepare_smollm2\n", "")
+    scope = {"prepare_smollm2": lambda: tiny_dir("llama")}
+    exec(compile(code, "heads.md", "exec"), scope)
+    n = len(scope["model"].encode("The capital of France is"))
+    assert scope["first"].shape == (4, n, n)
+    assert scope["gen"].shape[1] >= len(scope["model"].encode("Tell me a story")) + 7
+    assert scope["z"].shape[2:] == (4, 16) and scope["writes"].shape[2:] == (4, 64)
