@@ -76,7 +76,7 @@ class MarkerMatcher:
         while i >= 0:  # every match ends inside ``piece``: the tail is shorter than the marker
             ends.append(i + len(m) - len(self._tail))
             i = buf.find(m, i + 1)
-        self._tail = buf[len(buf) - (len(m) - 1):] if len(m) > 1 else ""
+        self._tail = buf[max(0, len(buf) - (len(m) - 1)):] if len(m) > 1 else ""
         return ends
 
     def _feed_ids(self, token: int) -> list[int]:
@@ -84,7 +84,7 @@ class MarkerMatcher:
         assert isinstance(self._tail, tuple)
         buf = self._tail + (token,)
         hit = len(buf) >= len(m) and buf[-len(m):] == m
-        self._tail = buf[len(buf) - (len(m) - 1):] if len(m) > 1 else ()
+        self._tail = buf[max(0, len(buf) - (len(m) - 1)):] if len(m) > 1 else ()
         return [0] if hit else []
 
 
