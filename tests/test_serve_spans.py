@@ -7,6 +7,8 @@ field and the valid forms. On both backends, on a tiny model whose tokenizer has
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -74,6 +76,7 @@ def test_a_closed_span_steers_what_its_index_list_steers(server, oracle):
     stop = ids.index(oracle.tokenizer.convert_tokens_to_ids("</think>")) + 1  # the closing marker is inside
     span = run(server, CLOSED, {"between": ["<think>", "</think>"]})
     same(span, run(server, CLOSED, list(range(start, stop))))
+    same(span, run(server, CLOSED, {"between": [[ids[start - 1]], [ids[stop - 1]]]}))  # markers as token ids
     assert span["steered_tokens"] == [False] * N  # the span closed in the prompt
     unsteered = post(server, {"prompt": CLOSED, "max_tokens": N, "ignore_eos": True, "logprobs": 3}).json()
     assert not np.allclose(span["logprobs"]["token_logprobs"],
@@ -131,6 +134,7 @@ BAD = [  # (positions, what the message says)
     ({"before": "x", "from_token": 2}, "from_token applies to between, after and reasoning"),
     ({"not": 1.5}, "cannot use 1.5 as positions"),
     ("thinking", "unknown position selector 'thinking'; valid: all, last, prompt, generated, special"),
+    ({"or": ["special", {"after": [99999]}]}, "marker [99999]: token id 99999 is outside the vocabulary of"),
     (1.5, 'or a span selector ("reasoning", "answer", "special", {"between": [open, close]'),
 ]
 
@@ -147,3 +151,16 @@ def test_bad_span_json_is_a_400_naming_the_field(server, positions, message, bac
     assert error["param"] == "steering[1].positions" and error["message"].startswith("steering[1].positions: ")
     assert message in error["message"], error["message"]
     assert httpx.get(f"{server.url}/health", timeout=10).json()["requests"] == before  # nothing ran
+
+
+def test_a_streams_last_chunk_says_which_tokens_were_steered(server):
+    whole = run(server, OPEN, {"after": "dogs"}, monitor=True)
+    body = {"model": MODEL, "prompt": OPEN, "max_tokens": N, "ignore_eos": True, "stream": True,
+            "steering": [{"vector": "love", "scale": 6, "positions": {"after": "dogs"}}],
+            "monitor": [{"vector": "calm", "layer": 2}]}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120) as r:
+        chunks = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:") and "[DONE]" not in line]
+    last = chunks[-1]["choices"][0]
+    assert last["finish_reason"] == "length" and "steered_tokens" not in chunks[-2]["choices"][0]
+    assert whole["steered_tokens"] == last["steered_tokens"] == [True] * N  # "dogs" ends the prompt
+    assert last["projection_spans"] == whole["projection_spans"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from ..engine.continuous import Monitor
 from ..engine.positions import Positions, as_positions
 from ..vectors.calibrated_units import calibrated_vector
 from ..engine.span_book import TokenFacts
+from ..engine.span_markers import Marker
 from .engine import Job
 from .registry import VectorRegistry
 from .steered import SteeredSpans
@@ -150,6 +152,7 @@ class Planner:
         for i, spec in enumerate(specs):
             where = f"steering[{i}]"
             pos = parse_positions(spec.positions, f"{where}.positions")
+            self._marker_ids(pos, f"{where}.positions")
             top = pos.max_index
             if top is not None and top >= limit:
                 raise FieldError(f"{where}.positions", f"position {top} is never reached: prompt + max_tokens is "
@@ -178,6 +181,21 @@ class Planner:
             echo.append(entry)
             entries.append((pos, spec.when is not None))
         return out or None, echo, entries
+
+    def _marker_ids(self, pos: Positions, param: str) -> None:
+        """Refuse a span marker given as token ids outside the vocabulary (as a prompt's ids are)."""
+        todo: list[object] = [pos.span] if pos.kind == "span" else []
+        while todo:
+            node = todo.pop()
+            if isinstance(node, Marker):
+                try:
+                    self.model.prompts.check_ids(list(node.ids))
+                except (ValueError, TypeError) as exc:
+                    raise FieldError(param, f"marker {node}: {exc}") from None
+            elif isinstance(node, tuple):
+                todo.extend(node)
+            elif dataclasses.is_dataclass(node) and not isinstance(node, Positions):
+                todo.extend(getattr(node, f.name) for f in dataclasses.fields(node))
 
     def _named(self, spec: SteeringSpec, pos: Positions, where: str) -> tuple[dict, list[str]]:
         vec = self._vector(spec.vector, f"{where}.vector")
