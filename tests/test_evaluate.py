@@ -98,7 +98,7 @@ def test_generation_scores_equal_solo_runs_and_a_recomputed_perplexity(backend_m
     vec = _vector(m, 1)
     table = ev.evaluate(m, vector=vec, layers=[2], strengths=[0.0, 4.0], prompts=PROMPTS, judge=_length_judge,
                         max_tokens=6, batch_size=3, progress=False)
-    assert table.measures == ("behaviour", "perplexity", "fluency", "distinct_1", "distinct_2")
+    assert table.measures == ("behaviour", "perplexity", "fluency", "distinct_1", "distinct_2", "loop_fraction")
     ppl = {}
     for s in (0.0, 4.0):
         spec = {"layers.2": iv.add_vector(vec, scale=s)} if s else None

@@ -14,7 +14,7 @@ from .calibrate import add_calibrated_flag
 from .inputs import existing_file, read_prompts
 from .loading import describe, fit_vector, model_for, vector_file
 from .output_folder import check_out_dir, write_into
-from .position_option import add_positions
+from .position_option import add_positions, position_selector
 
 CAA = (  # ev.CAA_BEHAVIOURS, not imported: every mlx-steer call imports this module (a test keeps them equal)
     "coordinate-other-ais", "corrigible-neutral-HHH", "myopic-reward", "refusal", "survival-instinct")
@@ -70,6 +70,9 @@ def fill(sp: argparse.ArgumentParser) -> None:
                     help="where A/B cells steer: last = the '(' after the question (CAA), all = every position")
     add_positions(sp, names=("all", "prompt", "generated"), default="all",
                   help="where open-ended cells steer (default all)")
+    sp.add_argument("--score-span", type=position_selector(("generated",)), metavar="SPAN",
+                    help="the judge reads only these generated tokens: answer (outside the reasoning), reasoning, "
+                         "or a JSON span object (default: the whole generation)")
     sp.add_argument("--max-tokens", type=positive_int, default=40, metavar="N", help="tokens per generation (default 40)")
     sp.add_argument("--temp", type=finite, default=0.0, metavar="T", help="sampling temperature (default 0: greedy)")
     sp.add_argument("--seed", type=seed, default=0,
@@ -99,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         usage_error(args, "without --vector, the vector is extracted from A/B items: give --items or --caa")
     if args.min_fluency is not None and not args.prompts_file:
         usage_error(args, "--min-fluency needs open-ended prompts (--prompts-file) to measure fluency")
+    if args.score_span is not None and not args.prompts_file:
+        usage_error(args, "--score-span chooses what the judge reads: give --prompts-file FILE")
     if args.temp < 0:
         usage_error(args, f"--temp must be >= 0, got {args.temp:g}")
     if (args.control_items or args.control_caa) and not (args.items or args.caa):
@@ -128,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     table = ev.evaluate(model, vector=vec, layers=layers, strengths=args.strengths, items=items, prompts=prompts,
                         control_items=control, units="calibrated" if args.calibrated else "raw",
                         judge=judge, controls=args.controls, ab_positions=args.ab_positions, positions=args.positions,
+                        score_span=args.score_span,
                         max_tokens=args.max_tokens, chat=args.chat, batch_size=args.batch_size, temp=args.temp,
                         seed=args.seed, progress=args.progress)
     print(f"evaluate: {describe(vec)}")

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..engine.limits import check_length, check_seed
+from ..engine.positions import as_positions
 from ..vectors.calibrated_units import calibrated_vector
 from ..vectors.steering_vector import SteeringVector
 from .ab import ab_scores
@@ -49,6 +50,7 @@ def evaluate(
     controls: Sequence[str] = (),
     ab_positions: object = "last",
     positions: object = "all",
+    score_span: object = None,
     max_tokens: int = 40,
     chat: bool = True,
     system: str | None = None,
@@ -82,6 +84,9 @@ def evaluate(
             last token both answers' sequences share: the ``"("`` where the tokenizer splits it from
             the letter, the last prompt token where ``"(A"`` is one token), ``"all"`` every position.
         positions: Where open-ended cells steer (default every position, generated tokens included).
+        score_span: Show the judge only the generated tokens this position selector selects, e.g.
+            ``"answer"`` (outside the reasoning) or a span selector (default: the whole generation).
+            Perplexity, distinct-n and the loop count still read every generated token.
         max_tokens: Tokens generated per prompt and cell.
         chat: Ask A/B questions and prompts as chat user turns (False: plain text, for base models).
         system: A system prompt for those turns.
@@ -114,6 +119,10 @@ def evaluate(
     seed = check_seed(seed)
     ab_items = as_items(items) if items is not None else None
     controls_ab = as_items(control_items) if control_items is not None else None
+    if score_span is not None:
+        if prompts is None:
+            raise ValueError("score_span= chooses what the judge of open-ended prompts= reads; give prompts= too")
+        as_positions(score_span)  # a bad selector is refused (naming the valid forms) before anything runs
     texts = [prompts] if isinstance(prompts, str) else list(prompts) if prompts is not None else None
     if texts is not None and (not texts or not all(isinstance(p, str) and p for p in texts)):
         raise ValueError("prompts must be a non-empty list of non-empty strings")
@@ -137,9 +146,10 @@ def evaluate(
                         share_layers=share_layers, progress=bar.update) if controls_ab is not None else None
         gen = generation_scores(model, texts, grids["gen"], judge=judge, max_tokens=max_tokens, chat=chat,
                                 system=system, batch_size=batch_size, temp=temp, seed=seed,
-                                progress=bar.update) if texts is not None and judge is not None else None
+                                score_span=score_span, progress=bar.update) if texts is not None and judge is not None else None
     measures: list[str] = (["ab_probability"] if ab is not None else []) + (
-        ["behaviour", "perplexity", "fluency", "distinct_1", "distinct_2"] if gen is not None else []) + (
+        ["behaviour", "perplexity", "fluency", "distinct_1", "distinct_2", "loop_fraction"] if gen is not None
+        else []) + (
         ["control_ab_probability", "selectivity"] if ctl is not None else [])
     base_ppl = gen[("unsteered",)].perplexity if gen is not None else None
     rows, samples = [], {}
@@ -156,13 +166,15 @@ def evaluate(
             g = gen[key]
             values.update(behaviour=float(np.mean(g.scores)), perplexity=g.perplexity,
                           fluency=float(base_ppl / g.perplexity) if base_ppl is not None else None,
-                          distinct_1=distinct_n(g.texts, 1), distinct_2=distinct_n(g.texts, 2))
+                          distinct_1=distinct_n(g.texts, 1), distinct_2=distinct_n(g.texts, 2),
+                          loop_fraction=g.loop_fraction)
             samples[(cell.vector, cell.layer, cell.strength)] = g.texts
         rows.append(EvalRow(cell.vector, cell.layer, cell.strength, **values))
     info = {"model": str(getattr(model, "model_id", None) or ""), "backend": type(model).__name__,
             "items": str(len(ab_items) if ab_items else 0), "prompts": str(len(texts) if texts else 0),
             "seed": str(seed), "chat": str(chat), "ab_positions": str(ab_positions), "positions": str(positions),
             "max_tokens": str(max_tokens), "temp": str(temp), "units": units,
+            **({"score_span": str(as_positions(score_span))} if score_span is not None else {}),
             **({"control_items": str(len(controls_ab))} if controls_ab else {}),
             **{f"coefficient {layer}": f"{c:.6g}" for layer, c in coefficients.items()},
             **{f"norm {layer}": f"{float(np.linalg.norm(grid.direction('steering', layer))):.4g}" for layer in grid.layers}}

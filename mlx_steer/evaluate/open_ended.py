@@ -6,6 +6,12 @@ generated tokens are then scored by the *unsteered* model in one more forward pe
 perplexity is ``exp`` of the mean negative log-likelihood of the generated tokens given the prompt
 and the tokens before them, over every generated token of the cell. Distinct-n is the number of
 distinct word n-grams over the total, over the cell's texts (Li et al. 2016).
+
+With ``score_span`` the judge sees only the text of the generated tokens that selector selects
+(e.g. ``"answer"``: outside the reasoning), located in each finished sequence by
+:func:`~mlx_steer.engine.span_locate.locate`; perplexity and distinct-n still read every generated
+token. Each generation's repetition loops (:func:`~mlx_steer.analysis.loops.find_loops`, default
+settings) are counted over all its generated tokens.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..analysis.loops import find_loops
 from ..engine.prefix_generation import PromptPrefixes, refuse_prompt_positions
+from ..engine.span_book import TokenFacts
+from ..engine.span_locate import locate
 from ..engine.shared_prefix import PrefixRefused
 from .grid import Grid
 from .judges import Judge, judge_scores
@@ -25,7 +34,7 @@ if TYPE_CHECKING:
     from ..engine.model import Steerable
     from ..engine.results import BatchResult
 
-__all__ = ["Generations", "distinct_n", "generation_scores", "perplexity_terms"]
+__all__ = ["Generations", "distinct_n", "generation_scores", "perplexity_terms", "span_texts"]
 
 
 @dataclass(frozen=True)
@@ -36,10 +45,16 @@ class Generations:
     scores: np.ndarray  # the judge's, one per text
     nll: float  # summed negative log-likelihood of the generated tokens under the unsteered model
     n_tokens: int
+    loops: tuple[int, ...] = ()  # repetition loops found in each generation
 
     @property
     def perplexity(self) -> float:
         return float(np.exp(self.nll / self.n_tokens)) if self.n_tokens else float("nan")
+
+    @property
+    def loop_fraction(self) -> float:
+        """The fraction of the generations with at least one loop (NaN when there are none)."""
+        return float(np.mean([n > 0 for n in self.loops])) if self.loops else float("nan")
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -74,7 +89,7 @@ def perplexity_terms(model: Steerable, prompts: Sequence[Sequence[int]], generat
 
 def generation_scores(model: Steerable, prompts: Sequence[str], grid: Grid, *, judge: Judge, max_tokens: int,
                       chat: bool = True, system: str | None = None, batch_size: int = 16, temp: float = 0.0,
-                      seed: int = 0, shared_prefix: bool = True,
+                      seed: int = 0, shared_prefix: bool = True, score_span: object = None,
                       progress: Callable[[int], Any] | None = None) -> dict[tuple, Generations]:
     """Per distinct cell (``grid.key``), its generations over ``prompts`` and their scores.
 
@@ -101,10 +116,24 @@ def generation_scores(model: Steerable, prompts: Sequence[str], grid: Grid, *, j
         if progress is not None:
             progress(len(part))
     out = {}
+    facts = TokenFacts(model.tokenizer)
     for k in distinct:
         terms = perplexity_terms(model, ids, tokens[k], batch_size=batch_size)
-        out[k] = Generations(tuple(texts[k]), judge_scores(judge, texts[k]), sum(t for t, _ in terms),
-                             sum(n for _, n in terms))
+        judged = texts[k] if score_span is None else span_texts(model, ids, tokens[k], score_span, facts=facts)
+        out[k] = Generations(tuple(texts[k]), judge_scores(judge, judged), sum(t for t, _ in terms),
+                             sum(n for _, n in terms), tuple(len(find_loops(g)) for g in tokens[k]))
+    return out
+
+
+def span_texts(model: Steerable, prompts: Sequence[Sequence[int]], generated: Sequence[Sequence[int]],
+               selector: object, *, facts: TokenFacts | None = None) -> list[str]:
+    """Per row, the text of the generated tokens ``selector`` selects in ``prompts[i] + generated[i]``
+    (decoded together, as the whole generation's text is; "" where it selects none)."""
+    facts = facts or TokenFacts(model.tokenizer)
+    out = []
+    for p, g in zip(prompts, generated):
+        mask = locate(selector, list(p) + list(g), facts=facts, prompt_len=len(p))[len(p):]
+        out.append(model.prompts.decode([t for t, keep in zip(g, mask) if keep]))
     return out
 
 

@@ -21,11 +21,12 @@ __all__ = ["MEASURES", "EvalRow", "EvalTable"]
 
 # what a row can measure; None where the evaluation did not measure it
 MEASURES = ("ab_probability", "behaviour", "perplexity", "fluency", "distinct_1", "distinct_2",
-            "control_ab_probability", "selectivity")
+            "control_ab_probability", "selectivity", "loop_fraction")
 _LABELS = {"ab_probability": "p(matching answer)", "behaviour": "judge score", "perplexity": "perplexity",
            "fluency": "fluency (unsteered ppl / ppl)", "distinct_1": "distinct-1", "distinct_2": "distinct-2",
            "control_ab_probability": "p(matching) on the control items",
-           "selectivity": "selectivity (|target move| - |control move|)"}
+           "selectivity": "selectivity (|target move| - |control move|)",
+           "loop_fraction": "generations with a repetition loop"}
 _STYLES: dict[str, Literal["-", ":", "--"]] = {"steering": "-", "random": ":", "flipped": "--"}
 
 
@@ -48,6 +49,8 @@ class EvalRow:
         selectivity: How much more the cell moves the target behaviour than the control one, against the
             unsteered cell: ``|ab_probability - unsteered| - |control_ab_probability - unsteered control|``
             (0 for the unsteered cell; > 0 where the steering moves what it is meant to more than what it is not).
+        loop_fraction: The fraction of the cell's generations holding a repetition loop
+            (:func:`~mlx_steer.analysis.loops.find_loops` with its defaults).
     """
 
     vector: str
@@ -61,6 +64,7 @@ class EvalRow:
     distinct_2: float | None = None
     control_ab_probability: float | None = None
     selectivity: float | None = None
+    loop_fraction: float | None = None
 
     def value(self, measure: str) -> float | None:
         return getattr(self, measure)
