@@ -5,7 +5,7 @@ attention pattern times its values (recorded at the value projection), on both b
 import numpy as np
 import pytest
 
-from mlx_steer.heads import attention_patterns, head_results
+from mlx_steer.heads import attention_patterns, head_results, head_z_site, split_heads
 from tiny_models import ARCHS, HEADS, HIDDEN
 from torch_fixtures import *  # noqa: F403  (fixtures)
 from torch_fixtures import BACKENDS, assert_untouched, snapshot
@@ -58,6 +58,25 @@ def test_last_position_is_each_rows_last_token(backend_models, backend):
     last = head_results(m, BATCH, layers=1, positions="last")
     assert last.z[1].shape[1] == 1
     np.testing.assert_array_equal(last.writes[1][:, 0], every.writes[1][:, -1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", ["phi3", "gpt2"])
+def test_heads_recorded_over_a_generation_split_into_writes(backend_models, backend, arch):
+    m = backend_models(backend, arch)
+    site = head_z_site(m, -2)
+    out_site = m.resolve_key(site.rsplit(":", 1)[0])  # the projection's output: the attention output
+    hooks: list = []
+    new = m.generate_tokens("Tell me a story", max_tokens=4, record=[site, out_site], record_positions="all",
+                            hooks_out=hooks)
+    z, writes = split_heads(m, 2, hooks[0].activations[site])
+    out = m.to_numpy(hooks[0].activations[out_site])
+    bias = head_results(m, "I", layers=2).bias[2]
+    assert z.shape[:2] == out.shape[:2] and z.shape[1] >= len(m.encode("Tell me a story")) + len(new) - 1
+    np.testing.assert_allclose(writes.sum(-2) + (0 if bias is None else bias), out, atol=2e-5, rtol=0)
+    bad = r"recorded width 8 is not layer 1's output projection input \(64\); record '.*1\.\w+\.\w+:input'"
+    with pytest.raises(ValueError, match=bad):
+        split_heads(m, 1, out[..., :8])
 
 
 def test_mlx_quantized_projection_is_dequantized(load_tiny):

@@ -21,7 +21,7 @@ from .attention_sites import layer_indices, output_projection_path
 if TYPE_CHECKING:
     from ..engine.model import Steerable
 
-__all__ = ["HeadResults", "head_results", "output_weight"]
+__all__ = ["HeadResults", "head_results", "head_z_site", "output_weight", "split_heads"]
 
 
 @dataclass(frozen=True)
@@ -62,27 +62,57 @@ def head_results(
         ValueError: a bad layer index, a layer without an output projection, or a model whose
             head count does not divide the projection's input.
     """
-    backend = model.backend
-    indices = layer_indices(layers, len(backend.layer_paths))
-    paths = {i: output_projection_path(backend.modules, backend.layer_paths[i]) for i in indices}
-    weights = {i: output_weight(backend, p) for i, p in paths.items()}  # before running: refuse early
-    H = backend.n_heads
-    if H is None:
-        raise ValueError("the model's config gives no attention head count: per-head results need one")
-    for i, (w, _) in weights.items():
-        if w.shape[1] % H:
-            raise ValueError(f"{paths[i]} takes {w.shape[1]} inputs, not a multiple of the head count {H}")
-    sites = {i: f"{p}:input" for i, p in paths.items()}
+    indices = layer_indices(layers, len(model.backend.layer_paths))
+    sites = {i: head_z_site(model, i) for i in indices}
+    weights = {i: _head_weights(model, i) for i in indices}  # before running: refuse early
     trace = model.run(prompts, record=list(sites.values()), record_positions=positions, chat=chat,
                       interventions=interventions, logits=False)
     z, writes, bias = {}, {}, {}
     for i, site in sites.items():
-        x = model.to_numpy(trace.activations[model.resolve_key(site)])
-        w, b = weights[i]
-        zi = x.reshape(*x.shape[:-1], H, -1)
-        wh = w.reshape(w.shape[0], H, -1)  # (D, H, d_head)
-        z[i], writes[i], bias[i] = zi, np.einsum("bthd,ohd->btho", zi, wh), b
+        z[i], writes[i] = _split(model.to_numpy(trace.activations[site]), *weights[i][:2])
+        bias[i] = weights[i][2]
     return HeadResults(z, writes, bias)
+
+
+def head_z_site(model: Steerable, layer: int) -> str:
+    """The site holding ``layer``'s heads side by side (its attention output projection's input),
+    resolved: record it anywhere (e.g. ``model.record`` over a generation), then :func:`split_heads`.
+
+    Raises:
+        ValueError: a bad layer index, or a layer without an output projection.
+    """
+    backend = model.backend
+    (i,) = layer_indices(layer, len(backend.layer_paths))
+    return model.resolve_key(f"{output_projection_path(backend.modules, backend.layer_paths[i])}:input")
+
+
+def split_heads(model: Steerable, layer: int, recorded: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``z`` (..., H, d_head) and each head's residual write (..., H, D), float32, from what was
+    recorded at :func:`head_z_site` of ``layer`` ((..., H · d_head), a backend or numpy array)."""
+    w, H, _ = _head_weights(model, layer)
+    x = recorded if isinstance(recorded, np.ndarray) else model.to_numpy(recorded)
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"recorded width {x.shape[-1]} is not layer {layer}'s output projection input "
+                         f"({w.shape[1]}); record {head_z_site(model, layer)!r}")
+    return _split(x.astype(np.float32), w, H)
+
+
+def _head_weights(model: Steerable, layer: int) -> tuple[np.ndarray, int, np.ndarray | None]:
+    backend = model.backend
+    (i,) = layer_indices(layer, len(backend.layer_paths))
+    path = output_projection_path(backend.modules, backend.layer_paths[i])
+    w, b = output_weight(backend, path)
+    H = backend.n_heads
+    if H is None:
+        raise ValueError("the model's config gives no attention head count: per-head results need one")
+    if w.shape[1] % H:
+        raise ValueError(f"{path} takes {w.shape[1]} inputs, not a multiple of the head count {H}")
+    return w, H, b
+
+
+def _split(x: np.ndarray, w: np.ndarray, H: int) -> tuple[np.ndarray, np.ndarray]:
+    z = x.reshape(*x.shape[:-1], H, -1)
+    return z, np.einsum("...hd,ohd->...ho", z, w.reshape(w.shape[0], H, -1))  # W (D, H, d_head)
 
 
 def output_weight(backend: Any, path: str) -> tuple[np.ndarray, np.ndarray | None]:

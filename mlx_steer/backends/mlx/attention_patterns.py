@@ -28,7 +28,8 @@ from ...heads.attention_sites import attention_path
 from . import hooks as hk
 
 Sink = Callable[[int, mx.array], None]
-SUPPORTED = "model files that call mlx_lm.models.base.scaled_dot_product_attention (llama, qwen2, phi3, gpt2...), and gemma2"
+SUPPORTED = ("model files that call mlx_lm.models.base.scaled_dot_product_attention (llama, qwen2, phi3, gpt2...), "
+             "and gemma2")
 
 _running = threading.local()  # .current: (layer, sink) while an asked attention module runs here
 _lock = threading.Lock()
