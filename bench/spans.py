@@ -116,7 +116,7 @@ def main() -> None:
     t0 = time.time()
     m = ms.load(str(prepare_smollm2(verbose=False)))
     rows = bench(m, args.tokens, args.repeats)
-    print(f"\nmachine: {cpu_name()}, mlx {md.version("mlx")}, device {mx.default_device()}; {args.tokens} tokens x "
+    print(f"\nmachine: {cpu_name()}, mlx {md.version('mlx')}, device {mx.default_device()}; {args.tokens} tokens x "
           f"{args.repeats} interleaved repeats, steering layers.{m.num_layers // 2}; {time.time() - t0:.0f}s\n")
     print(markdown(rows))
     print("ratio: median tok/s vs plain's median (the target is checked on it); best-run ratio: fastest run vs "
