@@ -8,6 +8,7 @@ fails the test (``.ci/run`` installs it).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -175,3 +176,44 @@ def test_playground_sweep_offers_only_the_vectors_layers(browser, setup):
     assert browser.find_elements(By.CSS_SELECTOR, "#sweep-table td") == []
     time.sleep(0.5)  # a cell's request, had one gone out, would have reached the server by now
     assert counters(server) == before  # nothing was sent
+
+
+def test_playground_underlines_the_steered_tokens(browser, setup):
+    """Steering positions chosen as a span object (here generated tokens but two, by index inside
+    ``and``/``not``): the steered pane underlines exactly the tokens the response's
+    ``steered_tokens`` names, as located by hand; the base pane underlines none."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    server, oracle, vectors = setup
+    ids = oracle.encode(PROMPT, chat=True)
+    P, n = len(ids), 8
+    browser.get(server.url + "/")
+    WebDriverWait(browser, 30).until(lambda d: len(Select(d.find_element(By.ID, "vector")).options) == 3)
+    Select(browser.find_element(By.ID, "vector")).select_by_value("love")
+    Select(browser.find_element(By.ID, "layer")).select_by_value("2")
+    browser.find_element(By.ID, "prompt").send_keys(PROMPT)
+    for field, value in (("strength", "6"), ("max-tokens", str(n))):
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    span = {"and": ["generated", {"not": [P + 1, P + 3]}]}
+    browser.execute_script("const o = new Option('mixed', arguments[0]); document.getElementById('positions').add(o);"
+                           "document.getElementById('positions').value = arguments[0];", json.dumps(span))
+    browser.find_element(By.ID, "generate").click()
+
+    def state(name: str) -> str:
+        return browser.execute_script(f"return document.getElementById('{name}-output').dataset.state")
+
+    WebDriverWait(browser, 60).until(lambda d: state("base") == "done" and state("steered") == "done")
+    steered_at = [p for p in range(P, P + n) if p not in (P + 1, P + 3)]
+    interventions = vectors["love"].select([oracle.resolve("layers.2").path]).to_interventions(
+        scale=6.0, positions=steered_at)
+    tokens = oracle.generate_tokens(ids, max_tokens=n, interventions=interventions)
+    marks = browser.execute_script(
+        "return [...document.querySelectorAll('#steered-output span')].map(s => s.classList.contains('steered'))")
+    want = [i not in (1, 3) for i in range(len(tokens))]
+    assert marks[:len(tokens)] == want and not any(marks[len(tokens):]), marks
+    assert browser.execute_script("return document.getElementById('steered-output').textContent") == \
+        oracle.prompts.decode(tokens)
+    assert browser.execute_script("return document.querySelectorAll('#base-output span.steered').length") == 0

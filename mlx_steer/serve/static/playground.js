@@ -1,6 +1,6 @@
 // The playground: base and steered output streamed side by side (two concurrent requests that the
 // server batches together), tokens coloured by their projection on the vector, and a small
-// strength x layer sweep. Plain JS, no build step, nothing fetched from outside this server.
+// strength x layer sweep; the tokens the steering covered (span positions) are underlined. Plain JS, no build step, nothing fetched from outside this server.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -53,6 +53,8 @@ async function stream(path, body, onChunk, signal) {
 function mode() { return document.querySelector("input[name=mode]:checked").value; }
 function strength() { const s = parseFloat($("strength").value); return Number.isFinite(s) ? s : 0; }
 function chosenLayer() { const v = $("layer").value; return v === "" ? null : parseInt(v, 10); }
+// a positions option is a name ("generated", "reasoning") or a span object written as JSON
+function chosenPositions() { const v = $("positions").value; return v.startsWith("{") ? JSON.parse(v) : v; }
 
 function requestBody(steered, opts = {}) {
   const body = {
@@ -74,7 +76,7 @@ function requestBody(steered, opts = {}) {
   if (vector) {
     body.monitor = [layer === null ? vector : { vector: vector, layer: layer }];
     if (steered) {
-      const s = { vector: vector, scale: opts.scale !== undefined ? opts.scale : strength(), positions: $("positions").value };
+      const s = { vector: vector, scale: opts.scale !== undefined ? opts.scale : strength(), positions: chosenPositions() };
       if (layer !== null) s.layers = [layer];
       body.steering = [s];
     }
@@ -94,7 +96,7 @@ class Pane {
   constructor(name) {
     this.el = $(name + "-output");
     this.status = $(name + "-status");
-    this.tokens = [];  // {span, value}
+    this.tokens = [];  // {span, value}: one per generated token
   }
   reset() {
     this.el.textContent = "";
@@ -102,13 +104,24 @@ class Pane {
     this.el.dataset.state = "running";
     this.status.textContent = "";
   }
-  add(text, value) {
-    if (!text && value === undefined) return;
+  // a token's text (a token chunk always makes a span, even while its text is held back);
+  // the text of the first and last chunks is no token of its own
+  add(text, value, isToken) {
+    if (!text && !isToken) return;
     const span = document.createElement("span");
     span.textContent = text;
     if (value !== undefined) span.title = "projection " + value.toFixed(3);
     this.el.appendChild(span);
-    this.tokens.push({ span, value });
+    if (isToken) this.tokens.push({ span, value });
+  }
+  // the last chunk's steered_tokens: one flag per generated token
+  markSteered(flags) {
+    flags.forEach((steered, i) => {
+      const t = this.tokens[i];
+      if (!t || !steered) return;
+      t.span.classList.add("steered");
+      t.span.title = (t.span.title ? t.span.title + " · " : "") + "steered";
+    });
   }
   finish(reason, n, seconds) {
     this.el.dataset.state = "done";
@@ -151,7 +164,9 @@ async function run(name, steered, signal) {
       if (!choice) return;
       chunks += 1;  // the first chunk opens the reply, the last one ends it: the rest are tokens
       const values = Object.values(choice.projections || {});
-      pane.add(textOf(choice), values.length ? values[0] : undefined);
+      const isToken = chunks > 1 && !choice.finish_reason;
+      pane.add(textOf(choice), values.length ? values[0] : undefined, isToken);
+      if (choice.steered_tokens) pane.markSteered(choice.steered_tokens);
       if (choice.finish_reason) reason = choice.finish_reason;
       recolor();
     }, signal);
