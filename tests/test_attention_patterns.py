@@ -243,9 +243,9 @@ def test_smollm2_patterns_equal_eager_on_both_backends(smollm2, smollm2_torch, s
 
     hf = AutoModelForCausalLM.from_pretrained(str(smollm2_dir), dtype=torch.float32, attn_implementation="eager")
     prompts = ["The capital of France is", "Tell me a story about a cat who lives on a boat."]
+    wants = [eager_patterns(hf, smollm2.encode(p)) for p in prompts]
     for m in (smollm2, smollm2_torch):
         got = attention_patterns(m, prompts, layers=[0, 15, 29])
-        for r, p in enumerate(prompts):
-            want = eager_patterns(hf, m.encode(p))
+        for r, want in enumerate(wants):
             for layer in (0, 15, 29):
                 np.testing.assert_allclose(got.row(r, layer), want[layer], atol=1e-5, rtol=0)
