@@ -27,10 +27,11 @@ EXAMPLES = """\
 A/B items (CAA): p(matching) / (p(matching) + p(not matching)), each answer's reply "(A" / "(B" scored
 whole however the tokenizer splits it, averaged over the items. Without --vector, CAA's vector is
 extracted from the items first, on a seeded split that keeps --held-out items apart for the evaluation.
-Open-ended prompts: a judge's score of the generated text, its perplexity under the unsteered model
-(fluency = unsteered perplexity / perplexity) and distinct-n. Writes OUT/table.csv, OUT/table.json
-and OUT/plot.png, and prints the table and the best cell (--min-fluency: the best within that
-fluency budget).
+Open-ended prompts: a judge's score of the generated text (--score-span answer: of the answer only, not
+the reasoning), its perplexity under the unsteered model (fluency = unsteered perplexity / perplexity),
+distinct-n and the fraction of generations caught in a repetition loop. Writes OUT/table.csv,
+OUT/table.json and OUT/plot.png, and prints the table and the best cell (--min-fluency: the best
+within that fluency budget).
 
 examples:
   mlx-steer evaluate --model PATH --caa corrigible-neutral-HHH --layers 6 12 18 24 \\

@@ -76,7 +76,8 @@ def evaluate(
             calibrated coefficient (the vector needs a calibration for every layer, see
             :func:`mlx_steer.analysis.calibrate`).
         prompts: Open-ended prompts: measures ``behaviour`` (needs ``judge``), ``perplexity``,
-            ``fluency`` and ``distinct_1``/``distinct_2``.
+            ``fluency``, ``distinct_1``/``distinct_2`` and ``loop_fraction`` (generations holding a
+            repetition loop, :func:`~mlx_steer.analysis.loops.find_loops`).
         judge: ``judge(texts) -> scores``, e.g. :func:`~mlx_steer.evaluate.judges.sentiment_judge`.
         controls: Also score ``"random"`` (a seeded direction of the vector's norm at each layer) and
             ``"flipped"`` (the vector negated).
