@@ -7,6 +7,7 @@ field and the valid forms. On both backends, on a tiny model whose tokenizer has
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 
 import httpx
@@ -164,3 +165,27 @@ def test_a_streams_last_chunk_says_which_tokens_were_steered(server):
     assert last["finish_reason"] == "length" and "steered_tokens" not in chunks[-2]["choices"][0]
     assert whole["steered_tokens"] == last["steered_tokens"] == [True] * N  # "dogs" ends the prompt
     assert last["projection_spans"] == whole["projection_spans"]
+
+
+def test_span_rows_batched_together_each_equal_their_solo_run(server, oracle):
+    """Requests with different spans (and prompts whose spans open at different places) run in one
+    continuous batch: each equals its solo answer (a row's span is read from its own tokens)."""
+    cases = [(OPEN, {"between": ["<think>", "</think>"]}), (CLOSED, {"between": ["<think>", "</think>"]}),
+             (OPEN, "answer"), (CLOSED, {"not": {"after": "love"}})]
+    solo = [run(server, prompt, positions) for prompt, positions in cases]
+    with concurrent.futures.ThreadPoolExecutor(len(cases) * 2) as pool:
+        together = list(pool.map(lambda c: run(server, *c), cases * 2))
+    for a, b in zip(solo * 2, together):
+        same(a, b)
+        assert a["steered_tokens"] == b["steered_tokens"]
+
+
+@pytest.mark.parametrize("threshold,met", [(-1e6, True), (1e6, False)], ids=["met", "not-met"])
+def test_a_gated_entry_counts_as_steered_only_when_its_condition_held(server, threshold, met):
+    body = {"prompt": OPEN, "max_tokens": N, "ignore_eos": True, "steering": [
+        {"vector": "love", "scale": 6, "positions": {"between": ["<think>", "</think>"]},
+         "when": {"vector": "calm", "threshold": threshold, "measure": "projection"}}]}
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["conditions"][0]["condition_met"] is met
+    assert r.json()["choices"][0]["steered_tokens"] == [met] * N
