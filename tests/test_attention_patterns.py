@@ -249,3 +249,42 @@ def test_smollm2_patterns_equal_eager_on_both_backends(smollm2, smollm2_torch, s
         for r, want in enumerate(wants):
             for layer in (0, 15, 29):
                 np.testing.assert_allclose(got.row(r, layer), want[layer], atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory):
+    """A tiny seeded Qwen3 folder: q/k norms on each head before the rotary embedding."""
+    import tiny_models
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    folder = tmp_path_factory.mktemp("qwen3")
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=tiny_models.VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.08)
+            elif "q_norm" in name or "k_norm" in name:
+                p.uniform_(0.5, 2.0)  # norms that change the scores
+    model.save_pretrained(folder)
+    tiny_models.build_tokenizer().save_pretrained(folder)
+    tiny_models.fix_rope_theta(folder)
+    return folder
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_qk_norm_architecture_equals_eager(qwen3_dir, backend):
+    import mlx_steer as ms
+    from mlx_steer.torch_backend import load
+    from transformers import AutoModelForCausalLM
+
+    m = ms.load(str(qwen3_dir)) if backend == "mlx" else load(str(qwen3_dir))
+    hf = AutoModelForCausalLM.from_pretrained(str(qwen3_dir), dtype=torch.float32, attn_implementation="eager")
+    got = attention_patterns(m, BATCH, layers=None)
+    for r, p in enumerate(BATCH):
+        want = eager_patterns(hf, m.encode(p))
+        for layer in (0, 1):
+            np.testing.assert_allclose(got.row(r, layer), want[layer], atol=TOL, rtol=0)
