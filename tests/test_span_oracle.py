@@ -190,3 +190,32 @@ def test_recorded_steering_reaches_only_the_span_and_the_budget_starts_at_token_
             full = inside(seqs[1], "<think>", "</think>", text_of(m))
             budget = inside(seqs[1], "<think>", "</think>", text_of(m), from_token=2)
             assert budget == full[2:] and len(full) > 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_smollm2_text_markers_steer_exactly_the_located_span(smollm2, smollm2_torch, backend):
+    """SmolLM2 has no think tokens: the markers are text its tokenizer splits. The span opens in the
+    prompt and the closing marker's tokens are forced mid-generation."""
+    m = smollm2 if backend == "mlx" else smollm2_torch
+    tok = m.tokenizer
+    p = m.encode("Question: what is 7 times 6? <think> Let me work it out")
+    close = tok.encode(" </think>", add_special_tokens=False)
+    assert len(close) > 1
+    force = forcing({tuple(p): {3 + i: t for i, t in enumerate(close)}}, to_list)
+    v = np.random.default_rng(5).normal(size=m.hidden_size).astype(np.float32)
+    sel = spans.between("<think>", "</think>")
+
+    def run(positions):
+        return list(m.stream_generate(p, max_tokens=8 + len(close), logits_processors=[force],
+                                      interventions={"layers.12": iv.add_vector(v, scale=4.0, positions=positions)}))
+
+    by_span = run(sel)
+    seq = p + [int(s.token) for s in by_span]
+    idx = inside(seq, "<think>", "</think>", lambda t: tok.decode([t]))
+    assert idx[0] == next(i for i in range(len(p)) if "<think>" in tok.decode(p[: i + 1])) + 1
+    assert max(idx) == len(p) + 3 + len(close) - 1
+    by_index = run(idx)
+    assert [s.token for s in by_span] == [s.token for s in by_index]
+    for a, b in zip(by_span, by_index):
+        np.testing.assert_allclose(m.backend.xp.to_numpy(a.logprobs), m.backend.xp.to_numpy(b.logprobs), atol=1e-5)
