@@ -109,6 +109,30 @@ def test_batched_generation_rows_equal_eager(backend_models, eager, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_steered_patterns_equal_eager_with_the_same_vector_added(backend_models, eager, backend, arch):
+    from mlx_steer.engine import interventions as iv
+
+    m = backend_models(backend, arch)
+    v = np.random.default_rng(0).normal(0, 1.0, 64).astype(np.float32)
+    got = attention_patterns(m, BATCH, layers=[1, 2], interventions={"layers.0": iv.add_vector(v)})
+    hf = eager(arch)
+    blocks = hf.model.layers if hasattr(hf, "model") else hf.transformer.h
+    # a test-owned hook on transformers' block 0: its output plus v at every position
+    handle = blocks[0].register_forward_hook(lambda mod, args, out: (out[0] + torch.from_numpy(v),) + tuple(out[1:])
+                                             if isinstance(out, tuple) else out + torch.from_numpy(v))
+    try:
+        for r, p in enumerate(BATCH):
+            want = eager_patterns(hf, m.encode(p))
+            plain = attention_patterns(m, p, layers=1).row(0, 1)
+            for layer in (1, 2):
+                np.testing.assert_allclose(got.row(r, layer), want[layer], atol=TOL, rtol=0)
+            assert np.abs(got.row(r, 1) - plain).max() > 1e-3  # the vector moved the pattern
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
 def test_outputs_unchanged_while_recording(backend_models, backend, arch):
     m = backend_models(backend, arch)
