@@ -4,6 +4,8 @@ the command line steers exactly the positions located by hand in the same tokens
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -79,7 +81,7 @@ def test_span_positions_steer_the_span_located_by_hand(ws, capsys):
     start = prompt.index(think) + 1  # the opening marker is outside, what follows it inside
     stop = tokens.index(end, start) + 1 if end in tokens[start:] else len(tokens)  # the closing marker inside
     assert 0 < start < len(prompt)
-    kw = dict(target_kl=0.05, prompts=[PROMPT], rollout_tokens=4, chat=False)
+    kw: dict[str, Any] = dict(target_kl=0.05, prompts=[PROMPT], rollout_tokens=4, chat=False)
     want = calibrate(m, ws["raw"], positions=list(range(start, stop)), **kw).calibration
     assert want is not None
     assert got.coefficients == want.coefficients and got.achieved_kl == want.achieved_kl
