@@ -136,6 +136,7 @@ BAD = [  # (positions, what the message says)
     ({"not": 1.5}, "cannot use 1.5 as positions"),
     ("thinking", "unknown position selector 'thinking'; valid: all, last, prompt, generated, special"),
     ({"or": ["special", {"after": [99999]}]}, "marker [99999]: token id 99999 is outside the vocabulary of"),
+    ({"and": ["generated", {"not": [5, 400]}]}, "position 400 is never reached: prompt + max_tokens is"),
     (1.5, 'or a span selector ("reasoning", "answer", "special", {"between": [open, close]'),
 ]
 

@@ -152,11 +152,7 @@ class Planner:
         for i, spec in enumerate(specs):
             where = f"steering[{i}]"
             pos = parse_positions(spec.positions, f"{where}.positions")
-            self._marker_ids(pos, f"{where}.positions")
-            top = pos.max_index
-            if top is not None and top >= limit:
-                raise FieldError(f"{where}.positions", f"position {top} is never reached: prompt + max_tokens is "
-                                 f"{limit} tokens (valid: 0..{limit - 1})")
+            self._check_positions(pos, f"{where}.positions", limit)
             if spec.sae is not None or spec.feature is not None or spec.clamp is not None:
                 name, ivs, sites = f"sae:{spec.sae}", *self._sae(spec, pos, where)
             elif isinstance(spec.vector, str):
@@ -182,19 +178,26 @@ class Planner:
             entries.append((pos, spec.when is not None))
         return out or None, echo, entries
 
-    def _marker_ids(self, pos: Positions, param: str) -> None:
-        """Refuse a span marker given as token ids outside the vocabulary (as a prompt's ids are)."""
-        todo: list[object] = [pos.span] if pos.kind == "span" else []
+    def _check_positions(self, pos: Positions, param: str, limit: int) -> None:
+        """Refuse an index that is never reached (``limit`` positions exist), also inside a span
+        selector's combinations, and a span marker's token id outside the vocabulary (as a prompt's)."""
+        todo: list[object] = [pos]
         while todo:
             node = todo.pop()
-            if isinstance(node, Marker):
+            if isinstance(node, Positions):
+                top = node.max_index
+                if top is not None and top >= limit:
+                    raise FieldError(param, f"position {top} is never reached: prompt + max_tokens is "
+                                     f"{limit} tokens (valid: 0..{limit - 1})")
+                todo.append(node.span)
+            elif isinstance(node, Marker):
                 try:
                     self.model.prompts.check_ids(list(node.ids))
                 except (ValueError, TypeError) as exc:
                     raise FieldError(param, f"marker {node}: {exc}") from None
             elif isinstance(node, tuple):
                 todo.extend(node)
-            elif dataclasses.is_dataclass(node) and not isinstance(node, Positions):
+            elif dataclasses.is_dataclass(node):
                 todo.extend(getattr(node, f.name) for f in dataclasses.fields(node))
 
     def _named(self, spec: SteeringSpec, pos: Positions, where: str) -> tuple[dict, list[str]]:
