@@ -183,6 +183,15 @@ def test_bad_layers_refused_and_nothing_installed(backend_models, backend):
     assert_untouched(m, before)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_recording_without_a_forward_says_so(backend_models, backend):
+    m = backend_models(backend, "llama")
+    with record_patterns(m, layers=[1, 2]) as rec:
+        pass
+    with pytest.raises(ValueError, match=r"no attention pattern was recorded at layers \[1, 2\]"):
+        rec.result()
+
+
 def test_mlx_architecture_without_readable_attention_refused_by_name(load_tiny, monkeypatch):
     import mlx_lm.models.phi3 as phi3
 

@@ -82,9 +82,12 @@ class PatternRecording:
 
     def result(self) -> AttentionPatterns:
         """The patterns so far, laid out by absolute position (see :class:`AttentionPatterns`)."""
+        missing = [i for i in self.layers if i not in self.pieces]
+        if missing:
+            raise ValueError(f"no attention pattern was recorded at layers {missing} (of {self.layers}): no forward "
+                             "ran inside the recording, or those layers' attention does not run the function "
+                             "patterns are read from")
         every = [p for ps in self.pieces.values() for p in ps]
-        if not every:
-            raise ValueError(f"no forward ran the recorded layers {self.layers}")
         R = int(max(rows.max() for _, rows, _, _ in every)) + 1
         ends = np.zeros(R, dtype=np.int64)
         for pos, rows, valid, _ in every:
