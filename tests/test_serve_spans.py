@@ -190,3 +190,19 @@ def test_a_gated_entry_counts_as_steered_only_when_its_condition_held(server, th
     assert r.status_code == 200, r.text
     assert r.json()["conditions"][0]["condition_met"] is met
     assert r.json()["choices"][0]["steered_tokens"] == [met] * N
+
+
+def test_a_span_the_generation_opens_is_steered_from_the_next_token_on(server, oracle):
+    """``{"after": [t]}`` with ``t`` a token the model generates (not in the prompt): nothing before it
+    is steered, so it is generated where the unsteered run puts it, at position q; the span is then
+    positions q + 1 on, and the request equals the one steering that index list."""
+    ids, _ = by_hand(oracle, CLOSED)
+    P = len(ids)
+    r = post(server, {"prompt": CLOSED, "max_tokens": N, "ignore_eos": True, "return_token_ids": True})
+    plain = r.json()["choices"][0]["token_ids"]
+    k = next(i for i in range(1, N - 2) if plain[i] not in ids and plain[i] not in plain[:i])
+    span = run(server, CLOSED, {"after": [plain[k]]})
+    assert span["token_ids"][:k + 1] == plain[:k + 1]
+    same(span, run(server, CLOSED, list(range(P + k + 1, P + N))))
+    assert span["steered_tokens"] == [i > k for i in range(N)]
+    assert span["token_ids"] != plain  # it did steer
