@@ -203,6 +203,16 @@ def test_mlx_architecture_without_readable_attention_refused_by_name(load_tiny, 
     assert_untouched(m, before)
 
 
+def test_torch_attention_without_a_config_refused_by_name(load_torch, monkeypatch):
+    m = load_torch("phi3")
+    monkeypatch.delattr(m.modules["model.layers.2.self_attn"], "config")
+    before = snapshot(m)
+    with pytest.raises(ValueError, match="not supported for Phi3Attention.*supported: transformers models"):
+        attention_patterns(m, "I love", layers=[1, 2])
+    assert_untouched(m, before)
+    assert m.modules["model.layers.1.self_attn"].config is m.model.config
+
+
 def test_mlx_rotating_cache_refused(shared_models):
     m = shared_models("qwen2")  # no make_cache of its own: max_kv_size gives a rotating cache
     before = snapshot(m)
