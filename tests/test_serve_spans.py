@@ -142,9 +142,7 @@ BAD = [  # (positions, what the message says)
 
 
 @pytest.mark.parametrize("positions,message", BAD, ids=[str(i) for i in range(len(BAD))])
-def test_bad_span_json_is_a_400_naming_the_field(server, positions, message, backend):
-    if backend != "mlx":
-        pytest.skip("parsing is the planner's, before any backend runs")
+def test_bad_span_json_is_a_400_naming_the_field(server, positions, message):
     before = httpx.get(f"{server.url}/health", timeout=10).json()["requests"]
     r = post(server, {"prompt": "I love", "max_tokens": 2,
                       "steering": [{"vector": "calm", "scale": 1}, {"vector": "love", "positions": positions}]})
