@@ -204,3 +204,27 @@ def test_a_span_the_generation_opens_is_steered_from_the_next_token_on(server, o
     same(span, run(server, CLOSED, list(range(P + k + 1, P + N))))
     assert span["steered_tokens"] == [i > k for i in range(N)]
     assert span["token_ids"] != plain  # it did steer
+
+
+def test_loops_are_reported_with_the_span_they_occurred_in(server, oracle):
+    """``loops: true``: the choice's loops are those find_loops finds in its token ids, labelled
+    ``reasoning`` when they lie inside the open ``<think>`` span, indexed by generated token."""
+    from mlx_steer.analysis.loops import find_loops
+
+    body = {"prompt": OPEN, "max_tokens": 40, "ignore_eos": True, "return_token_ids": True, "loops": True}
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    ids = choice["token_ids"]
+    want = find_loops(ids)
+    assert want, f"the tiny model's greedy text should loop: {ids}"
+    assert [(lp["start"], lp["stop"], tuple(lp["ngram"]), lp["repeats"]) for lp in choice["loops"]] == \
+        [(lp.start, lp.stop, lp.ngram, lp.repeats) for lp in want]
+    # the prompt leaves <think> open and the tokenizer's reasoning markers are <think> / </think>
+    closes = oracle.tokenizer.convert_tokens_to_ids("</think>")
+    end = ids.index(closes) if closes in ids else len(ids)
+    inside = [lp for lp in choice["loops"] if lp["stop"] <= end]
+    assert inside and all(lp["span"] == "reasoning" for lp in inside)
+    assert "loops" not in post(server, {**body, "loops": False}).json()["choices"][0]
+    bad = post(server, {**body, "loops": "yes"})
+    assert bad.status_code == 400 and "loops" in bad.text

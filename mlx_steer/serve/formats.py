@@ -5,7 +5,8 @@ level; per choice ``projections`` (``{vector: float}`` per stream chunk, ``{vect
 in a whole response, one per generated token) and, with ``return_token_ids``, ``token_ids``. With
 ``steering``, a whole response's choice (a stream's last chunk) has ``steered_tokens`` (a bool per
 generated token); with ``monitor``, ``projection_spans`` (each monitor's projections split into
-the reasoning and the answer: :mod:`mlx_steer.serve.steered`).
+the reasoning and the answer: :mod:`mlx_steer.serve.steered`); with ``loops``, ``loops`` (the
+generation's repetition loops, each with the span it occurred in).
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class Format:
         if self.plan.monitor:
             projections = {m["vector"]: [t.projections.get(m["vector"]) for t in tokens] for m in self.plan.monitor}
             out["projection_spans"] = spans.monitor_split(prompt, ids, projections)
+        if self.plan.loops:
+            out["loops"] = spans.loops(prompt, ids)
         return out
 
     def _envelope(self, choices: list[dict], *, extras: bool = False, stream: bool = True) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class Plan:
     steering: list[dict[str, Any]] | None
     monitor: list[dict[str, Any]] | None
     spans: SteeredSpans | None = None  # which tokens the steering covered, monitors by span
+    loops: bool = False  # report each choice's repetition loops
 
 
 class Planner:
@@ -125,7 +126,8 @@ class Planner:
         job = Job(prompt, max_tokens, interventions, monitors, sampling, tuple(req.stop or ()), top_logprobs,
                   steering=compiled)
         return Plan(job, len(prompt), steering if req.steering is not None else None,
-                    monitor if req.monitor is not None else None, SteeredSpans(tuple(entries), self.facts))
+                    monitor if req.monitor is not None else None, SteeredSpans(tuple(entries), self.facts),
+                    loops=req.loops)
 
     def _max_tokens(self, prompt_len: int, prompt_field: str, asked: int | None) -> int:
         ctx = self.context_length

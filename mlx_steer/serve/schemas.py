@@ -1,7 +1,7 @@
 """Typed request bodies: validated at the boundary, before anything reaches the engine.
 
 Field names follow the OpenAI API (and mlx-lm's server for ``top_k``, ``min_p``,
-``repetition_penalty``); ``steering``, ``monitor``, ``return_token_ids`` and ``ignore_eos`` (as
+``repetition_penalty``); ``steering``, ``monitor``, ``return_token_ids``, ``loops`` and ``ignore_eos`` (as
 in vLLM) are this server's extensions. Numbers are strict (no ``"4"`` for 4, no ``true`` for 1)
 and finite (JSON ``NaN`` / ``Infinity`` are refused). Unknown fields are ignored, as OpenAI-compatible servers do, except
 the known ones this server cannot honour, which are refused by name.
@@ -95,6 +95,7 @@ class GenerationRequest(BaseModel):
     steering: list[SteeringSpec] | None = Field(None, max_length=MAX_STEERING)
     monitor: list[str | MonitorSpec] | None = Field(None, max_length=MAX_STEERING)
     return_token_ids: bool = False
+    loops: bool = Field(False, description="report each choice's repetition loops (with the span they occurred in)")
     ignore_eos: bool = False
 
     @field_validator("stop")

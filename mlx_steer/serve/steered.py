@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.loops import find_loops, label_loops
 from ..engine import spans
 from ..engine.positions import Positions
 from ..engine.span_book import TokenFacts
@@ -72,3 +73,13 @@ class SteeredSpans:
                 part = arr[mask & np.isfinite(arr)]
                 out[vector][name] = {"tokens": int(part.size), "mean": float(part.mean()) if part.size else None}
         return out
+
+    def loops(self, prompt: Sequence[int], generated: Sequence[int]) -> list[dict[str, Any]]:
+        """The generation's repetition loops (:func:`~mlx_steer.analysis.loops.find_loops`'
+        defaults), each ``{"start", "stop", "ngram", "repeats", "span"}`` with ``start``/``stop``
+        indexing the generated tokens and ``span`` the one of :data:`MONITOR_SPANS` holding most
+        of it (None: neither)."""
+        ids, P = [*prompt, *generated], len(prompt)
+        masks = {name: locate(sel, ids, facts=self.facts, prompt_len=P)[P:] for name, sel in MONITOR_SPANS.items()}
+        return [{"start": lp.start, "stop": lp.stop, "ngram": list(lp.ngram), "repeats": lp.repeats, "span": lp.span}
+                for lp in label_loops(find_loops(list(generated)), masks)]
