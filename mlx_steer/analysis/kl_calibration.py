@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from ..engine import interventions as iv
 from ..engine.limits import check_seed
+from ..engine.positions import Positions, as_positions
 from ..vectors.calibration import Calibration, check_statistic
 from ..vectors.steering_vector import SteeringVector
 from .kl_rollouts import Rollouts, kl_statistic, make_rollouts, token_kls
@@ -81,7 +82,7 @@ def calibrate(
     sites: Sequence[str] | None = None,
     prompts: Sequence[str] | None = None,
     rollout_tokens: int = 16,
-    positions: str = "all",
+    positions: str | dict | Positions = "all",
     chat: bool = True,
     system: str | None = None,
     temp: float = 0.0,
@@ -157,7 +158,7 @@ def calibrate(
             coefficients[s], achieved[s] = search(measure, target=float(target_kl), start=start[keys[s]], rtol=rtol,
                                                   max_steps=max_steps, what=f"steering at {s}")
     prompt_hash = hashlib.sha256(json.dumps(texts).encode()).hexdigest()
-    cal = Calibration(coefficients, float(target_kl), statistic, achieved, positions=str(positions),
+    cal = Calibration(coefficients, float(target_kl), statistic, achieved, positions=str(as_positions(positions)),
                       prompts_sha256=prompt_hash, n_prompts=len(texts), rollout_tokens=int(rollout_tokens),
                       temp=float(temp), seed=seed, chat=bool(chat), backend=type(model).__name__,
                       model_id=str(getattr(model, "model_id", None) or "") or None)
@@ -166,7 +167,7 @@ def calibrate(
 
 def kl_at(
     model: Steerable, vector: SteeringVector, scale: float, *, site: str, prompts: Sequence[str] | None = None,
-    rollout_tokens: int = 16, positions: str = "all", chat: bool = True, system: str | None = None,
+    rollout_tokens: int = 16, positions: str | dict | Positions = "all", chat: bool = True, system: str | None = None,
     temp: float = 0.0, seed: int = 0, statistic: str = "mean", batch_size: int = 32,
 ) -> float:
     """The KL statistic of steering ``scale * vector[site]``, measured as :func:`calibrate` measures it
@@ -240,7 +241,7 @@ def _candidates(lo: float, hi: float, f_lo: float, f_hi: float, target: float) -
     return [float(p) for p in points]
 
 
-def _measure(model: Steerable, ro: Rollouts, key: str, direction: np.ndarray, positions: str, statistic: str,
+def _measure(model: Steerable, ro: Rollouts, key: str, direction: np.ndarray, positions: object, statistic: str,
              batch_size: int, done: Callable[[int], object] | None = None) -> Callable[[list[float]], list[float]]:
     """``measure(scales) -> statistic per scale``: all scales' rows in the same batched forwards."""
     d = np.asarray(direction, dtype=np.float32)
