@@ -33,9 +33,18 @@ __all__ = ["activation_rows", "cell_interventions"]
 
 
 def cell_interventions(sweep: Sweep, cell: Cell) -> dict[str, list[iv.Intervention]]:
-    """What one cell's row runs with: the clean value ``set`` at each patched position."""
-    clean = sweep.clean[cell.site.key]
-    return {cell.site.key: [iv.set(clean[c], positions=[q]) for c, q in cell.pairs]}
+    """What one cell's row runs with: the clean value ``set`` at each patched position (a head: its
+    slice zeroed with ``ablate_heads``, then the clean slice added, the other heads untouched)."""
+    clean, site = sweep.clean[cell.site.key], cell.site
+    if site.head is None or site.columns is None:
+        return {site.key: [iv.set(clean[c], positions=[q]) for c, q in cell.pairs]}
+    a, b = site.columns
+    out: list[iv.Intervention] = []
+    for c, q in cell.pairs:
+        part = np.zeros_like(clean[c])
+        part[a:b] = clean[c][a:b]
+        out += [iv.ablate_heads(site.head, positions=[q]), iv.add_vector(part, positions=[q])]
+    return {site.key: out}
 
 
 def activation_rows(model: Steerable, sweep: Sweep, metric: Metric, *, batch_size: int,

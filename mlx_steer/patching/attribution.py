@@ -32,6 +32,7 @@ def attribution_rows(model: Steerable, sweep: Sweep, metric: Metric, *,
         clean = sweep.clean[cell.site.key].astype(np.float64)
         act = g.activations[cell.site.key][0].astype(np.float64)
         grad = g.gradients[cell.site.key][0].astype(np.float64)
-        effect = sum(float((clean[c] - act[q]) @ grad[q]) for c, q in cell.pairs)
+        cols = slice(*cell.site.columns) if cell.site.columns is not None else slice(None)  # a head's slice
+        effect = sum(float((clean[c, cols] - act[q, cols]) @ grad[q, cols]) for c, q in cell.pairs)
         rows.append(sweep.row("attribution", cell, corrupted + effect, corrupted))
     return corrupted, rows

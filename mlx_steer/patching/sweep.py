@@ -68,7 +68,7 @@ def prepare(model: Steerable, clean: str | Sequence[int], corrupted: str | Seque
     chosen = patch_sites(model, sites)
     groups = _groups(positions, pair)
     cells = tuple(Cell(s, g) for s in chosen for g in groups)
-    keys = [s.key for s in chosen]
+    keys = list(dict.fromkeys(s.key for s in chosen))  # a layer's heads share one site
     run = model.run([pair.clean], record=keys, logits=logits)
     value = metric_rows(model, metric, run.logits, 1)[0]
     idle = [k for k in keys if run.activations[k] is None]

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,10 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["METHODS", "PatchRow", "PatchTable", "draw"]
+__all__ = ["METHODS", "PatchRow", "PatchTable", "draw", "draw_heads"]
 
 METHODS = ("activation", "attribution")
+_HEAD_LABEL = re.compile(r"L(\d+)H(\d+)")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,34 @@ class PatchTable:
                 out[labels.index(r.label), positions.index(r.position)] = getattr(r, value)
         return out
 
+    def heads_grid(self, method: str = "activation", position: int | None = None,
+                   value: str = "fraction") -> np.ndarray:
+        """(layers, heads) float64 of the head cells (``sites="heads"``, labels ``L{layer}H{head}``)
+        at one ``position`` (None: the cells that patched every position at once); NaN where absent.
+
+        Raises:
+            ValueError: no head cells of that method at that position.
+        """
+        found = {}
+        for r in self.rows:
+            m = _HEAD_LABEL.fullmatch(r.label)
+            if m and r.method == method and r.position == position:
+                found[int(m[1]), int(m[2])] = getattr(r, value)
+        if not found:
+            raise ValueError(f"no head cells ({method}, position {position}); patch with sites='heads'; the table "
+                             f"has methods {self.methods}, positions {self.positions}")
+        out = np.full((max(k[0] for k in found) + 1, max(k[1] for k in found) + 1), np.nan)
+        for (layer, head), v in found.items():
+            out[layer, head] = v
+        return out
+
+    def heads_heatmap(self, method: str = "activation", position: int | None = None,
+                      path: str | Path | None = None) -> Figure:
+        """Layers × heads heatmap of the fraction recovered at ``position``; saved to ``path`` when given."""
+        where = "every position" if position is None else f"position {position}"
+        return draw_heads(self.heads_grid(method, position), title=f"{method} patching per head, {where}",
+                          label="fraction recovered", path=path)
+
     @property
     def correlation(self) -> float | None:
         """Pearson correlation of the attribution estimates with the real patching over the cells
@@ -183,6 +213,29 @@ def draw(table: PatchTable, method: str, path: str | Path | None = None) -> Figu
     ax.set_xlabel("corrupted prompt position")
     ax.set_title(f"{method} patching")
     fig.colorbar(im, ax=ax, label="fraction recovered")
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def draw_heads(grid: np.ndarray, *, title: str, label: str, path: str | Path | None = None,
+               symmetric_to: float | None = None) -> Figure:
+    """A (layers, heads) grid as a heatmap (layers down, heads across), colour centred on 0 and
+    bounded by ``symmetric_to`` (default: the largest magnitude, at least 1); saved to ``path``."""
+    from matplotlib.figure import Figure
+
+    L, H = grid.shape
+    fig = Figure(figsize=(max(4.0, 1.5 + 0.45 * H), max(3.0, 1.0 + 0.3 * L)), layout="constrained")
+    ax = fig.add_subplot()
+    finite = grid[np.isfinite(grid)]
+    bound = symmetric_to or (max(1.0, float(np.abs(finite).max())) if finite.size else 1.0)
+    im = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(range(H), [str(h) for h in range(H)], fontsize=8)
+    ax.set_yticks(range(L), [str(i) for i in range(L)], fontsize=8)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=label)
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
