@@ -219,3 +219,29 @@ def test_smollm2_text_markers_steer_exactly_the_located_span(smollm2, smollm2_to
     assert [s.token for s in by_span] == [s.token for s in by_index]
     for a, b in zip(by_span, by_index):
         np.testing.assert_allclose(m.backend.xp.to_numpy(a.logprobs), m.backend.xp.to_numpy(b.logprobs), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_gated_span_intervention_steers_the_located_span_of_the_rows_whose_condition_holds(marker_models, backend):
+    """CAST with span positions: row 0's condition holds (threshold below anything), row 1's cannot;
+    the gated span steering equals the gated index-list steering, row by row."""
+    m = marker_models(backend)
+    prompts, force = plan(m)
+    d = np.random.default_rng(3).normal(size=64).astype(np.float32)
+    met = iv.condition(d, site="layers.0", threshold=-1e9, name="always")
+    never = iv.condition(d, site="layers.0", threshold=1e9, name="never")
+
+    def gated(positions, rule):
+        return {SITE: iv.add_vector(V, scale=6.0, positions=positions).when(rule)}
+
+    sel = spans.between("<think>", "</think>")
+    for rule in (met, never):
+        out = m.batch_generate(prompts, max_tokens=10, logits_processors=[force], interventions=gated(sel, rule))
+        # a gate acts on generated tokens only: the span's generated part
+        rows = [gated([i for i in located(m, p + list(t), ("between", 0), len(p)) if i >= len(p)], rule)
+                for p, t in zip(prompts, out.token_ids)]
+        oracle = m.batch_generate(prompts, max_tokens=10, logits_processors=[force], interventions=rows)
+        assert out.token_ids == oracle.token_ids
+    plain = m.batch_generate(prompts, max_tokens=10, logits_processors=[force])
+    assert m.batch_generate(prompts, max_tokens=10, logits_processors=[force],
+                            interventions=gated(sel, never)).token_ids == plain.token_ids

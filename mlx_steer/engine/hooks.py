@@ -66,6 +66,8 @@ class Hooks:
             self.recorders = {k: p.recorder for k, p in self._programs.items() if p.recorder is not None}
             for program in list(self._programs.values()):
                 self._place_readers(program.ops, attach=False)
+            backend.state.track_spans([op.sel for p in self._programs.values() for op in p.ops] +
+                                      [r.positions for r in self.recorders.values()])
             self._undo.append(backend.attach_tracker())
             for program in self._programs.values():
                 self._attach(program)
@@ -117,6 +119,7 @@ class Hooks:
             plans = plan_sites(self._backend.resolver, interventions=as_interventions(interventions), record=None)
             steering = compile_steering(self._backend, plans)
         scoped = steering.for_row(row)
+        self._backend.state.track_spans([op.sel for _, ops in scoped.values() for op in ops])
         self.release(row)
         for site, ops in scoped.values():
             self._program(site).ops.extend(ops)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -202,13 +202,23 @@ class PositionState:
         table = getattr(self.layouts[-1], "span_rows", None) if self.layouts else None
         book.begin(self.pos, self.rows, self._tokens, table, None if self._anchor is None else self._anchor())
 
+    def track_spans(self, selectors: Iterable[Positions]) -> None:
+        """Start following every row's tokens now if any of ``selectors`` is a span selector: a
+        selector first asked for in a later forward (a gate deciding after the prompt) needs the
+        tokens of the forwards before it."""
+        if self.book is None and any(s.kind == "span" for s in selectors):
+            self.book = self._new_book()  # fed from the next forward on
+
     def _span_book(self) -> SpanBook:
-        if self.book is None:
-            if self.tokenizer is None:
-                raise ValueError("span selectors need the model's tokenizer; this model has none")
-            self.book = SpanBook(TokenFacts(self.tokenizer), self.xp)
+        if self.book is None:  # first asked inside a forward: it starts with this one
+            self.book = self._new_book()
             self._begin_book(self.book)
         return self.book
+
+    def _new_book(self) -> SpanBook:
+        if self.tokenizer is None:
+            raise ValueError("span selectors need the model's tokenizer; this model has none")
+        return SpanBook(TokenFacts(self.tokenizer), self.xp)
 
     @contextlib.contextmanager
     def laid_out(self, layout: Layout) -> Iterator[None]:
