@@ -1,6 +1,6 @@
 """The result of a head score: one row per (layer, head), as CSV, JSON, text, a (layers × heads)
-grid and a heatmap (layers down, heads across, colour the score, drawn on a bare matplotlib
-``Figure`` as the patching heatmaps are)."""
+grid and a heatmap (layers down, heads across, colour the score, drawn by the same helper as the
+patching heads heatmaps)."""
 
 from __future__ import annotations
 
@@ -131,24 +131,15 @@ class HeadScoreTable:
 
 
 def draw_head_scores(table: HeadScoreTable, path: str | Path | None = None) -> Figure:
-    """``table``'s grid as a heatmap (layers down, heads across), saved to ``path`` when given."""
-    from matplotlib.figure import Figure
+    """``table``'s scores as a heatmap (layers down, heads across; layers and heads not in the
+    table blank), drawn by the patching heads heatmap's helper on a 0..1 scale; saved to ``path``."""
+    from ..patching.table import draw_heads
 
-    grid = table.grid()
-    layers, heads = table.layers, table.heads
-    fig = Figure(figsize=(max(4.0, 2.0 + 0.45 * len(heads)), max(3.0, 1.5 + 0.25 * len(layers))),
-                 layout="constrained")
-    ax = fig.add_subplot()
-    im = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(heads)), [str(h) for h in heads], fontsize=8)
-    ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=8)
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(f"{table.kind} score per head")
-    fig.colorbar(im, ax=ax, label=f"{table.kind} score")
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    grid = np.full((max(table.layers, default=-1) + 1, max(table.heads, default=-1) + 1), np.nan)
+    for r in table.rows:
+        grid[r.layer, r.head] = r.score
+    return draw_heads(grid, title=f"{table.kind} score per head", label=f"{table.kind} score", path=path,
+                      symmetric_to=1.0)
 
 
 def _write(text: str, path: str | Path | None) -> str:
