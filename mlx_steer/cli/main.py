@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..serve import command as serve  # import-free too: FastAPI loads when serving
-from . import calibrate, demo, doctor, evaluate, export, extract, generate, inspect, lens, patch, record, sae, sweep
+from . import calibrate, demo, doctor, evaluate, export, extract, generate, heads, inspect, lens, patch, record, sae, sweep
 from .arguments import BACKENDS, RAW, option_groups, report_error, usage_error
 
 
@@ -30,7 +30,7 @@ class Command(Protocol):
 
 # name -> command module, in the order `mlx-steer --help` lists them
 COMMANDS: dict[str, Command] = {"extract": extract, "record": record, "generate": generate, "sweep": sweep,
-                                "evaluate": evaluate, "calibrate": calibrate, "patch": patch, "lens": lens, "inspect": inspect, "export": export, "sae": sae, "serve": serve,
+                                "evaluate": evaluate, "calibrate": calibrate, "patch": patch, "lens": lens, "heads": heads, "inspect": inspect, "export": export, "sae": sae, "serve": serve,
                                 "doctor": doctor}
 
 

@@ -1,0 +1,37 @@
+"""``mlx-steer heads``: a group of attention-head analyses, one subcommand per module
+(:data:`SUBCOMMANDS`; ``heads scores`` is :mod:`.heads_scores`). A subcommand module gives what a
+command gives (``SUMMARY``, ``OPTION_GROUPS``, ``EXAMPLES``, ``fill``, ``run``); adding one is a
+module and a line in :data:`SUBCOMMANDS`."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import heads_scores
+from .arguments import RAW, option_groups
+
+SUMMARY = "attention heads: scores per layer x head (induction, previous-token, sink)"
+OPTION_GROUPS: tuple[str, ...] = ()
+EXAMPLES = """\
+examples:
+  mlx-steer heads scores ./my-model --kind induction --top 5
+  mlx-steer heads scores ./my-model --kind previous --out previous.csv --plot previous.png"""
+
+# name -> subcommand module, in the order `mlx-steer heads --help` lists them
+SUBCOMMANDS = {"scores": heads_scores}
+
+
+def fill(sp: argparse.ArgumentParser) -> None:
+    """Add the ``heads`` subcommands to its subparser."""
+    sub = sp.add_subparsers(dest="heads_command", required=True, metavar="SUBCOMMAND")
+    groups = option_groups()
+    for name, command in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=command.SUMMARY, description=command.SUMMARY, formatter_class=RAW,
+                           epilog=command.EXAMPLES, parents=[groups[g] for g in command.OPTION_GROUPS])
+        command.fill(p)
+        p.set_defaults(run=command.run, parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``mlx-steer heads SUBCOMMAND``: the subcommand's handler."""
+    return SUBCOMMANDS[args.heads_command].run(args)
