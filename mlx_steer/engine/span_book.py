@@ -125,7 +125,7 @@ class SpanBook:
         self.commit()
         if table is None:
             table = self._uncached if anchor is None else self._by_cache.setdefault(anchor, {})
-        self._rows = [table.setdefault(int(k), RowHistory()) for k in keys]
+        self._rows = [table.get(k) or table.setdefault(k, RowHistory()) for k in keys.tolist()]
         self._host = None
         self._pending = (self._rows, pos[:, 0].copy(), tokens)
 
