@@ -2,7 +2,8 @@
 own logit difference (fp32, 1e-4 relative) on every architecture it supports, both backends, a
 left-padded batch and a chosen position included; each component equals a hand computation from
 recorded activations and the model's weights (the final norm linearized with the scale of the full
-residual, by hand; tied (qwen2, gpt2) and untied (llama, phi3) unembeddings); the refusals (gemma2's post-norms and soft-capping) are named and leave the
+residual, by hand; a tied (gpt2) and an untied (llama) unembedding); the refusals (gemma2's
+soft-capping and post-norms, and any residual the components do not sum to) are named and leave the
 model untouched."""
 
 from __future__ import annotations
@@ -109,7 +110,25 @@ def _unembed_rows(m) -> np.ndarray:
 def test_gemma2_is_refused_by_name_and_untouched(fresh_models, backend):
     m = fresh_models(backend, "gemma2")
     before = snapshot(m)
-    with pytest.raises(ValueError, match=r"gemma2 (soft-caps its final logits|normalizes each sub-block's output)"):
+    with pytest.raises(ValueError, match=r"gemma2 soft-caps its final logits \(c·tanh\(z / c\), c = 30\)"):
+        logit_attribution(m, BATCH, target=TARGET, foil=FOIL)
+    assert_untouched(m, before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_post_norms_are_refused_and_so_is_a_residual_the_components_miss(fresh_models, backend, monkeypatch):
+    """Without its soft-capping, gemma2 is refused for its post-norms; without that name check, the
+    residual check finds the normalized sub-block outputs do not sum to the residual."""
+    import mlx_steer.heads.logit_attribution as la
+    from mlx_steer.lens.readout import Readout
+
+    m = fresh_models(backend, "gemma2")
+    before = snapshot(m)
+    monkeypatch.setattr(la, "readout_of", lambda model: Readout(model.final_norm_path, model.unembedding_path))
+    with pytest.raises(ValueError, match=r"gemma2 normalizes each sub-block's output .*post_feedforward_layernorm"):
+        logit_attribution(m, BATCH, target=TARGET, foil=FOIL)
+    monkeypatch.setattr(la, "POST_NORMS", ())
+    with pytest.raises(ValueError, match=r"MLP outputs differs from the model's by .*adds something else"):
         logit_attribution(m, BATCH, target=TARGET, foil=FOIL)
     assert_untouched(m, before)
 

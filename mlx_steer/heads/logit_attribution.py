@@ -188,7 +188,7 @@ def logit_attribution(
         parts.append(rec[mlps[i]])
     x = rec[final]
     summed = parts[0] + sum(w.sum(1) for w in writes) + sum(parts[1:])
-    _check(x, summed, model, "the embeddings, head writes, projection biases and MLP outputs sum to",
+    _check(x, summed, model, "the sum of the embeddings, head writes, projection biases and MLP outputs",
            "this architecture adds something else to the residual stream")
 
     d, unembed_bias = _direction(model, t, f)
@@ -235,7 +235,7 @@ def _check(want: np.ndarray, got: np.ndarray, model: Steerable, what: str, why: 
     tol = (1e-4 if "float32" in str(model_dtype(model)) else 3e-2) * max(1.0, float(np.abs(want).max()))
     diff = float(np.abs(want - got).max())
     if not diff <= tol:
-        raise ValueError(f"{what} differ from the model's by {diff:.3g} (allowed {tol:.3g}): {why}, so direct "
+        raise ValueError(f"{what} differs from the model's by {diff:.3g} (allowed {tol:.3g}): {why}, so direct "
                          f"logit attribution would not sum to its logits ({model.backend.model_type or 'model'})")
 
 
@@ -278,7 +278,7 @@ def _linearized_norm(model: Steerable, path: str | None, x: np.ndarray) -> tuple
         u = np.repeat(np.sqrt((x ** 2).mean(1, keepdims=True)), D, axis=1)
     g = (_norm(model, path, u) - bias) / u
     lin = (x - x.mean(1, keepdims=True) if center else x) * g + bias
-    _check(fx, lin, model, "the linearized final norm's outputs", f"its final norm ({path}) is not an RMSNorm "
+    _check(fx, lin, model, "the linearized final norm's output", f"its final norm ({path}) is not an RMSNorm "
            "or LayerNorm of the residual")
     return center, g, bias
 
