@@ -3,7 +3,9 @@
 A block adds two things to the residual stream: its attention output projection and its MLP's last
 projection. Baking is exact only where those linear layers are the writes themselves (no norm after
 them, as gemma2's post-norms are) — then orthogonalizing them removes a direction from every write,
-and a bias on the MLP's last projection adds a vector to the block's output.
+and a bias on the MLP's last projection adds a vector to the block's output. A vector added to the
+attention output projection's input (head steering) is exactly ``W v`` added to that projection's
+bias, whatever follows it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class Architecture:
         post_norms: A norm sits between those projections and the residual (nothing bakes exactly).
         mlp_bias_flag: The config flag that gives the MLP projections biases (None: there is none).
         mlp_bias_modules: The projections that flag gives a bias to.
+        attention_bias_flag: The config flag that gives the attention projections biases (None: none;
+            llama's ``attention_bias``, which both mlx-lm and transformers read).
+        attention_bias_modules: The projections that flag gives a bias to.
     """
 
     attention_out: str
@@ -30,10 +35,14 @@ class Architecture:
     post_norms: bool = False
     mlp_bias_flag: str | None = None
     mlp_bias_modules: tuple[str, ...] = ()
+    attention_bias_flag: str | None = None
+    attention_bias_modules: tuple[str, ...] = ()
 
 
 _LLAMA = Architecture("self_attn.o_proj", "mlp.down_proj", mlp_bias_flag="mlp_bias",
-                      mlp_bias_modules=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+                      mlp_bias_modules=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+                      attention_bias_flag="attention_bias",
+                      attention_bias_modules=tuple(f"self_attn.{p}_proj" for p in "qkvo"))
 _PLAIN = Architecture("self_attn.o_proj", "mlp.down_proj")
 
 ARCHITECTURES: dict[str, Architecture] = {

@@ -6,9 +6,12 @@ Two kinds bake exactly; anything else is refused by name before anything is writ
   ``b <- b - u (u . b)`` (the standard weight orthogonalization; on every residual write it is
   directional ablation, see :func:`~mlx_steer.export.ablation.directional_ablation`);
 - ``add_vector(v, scale)`` on a decoder layer's output: ``scale * v`` added to the bias of the layer's
-  last residual write (its MLP's last projection), a bias the architecture has or a config flag gives.
+  last residual write (its MLP's last projection), a bias the architecture has or a config flag gives;
+- ``add_vector(v, scale)`` on an attention output projection's input (head steering, ITI):
+  ``scale * W v`` added to that projection's bias (the same rule: its own or a config flag's).
 
-Both act on every position of every row, so only ``positions="all"`` without ``for_rows`` bakes.
+All act on every position of every row, so only ``positions="all"`` without ``for_rows`` or a
+condition bakes.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Baked", "Dense", "bake"]
 
-BAKEABLE = ("project_out on the output of a linear layer or embedding, and add_vector on a decoder layer's "
-            "output, both with positions='all' and no for_rows")
+BAKEABLE = ("project_out on the output of a linear layer or embedding, add_vector on a decoder layer's output "
+            "or an attention output projection's input, all with positions='all', no for_rows and no condition")
 
 
 def bake(backend: Backend, interventions: Mapping | Any) -> Baked:
@@ -44,6 +47,7 @@ def bake(backend: Backend, interventions: Mapping | Any) -> Baked:
         raise ValueError(f"nothing to bake: give interventions ({BAKEABLE})")
     out = Baked()
     adds: list[tuple[str, iv.AddVector, str]] = []
+    head_adds: list[tuple[str, iv.AddVector, str]] = []
     for key, plan in plans.items():
         for spec in plan.interventions:
             where = f"{type(spec).__name__} at {key}"
@@ -53,7 +57,13 @@ def bake(backend: Backend, interventions: Mapping | Any) -> Baked:
             if spec.positions.kind != "all":
                 raise ValueError(f"{where} acts on positions {spec.positions.kind!r}: a weight acts on every "
                                  f"position; bakeable: {BAKEABLE}")
+            if spec.condition is not None:
+                raise ValueError(f"{where} is gated by a condition: a weight acts on every prompt; bakeable: {BAKEABLE}")
             if plan.site.point != "output":
+                if isinstance(spec, iv.AddVector) and spec.vector.ndim == 1 and \
+                        backend.site_heads(plan.site.path, plan.site.point) is not None:
+                    head_adds.append((key, spec, plan.site.path))
+                    continue
                 raise ValueError(f"{where} acts on a module's input; bakeable: {BAKEABLE}")
             if isinstance(spec, iv.ProjectOut):
                 dense = out.modules.get(plan.site.path) or backend.dense(plan.site.path)
@@ -73,6 +83,8 @@ def bake(backend: Backend, interventions: Mapping | Any) -> Baked:
         raise ValueError(f"the embedding {backend.tied_embedding} is also this model's unembedding and its "
                          f"{backend.model_type} architecture cannot write them apart in the framework's format, so "
                          "an edited embedding would change the logits too; leave the embedding out")
+    for key, spec, path in head_adds:  # through the projection's edited weights: its input comes before them
+        _add_head_bias(backend, out, key, spec, path)
     for key, spec, path in adds:  # after every module's own edits: a layer's output comes after them
         _add_bias(backend, out, key, spec, path)
     return out
@@ -111,12 +123,41 @@ def _add_bias(backend: Backend, out: Baked, key: str, spec: iv.AddVector, path: 
             raise ValueError(f"{where} cannot be baked: {target} has no bias and {backend.model_type} has no config "
                              "flag that gives it one, so the plain framework could not load the added vector")
         out.config[arch.mlp_bias_flag] = True
-        out.bias_modules = [f"{layer}.{m}" for layer in backend.layer_paths for m in arch.mlp_bias_modules]
+        _give_biases(backend, out, arch.mlp_bias_modules)
         bias = np.zeros(dense.weight.shape[0], dtype=np.float32)
     added = (bias.astype(np.float64) + float(spec.scale) * spec.vector.astype(np.float64)).astype(np.float32)
     out.modules[target] = replace(dense, bias=added)
     out.edits.append({"kind": "add_vector", "site": key, "scale": float(spec.scale), "written_to": f"{target}.bias",
                       "vector": _digest(spec.vector)})
+
+
+def _add_head_bias(backend: Backend, out: Baked, key: str, spec: iv.AddVector, path: str) -> None:
+    """``scale * W v`` added to the bias of the attention output projection at ``path``."""
+    where = f"add_vector at {key}"
+    arch = architecture(backend.model_type, what=f"baking {where}")
+    layer = next((p for p in backend.layer_paths if path == f"{p}.{arch.attention_out}"), None)
+    if layer is None:
+        raise ValueError(f"{where} is not on a decoder layer's {arch.attention_out} input; bakeable: {BAKEABLE}")
+    dense = out.modules.get(path) or backend.dense(path)
+    _check_width(backend, f"the vector of {where}", spec.vector, dense.weight.shape[1], f"{path}'s input")
+    bias = dense.bias
+    if bias is None:
+        if arch.attention_bias_flag is None:
+            raise ValueError(f"{where} cannot be baked: {path} has no bias and {backend.model_type} has no config "
+                             "flag that gives it one, so the plain framework could not load the added vector")
+        out.config[arch.attention_bias_flag] = True
+        _give_biases(backend, out, arch.attention_bias_modules)
+        bias = np.zeros(dense.weight.shape[0], dtype=np.float32)
+    added = dense.weight.astype(np.float64) @ (float(spec.scale) * spec.vector.astype(np.float64))
+    out.modules[path] = replace(dense, bias=(bias.astype(np.float64) + added).astype(np.float32))
+    out.edits.append({"kind": "add_vector", "site": key, "scale": float(spec.scale), "written_to": f"{path}.bias",
+                      "vector": _digest(spec.vector)})
+
+
+def _give_biases(backend: Backend, out: Baked, modules: tuple[str, ...]) -> None:
+    """Every layer's ``modules`` get a (zero, unless edited) bias, as the config flag set gives them."""
+    new = [f"{layer}.{m}" for layer in backend.layer_paths for m in modules]
+    out.bias_modules += [p for p in new if p not in out.bias_modules]
 
 
 def _digest(v: np.ndarray) -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""An ITI shift exported: head steering baked as ``W_O · shift`` into the attention output
+projection's bias (llama through its ``attention_bias`` flag, gpt2's own bias), loaded by plain
+mlx-lm / transformers in a process that never imports mlx_steer (``export_worker.py``), equals the
+in-process steered model (fp32 logits within 1e-5 of their norm, the same 32 greedy tokens);
+shifts that cannot be baked exactly are refused by name, nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mlx_steer as ms
+from mlx_steer.engine import interventions as iv
+from mlx_steer.export import EDIT_FILE
+from mlx_steer.heads import add_to_heads, probe_heads
+
+PROMPT = "The weather is great, happy people walk"
+WORKER = Path(__file__).with_name("export_worker.py")
+WORDS = "the a cat dog runs sleeps happy sad blue red big small tree house".split()
+ARCHS = ("llama", "gpt2")  # o_proj's bias from a config flag (llama), or its own (gpt2)
+
+
+def _prompts(seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, 4)) for _ in range(8)]
+
+
+def _iti(m):
+    probes = probe_heads(m, _prompts(1), _prompts(2), holdout=0.25)
+    return probes.interventions(m, k=3, alpha=20.0)
+
+
+@pytest.fixture(scope="module", params=["mlx", "torch"])
+def exported(request, tiny_dir, tmp_path_factory):
+    """{arch: (base logits, steered logits, steered greedy, eos, folder, plain logits, plain greedy)}."""
+    backend = request.param
+    root = tmp_path_factory.mktemp(f"iti_export_{backend}")
+    jobs, expected = [], {}
+    for arch in ARCHS:
+        m = ms.load(str(tiny_dir(arch)), backend=backend)
+        spec = _iti(m)
+        tokens = m.encode(PROMPT)
+        base = m.to_numpy(m.run([tokens]).logits)[0]
+        logits = m.to_numpy(m.run([tokens], interventions=spec).logits)[0]
+        greedy = m.generate_tokens(tokens, max_tokens=32, interventions=spec)
+        folder = m.export(root / arch, spec)
+        np.testing.assert_array_equal(m.to_numpy(m.run([tokens]).logits)[0], base)  # the model is not changed
+        jobs.append([str(folder), tokens])
+        expected[arch] = (base, logits, greedy, m.eos_token_ids, folder)
+    (root / "jobs.json").write_text(json.dumps(jobs))
+    done = subprocess.run([sys.executable, str(WORKER), backend, str(root / "jobs.json"), str(root / "out.npz")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plain = np.load(root / "out.npz")
+    return backend, {arch: (*expected[arch], plain[f"{i}/logits"], plain[f"{i}/greedy"].tolist())
+                     for i, arch in enumerate(expected)}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_exported_iti_folder_equals_the_steered_model(exported, arch):
+    backend, results = exported
+    base, steered, greedy, eos, folder, plain, plain_greedy = results[arch]
+    assert plain.shape == steered.shape
+    assert np.linalg.norm(steered - base) > 1e-3 * np.linalg.norm(base), (backend, arch)  # the shift does something
+    assert np.linalg.norm(plain - steered) <= 1e-5 * np.linalg.norm(steered), (backend, arch)
+    stop = next((i for i, t in enumerate(plain_greedy) if t in eos), len(plain_greedy))
+    assert plain_greedy[:stop] == greedy, (backend, arch)
+    record = json.loads((folder / EDIT_FILE).read_text())
+    assert {e["kind"] for e in record["edits"]} == {"add_vector"}
+    assert all(e["written_to"].endswith(("o_proj.bias", "c_proj.bias")) for e in record["edits"])
+    config = json.loads((folder / "config.json").read_text())
+    assert config.get("attention_bias", False) is (arch == "llama")
+
+
+def _shift(m, **kwargs):
+    return add_to_heads(m, {1: {2: np.ones(16, np.float32)}}, **kwargs)
+
+
+REFUSALS = [
+    ("qwen2", lambda m: _shift(m), r"self_attn\.o_proj has no bias and qwen2 has no config flag"),
+    ("phi3", lambda m: _shift(m), r"self_attn\.o_proj has no bias and phi3 has no config flag"),
+    ("llama", lambda m: _shift(m, positions="last"), r"acts on positions 'last'"),
+    ("llama", lambda m: _shift(m, positions="generated"), r"acts on positions 'generated'"),
+    ("llama", lambda m: _shift(m, rows=[0]), r"scoped to rows \[0\]"),
+    ("llama", lambda m: _shift(m, when=iv.condition(np.ones(64), site="layers.0", threshold=0.0)),
+     r"gated by a condition"),
+    ("llama", lambda m: {"layers.1.self_attn.o_proj:input": iv.add_vector(np.ones(60, np.float32))},
+     r"the vector of add_vector at model\.layers\.1\.self_attn\.o_proj:input has width 60 .*o_proj's input is 64 wide"),
+    ("llama", lambda m: {"layers.1.mlp.down_proj:input": iv.add_vector(np.ones(128, np.float32))},
+     r"acts on a module's input"),
+]
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+@pytest.mark.parametrize("arch,make,message", REFUSALS, ids=[f"{r[0]}-{i}" for i, r in enumerate(REFUSALS)])
+def test_shifts_that_cannot_be_baked_are_refused_by_name(tiny_dir, tmp_path, backend, arch, make, message):
+    m = ms.load(str(tiny_dir(arch)), backend=backend)
+    with pytest.raises(ValueError, match=message):
+        m.export(tmp_path / "out", make(m))
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary folder
