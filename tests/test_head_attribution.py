@@ -147,3 +147,16 @@ def test_bad_arguments_are_refused(backend_models, backend, tmp_path):
     assert "sum of components" in got.to_text()
     with pytest.raises(KeyError, match=r"no component 'mlp 9'; this attribution has embed, mlp 0"):
         got.component("mlp 9")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_smollm2_components_sum_to_the_logit_difference(smollm2, smollm2_torch, backend):
+    m = smollm2 if backend == "mlx" else smollm2_torch
+    prompts = ["The Eiffel Tower is in the city of", "The Colosseum is in the city of"]
+    got = logit_attribution(m, prompts, target=" Paris", foil=" Rome")
+    logits = m.to_numpy(m.run(prompts).logits)[:, -1].astype(np.float64)
+    paris, rome = m.encode(" Paris")[-1], m.encode(" Rome")[-1]
+    np.testing.assert_allclose(got.logits, logits[:, paris] - logits[:, rome], atol=1e-5)
+    assert np.all(np.abs(got.total - got.logits) <= 1e-4 * np.abs(got.logits))
+    assert got.heads.shape == (2, 30, 9)

@@ -146,3 +146,24 @@ def test_heads_with_both_methods_and_the_heatmap(backend_models, backend, tmp_pa
     assert labels[:2] == ["L0H0", "L0H1"] and len(labels) == LAYERS * HEADS
     with pytest.raises(ValueError, match=r"no head cells \(activation, position 3\); patch with sites='heads'"):
         table.heads_grid("activation", 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_smollm2_head_cells_equal_solo_runs(smollm2, smollm2_torch, backend):
+    """Two heads of SmolLM2 (every position patched at once) against the hand-built ``set`` oracle."""
+    m = smollm2 if backend == "mlx" else smollm2_torch
+    clean, corrupted = "The Eiffel Tower is in the city of", "The Colosseum is in the city of"
+    table = patch(m, clean, corrupted, target=" Paris", foil=" Rome", sites="heads", positions="all",
+                  method="activation")
+    paris, rome = m.encode(" Paris")[-1], m.encode(" Rome")[-1]
+    for layer, h in ((23, 4), (3, 4)):
+        site = head_z_site(m, layer)
+        c = m.to_numpy(m.run([clean], record=[site]).activations[site])[0]
+        hybrid = m.to_numpy(m.run([corrupted], record=[site]).activations[site])[0]
+        d = c.shape[1] // 9
+        hybrid[:, h * d:(h + 1) * d] = c[:, h * d:(h + 1) * d]
+        steer = {site: [iv.set(hybrid[p], positions=[p]) for p in range(len(hybrid))]}
+        logits = m.to_numpy(m.run([corrupted], interventions=steer).logits)[0, -1]
+        want = float(logits[paris] - logits[rome])
+        assert table.cell(f"L{layer}H{h}", None).metric == pytest.approx(want, abs=1e-4)
