@@ -124,3 +124,61 @@ def test_bad_layers_heads_and_lengths_are_refused_by_name(backend_models, backen
     heads = {layer: {h: vec[v] for h, v in chosen.items()} for layer, chosen in spec.items()}
     with pytest.raises(ValueError, match=message):
         add_to_heads(m, heads)
+
+
+# -- the server's steering field: {"heads": [{"layer", "head", "vector"}]} --------------------------
+@pytest.fixture(scope="module", params=BACKENDS)
+def head_server(request, tiny_dir, tmp_path_factory):
+    pytest.importorskip("fastapi", reason="the serve tests need the test extra: pip install -e '.[test]'")
+    from serve_helpers import serving
+
+    with serving(["--model", str(tiny_dir("llama")), "--backend", request.param],
+                 tmp_path_factory.mktemp(f"heads_log_{request.param}")) as srv:
+        yield request.param, srv
+
+
+def _post(server, steering: list):
+    import httpx
+
+    return httpx.post(f"{server.url}/v1/completions", timeout=60, json={
+        "model": "llama", "prompt": BATCH[1], "max_tokens": 8, "temperature": 0, "return_token_ids": True,
+        "steering": steering})
+
+
+def test_served_head_steering_equals_add_to_heads(head_server, backend_models):
+    backend, server = head_server
+    m = backend_models(backend, "llama")
+    a, b = _vectors(4)
+    body = [{"heads": [{"layer": 1, "head": 0, "vector": a.tolist()}, {"layer": -1, "head": 3, "vector": b.tolist()}],
+             "scale": 3.0, "positions": "generated"}]
+    r = _post(server, body)
+    assert r.status_code == 200, r.text
+    got = r.json()["choices"][0]["token_ids"]
+    want = m.generate_tokens(BATCH[1], max_tokens=8, interventions=add_to_heads(
+        m, {1: {0: a}, 3: {3: b}}, scale=3.0, positions="generated"))
+    assert got == want and want != m.generate_tokens(BATCH[1], max_tokens=8)
+    assert r.json()["steering"] == [{"vector": "heads", "scale": 3.0, "layers": [1, 3], "positions": "generated",
+                                     "heads": [{"layer": 1, "head": 0}, {"layer": -1, "head": 3}]}]
+
+
+SERVE_BAD = [
+    ({"layer": 4, "head": 0, "vector": "v"}, "steering[0].heads[0].layer",
+     "layer 4 out of range for a 4-layer model; valid: -4..3"),
+    ({"layer": 1, "head": -5, "vector": "v"}, "steering[0].heads[0].head",
+     "head -5 out of range (4 heads at layer 1); valid: -4..3"),
+    ({"layer": 1, "head": 0, "vector": "short"}, "steering[0].heads[0].vector",
+     "a head's vector has 15 values; this model's heads are d_head = 16 wide"),
+]
+
+
+@pytest.mark.parametrize("head,param,message", SERVE_BAD, ids=[c[1] for c in SERVE_BAD])
+def test_bad_served_heads_are_a_400_naming_the_field(head_server, head, param, message):
+    _, server = head_server
+    vec = {"v": [0.5] * D_HEAD, "short": [0.5] * (D_HEAD - 1)}[head["vector"]]
+    r = _post(server, [{"heads": [{"layer": 1, "head": 1, "vector": [0.0] * D_HEAD}, {**head, "vector": vec}]}])
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    param = param.replace("heads[0]", "heads[1]")
+    assert error["param"] == param and error["message"] == f"{param}: {message}", error
+    both = _post(server, [{"heads": [{"layer": 1, "head": 1, "vector": [0.0] * D_HEAD}], "layers": [1]}])
+    assert both.status_code == 400 and both.json()["error"]["param"] == "steering[0].heads"

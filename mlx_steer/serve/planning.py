@@ -22,6 +22,7 @@ from ..engine.positions import Positions, as_positions
 from ..vectors.calibrated_units import calibrated_vector
 from ..engine.span_book import TokenFacts
 from ..engine.span_markers import Marker
+from ..heads.steering import add_to_heads, head_shape
 from .engine import Job
 from .registry import VectorRegistry
 from .steered import SteeredSpans
@@ -155,7 +156,9 @@ class Planner:
             where = f"steering[{i}]"
             pos = parse_positions(spec.positions, f"{where}.positions")
             self._check_positions(pos, f"{where}.positions", limit)
-            if spec.sae is not None or spec.feature is not None or spec.clamp is not None:
+            if spec.heads is not None:
+                name, ivs, sites = "heads", *self._heads(spec, pos, where)
+            elif spec.sae is not None or spec.feature is not None or spec.clamp is not None:
                 name, ivs, sites = f"sae:{spec.sae}", *self._sae(spec, pos, where)
             elif isinstance(spec.vector, str):
                 name, ivs, sites = spec.vector, *self._named(spec, pos, where)
@@ -171,6 +174,8 @@ class Planner:
                      "positions": str(pos), **({"units": spec.units} if spec.units != "raw" else {})}
             if spec.sae is not None:
                 entry.update(sae=spec.sae, feature=spec.feature, clamp=spec.clamp)
+            if spec.heads is not None:
+                entry["heads"] = [{"layer": h.layer, "head": h.head} for h in spec.heads]
             if spec.when is not None:
                 rule, entry["when"] = self._condition(spec.when, f"{where}.when", name=where)
                 ivs = {key: intervention.when(rule) for key, intervention in ivs.items()}
@@ -237,6 +242,37 @@ class Planner:
             raise FieldError(f"{where}.feature", str(exc)) from None
         site = self.model.resolve(sae.site)
         return {site.key: ivs[sae.site]}, [site.path]
+
+    def _heads(self, spec: SteeringSpec, pos: Positions, where: str) -> tuple[dict, list[str]]:
+        """Head steering: each ``{layer, head, vector}`` in its head's slice (``add_to_heads``)."""
+        if spec.vector is not None or spec.layers is not None or spec.sae is not None or spec.units != "raw":
+            raise FieldError(f"{where}.heads", "give heads alone (each names its layer), not with vector, layers, "
+                             "sae or calibrated units")
+        n = self.model.num_layers
+        chosen: dict[int, dict[int, np.ndarray]] = {}
+        for j, h in enumerate(spec.heads or []):
+            at = f"{where}.heads[{j}]"
+            if not -n <= h.layer < n:
+                raise FieldError(f"{at}.layer", f"layer {h.layer} out of range for a {n}-layer model; valid: {-n}..{n - 1}")
+            try:
+                H, d = head_shape(self.model, h.layer)
+            except ValueError as exc:
+                raise FieldError(f"{at}.layer", str(exc)) from None
+            if not -H <= h.head < H:
+                raise FieldError(f"{at}.head", f"head {h.head} out of range ({H} heads at layer {h.layer}); "
+                                 f"valid: {-H}..{H - 1}")
+            if len(h.vector) != d:
+                raise FieldError(f"{at}.vector", f"a head's vector has {len(h.vector)} values; this model's heads are "
+                                 f"d_head = {d} wide")
+            layer, head = h.layer % n, h.head % H
+            if head in chosen.setdefault(layer, {}):
+                raise FieldError(f"{at}.head", f"head {h.head} of layer {h.layer} is given twice")
+            chosen[layer][head] = np.array(h.vector, dtype=np.float64)
+        try:
+            return add_to_heads(self.model, chosen, scale=spec.scale, positions=pos), \
+                [self.model.layer_paths[i] for i in chosen]
+        except ValueError as exc:
+            raise FieldError(f"{where}.heads", str(exc)) from None
 
     def _inline(self, spec: SteeringSpec, pos: Positions, where: str) -> tuple[dict, list[str]]:
         values = spec.vector

@@ -35,6 +35,14 @@ class ConditionSpec(_Strict):
     measure: Literal["cosine", "projection"] = "cosine"
 
 
+class HeadSteeringSpec(_Strict):
+    """One attention head's vector (``d_head`` floats), added to that head's output at ``layer``."""
+
+    layer: int
+    head: int
+    vector: list[float] = Field(min_length=1, max_length=MAX_INLINE)
+
+
 class SteeringSpec(_Strict):
     """One steering entry: a registered vector's name or an inline direction, scaled.
 
@@ -50,6 +58,9 @@ class SteeringSpec(_Strict):
     units: Literal["raw", "calibrated"] = Field("raw", description='"calibrated": scale 1 is the registered '
                                                 "vector's calibrated coefficient at each layer (mlx-steer calibrate)")
     layers: list[int | str] | None = Field(None, min_length=1, max_length=512)
+    heads: list[HeadSteeringSpec] | None = Field(None, min_length=1, max_length=512,
+                                                 description="instead of vector: head steering, "
+                                                             '[{"layer": l, "head": h, "vector": [d_head floats]}]')
     positions: Any = Field("all", description='"all" | "last" | "prompt" | "generated" | int | [int, ...] | '
                                               '{"first_generated": n} | {"start": a, "stop": b} | a span '
                                               'selector: "reasoning" | "answer" | "special" | {"between": '
