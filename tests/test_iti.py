@@ -3,6 +3,8 @@ separates the classes by construction, held-out accuracies equal counts made by 
 ``α · σ · θ`` computed by hand, the recording equals ``head_results`` at the same positions, and the
 interventions are head steering of that shift; on both backends."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -124,3 +126,74 @@ def test_interventions_are_head_steering_of_the_shift(backend_models, backend):
     got, oracle = (m.to_numpy(m.run(prompt, interventions=s).logits) for s in (steer, want))
     np.testing.assert_allclose(got, oracle, atol=1e-6, rtol=0)
     assert not np.allclose(got, m.to_numpy(m.run(prompt).logits))
+
+
+# -- the command line ------------------------------------------------------------------------------
+def _files(tmp_path, n_pos=8, n_neg=8):
+    pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    pos.write_text("\n".join(_prompts(7, n_pos)) + "\n")
+    neg.write_text("\n".join(_prompts(8, n_neg)) + "\n")
+    return pos, neg
+
+
+def test_cli_heads_probe_prints_the_librarys_table(tiny_dir, shared_models, torch_models, tmp_path, capsys):
+    from mlx_steer.cli.main import main
+    from mlx_steer.heads import HeadScoreTable
+
+    pos, neg = _files(tmp_path)
+    model, out = str(tiny_dir("llama")), tmp_path / "probes.csv"
+    assert main(["heads", "probe", model, "--pos", str(pos), "--neg", str(neg), "--top", "3", "--out", str(out)]) == 0
+    want = probe_heads(shared_models("llama"), _prompts(7, 8), _prompts(8, 8))
+    printed = capsys.readouterr().out
+    assert printed == (f"12 prompts trained on, 4 held out\n{want.table().top(3).to_text()}\nwrote {out}\n")
+    assert out.read_text() == want.table().to_csv()
+    argv = ["--backend", "torch", "heads", "probe", model, "--pos", str(pos), "--neg", str(neg), "--json",
+            "--read", "mean", "--layers", "1", "2", "--out", str(tmp_path / "p.json")]
+    assert main(argv) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = probe_heads(torch_models("llama"), _prompts(7, 8), _prompts(8, 8), read="mean", layers=[1, 2])
+    assert got["rows"] == want.table().top(8).to_dicts()
+    assert HeadScoreTable.from_json(tmp_path / "p.json") == want.table()
+
+
+def _usage(argv, capsys) -> str:
+    from mlx_steer.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_cli_heads_probe_user_errors(tiny_dir, tmp_path, capsys, monkeypatch):
+    from mlx_steer.cli.main import main
+
+    model = str(tiny_dir("llama"))
+    pos, neg = _files(tmp_path)
+    one = tmp_path / "one.txt"
+    one.write_text("just one\n")
+    base = ["heads", "probe", model, "--pos", str(pos), "--neg", str(neg)]
+    assert _usage(["heads", "probe", model, "--pos", str(pos)], capsys).endswith(
+        "the following arguments are required: --neg")
+    assert _usage(base + ["--holdout", "1"], capsys).endswith("argument --holdout: must be a fraction in (0, 1), got 1")
+    assert _usage(base + ["--read", "first"], capsys).startswith(
+        "mlx-steer heads probe: error: argument --read: invalid choice: 'first'")
+    assert _usage(["heads", "probe", model, "--pos", str(one), "--neg", str(neg)], capsys) == (
+        f"mlx-steer heads probe: error: --pos {one} has 1 prompt; each class needs at least 2 (one to train on, "
+        "one held out)")
+    assert _usage(base + ["--out", str(tmp_path / "x.txt")], capsys).endswith("give a .csv or .json file name")
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr("mlx_steer.cli.loading.load_model", no_model)
+    (tmp_path / "there.csv").write_text("keep")
+    for argv, message in [(["--out", str(tmp_path / "there.csv")], f"{tmp_path / 'there.csv'} exists; pass --force "
+                                                                     "to overwrite it"),
+                          (["--neg", str(tmp_path / "none.txt")], f"no such file: {tmp_path / 'none.txt'}")]:
+        assert main(base + argv) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
+    monkeypatch.undo()
+    assert main(base + ["--layers", "9"]) == 2
+    assert capsys.readouterr().err == "error: layer 9 out of range for a 4-layer model; valid: -4..3\n"

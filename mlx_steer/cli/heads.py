@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import argparse
 
-from . import heads_scores
+from . import heads_probe, heads_scores
 from .arguments import RAW, option_groups
 
-SUMMARY = "attention heads: scores per layer x head (induction, previous-token, sink)"
+SUMMARY = "attention heads: scores per layer x head (induction, previous-token, sink), ITI probe accuracies"
 OPTION_GROUPS: tuple[str, ...] = ()
 EXAMPLES = """\
 examples:
   mlx-steer heads scores ./my-model --kind induction --top 5
-  mlx-steer heads scores ./my-model --kind previous --out previous.csv --plot previous.png"""
+  mlx-steer heads scores ./my-model --kind previous --out previous.csv --plot previous.png
+  mlx-steer heads probe ./my-model --pos honest.txt --neg dishonest.txt --top 5"""
 
 # name -> subcommand module, in the order `mlx-steer heads --help` lists them
-SUBCOMMANDS = {"scores": heads_scores}
+SUBCOMMANDS = {"scores": heads_scores, "probe": heads_probe}
 
 
 def fill(sp: argparse.ArgumentParser) -> None:
