@@ -160,3 +160,22 @@ def test_smollm2_components_sum_to_the_logit_difference(smollm2, smollm2_torch, 
     np.testing.assert_allclose(got.logits, logits[:, paris] - logits[:, rome], atol=1e-5)
     assert np.all(np.abs(got.total - got.logits) <= 1e-4 * np.abs(got.logits))
     assert got.heads.shape == (2, 30, 9)
+
+
+@pytest.mark.slow
+def test_the_docs_sections_run_and_print_what_the_page_shows(smollm2_dir, tmp_path, monkeypatch, capsys):
+    """docs/heads.md's direct logit attribution and per-head patching blocks, run in order on
+    SmolLM2 (MLX): each prints the ```text block that follows it on the page."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "heads.md").read_text()
+    scope: dict = {}
+    monkeypatch.chdir(tmp_path)
+    for title in ("## Direct logit attribution", "## Per-head activation and attribution patching"):
+        section = text[text.index(title):]
+        code, shown = re.search(r"```python\n(.*?)```\s*```text\n(.*?)```", section, re.S).groups()
+        exec(compile(code, "heads.md", "exec"), scope)
+        assert capsys.readouterr().out == shown, title
+    assert (tmp_path / "dla_heads.png").exists() and (tmp_path / "patching_heads.png").exists()
+    assert (tmp_path / "dla.csv").read_text().startswith("row,component,layer,head,value\n")
