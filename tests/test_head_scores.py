@@ -51,7 +51,7 @@ def build_planted(folder: Path) -> Path:
         return folder
     g = torch.Generator().manual_seed(0)
     cfg = tf.GPT2Config(vocab_size=tiny_models.VOCAB, n_embd=D, n_layer=2, n_head=HEADS, n_positions=N_POS,
-                        n_ctx=N_POS, bos_token_id=1, eos_token_id=2)
+                        n_ctx=N_POS, bos_token_id=1, eos_token_id=2)  # type: ignore[call-arg]  # mlx-lm reads n_ctx
     model = tf.GPT2LMHeadModel(cfg).eval()
     s = 3.0  # q/k gain
     with torch.no_grad():
@@ -210,8 +210,9 @@ def test_table_sorts_saves_and_plots(backend_models, tmp_path):
     assert HeadScoreTable.from_json(tmp_path / "s.json") == table
     fig = table.heatmap(tmp_path / "s.png")
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert fig.axes[0].images[0].get_array().shape == (4, 4)
-    assert top.heatmap().axes[0].images[0].get_array().count() == 3  # the rest blank
+    shown, top_shown = (f.axes[0].images[0].get_array() for f in (fig, top.heatmap()))
+    assert shown is not None and shown.shape == (4, 4)
+    assert top_shown is not None and np.ma.count(top_shown) == 3  # the rest blank
     with pytest.raises(ValueError, match=r"k must be a positive int, got 0"):
         table.top(0)
     with pytest.raises(KeyError, match=r"no head \(4, 0\) in this table; it has layers \[0, 1, 2, 3\]"):
@@ -290,9 +291,11 @@ def test_cli_user_errors(planted_dir, tmp_path, capsys, monkeypatch):
         raise AssertionError("the model was loaded before the output was checked")
 
     monkeypatch.setattr("mlx_steer.cli.loading.load_model", no_model)
-    for argv, message in ([["--out", str(existing)], f"{existing} exists; pass --force to overwrite it"],
-                          [["--plot", str(tmp_path / "no" / "p.png")], f"no such folder for the output: {tmp_path / 'no'}"]):
-        assert main(["heads", "scores", model] + argv) == 2
+    cases: list[tuple[list[str], str]] = [
+        (["--out", str(existing)], f"{existing} exists; pass --force to overwrite it"),
+        (["--plot", str(tmp_path / "no" / "p.png")], f"no such folder for the output: {tmp_path / 'no'}")]
+    for argv, message in cases:
+        assert main(["heads", "scores", model, *argv]) == 2
         err = capsys.readouterr().err
         assert err == f"error: {message}\n", err
     assert existing.read_text() == "keep"
@@ -300,3 +303,71 @@ def test_cli_user_errors(planted_dir, tmp_path, capsys, monkeypatch):
     assert main(["heads", "scores", model, "--length", "40"]) == 2  # 81 tokens > 64 positions: one line
     err = capsys.readouterr().err
     assert err.startswith("error: the prompt is 81 tokens but this model has 64 positions") and err.count("\n") == 1
+
+
+# -- SmolLM2 and the docs page -----------------------------------------------------------------------
+@pytest.mark.slow
+def test_smollm2_top_heads_well_above_the_median(smollm2, smollm2_torch):
+    for score in (induction_scores, previous_token_scores):
+        table = score(smollm2)
+        median = float(np.median([r.score for r in table.rows]))
+        top = table.top(5)
+        assert len(table) == 30 * 9 and all(r.score > max(0.3, 10 * median) for r in top.rows), top.to_text()
+        other = as_dict(score(smollm2_torch))  # the other backend, same sequences
+        np.testing.assert_allclose([other[k] for k in as_dict(table)], list(as_dict(table).values()), atol=TOL, rtol=0)
+    induction = as_dict(induction_scores(smollm2))
+    assert max(induction, key=induction.__getitem__)[0] in range(10, 25)  # sanity: a middle layer, not an edge
+
+
+SECTION = "## Head scores"
+FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
+
+
+def section_blocks() -> list[tuple[str, str]]:
+    text = (ROOT / "docs" / "heads.md").read_text()
+    body = text[text.index(SECTION):]
+    body = body[: body.find("\n## ", 1)] if "\n## " in body[1:] else body
+    return FENCE.findall(body)
+
+
+def same_tables(got: str, shown: str) -> None:
+    """Printed score tables equal the page's: same lines, scores within 2e-3 (another device)."""
+    g, s = got.strip().splitlines(), shown.strip().splitlines()
+    assert len(g) == len(s), f"printed:\n{got}\nthe page shows:\n{shown}"
+    for a, b in zip(g, s):
+        if re.fullmatch(r"\s*\d+\s+\d+\s+\d+\s+[\d.]+", b):
+            assert a.split()[:3] == b.split()[:3] and abs(float(a.split()[3]) - float(b.split()[3])) < 2e-3, (a, b)
+        else:
+            assert a == b
+
+
+def test_docs_section_blocks_and_command_parse():
+    from mlx_steer.cli import build_parser
+
+    kinds = [k for k, _ in section_blocks()]
+    assert kinds == ["python", "text", "bash", "text"], kinds
+    (_, command), = [b for b in section_blocks() if b[0] == "bash"]
+    args = build_parser().parse_args(command.split()[1:])
+    assert (args.command, args.heads_command, args.kind, args.top) == ("heads", "scores", "induction", 5)
+
+
+@pytest.mark.slow
+def test_docs_section_runs_as_written(smollm2_dir, tmp_path):
+    import os
+
+    (_, code), (_, shown), (_, command), (_, shown_cli) = section_blocks()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLX_STEER_CACHE": str(smollm2_dir.parent)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_tables(proc.stdout, shown)
+    assert (tmp_path / "induction.csv").exists() and (tmp_path / "induction.png").exists()
+    for name in ("induction.csv", "induction.png"):
+        (tmp_path / name).unlink()
+    default = "~/.cache/mlx_steer/smollm2-135m-instruct"
+    if Path(default).expanduser() != smollm2_dir:  # a CI cache elsewhere
+        command = command.replace(default, str(smollm2_dir))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_tables(proc.stdout, shown_cli)
