@@ -69,8 +69,11 @@ def test_each_component_by_hand(backend_models, backend, arch):
     L = act[keys[0]].shape[1]
     head_w = _unembed_rows(m)
     d = head_w[TARGET] - head_w[FOIL]
+    logits = m.to_numpy(rec.logits).astype(np.float64)
     for b, n in enumerate(lengths):
         col = L - n + p  # left padding
+        assert got.logits[b] == pytest.approx(logits[b, col, TARGET] - logits[b, col, FOIL], abs=1e-5)
+        assert got.total[b] == pytest.approx(got.logits[b], rel=1e-4)
         x = act[m.resolve_key(layer_paths[-1])][b, col]
         if arch == "gpt2":
             centre = lambda v: v - v.mean()  # noqa: E731
@@ -119,7 +122,9 @@ def test_gemma2_is_refused_by_name_and_untouched(fresh_models, backend):
 def test_post_norms_are_refused_and_so_is_a_residual_the_components_miss(fresh_models, backend, monkeypatch):
     """Without its soft-capping, gemma2 is refused for its post-norms; without that name check, the
     residual check finds the normalized sub-block outputs do not sum to the residual."""
-    import mlx_steer.heads.logit_attribution as la
+    import importlib
+
+    la = importlib.import_module("mlx_steer.heads.logit_attribution")  # the module: the package exports the function
     from mlx_steer.lens.readout import Readout
 
     m = fresh_models(backend, "gemma2")

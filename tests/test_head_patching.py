@@ -15,6 +15,7 @@ from torch_fixtures import BACKENDS, assert_untouched, snapshot
 
 import mlx_steer as ms
 from mlx_steer import interventions as iv
+from mlx_steer.cli import main
 from mlx_steer.heads import head_z_site
 from mlx_steer.patching import activation_patching, attribution_patching, patch, patch_sites
 from mlx_steer.patching.activation import cell_interventions
@@ -146,6 +147,16 @@ def test_heads_with_both_methods_and_the_heatmap(backend_models, backend, tmp_pa
     assert labels[:2] == ["L0H0", "L0H1"] and len(labels) == LAYERS * HEADS
     with pytest.raises(ValueError, match=r"no head cells \(activation, position 3\); patch with sites='heads'"):
         table.heads_grid("activation", 3)
+
+
+def test_cli_patch_with_sites_heads(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["patch", "--model", str(tiny_dir("llama")), "--clean", "Paris is the", "--corrupted", "Berlin is in",
+            "--target", " the", "--foil", " is", "--sites", "heads", "--positions", "all", "-o", str(out)]
+    assert main(argv) == 0
+    assert "L3H3" in capsys.readouterr().out
+    rows = (out / "patching.csv").read_text().splitlines()
+    assert len(rows) == 1 + LAYERS * HEADS and rows[1].split(",")[2] == "L0H0"
 
 
 @pytest.mark.slow

@@ -32,7 +32,8 @@ def fill(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--target", required=True, metavar="TOKEN", help="the clean answer, one token (e.g. ' Paris')")
     sp.add_argument("--foil", required=True, metavar="TOKEN", help="the corrupted answer, one token (e.g. ' Rome')")
     sp.add_argument("--sites", nargs="+", default=["resid"], metavar="SITE",
-                    help="resid (layer outputs, default), attn, mlp, or site paths such as layers.3.mlp")
+                    help="resid (layer outputs, default), attn, mlp, heads (each attention head), or site paths "
+                         "such as layers.3.mlp")
     sp.add_argument("--method", choices=("activation", "attribution", "both"), default="activation",
                     help="real patching (default), its gradient estimate, or both with their correlation")
     sp.add_argument("--positions", choices=("each", "all"), default="each",

@@ -35,7 +35,9 @@ def activation_patching(model: Steerable, clean: Prompt, corrupted: Prompt, metr
         corrupted: The prompt that lacks it; the same number of tokens, or see ``aligned``.
         metric: ``metric(logits) -> (B,)`` per row of the backend's (B, L, V) logits, e.g.
             :func:`~mlx_steer.engine.gradients.logit_diff`.
-        sites: ``"resid"`` (each layer's output), ``"attn"``, ``"mlp"``, site keys, or a list of those.
+        sites: ``"resid"`` (each layer's output), ``"attn"``, ``"mlp"``, ``"heads"`` (each attention
+            head's slice of its output projection input, labelled ``L{layer}H{head}``), site keys,
+            or a list of those.
         positions: ``"each"`` (a cell per position), ``"all"`` (a cell per site, every position at
             once), or a list of corrupted positions.
         aligned: ``(clean position, corrupted position)`` pairs to patch (required when the prompts
