@@ -110,6 +110,27 @@ def _unembed_rows(m) -> np.ndarray:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_an_unembedding_bias_is_a_component_of_its_own(fresh_models, backend):
+    """An LM head given a bias (set on a fresh tiny llama): its difference is the ``unembed bias``
+    component and the sum still equals the model's logit difference."""
+    m = fresh_models(backend, "llama")
+    head = m.modules[m.unembedding_path]
+    bias = np.random.default_rng(0).normal(size=head.weight.shape[0]).astype(np.float32)
+    if backend == "torch":
+        import torch
+
+        head.bias = torch.nn.Parameter(torch.from_numpy(bias))
+    else:
+        import mlx.core as mx
+
+        head.bias = mx.array(bias)
+    got = logit_attribution(m, BATCH, target=TARGET, foil=FOIL)
+    assert got.component("unembed bias") == pytest.approx(float(bias[TARGET] - bias[FOIL]), abs=1e-6)
+    logits = m.to_numpy(m.run(BATCH).logits)[:, -1].astype(np.float64)
+    assert _rel(got.total, logits[:, TARGET] - logits[:, FOIL]) < 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gemma2_is_refused_by_name_and_untouched(fresh_models, backend):
     m = fresh_models(backend, "gemma2")
     before = snapshot(m)
