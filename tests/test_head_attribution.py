@@ -164,7 +164,8 @@ def test_bad_arguments_are_refused(backend_models, backend, tmp_path):
     m = backend_models(backend, "llama")
     with pytest.raises(ValueError, match=r"position must be 'last' or an absolute position >= 0.*got -1"):
         logit_attribution(m, BATCH, target=TARGET, position=-1)
-    with pytest.raises(ValueError, match=r"position index 4 out of range for the shortest prompt.* of 3 tokens; valid: 0..2"):
+    short = r"position index 4 out of range for the shortest prompt.* of 3 tokens; valid: 0..2"
+    with pytest.raises(ValueError, match=short):
         logit_attribution(m, BATCH, target=TARGET, position=4)
     got = logit_attribution(m, "Tell me a story", target=TARGET, foil=FOIL)
     assert got.to_csv(tmp_path / "dla.csv").splitlines()[0] == "row,component,layer,head,value"
