@@ -95,7 +95,6 @@ def test_each_component_by_hand(backend_models, backend, arch):
         if arch == "gpt2":
             bias = np.asarray(_param(m, final_norm, "bias"), np.float64)
             assert got.component("final norm bias")[b] == pytest.approx(bias @ d, rel=1e-4, abs=1e-5)
-    assert mods  # the model's modules were read, not changed
 
 
 def _param(m, path: str, name: str) -> np.ndarray:
