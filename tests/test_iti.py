@@ -197,3 +197,74 @@ def test_cli_heads_probe_user_errors(tiny_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     assert main(base + ["--layers", "9"]) == 2
     assert capsys.readouterr().err == "error: layer 9 out of range for a 4-layer model; valid: -4..3\n"
+
+
+# -- docs/heads.md's "Head steering and ITI" section -------------------------------------------------
+SECTION = "## Head steering and ITI"
+
+
+def _section_blocks() -> list[tuple[str, str]]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "heads.md").read_text()
+    body = text[text.index(SECTION):]
+    body = body[: body.find("\n## ", 1)] if "\n## " in body[1:] else body
+    return re.findall(r"```(\w+)\n(.*?)```", body, re.S)
+
+
+def test_docs_section_runs_on_a_tiny_model_and_its_command_parses(tiny_dir, tmp_path, monkeypatch):
+    from mlx_steer.cli import build_parser
+
+    assert [k for k, _ in _section_blocks()] == ["python", "text", "bash", "text"]
+    (_, code), _, (_, command), _ = _section_blocks()
+    monkeypatch.chdir(tmp_path)
+    scope = {"prepare_smollm2": lambda: tiny_dir("llama")}
+    exec(compile(code.replace("from mlx_steer.demo.real_model import prepare_smollm2\n", ""), "heads.md", "exec"),
+         scope)
+    assert scope["probes"].n_train == 72 and (tmp_path / "smollm2-iti" / "config.json").exists()
+    assert (tmp_path / "probes.png").exists() and len((tmp_path / "happy.txt").read_text().splitlines()) == 48
+    args = build_parser().parse_args(command.split()[1:])
+    assert (args.command, args.heads_command, args.pos, args.neg, args.top) == ("heads", "probe", "happy.txt",
+                                                                               "sad.txt", 5)
+
+
+@pytest.mark.slow
+def test_docs_section_runs_as_written_and_its_export_equals_the_steered_model(smollm2_dir, tmp_path):
+    """On SmolLM2: the page's printed output, the CLI's, and the exported folder loaded by plain
+    mlx-lm without mlx_steer (export_worker.py) against the in-process ITI-steered model."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlx_steer as ms
+
+    (_, code), (_, shown), (_, command), (_, shown_cli) = _section_blocks()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLX_STEER_CACHE": str(smollm2_dir.parent)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == shown.strip()
+    default = "~/.cache/mlx_steer/smollm2-135m-instruct"
+    if Path(default).expanduser() != smollm2_dir:
+        command = command.replace(default, str(smollm2_dir))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == shown_cli.strip()
+    model = ms.load(str(smollm2_dir))
+    positive, negative = ((tmp_path / f).read_text().splitlines() for f in ("happy.txt", "sad.txt"))
+    iti = probe_heads(model, positive, negative).interventions(model, k=16, alpha=5.0)
+    tokens = model.encode("The weather is great, happy people walk")
+    steered = model.to_numpy(model.run([tokens], interventions=iti).logits)[0]
+    greedy = model.generate_tokens(tokens, max_tokens=32, interventions=iti)
+    (tmp_path / "jobs.json").write_text(json.dumps([[str(tmp_path / "smollm2-iti"), tokens]]))
+    worker = Path(__file__).with_name("export_worker.py")
+    done = subprocess.run([sys.executable, str(worker), "mlx", str(tmp_path / "jobs.json"), str(tmp_path / "out.npz")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plain = np.load(tmp_path / "out.npz")
+    assert np.linalg.norm(plain["0/logits"] - steered) <= 1e-5 * np.linalg.norm(steered)
+    got = plain["0/greedy"].tolist()
+    assert got[:next((i for i, t in enumerate(got) if t in model.eos_token_ids), len(got))] == greedy
