@@ -121,7 +121,7 @@ def test_interventions_are_head_steering_of_the_shift(backend_models, backend):
         i = probes.layers.index(layer)
         by_hand.setdefault(layer, {})[head] = 4.0 * probes.sigma["probe"][i, head] * probes.probe[i, head]
     want = add_to_heads(m, by_hand)
-    assert list(steer) == list(want) or sorted(steer) == sorted(want)
+    assert sorted(steer) == sorted(want)
     prompt = ["Tell me a story about a cat"]
     got, oracle = (m.to_numpy(m.run(prompt, interventions=s).logits) for s in (steer, want))
     np.testing.assert_allclose(got, oracle, atol=1e-6, rtol=0)

@@ -23,6 +23,7 @@ PROMPT = "The weather is great, happy people walk"
 WORKER = Path(__file__).with_name("export_worker.py")
 WORDS = "the a cat dog runs sleeps happy sad blue red big small tree house".split()
 ARCHS = ("llama", "gpt2")  # o_proj's bias from a config flag (llama), or its own (gpt2)
+CASES = (*ARCHS, "llama+ablation")  # with a direction also projected out of every o_proj's output
 
 
 def _prompts(seed: int) -> list[str]:
@@ -30,9 +31,13 @@ def _prompts(seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS, 4)) for _ in range(8)]
 
 
-def _iti(m):
+def _iti(m, case: str):
     probes = probe_heads(m, _prompts(1), _prompts(2), holdout=0.25)
-    return probes.interventions(m, k=3, alpha=20.0)
+    iti: dict = probes.interventions(m, k=3, alpha=20.0)
+    if case.endswith("+ablation"):  # the head shift enters before the projection's orthogonalized weights
+        u = np.random.default_rng(5).normal(size=m.hidden_size).astype(np.float32)
+        iti.update({f"{layer}.self_attn.o_proj": iv.project_out(u) for layer in m.layer_paths})
+    return iti
 
 
 @pytest.fixture(scope="module", params=["mlx", "torch"])
@@ -41,38 +46,41 @@ def exported(request, tiny_dir, tmp_path_factory):
     backend = request.param
     root = tmp_path_factory.mktemp(f"iti_export_{backend}")
     jobs, expected = [], {}
-    for arch in ARCHS:
+    for case in CASES:
+        arch = case.split("+")[0]
         m = ms.load(str(tiny_dir(arch)), backend=backend)
-        spec = _iti(m)
+        spec = _iti(m, case)
         tokens = m.encode(PROMPT)
         base = m.to_numpy(m.run([tokens]).logits)[0]
         logits = m.to_numpy(m.run([tokens], interventions=spec).logits)[0]
         greedy = m.generate_tokens(tokens, max_tokens=32, interventions=spec)
-        folder = m.export(root / arch, spec)
+        folder = m.export(root / case, spec)
         np.testing.assert_array_equal(m.to_numpy(m.run([tokens]).logits)[0], base)  # the model is not changed
         jobs.append([str(folder), tokens])
-        expected[arch] = (base, logits, greedy, m.eos_token_ids, folder)
+        expected[case] = (base, logits, greedy, m.eos_token_ids, folder)
     (root / "jobs.json").write_text(json.dumps(jobs))
     done = subprocess.run([sys.executable, str(WORKER), backend, str(root / "jobs.json"), str(root / "out.npz")],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     plain = np.load(root / "out.npz")
-    return backend, {arch: (*expected[arch], plain[f"{i}/logits"], plain[f"{i}/greedy"].tolist())
-                     for i, arch in enumerate(expected)}
+    return backend, {case: (*expected[case], plain[f"{i}/logits"], plain[f"{i}/greedy"].tolist())
+                     for i, case in enumerate(expected)}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_the_exported_iti_folder_equals_the_steered_model(exported, arch):
+@pytest.mark.parametrize("case", CASES)
+def test_the_exported_iti_folder_equals_the_steered_model(exported, case):
     backend, results = exported
-    base, steered, greedy, eos, folder, plain, plain_greedy = results[arch]
+    arch = case.split("+")[0]
+    base, steered, greedy, eos, folder, plain, plain_greedy = results[case]
     assert plain.shape == steered.shape
-    assert np.linalg.norm(steered - base) > 1e-3 * np.linalg.norm(base), (backend, arch)  # the shift does something
-    assert np.linalg.norm(plain - steered) <= 1e-5 * np.linalg.norm(steered), (backend, arch)
+    assert np.linalg.norm(steered - base) > 1e-3 * np.linalg.norm(base), (backend, case)  # the shift does something
+    assert np.linalg.norm(plain - steered) <= 1e-5 * np.linalg.norm(steered), (backend, case)
     stop = next((i for i, t in enumerate(plain_greedy) if t in eos), len(plain_greedy))
-    assert plain_greedy[:stop] == greedy, (backend, arch)
+    assert plain_greedy[:stop] == greedy, (backend, case)
     record = json.loads((folder / EDIT_FILE).read_text())
-    assert {e["kind"] for e in record["edits"]} == {"add_vector"}
-    assert all(e["written_to"].endswith(("o_proj.bias", "c_proj.bias")) for e in record["edits"])
+    assert {e["kind"] for e in record["edits"]} == ({"add_vector", "project_out"} if "+" in case else {"add_vector"})
+    assert all(e["written_to"].endswith(("o_proj.bias", "c_proj.bias")) for e in record["edits"]
+               if e["kind"] == "add_vector")
     config = json.loads((folder / "config.json").read_text())
     assert config.get("attention_bias", False) is (arch == "llama")
 
