@@ -21,7 +21,7 @@ from mlx_steer.engine import interventions as niv
 from mlx_steer.engine.positions import Positions
 from mlx_steer.vectors import similarity
 
-TUTORIALS = ("nnsight_recipes", "actadd", "caa_mlxterp", "persona_persistence", "localize")
+TUTORIALS = ("nnsight_recipes", "actadd", "caa_mlxterp", "persona_persistence", "localize", "attention_heads")
 Check = Callable[[dict], None]
 CHECKS: dict[str, dict[str, Check]] = {name: {} for name in TUTORIALS}
 
@@ -311,3 +311,86 @@ def steered_generations_equal_solo_generation(g: dict) -> None:
         said[s] = steering.cell(g["STEER_LAYER"], s).behaviour
         assert said[s] == float(g["TARGET"].lower() in text.lower()), (s, text, said[s])
     assert said[0.0] == 0.0 and said[max(cfg.strengths)] == 1.0, said
+
+
+# -- attention_heads -------------------------------------------------------------------------------
+@check("attention_heads")
+def induction_scores_by_hand_from_eager_attention(g: dict) -> None:
+    """transformers' eager attention (``output_attentions=True``) of the same weights on the same repeated
+    random tokens: the induction score of every head computed by hand from it ranks the notebook's top head
+    first with the notebook's score, and the drawn pattern's stripe equals the eager one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mlx_steer.heads import repeated_random_tokens
+
+    cfg, top, n = g["cfg"], g["top"], g["cfg"].length
+    hf = AutoModelForCausalLM.from_pretrained(g["settings"].model_path(), attn_implementation="eager",
+                                              torch_dtype=torch.float32)
+    seqs = repeated_random_tokens(g["model"], length=n, batch=cfg.batch, seed=0)
+    with torch.no_grad():
+        attn = hf(torch.tensor(seqs), output_attentions=True).attentions  # per layer (B, H, T, T)
+    T = len(seqs[0])
+    by_hand = np.zeros((len(attn), attn[0].shape[1]))
+    for layer, a in enumerate(attn):
+        for q in range(T - n, T):  # the second copy; its earlier occurrence's next token is n - 1 back
+            by_hand[layer] += a[:, :, q, q - (n - 1)].mean(0).numpy() / n
+    assert np.unravel_index(np.argmax(by_hand), by_hand.shape) == (top.layer, top.head), (top, by_hand.max())
+    assert top.score == pytest.approx(by_hand[top.layer, top.head], abs=1e-4), (top.score, by_hand[top.layer, top.head])
+    np.testing.assert_allclose(g["induction"].grid(), by_hand, atol=1e-4)
+    eager = attn[top.layer][0, top.head].numpy()
+    np.testing.assert_allclose(g["pattern"], eager, atol=1e-4)
+    stripe = np.mean([eager[q, q - (n - 1)] for q in range(T - n, T)])
+    assert g["stripe"] == pytest.approx(stripe, abs=1e-4), (g["stripe"], stripe)
+
+
+@check("attention_heads")
+def iti_shift_is_add_vector_of_the_padded_vector(g: dict) -> None:
+    """The padded vector built by hand (each chosen head's sigma * theta in its d_head slice of the output
+    projection's input, zero elsewhere); head steering at alpha equals ``add_vector`` of it there, bit for bit."""
+    m, probes, row, layer = g["model"], g["probes"], g["row"], g["ITI_LAYER"]
+    H, width = m.backend.n_heads, m.hidden_size
+    d = width // H
+    site = m.resolve(g["site"])
+    assert site.path == f"model.layers.{layer}.self_attn.o_proj" and site.point == "input", site
+    iti, rand = g["iti_heads"], g["random_heads"]
+    assert len(iti) == len(rand) == g["cfg"].k and not set(iti) & set(rand), (iti, rand)
+    best = np.sort(probes.accuracy[row])[::-1][: g["cfg"].k]  # the layer's k best accuracies (ties either way)
+    np.testing.assert_array_equal(np.sort(probes.accuracy[row, iti])[::-1], best)
+    hand = {}
+    for name, heads, vector in (("iti", iti, g["iti_vector"]), ("random", rand, g["random_vector"])):
+        hand[name] = np.zeros(H * d, dtype=np.float32)
+        for h in heads:
+            hand[name][h * d : (h + 1) * d] = probes.sigma["mass_mean"][row, h] * probes.mass_mean[row, h]
+        np.testing.assert_array_equal(vector, hand[name])
+    spec = {site.key: niv.add_vector(hand["iti"], scale=g["alpha"])}
+    validation = g["VALIDATION"]
+    oracle = m.to_numpy(m.run(validation, interventions=spec, logits="last").logits)[:, -1]
+    steered = m.to_numpy(m.run(validation, interventions=g["iti"], logits="last").logits)[:, -1]
+    np.testing.assert_array_equal(steered, oracle)
+    plain = m.to_numpy(m.run(validation, logits="last").logits)[:, -1]
+    for logits, printed in ((oracle, g["iti_margin"]), (plain, g["unsteered_margin"])):
+        by_hand = np.mean([np.mean(r[g["good"]]) - np.mean(r[g["bad"]]) for r in logits.astype(np.float64)])
+        assert printed == pytest.approx(by_hand, abs=1e-4), (printed, by_hand)
+    assert g["ITI_LAYER"] == max(g["moves"], key=g["moves"].get) and len(g["moves"]) == len(g["cfg"].candidate_layers)
+
+
+@check("attention_heads")
+def evaluation_cells_equal_solo_generations_scored_by_vader(g: dict) -> None:
+    """Each steered cell's texts are solo greedy generations with ``add_vector`` of its vector at the site;
+    the behaviour column is VADER's compound score of them, recomputed; the printed verdict follows it."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    m, cfg, site, table = g["model"], g["cfg"], g["site"], g["evaluation"]
+    vader = SentimentIntensityAnalyzer()
+    for name, vector in (("ITI heads", g["iti_vector"]), ("random heads", g["random_vector"])):
+        for a in cfg.alphas:
+            spec = None if a == 0 else {site: niv.add_vector(vector, scale=a)}
+            texts = [m.generate(p, max_tokens=cfg.max_tokens, interventions=spec) for p in g["prompts"]]
+            assert list(table.texts[(name, site, a)]) == texts, (name, a, table.texts[(name, site, a)], texts)
+            score = np.mean([vader.polarity_scores(t)["compound"] for t in texts])
+            assert table.cell(site, a, name).behaviour == pytest.approx(score, abs=1e-9), (name, a, score)
+    last = cfg.alphas[-1]
+    mine, control = (table.cell(site, last, v).behaviour for v in ("ITI heads", "random heads"))
+    assert (g["verdict"] == "beats") == (mine > control), (g["verdict"], mine, control)
+
