@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 
 from .arguments import number, positive_int, seed
-from .inputs import check_output, read_prompts
+from .head_tables import table_outputs, write_table
+from .inputs import read_prompts
 
 SUMMARY = "probe every head on contrast prompts (ITI): held-out accuracy per layer x head"
 OPTION_GROUPS = ("backend",)
@@ -48,20 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from .loading import load_model
     from .arguments import usage_error
 
-    if args.out is not None and not args.out.endswith((".csv", ".json")):
-        usage_error(args, f"--out {args.out}: give a .csv or .json file name")
     positive, negative = read_prompts(args.pos), read_prompts(args.neg)
     for prompts, flag in ((positive, "--pos"), (negative, "--neg")):
         if len(prompts) < 2:
             usage_error(args, f"{flag} {getattr(args, flag[2:])} has {len(prompts)} prompt; each class needs at "
                         "least 2 (one to train on, one held out)")
-    out = check_output(args.out, force=args.force) if args.out else None
-    plot = check_output(args.plot, force=args.force) if args.plot else None
-    if plot is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("matplotlib") is None:
-            raise ImportError("--plot needs matplotlib: pip install matplotlib (or drop --plot)")
+    out, plot = table_outputs(args)
     from ..heads import probe_heads
 
     model = load_model(args.model, backend=getattr(args, "backend", "mlx"), device=args.device)
@@ -73,12 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(top.to_json())
     else:
         print(f"{probes.n_train} prompts trained on, {probes.n_heldout} held out\n{top.to_text()}")
-    if out is not None:
-        table.to_json(out) if out.suffix == ".json" else table.to_csv(out)
-    if plot is not None:
-        table.heatmap(plot)
-    if not args.json and (out or plot):
-        print(f"wrote {', '.join(str(p) for p in (out, plot) if p is not None)}")
+    write_table(table, out, plot, quiet=args.json)
     return 0
 
 

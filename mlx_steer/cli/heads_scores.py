@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from .arguments import non_negative_int, number, positive_int, seed, usage_error
-from .inputs import check_output
+from .head_tables import table_outputs, write_table
 
 SUMMARY = "score every head: induction (repeated random tokens), previous-token, or attention sink"
 OPTION_GROUPS = ("backend",)
@@ -52,15 +52,7 @@ def run(args: argparse.Namespace) -> int:
         usage_error(args, "--prompt does not apply to --kind induction (it reads repeated random tokens)")
     if args.token is not None and args.kind != "sink":
         usage_error(args, f"--token applies to --kind sink only, not {args.kind}")
-    if args.out is not None and not args.out.endswith((".csv", ".json")):
-        usage_error(args, f"--out {args.out}: give a .csv or .json file name")
-    out = check_output(args.out, force=args.force) if args.out else None
-    plot = check_output(args.plot, force=args.force) if args.plot else None
-    if plot is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("matplotlib") is None:
-            raise ImportError("--plot needs matplotlib: pip install matplotlib (or drop --plot)")
+    out, plot = table_outputs(args)
     from ..heads import head_scores
 
     model = load_model(args.model, backend=getattr(args, "backend", "mlx"), device=args.device)
@@ -68,12 +60,7 @@ def run(args: argparse.Namespace) -> int:
                         seed=args.seed, token=args.token)
     top = table.top(args.top)
     print(top.to_json() if args.json else top.to_text())
-    if out is not None:
-        table.to_json(out) if out.suffix == ".json" else table.to_csv(out)
-    if plot is not None:
-        table.heatmap(plot)
-    if not args.json and (out or plot):
-        print(f"wrote {', '.join(str(p) for p in (out, plot) if p is not None)}")
+    write_table(table, out, plot, quiet=args.json)
     return 0
 
 

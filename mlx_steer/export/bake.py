@@ -117,18 +117,25 @@ def _add_bias(backend: Backend, out: Baked, key: str, spec: iv.AddVector, path: 
                          "to the residual stream, so no bias adds a fixed vector to the layer's output")
     target = f"{path}.{arch.mlp_out}"
     dense = out.modules.get(target) or backend.dense(target)
-    bias = dense.bias
-    if bias is None:
-        if arch.mlp_bias_flag is None:
-            raise ValueError(f"{where} cannot be baked: {target} has no bias and {backend.model_type} has no config "
-                             "flag that gives it one, so the plain framework could not load the added vector")
-        out.config[arch.mlp_bias_flag] = True
-        _give_biases(backend, out, arch.mlp_bias_modules)
-        bias = np.zeros(dense.weight.shape[0], dtype=np.float32)
+    bias = _bias_or_given(backend, out, dense, arch.mlp_bias_flag, arch.mlp_bias_modules, where=where, path=target)
     added = (bias.astype(np.float64) + float(spec.scale) * spec.vector.astype(np.float64)).astype(np.float32)
     out.modules[target] = replace(dense, bias=added)
     out.edits.append({"kind": "add_vector", "site": key, "scale": float(spec.scale), "written_to": f"{target}.bias",
                       "vector": _digest(spec.vector)})
+
+
+def _bias_or_given(backend: Backend, out: Baked, dense: Dense, flag: str | None, modules: tuple[str, ...], *, where: str,
+                   path: str) -> np.ndarray:
+    """``dense``'s bias; zeros when it has none and the architecture's config ``flag`` gives it one
+    (set in the exported config, with the zero biases the flag brings to ``modules``)."""
+    if dense.bias is not None:
+        return dense.bias
+    if flag is None:
+        raise ValueError(f"{where} cannot be baked: {path} has no bias and {backend.model_type} has no config "
+                         "flag that gives it one, so the plain framework could not load the added vector")
+    out.config[flag] = True
+    _give_biases(backend, out, modules)
+    return np.zeros(dense.weight.shape[0], dtype=np.float32)
 
 
 def _add_head_bias(backend: Backend, out: Baked, key: str, spec: iv.AddVector, path: str) -> None:
@@ -140,14 +147,8 @@ def _add_head_bias(backend: Backend, out: Baked, key: str, spec: iv.AddVector, p
         raise ValueError(f"{where} is not on a decoder layer's {arch.attention_out} input; bakeable: {BAKEABLE}")
     dense = out.modules.get(path) or backend.dense(path)
     _check_width(backend, f"the vector of {where}", spec.vector, dense.weight.shape[1], f"{path}'s input")
-    bias = dense.bias
-    if bias is None:
-        if arch.attention_bias_flag is None:
-            raise ValueError(f"{where} cannot be baked: {path} has no bias and {backend.model_type} has no config "
-                             "flag that gives it one, so the plain framework could not load the added vector")
-        out.config[arch.attention_bias_flag] = True
-        _give_biases(backend, out, arch.attention_bias_modules)
-        bias = np.zeros(dense.weight.shape[0], dtype=np.float32)
+    bias = _bias_or_given(backend, out, dense, arch.attention_bias_flag, arch.attention_bias_modules, where=where,
+                          path=path)
     added = dense.weight.astype(np.float64) @ (float(spec.scale) * spec.vector.astype(np.float64))
     out.modules[path] = replace(dense, bias=(bias.astype(np.float64) + added).astype(np.float32))
     out.edits.append({"kind": "add_vector", "site": key, "scale": float(spec.scale), "written_to": f"{path}.bias",
