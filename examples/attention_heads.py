@@ -65,7 +65,7 @@ class Settings:
     max_tokens: int
 
 
-NORMAL = Settings(50, 8, 24, 3, (0.0, 25.0, 50.0, 100.0), tuple(range(2, 28, 2)), 50.0, 8, 24)
+NORMAL = Settings(50, 8, 24, 3, (0.0, 10.0, 25.0, 50.0), tuple(range(2, 28, 2)), 50.0, 8, 24)
 QUICK = Settings(20, 2, 12, 3, (0.0, 50.0), (4, 8, 12), 50.0, 3, 8)
 cfg = QUICK if settings.quick else NORMAL
 
@@ -210,10 +210,11 @@ print(f"validation margin with ITI at alpha {alpha:g}: {iti_margin:+.3f} (unstee
 # %% [markdown]
 # ## 4. Evaluation: ITI against a random-heads control
 #
-# On prompts the selection did not see, `ev.evaluate` generates greedily from each prompt at each α (one batch row per prompt and cell), scores
-# each text with VADER's compound sentiment (−1 … +1), and reports the fluency cost (perplexity under the
-# unsteered model). It runs once with the ITI heads' vector and once with the random heads' vector at the
-# same site; the two tables are put side by side as one (`vector` = `ITI heads` / `random heads`).
+# On prompts the selection did not see, `ev.evaluate` generates greedily from each prompt at each α (one batch
+# row per prompt and cell), scores each text with VADER's compound sentiment (−1 … +1), and reports the fluency
+# cost (perplexity under the unsteered model). It runs once with the ITI heads' vector and once with the random
+# heads' vector at the same site; the two tables are put side by side as one (`vector` = `ITI heads` / `random
+# heads`).
 
 # %%
 PROMPTS = [
@@ -239,24 +240,33 @@ evaluation = ev.EvalTable(by_iti.rows + by_random.rows, by_iti.measures, dict(by
 print(evaluation.to_text())
 
 # %%
-unsteered = evaluation.cell(site, 0.0, "ITI heads").behaviour
+curves = {v: dict(zip(*evaluation.curve("behaviour", site, v))) for v in ("ITI heads", "random heads")}
+unsteered = curves["ITI heads"][0.0]
 for a in cfg.alphas[1:]:
-    mine, control = (evaluation.cell(site, a, v).behaviour for v in ("ITI heads", "random heads"))
+    mine, control = curves["ITI heads"][a], curves["random heads"][a]
     verdict = "beats" if mine > control else "does not beat"
     print(f"alpha {a:g}: ITI heads {mine:+.3f} {verdict} random heads {control:+.3f} (unsteered {unsteered:+.3f})")
-for v in ("ITI heads", "random heads"):
-    print(f"  {v:<12} alpha {alpha:g}: {continuation(prompts[0], evaluation.texts[(v, site, alpha)][0])}")
+for a in cfg.alphas[1:]:
+    for v in ("ITI heads", "random heads"):
+        print(f"  {v:<12} alpha {a:<3g} {continuation(prompts[0], evaluation.texts[(v, site, a)][0])}")
 
 # %%
 fig = Figure(figsize=(5.2, 3.4), layout="constrained")
 ax = fig.add_subplot()
 for v in ("ITI heads", "random heads"):
-    ax.plot(cfg.alphas, [evaluation.cell(site, a, v).behaviour for a in cfg.alphas], marker="o", label=v)
+    ax.plot(list(curves[v]), list(curves[v].values()), marker="o", label=v)
 ax.axhline(unsteered, color="grey", linewidth=0.8, linestyle="--", label="unsteered")
 ax.set(xlabel="alpha (x sigma along each head's direction)", ylabel="mean VADER sentiment",
        title=f"layer {ITI_LAYER}: ITI heads {iti_heads} vs random {random_heads}")
 ax.legend(fontsize=8)
 show(fig)
+
+# %% [markdown]
+# With the full settings (`python examples/attention_heads.py`, no `--quick`), the validation picks layer 14's
+# heads 0, 6 and 8; on the eight evaluation prompts ITI at α = 10 raises the mean sentiment from +0.268 to +0.488
+# at fluency 0.93, while the same recipe on three random heads of that layer lowers it to −0.079; at α = 50 both
+# break the text (fluency 0.17 and 0.21). A few heads of one layer carry a usable sentiment direction, in a narrow
+# range of α. These are 8 prompts of 24 tokens: a small evaluation, to read as such.
 
 # %%
 print(f"done in {time.perf_counter() - t0:.1f}s")

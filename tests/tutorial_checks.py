@@ -379,7 +379,7 @@ def iti_shift_is_add_vector_of_the_padded_vector(g: dict) -> None:
 def evaluation_cells_equal_solo_generations_scored_by_vader(g: dict) -> None:
     """Each steered cell's texts are solo greedy generations with ``add_vector`` of its vector at the site;
     the behaviour column is VADER's compound score of them, recomputed; the printed verdict follows it."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # type: ignore[import-untyped]
 
     m, cfg, site, table = g["model"], g["cfg"], g["site"], g["evaluation"]
     vader = SentimentIntensityAnalyzer()
