@@ -326,7 +326,7 @@ def induction_scores_by_hand_from_eager_attention(g: dict) -> None:
 
     cfg, top, n = g["cfg"], g["top"], g["cfg"].length
     hf = AutoModelForCausalLM.from_pretrained(g["settings"].model_path(), attn_implementation="eager",
-                                              torch_dtype=torch.float32)
+                                              dtype=torch.float32)
     seqs = repeated_random_tokens(g["model"], length=n, batch=cfg.batch, seed=0)
     with torch.no_grad():
         attn = hf(torch.tensor(seqs), output_attentions=True).attentions  # per layer (B, H, T, T)
