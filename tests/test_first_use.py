@@ -100,7 +100,7 @@ def test_the_readme_test_command_is_what_ci_runs_and_installs_no_index_url():
     commands = [line for line in readme if line.startswith("python -m pip install torch==2.13.0 && ")]
     assert len(commands) == 1, commands  # the tests'; the demo's installs no torch (tests/test_mlx_only_setup.py)
     assert all("--index-url" not in c for c in commands), commands  # CI's machine reaches no other index
-    test = next(c for c in commands if c.endswith("python -m pytest -q"))
+    test = next(c for c in commands if c.endswith("python -m pytest -q -n 2 --dist loadfile"))
     assert test in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
