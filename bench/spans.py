@@ -10,8 +10,8 @@ Variants (steering positions): ``"all"``; ``spans.between("<think>", "</think>")
 ``spans.answer(open="<think>", close="</think>")``; ``~spans.special()``. SmolLM2 has no think
 tokens: the markers are text, and the prompt ends inside an open ``<think>``, so ``between``
 steers every decoded token and ``answer`` none (the "steered" column counts them, located offline
-in each run's tokens). ``special`` reads each position's own token, so a decode step waits for the
-token it runs on: one host sync per step.
+in each run's tokens). ``special`` reads each position's own token: a decode step computes that
+part of the mask on the device from the token it runs on (before: a host read, one sync per step).
 
     python bench/spans.py [--tokens 48] [--repeats 11]
 """

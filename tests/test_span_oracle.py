@@ -245,3 +245,28 @@ def test_a_gated_span_intervention_steers_the_located_span_of_the_rows_whose_con
     plain = m.batch_generate(prompts, max_tokens=10, logits_processors=[force])
     assert m.batch_generate(prompts, max_tokens=10, logits_processors=[force],
                             interventions=gated(sel, never)).token_ids == plain.token_ids
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_special_is_read_on_the_device_while_decoding(marker_models, backend, monkeypatch):
+    """``special`` reads each step's own token: decode steps compute its mask where the token is
+    (no host read), the prompt on the host; the generation equals the located index list's."""
+    from mlx_steer.engine import span_book
+
+    m = marker_models(backend)
+    prompts, force = plan(m)
+    seen = {"device": 0}
+    real = span_book.SpanBook.device_mask
+
+    def counting(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        seen["device"] += out is not None
+        return out
+
+    monkeypatch.setattr(span_book.SpanBook, "device_mask", counting)
+    sel = Positions("generated") & ~spans.special()
+    got = m.generate_tokens(prompts[0], max_tokens=8, logits_processors=[force], interventions=steer(sel))
+    assert seen["device"] >= 7  # every one-token forward: the decode steps (and the last prompt token)
+    seq = prompts[0] + got
+    idx = [p for p in located(m, seq, ("not_special", None), len(prompts[0])) if p >= len(prompts[0])]
+    assert got == m.generate_tokens(prompts[0], max_tokens=8, logits_processors=[force], interventions=steer(idx))

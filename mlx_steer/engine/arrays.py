@@ -33,6 +33,13 @@ class ArrayOps(Protocol):
 
     def where(self, mask: Array, a: Array, b: Array) -> Array: ...
 
+    def token_mask(self, tokens: Array, ids: np.ndarray, *, like: Array) -> Array:
+        """(B, L, 1) boolean: which of ``tokens`` (B, L) are among ``ids``, computed where the tokens
+        are (a decode step's token is not read on the host)."""
+
+    def logical(self, op: str, a: Array, b: Array | None = None) -> Array:
+        """``"and"`` / ``"or"`` of two boolean arrays, ``"not"`` of one."""
+
     def astype(self, x: Array, like: Array) -> Array:
         """``x`` in ``like``'s dtype."""
 

@@ -202,6 +202,17 @@ class PositionState:
         table = getattr(self.layouts[-1], "span_rows", None) if self.layouts else None
         book.begin(self.pos, self.rows, self._tokens, table, None if self._anchor is None else self._anchor())
 
+    def _device_span_mask(self, sel: Positions, rows: frozenset[int] | None, like: object) -> object:
+        """A decode step's span mask computed on the device when the span reads the step's own token
+        (None: the host mask serves)."""
+        assert sel.span is not None
+        m = self._span_book().device_mask(sel.span, self.pos, lambda p: p.mask(self.pos, self.prompt_len,
+                                                                                 self.prompt_start), like=like)
+        if m is None or rows is None:
+            return m
+        keep = np.isin(self.rows, list(rows))[:, None, None]
+        return m if keep.all() else self.xp.logical("and", m, self.xp.mask(keep, like=like))
+
     def track_spans(self, selectors: Iterable[Positions]) -> None:
         """Start following every row's tokens now if any of ``selectors`` is a span selector: a
         selector first asked for in a later forward (a gate deciding after the prompt) needs the
@@ -250,6 +261,10 @@ class PositionState:
         """True (all selected), False (none) or a (B, L, 1) boolean device array."""
         k = (sel, rows)
         m = self._masks.get(k)
+        if m is None and sel.kind == "span":
+            m = self._device_span_mask(sel, rows, like)
+            if m is not None:
+                self._masks[k] = m
         if m is None:
             host = self.host_mask(sel, rows)
             m = True if host.all() else False if not host.any() else self.xp.mask(host[..., None], like=like)

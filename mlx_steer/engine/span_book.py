@@ -5,7 +5,8 @@ at its absolute positions 0, 1, ...; a forward starting at position 0 starts a n
 that starts inside a history rewrites it from there. Histories are kept per row key and per KV
 cache (a prompt cache reused across turns keeps its rows' spans), per sequence in continuous
 batching. A span mask at position ``p`` reads tokens before ``p`` only, so a decode step never
-waits for the token it is computing (except for ``special``, which reads the token itself).
+waits for the token it is computing; ``special`` reads the token itself, and a one-token forward
+computes that on the device (:meth:`SpanBook.device_mask`).
 Tokens of the current forward are read on the host when it has several (a prompt); a decode
 step's token is committed at the next forward, when the generation loop has computed it.
 """
@@ -156,6 +157,40 @@ class SpanBook:
                 self.commit()
                 self._pending = None
         return self._eval(node, pos, index_mask)
+
+    def device_mask(self, node: Node, pos: np.ndarray, index_mask: Callable[[Any], np.ndarray], *, like: Any) -> Any:
+        """The (B, 1, 1) mask of a one-token forward whose own token ``node`` reads (``special``),
+        computed where the token is: a decode step then need not wait for the token it runs on.
+        None where the host mask serves (a prompt, a token already read, no token ids)."""
+        if pos.shape[1] != 1 or self._host is not None or self._pending is None or self._pending[2] is None \
+                or not needs_current_tokens(node):
+            return None
+        return self._mixed(node, pos, index_mask, like)
+
+    def _mixed(self, node: Node, pos: np.ndarray, index_mask: Callable[[Any], np.ndarray], like: Any) -> Any:
+        """A host (B, L) mask where ``node`` reads no current token, else a device (B, L, 1) one."""
+        if not needs_current_tokens(node):
+            return self._eval(node, pos, index_mask)
+        xp, real = self.xp, (pos >= 0)[..., None]
+        if isinstance(node, Special):
+            assert self._pending is not None
+            found = xp.token_mask(self._pending[2], self.facts.special_ids, like=like)
+            return found if real.all() else xp.logical("and", found, xp.mask(real, like=like))
+        if isinstance(node, Not):
+            inner = xp.logical("not", self._mixed(node.inner, pos, index_mask, like))
+            return inner if real.all() else xp.logical("and", inner, xp.mask(real, like=like))
+        assert isinstance(node, (And, Or))
+        op = "and" if isinstance(node, And) else "or"
+        parts = [self._mixed(p, pos, index_mask, like) for p in node.parts]
+        host = [p for p in parts if isinstance(p, np.ndarray)]
+        out = None
+        if host:
+            joined = np.logical_and.reduce(host) if op == "and" else np.logical_or.reduce(host)
+            out = xp.mask(joined[..., None], like=like)
+        for p in parts:
+            if not isinstance(p, np.ndarray):
+                out = p if out is None else xp.logical(op, out, p)
+        return out
 
     def _eval(self, node: Node, pos: np.ndarray, index_mask: Callable[[Any], np.ndarray]) -> np.ndarray:
         real = pos >= 0

@@ -52,7 +52,7 @@ class Reasoning(Node):
 
 @dataclass(frozen=True)
 class Special(Node):
-    """Positions holding one of the tokenizer's special tokens (needs each token as it is read)."""
+    """Positions holding one of the tokenizer's special tokens (reads each position's own token)."""
 
     def __str__(self) -> str:
         return "special"

@@ -23,7 +23,8 @@ The rules, the same in a prompt, while generating, per row of a batch and across
   marker that never appears selects nothing (``before`` it: everything).
 - ``from_token=n`` selects the span's tokens from its ``n``-th (0-based) on, counted afresh each
   time the span opens.
-- ``special`` reads each position's own token: a decode step then waits for the token it runs on.
+- ``special`` reads each position's own token: a decode step computes that part of the mask on the
+  device, from the token it runs on (it does not wait for it on the host).
 - Positions whose tokens the model never saw (a prompt cache filled elsewhere, input embeddings)
   count as tokens that match no marker.
 """

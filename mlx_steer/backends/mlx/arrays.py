@@ -31,6 +31,16 @@ class MLXArrays:
     def where(self, mask: mx.array, a: mx.array, b: mx.array) -> mx.array:
         return mx.where(mask, a, b)
 
+    def token_mask(self, tokens: mx.array, ids: np.ndarray, *, like: mx.array) -> mx.array:
+        t = tokens.reshape(tokens.shape[0] if tokens.ndim == 2 else 1, -1)
+        return (t[..., None] == mx.array(ids.astype(np.int32))).any(axis=-1, keepdims=True)
+
+    def logical(self, op: str, a: mx.array, b: mx.array | None = None) -> mx.array:
+        if op == "not":
+            return mx.logical_not(a)
+        assert b is not None
+        return mx.logical_and(a, b) if op == "and" else mx.logical_or(a, b)
+
     def astype(self, x: mx.array, like: mx.array) -> mx.array:
         return x.astype(like.dtype)
 

@@ -31,6 +31,16 @@ class TorchArrays:
     def where(self, mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.where(mask, a, b)
 
+    def token_mask(self, tokens: torch.Tensor, ids: np.ndarray, *, like: torch.Tensor) -> torch.Tensor:
+        t = tokens.reshape(tokens.shape[0] if tokens.ndim == 2 else 1, -1)
+        return torch.isin(t, torch.as_tensor(ids, dtype=t.dtype, device=t.device))[..., None].to(like.device)
+
+    def logical(self, op: str, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        if op == "not":
+            return ~a
+        assert b is not None
+        return a & b if op == "and" else a | b
+
     def astype(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return x.to(like.dtype)
 
