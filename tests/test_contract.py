@@ -127,6 +127,41 @@ def test_no_import_cycles():
             visit(m)
 
 
+def test_no_module_imports_one_still_being_initialized():
+    """At import time (top-level imports), importing ``mlx_steer.a.b.c`` first runs the package
+    ``mlx_steer.a.b``'s ``__init__``: counting those runs, no import chain comes back to a module that
+    is still being initialized (``patching/sites.py`` once imported ``heads.attention_sites``, which ran
+    ``heads/__init__``, which imports ``heads.logit_attribution``, which imports ``patching.sites``)."""
+    graph = _graph()
+    edges: dict[str, set[str]] = {}
+    for m, deps in graph.items():
+        runs = set()
+        for i in deps:
+            parts = i.split(".")
+            for k in range(2, len(parts) + 1):  # each package on the way, then the module itself
+                step = ".".join(parts[:k])
+                if step in graph and step != m and not m.startswith(step + "."):
+                    runs.add(step)
+        edges[m] = runs
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                raise AssertionError(" -> ".join(stack[stack.index(n):] + [n]))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+
+
 def test_the_layout_shows_the_architecture():
     """Few modules at the top (the rest sit in folders named for what they hold), none too long."""
     top = sorted(p.name for p in PACKAGE.glob("*.py"))

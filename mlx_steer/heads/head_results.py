@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .attention_sites import layer_indices, output_projection_path
+from ..engine.attention_sites import layer_indices, output_projection_path, output_weight
 
 if TYPE_CHECKING:
     from ..engine.model import Steerable
@@ -113,18 +113,3 @@ def _head_weights(model: Steerable, layer: int) -> tuple[np.ndarray, int, np.nda
 def _split(x: np.ndarray, w: np.ndarray, H: int) -> tuple[np.ndarray, np.ndarray]:
     z = x.reshape(*x.shape[:-1], H, -1)
     return z, np.einsum("...hd,ohd->...ho", z, w.reshape(w.shape[0], H, -1))  # W (D, H, d_head)
-
-
-def output_weight(backend: Any, path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The output projection at ``path`` as float32 ``W`` (D, H · d_head) and bias (D,) or None
-    (an MLX quantized projection dequantized)."""
-    module = backend.modules[path]
-    if all(hasattr(module, a) for a in ("scales", "bits", "group_size")):  # mlx.nn.QuantizedLinear
-        import mlx.core as mx
-
-        w = mx.dequantize(module.weight, module.scales, module.get("biases"), group_size=module.group_size,
-                          bits=module.bits, mode=getattr(module, "mode", "affine"))
-        b = module.get("bias") if "bias" in module else None
-        return np.array(w.astype(mx.float32)), None if b is None else np.array(b.astype(mx.float32))
-    dense = backend.dense(path)
-    return dense.weight, dense.bias

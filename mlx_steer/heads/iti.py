@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..engine import interventions as iv
-from .attention_sites import layer_indices
+from ..engine.attention_sites import layer_indices
 from .head_results import head_z_site, split_heads
 from .iti_fit import accuracy, fit_logistic, heldout_split
 from .scores_table import HeadScore, HeadScoreTable

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .attention_sites import layer_indices
+from ..engine.attention_sites import layer_indices
 from .pattern_recording import AttentionPatterns, PatternRecording
 
 if TYPE_CHECKING:

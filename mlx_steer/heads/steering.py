@@ -20,7 +20,7 @@ import numpy as np
 from ..engine import interventions as iv
 from ..engine.conditions import Rule
 from ..engine.host_array import as_vector
-from .attention_sites import layer_indices
+from ..engine.attention_sites import layer_indices
 from .head_results import head_z_site
 
 if TYPE_CHECKING:

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..heads.attention_sites import output_projection_path
-from ..heads.head_results import output_weight
+from ..engine.attention_sites import output_projection_path, output_weight
 
 if TYPE_CHECKING:
     from ..engine.model import Steerable

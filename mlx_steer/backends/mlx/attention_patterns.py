@@ -24,7 +24,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from ...heads.attention_sites import attention_path
+from ...engine.attention_sites import attention_path
 from . import hooks as hk
 
 Sink = Callable[[int, mx.array], None]

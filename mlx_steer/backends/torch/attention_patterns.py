@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...heads.attention_sites import attention_path
+from ...engine.attention_sites import attention_path
 
 Sink = Callable[[int, torch.Tensor], None]
 NAME = "mlx_steer_patterns"

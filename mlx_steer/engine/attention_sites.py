@@ -1,9 +1,13 @@
 """Where a decoder layer's attention sits: the attention module and its output projection,
-found by the names mlx-lm and transformers give them (``self_attn``, GPT-2's ``attn``)."""
+found by the names mlx-lm and transformers give them (``self_attn``, GPT-2's ``attn``), and that
+projection's weight (what head results, head patching and the backends' pattern recording share)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 from ..engine.paths import ATTENTION_OUTPUTS
 
@@ -52,3 +56,18 @@ def layer_indices(layers: int | Sequence[int] | None, n_layers: int) -> list[int
             raise ValueError(f"layer {i} out of range for a {n_layers}-layer model; valid: -{n_layers}..{n_layers - 1}")
         out.add(i % n_layers)
     return sorted(out)
+
+
+def output_weight(backend: Any, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The output projection at ``path`` as float32 ``W`` (D, H · d_head) and bias (D,) or None
+    (an MLX quantized projection dequantized)."""
+    module = backend.modules[path]
+    if all(hasattr(module, a) for a in ("scales", "bits", "group_size")):  # mlx.nn.QuantizedLinear
+        import mlx.core as mx
+
+        w = mx.dequantize(module.weight, module.scales, module.get("biases"), group_size=module.group_size,
+                          bits=module.bits, mode=getattr(module, "mode", "affine"))
+        b = module.get("bias") if "bias" in module else None
+        return np.array(w.astype(mx.float32)), None if b is None else np.array(b.astype(mx.float32))
+    dense = backend.dense(path)
+    return dense.weight, dense.bias
