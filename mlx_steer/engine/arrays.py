@@ -68,6 +68,10 @@ class ArrayOps(Protocol):
     def to_numpy(self, x: Array) -> np.ndarray:
         """A float32 numpy copy."""
 
+    def ids_to_numpy(self, x: Array) -> np.ndarray:
+        """Token ids as a numpy array, read as they are: no new computation is queued behind the
+        work in flight (a lazy backend then waits for ``x`` only, not for the step being computed)."""
+
     def schedule(self, xs: list[Array]) -> None:
         """Start computing ``xs`` (a lazy backend) without waiting; eager backends do nothing."""
 

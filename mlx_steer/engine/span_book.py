@@ -129,6 +129,8 @@ class SpanBook:
         self._rows = [table.get(k) or table.setdefault(k, RowHistory()) for k in keys.tolist()]
         self._host = None
         self._pending = (self._rows, pos[:, 0].copy(), tokens)
+        if tokens is not None:  # its own event: read at the next forward without waiting for this one
+            self.xp.schedule([tokens])
 
     def commit(self) -> None:
         """Write the previous forward's tokens into its rows' histories (computed by now)."""
@@ -144,7 +146,7 @@ class SpanBook:
     def _read(self, tokens: Any, batch: int) -> np.ndarray:
         if tokens is None:  # input embeddings: tokens unknown
             return np.full((batch, 1), -1, dtype=np.int64)
-        host = np.asarray(self.xp.to_numpy(tokens), dtype=np.int64)
+        host = np.asarray(self.xp.ids_to_numpy(tokens), dtype=np.int64)
         return host.reshape(batch, -1)
 
     def mask(self, node: Node, pos: np.ndarray, index_mask: Callable[[Any], np.ndarray]) -> np.ndarray:

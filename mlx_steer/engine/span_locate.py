@@ -19,8 +19,11 @@ from .span_book import SpanBook, TokenFacts
 class _HostOps:
     """The one array operation the book needs offline: tokens are already numpy."""
 
-    def to_numpy(self, x: Any) -> np.ndarray:
+    def ids_to_numpy(self, x: Any) -> np.ndarray:
         return np.asarray(x)
+
+    def schedule(self, xs: list[Any]) -> None:
+        """Nothing to compute: the tokens are on the host."""
 
 
 def locate(selector: object, tokens: Sequence[int] | np.ndarray, *, tokenizer: Any = None,

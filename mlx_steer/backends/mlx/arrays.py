@@ -76,6 +76,9 @@ class MLXArrays:
     def to_numpy(self, x: mx.array) -> np.ndarray:
         return np.array(x.astype(mx.float32))
 
+    def ids_to_numpy(self, x: mx.array) -> np.ndarray:
+        return np.array(x)
+
     def schedule(self, xs: list[mx.array]) -> None:
         # async_eval: a blocking eval would wait behind the step mlx-lm has in flight and lose
         # its compute/graph-building overlap

@@ -77,6 +77,9 @@ class TorchArrays:
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         return x.detach().float().cpu().numpy()
 
+    def ids_to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
     def schedule(self, xs: list[torch.Tensor]) -> None:
         """Nothing to do: torch computes eagerly."""
 
