@@ -102,12 +102,8 @@ def test_backends_are_siblings_with_no_import_between_them():
         assert not [i for i in graph[m] if i.startswith("mlx_steer.backends")], m
 
 
-def test_no_import_cycles():
-    """No circle among the package's modules, counting every import: under TYPE_CHECKING and inside
-    functions too (a deferred import standing in for a design loop is still a loop)."""
-    graph = _graph(everywhere=True)
-    # a package importing its own submodules (re-exports) is not a cycle between concepts
-    edges = {m: {i for i in deps if not m.startswith(i + ".")} for m, deps in graph.items()}
+def _no_cycle(edges: dict[str, set[str]]) -> None:
+    """Fail naming the first circle found in ``edges`` (module -> modules it leads to)."""
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -125,6 +121,15 @@ def test_no_import_cycles():
     for m in sorted(edges):
         if m not in state:
             visit(m)
+
+
+def test_no_import_cycles():
+    """No circle among the package's modules, counting every import: under TYPE_CHECKING and inside
+    functions too (a deferred import standing in for a design loop is still a loop)."""
+    graph = _graph(everywhere=True)
+    # a package importing its own submodules (re-exports) is not a cycle between concepts
+    edges = {m: {i for i in deps if not m.startswith(i + ".")} for m, deps in graph.items()}
+    _no_cycle(edges)
 
 
 def test_no_module_imports_one_still_being_initialized():
@@ -143,23 +148,7 @@ def test_no_module_imports_one_still_being_initialized():
                 if step in graph and step != m and not m.startswith(step + "."):
                     runs.add(step)
         edges[m] = runs
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(m: str) -> None:
-        state[m] = 1
-        stack.append(m)
-        for n in sorted(edges[m]):
-            if state.get(n) == 1:
-                raise AssertionError(" -> ".join(stack[stack.index(n):] + [n]))
-            if n not in state:
-                visit(n)
-        stack.pop()
-        state[m] = 2
-
-    for m in sorted(edges):
-        if m not in state:
-            visit(m)
+    _no_cycle(edges)
 
 
 def test_the_layout_shows_the_architecture():
