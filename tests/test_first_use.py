@@ -141,7 +141,7 @@ def test_docs_never_run_a_bare_sudo(path):
 
 def test_the_readme_says_what_to_expect_from_the_tests_and_pip_check():
     readme = (ROOT / "README.md").read_text()
-    assert 'python -m pytest -q -m "not slow"' in readme and "16 minutes" in readme
+    assert 'python -m pytest -q -m "not slow"' in readme and "15 minutes" in readme
     assert '"slow: ' in (ROOT / "pyproject.toml").read_text()  # the marker the fast subset deselects
     assert "`pip check` reports" in readme and "never imported" in readme
 
