@@ -1,15 +1,19 @@
 """Where a decoder layer's attention sits: the attention module and its output projection,
 found by the names mlx-lm and transformers give them (``self_attn``, GPT-2's ``attn``), and that
-projection's weight (what head results, head patching and the backends' pattern recording share)."""
+projection's weight and the site of its input, where the heads sit side by side (what head results,
+head steering, head patching and the backends' pattern recording share)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..engine.paths import ATTENTION_OUTPUTS
+from .paths import ATTENTION_OUTPUTS
+
+if TYPE_CHECKING:
+    from .model import Steerable
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 
@@ -71,3 +75,30 @@ def output_weight(backend: Any, path: str) -> tuple[np.ndarray, np.ndarray | Non
         return np.array(w.astype(mx.float32)), None if b is None else np.array(b.astype(mx.float32))
     dense = backend.dense(path)
     return dense.weight, dense.bias
+
+
+def head_z_site(model: Steerable, layer: int) -> str:
+    """The site holding ``layer``'s heads side by side (its attention output projection's input),
+    resolved: record it anywhere (e.g. ``model.record`` over a generation), then :func:`split_heads`.
+
+    Raises:
+        ValueError: a bad layer index, or a layer without an output projection.
+    """
+    backend = model.backend
+    (i,) = layer_indices(layer, len(backend.layer_paths))
+    return model.resolve_key(f"{output_projection_path(backend.modules, backend.layer_paths[i])}:input")
+
+
+def head_shape(model: Steerable, layer: int) -> tuple[int, int]:
+    """``(H, d_head)`` of ``layer``: its head count and each head's width at :func:`head_z_site`.
+
+    Raises:
+        ValueError: a bad layer, no head count in the config, or a width it does not divide.
+    """
+    site = model.resolve(head_z_site(model, layer))
+    H, width = model.backend.n_heads, model.backend.site_dim(site.path, site.point)
+    if H is None or width is None:
+        raise ValueError(f"{site.key}: the model gives no head count or width there; head steering needs both")
+    if width % H:
+        raise ValueError(f"{site.path} takes {width} inputs, not a multiple of the head count {H}")
+    return H, width // H

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..engine.attention_sites import layer_indices, output_projection_path, output_weight
+from ..engine.attention_sites import head_z_site, layer_indices, output_projection_path, output_weight
 
 if TYPE_CHECKING:
     from ..engine.model import Steerable
@@ -72,18 +72,6 @@ def head_results(
         z[i], writes[i] = _split(model.to_numpy(trace.activations[site]), *weights[i][:2])
         bias[i] = weights[i][2]
     return HeadResults(z, writes, bias)
-
-
-def head_z_site(model: Steerable, layer: int) -> str:
-    """The site holding ``layer``'s heads side by side (its attention output projection's input),
-    resolved: record it anywhere (e.g. ``model.record`` over a generation), then :func:`split_heads`.
-
-    Raises:
-        ValueError: a bad layer index, or a layer without an output projection.
-    """
-    backend = model.backend
-    (i,) = layer_indices(layer, len(backend.layer_paths))
-    return model.resolve_key(f"{output_projection_path(backend.modules, backend.layer_paths[i])}:input")
 
 
 def split_heads(model: Steerable, layer: int, recorded: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,7 @@ import numpy as np
 from ..engine import interventions as iv
 from ..engine.conditions import Rule
 from ..engine.host_array import as_vector
-from ..engine.attention_sites import layer_indices
-from .head_results import head_z_site
+from ..engine.attention_sites import head_shape, head_z_site, layer_indices
 
 if TYPE_CHECKING:
     from ..engine.model import Steerable
@@ -94,18 +93,3 @@ def padded_head_vector(model: Steerable, layer: int, chosen: Mapping[int, Any]) 
         seen.add(h)
         padded[h * d_head:(h + 1) * d_head] += vec
     return padded
-
-
-def head_shape(model: Steerable, layer: int) -> tuple[int, int]:
-    """``(H, d_head)`` of ``layer``: its head count and each head's width at :func:`head_z_site`.
-
-    Raises:
-        ValueError: a bad layer, no head count in the config, or a width it does not divide.
-    """
-    site = model.resolve(head_z_site(model, layer))
-    H, width = model.backend.n_heads, model.backend.site_dim(site.path, site.point)
-    if H is None or width is None:
-        raise ValueError(f"{site.key}: the model gives no head count or width there; head steering needs both")
-    if width % H:
-        raise ValueError(f"{site.path} takes {width} inputs, not a multiple of the head count {H}")
-    return H, width // H

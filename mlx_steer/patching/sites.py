@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..engine.attention_sites import output_projection_path, output_weight
+from ..engine.attention_sites import head_shape, head_z_site
 
 if TYPE_CHECKING:
     from ..engine.model import Steerable
@@ -95,11 +95,7 @@ def _heads(model: Steerable) -> list[PatchSite]:
     if H is None:
         raise ValueError("the model's config gives no attention head count: patching heads needs one")
     out: list[PatchSite] = []
-    for i, layer in enumerate(model.layer_paths):
-        path = output_projection_path(model.modules, layer)
-        width = output_weight(model.backend, path)[0].shape[1]
-        if width % H:
-            raise ValueError(f"{path} takes {width} inputs, not a multiple of the head count {H}")
-        key, d = model.resolve_key(f"{path}:input"), width // H
+    for i in range(len(model.layer_paths)):
+        key, (_, d) = head_z_site(model, i), head_shape(model, i)
         out.extend(PatchSite(key, f"L{i}H{h}", "heads", i, h, (h * d, (h + 1) * d)) for h in range(H))
     return out
