@@ -24,16 +24,18 @@ __all__ = ["generation_loops", "span_masks", "span_means"]
 
 
 def span_masks(selectors: Mapping[str, object], tokens: Sequence[int] | np.ndarray, *, tokenizer: Any,
-               prompt_len: int) -> dict[str, np.ndarray]:
+               prompt_len: int, facts: TokenFacts | None = None) -> dict[str, np.ndarray]:
     """Name -> boolean mask over the positions of ``tokens`` (the prompt, then what was generated)
-    that each selector selects.
+    that each selector selects (``facts``: the tokenizer's :class:`TokenFacts`, kept across calls,
+    instead of ``tokenizer``).
 
     Raises:
         ValueError: a bad selector (naming it and the valid forms), or ``prompt_len`` outside 0..len(tokens).
     """
     if isinstance(prompt_len, bool) or not isinstance(prompt_len, (int, np.integer)) or not 0 <= prompt_len <= len(tokens):
         raise ValueError(f"prompt_len must be an int in 0..{len(tokens)} (the sequence's length), got {prompt_len!r}")
-    facts = TokenFacts(tokenizer) if tokenizer is not None else None  # None: locate names the selector needing one
+    if facts is None and tokenizer is not None:  # neither: locate names the selector needing one
+        facts = TokenFacts(tokenizer)
     return {name: locate(sel, tokens, facts=facts, prompt_len=int(prompt_len)) for name, sel in selectors.items()}
 
 
@@ -67,12 +69,12 @@ def span_means(values: np.ndarray, positions: Sequence[int] | np.ndarray,
 
 def generation_loops(prompt: Sequence[int], generated: Sequence[int], *, tokenizer: Any = None,
                      spans: Mapping[str, object] | None = None, n: int = 4, window: int = 64,
-                     min_repeats: int = 3) -> list[Loop]:
+                     min_repeats: int = 3, facts: TokenFacts | None = None) -> list[Loop]:
     """The loops of ``generated`` (see :func:`~mlx_steer.analysis.loops.find_loops`), at absolute
     positions (``len(prompt) + i`` for generated token ``i``), each labelled with the span of
-    ``spans`` holding most of its tokens (needs ``tokenizer``)."""
+    ``spans`` holding most of its tokens (needs ``tokenizer`` or its ``facts``)."""
     loops = [lp.shifted(len(prompt)) for lp in find_loops(list(generated), n=n, window=window, min_repeats=min_repeats)]
     if not spans:
         return loops
-    masks = span_masks(spans, list(prompt) + list(generated), tokenizer=tokenizer, prompt_len=len(prompt))
+    masks = span_masks(spans, list(prompt) + list(generated), tokenizer=tokenizer, prompt_len=len(prompt), facts=facts)
     return label_loops(loops, masks)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.loops import find_loops, label_loops
+from ..analysis.phases import generation_loops, span_masks, span_means
 from ..engine import spans
 from ..engine.positions import Positions
 from ..engine.span_book import TokenFacts
@@ -61,17 +61,17 @@ class SteeredSpans:
                       projections: dict[str, list[float | None]]) -> dict[str, dict[str, dict[str, Any]]]:
         """``{vector: {"reasoning" | "answer": {"tokens": k, "mean": m}}}``: each monitor's projections
         split by the span the activation they were read from falls in (``mean`` None when ``k`` is 0)."""
-        ids = [*prompt, *generated]
         P, n = len(prompt), len(generated)
+        masks = span_masks(MONITOR_SPANS, [*prompt, *generated], tokenizer=None, prompt_len=P, facts=self.facts)
         read_at = np.arange(P - 1, P - 1 + n)  # token i's projection comes from position P + i - 1
-        masks = {name: locate(sel, ids, facts=self.facts, prompt_len=P)[read_at] for name, sel in MONITOR_SPANS.items()}
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for vector, values in projections.items():
             arr = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-            out[vector] = {}
-            for name, mask in masks.items():
-                part = arr[mask & np.isfinite(arr)]
-                out[vector][name] = {"tokens": int(part.size), "mean": float(part.mean()) if part.size else None}
+            read = np.isfinite(arr)
+            means = span_means(arr[read], read_at[read], masks)
+            out[vector] = {name: {"tokens": int(mask[read_at[read]].sum()),
+                                  "mean": None if np.isnan(means[name]) else float(means[name])}
+                           for name, mask in masks.items()}
         return out
 
     def loops(self, prompt: Sequence[int], generated: Sequence[int]) -> list[dict[str, Any]]:
@@ -79,7 +79,6 @@ class SteeredSpans:
         defaults), each ``{"start", "stop", "ngram", "repeats", "span"}`` with ``start``/``stop``
         indexing the generated tokens and ``span`` the one of :data:`MONITOR_SPANS` holding most
         of it (None: neither)."""
-        ids, P = [*prompt, *generated], len(prompt)
-        masks = {name: locate(sel, ids, facts=self.facts, prompt_len=P)[P:] for name, sel in MONITOR_SPANS.items()}
-        return [{"start": lp.start, "stop": lp.stop, "ngram": list(lp.ngram), "repeats": lp.repeats, "span": lp.span}
-                for lp in label_loops(find_loops(list(generated)), masks)]
+        loops = generation_loops(prompt, generated, spans=MONITOR_SPANS, facts=self.facts)
+        return [{"start": lp.start - len(prompt), "stop": lp.stop - len(prompt), "ngram": list(lp.ngram),
+                 "repeats": lp.repeats, "span": lp.span} for lp in loops]
