@@ -206,8 +206,7 @@ class PositionState:
         """A decode step's span mask computed on the device when the span reads the step's own token
         (None: the host mask serves)."""
         assert sel.span is not None
-        m = self._span_book().device_mask(sel.span, self.pos, lambda p: p.mask(self.pos, self.prompt_len,
-                                                                                 self.prompt_start), like=like)
+        m = self._span_book().device_mask(sel.span, self.pos, self._index_mask, like=like)
         if m is None or rows is None:
             return m
         keep = np.isin(self.rows, list(rows))[:, None, None]
@@ -246,13 +245,16 @@ class PositionState:
         """Left padding of the current batch as the engine laid it out (None for raw calls)."""
         return self.layouts[-1].padding if self.layouts else None
 
+    def _index_mask(self, sel: Positions) -> np.ndarray:
+        return sel.mask(self.pos, self.prompt_len, self.prompt_start)
+
     def host_mask(self, sel: Positions, rows: frozenset[int] | None = None) -> np.ndarray:
         """Boolean (B, L): positions ``sel`` of the rows whose key is in ``rows`` (all when None)."""
         if sel.kind == "span":
             assert sel.span is not None
-            m = self._span_book().mask(sel.span, self.pos, lambda p: p.mask(self.pos, self.prompt_len, self.prompt_start))
+            m = self._span_book().mask(sel.span, self.pos, self._index_mask)
         else:
-            m = sel.mask(self.pos, self.prompt_len, self.prompt_start)
+            m = self._index_mask(sel)
         if rows is not None:
             m = m & np.isin(self.rows, list(rows))[:, None]
         return m

@@ -157,7 +157,6 @@ class SpanBook:
                 self._host = self._read(self._pending[2], B)
             if L > 1:  # the prompt's tokens decide its own later positions
                 self.commit()
-                self._pending = None
         return self._eval(node, pos, index_mask)
 
     def device_mask(self, node: Node, pos: np.ndarray, index_mask: Callable[[Any], np.ndarray], *, like: Any) -> Any:
