@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from ..engine.limits import SEED_MAX  # numpy only, which the package has loaded already
@@ -66,6 +67,17 @@ def option_groups() -> dict[str, argparse.ArgumentParser]:
     g.add_argument("--system", metavar="TEXT", help="system message (with --chat)")
     g.add_argument("--assistant-prefix", metavar="TEXT", help="text that starts the assistant's reply (with --chat)")
     return {"backend": backend, "pairs": pairs, "encode": encode}
+
+
+def add_commands(sub: Any, commands: Mapping[str, Any]) -> None:
+    """A subparser per command module of ``commands`` (name -> module giving ``SUMMARY``,
+    ``OPTION_GROUPS``, ``EXAMPLES``, ``fill`` and ``run``), its handler set as ``run``."""
+    groups = option_groups()
+    for name, command in commands.items():
+        sp = sub.add_parser(name, help=command.SUMMARY, description=command.SUMMARY, formatter_class=RAW,
+                            epilog=command.EXAMPLES, parents=[groups[g] for g in command.OPTION_GROUPS])
+        command.fill(sp)
+        sp.set_defaults(run=command.run, parser=sp)
 
 
 def add_method_options(g: Any) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from . import heads_probe, heads_scores
-from .arguments import RAW, option_groups
+from .arguments import add_commands
 
 SUMMARY = "attention heads: scores per layer x head (induction, previous-token, sink), ITI probe accuracies"
 OPTION_GROUPS: tuple[str, ...] = ()
@@ -24,13 +24,7 @@ SUBCOMMANDS = {"scores": heads_scores, "probe": heads_probe}
 
 def fill(sp: argparse.ArgumentParser) -> None:
     """Add the ``heads`` subcommands to its subparser."""
-    sub = sp.add_subparsers(dest="heads_command", required=True, metavar="SUBCOMMAND")
-    groups = option_groups()
-    for name, command in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=command.SUMMARY, description=command.SUMMARY, formatter_class=RAW,
-                           epilog=command.EXAMPLES, parents=[groups[g] for g in command.OPTION_GROUPS])
-        command.fill(p)
-        p.set_defaults(run=command.run, parser=p)
+    add_commands(sp.add_subparsers(dest="heads_command", required=True, metavar="SUBCOMMAND"), SUBCOMMANDS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from ..serve import command as serve  # import-free too: FastAPI loads when serving
 from . import calibrate, demo, doctor, evaluate, export, extract, generate, heads, inspect, lens, patch, record, sae, sweep
-from .arguments import BACKENDS, RAW, option_groups, report_error, usage_error
+from .arguments import BACKENDS, RAW, add_commands, report_error, usage_error
 
 
 class Command(Protocol):
@@ -73,12 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mlx (mlx-lm, default) or torch (Hugging Face transformers)")
     ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    groups = option_groups()
-    for name, command in COMMANDS.items():
-        sp = sub.add_parser(name, help=command.SUMMARY, description=command.SUMMARY, formatter_class=RAW,
-                            epilog=command.EXAMPLES, parents=[groups[g] for g in command.OPTION_GROUPS])
-        command.fill(sp)
-        sp.set_defaults(run=command.run, parser=sp)
+    add_commands(sub, COMMANDS)
     sp = sub.add_parser("demo", help=demo.SUMMARY, description=demo.SUMMARY, add_help=False,
                         formatter_class=RAW, epilog=demo.EXAMPLES)
     sp.set_defaults(parser=sp)
