@@ -8,18 +8,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import mlx_steer as ms
+from export_oracle import WORKER, export_and_load_plain
 from mlx_steer.engine import interventions as iv
 from mlx_steer.export import EDIT_FILE, directional_ablation
 from tiny_models import ARCHS
 
-PROMPT = "The weather is great, happy people walk"
-WORKER = Path(__file__).with_name("export_worker.py")
 
 
 def _direction(m, seed):
@@ -54,25 +52,11 @@ def exported(request, tiny_dir, tmp_path_factory):
     if backend == "torch":
         pytest.importorskip("torch")
     root = tmp_path_factory.mktemp(f"export_{backend}")
-    jobs, expected = [], {}
+    cases = {}
     for arch, edit in _cases():
         m = ms.load(str(tiny_dir(arch)), backend=backend)
-        spec = _ablation(m) if edit == "ablate" else _add(m)
-        tokens = m.encode(PROMPT)
-        base = m.to_numpy(m.run([tokens]).logits)[0]
-        logits = m.to_numpy(m.run([tokens], interventions=spec).logits)[0]
-        greedy = m.generate_tokens(tokens, max_tokens=32, interventions=spec)
-        folder = m.export(root / f"{arch}-{edit}", spec)
-        np.testing.assert_array_equal(m.to_numpy(m.run([tokens]).logits)[0], base)  # the model is not changed
-        jobs.append([str(folder), tokens])
-        expected[(arch, edit)] = (base, logits, greedy, m.eos_token_ids, folder)
-    (root / "jobs.json").write_text(json.dumps(jobs))
-    done = subprocess.run([sys.executable, str(WORKER), backend, str(root / "jobs.json"), str(root / "out.npz")],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    plain = np.load(root / "out.npz")
-    return backend, {key: (*expected[key], plain[f"{i}/logits"], plain[f"{i}/greedy"].tolist())
-                     for i, key in enumerate(expected)}
+        cases[(arch, edit)] = (m, _ablation(m) if edit == "ablate" else _add(m))
+    return backend, export_and_load_plain(backend, root, cases)
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: "-".join(c))

@@ -7,20 +7,16 @@ shifts that cannot be baked exactly are refused by name, nothing written."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import mlx_steer as ms
+from export_oracle import export_and_load_plain
 from mlx_steer.engine import interventions as iv
 from mlx_steer.export import EDIT_FILE
 from mlx_steer.heads import add_to_heads, probe_heads
 
-PROMPT = "The weather is great, happy people walk"
-WORKER = Path(__file__).with_name("export_worker.py")
 WORDS = "the a cat dog runs sleeps happy sad blue red big small tree house".split()
 ARCHS = ("llama", "gpt2")  # o_proj's bias from a config flag (llama), or its own (gpt2)
 CASES = (*ARCHS, "llama+ablation")  # with a direction also projected out of every o_proj's output
@@ -45,26 +41,11 @@ def exported(request, tiny_dir, tmp_path_factory):
     """{arch: (base logits, steered logits, steered greedy, eos, folder, plain logits, plain greedy)}."""
     backend = request.param
     root = tmp_path_factory.mktemp(f"iti_export_{backend}")
-    jobs, expected = [], {}
+    cases = {}
     for case in CASES:
-        arch = case.split("+")[0]
-        m = ms.load(str(tiny_dir(arch)), backend=backend)
-        spec = _iti(m, case)
-        tokens = m.encode(PROMPT)
-        base = m.to_numpy(m.run([tokens]).logits)[0]
-        logits = m.to_numpy(m.run([tokens], interventions=spec).logits)[0]
-        greedy = m.generate_tokens(tokens, max_tokens=32, interventions=spec)
-        folder = m.export(root / case, spec)
-        np.testing.assert_array_equal(m.to_numpy(m.run([tokens]).logits)[0], base)  # the model is not changed
-        jobs.append([str(folder), tokens])
-        expected[case] = (base, logits, greedy, m.eos_token_ids, folder)
-    (root / "jobs.json").write_text(json.dumps(jobs))
-    done = subprocess.run([sys.executable, str(WORKER), backend, str(root / "jobs.json"), str(root / "out.npz")],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    plain = np.load(root / "out.npz")
-    return backend, {case: (*expected[case], plain[f"{i}/logits"], plain[f"{i}/greedy"].tolist())
-                     for i, case in enumerate(expected)}
+        m = ms.load(str(tiny_dir(case.split("+")[0])), backend=backend)
+        cases[case] = (m, _iti(m, case))
+    return backend, export_and_load_plain(backend, root, cases)
 
 
 @pytest.mark.parametrize("case", CASES)
